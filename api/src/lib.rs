@@ -1,0 +1,20 @@
+//! Blixard's wire protocol and the checks every entry point applies to it.
+//!
+//! Invariant: a `VmSpec` that passes [`validate::vm_spec`] has a DNS-label
+//! name, a vCPU count and memory size within [`limits`], and exactly one
+//! runner source with non-empty paths or flake reference. Servers validate
+//! before proposing anything, so the replicated log never holds a spec that
+//! fails these checks.
+
+pub mod validate;
+
+/// Generated protobuf messages, gRPC clients and servers.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("blixard.v1");
+}
+
+pub use validate::{limits, ValidationError};
+
+/// Default gRPC address of a local `blixard agent`.
+pub const DEFAULT_ADDR: &str = "127.0.0.1:7000";

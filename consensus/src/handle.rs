@@ -1,0 +1,202 @@
+//! The cloneable handle through which the rest of the daemon talks to the
+//! raft loop, and the state the loop publishes for readers.
+//!
+//! Invariant: the published `ClusterState` is always the state at the
+//! published `applied_index`; readers take the lock briefly and never hold
+//! it across `.await`.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use raft::prelude::Message;
+use raft::StateRole;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::command::{Applied, Command, VmChange};
+use crate::state::ClusterState;
+use crate::{Error, Result};
+
+/// Bound on client requests queued for the raft loop.
+pub const REQUESTS_QUEUED_MAX: usize = 4096;
+/// Bound on peer messages queued for the raft loop; raft tolerates drops.
+pub const MESSAGES_QUEUED_MAX: usize = 4096;
+/// Watchers that fall this far behind must resynchronise.
+pub const VM_EVENTS_BUFFERED_MAX: usize = 1024;
+
+/// A change to the membership, proposed as a raft `ConfChangeV2`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MembershipChange {
+    AddLearner { node_id: u64, address: String },
+    Remove { node_id: u64 },
+}
+
+pub(crate) enum Request {
+    Propose {
+        command: Command,
+        reply: oneshot::Sender<Result<Applied>>,
+    },
+    ChangeMembership {
+        change: MembershipChange,
+        reply: oneshot::Sender<Result<Applied>>,
+    },
+    ReadIndex {
+        reply: oneshot::Sender<Result<()>>,
+    },
+}
+
+/// One member as the raft configuration sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberStatus {
+    pub node_id: u64,
+    pub address: String,
+    pub voter: bool,
+}
+
+/// What this node knows of raft, published after every loop iteration.
+#[derive(Debug, Clone, Default)]
+pub struct RaftStatus {
+    pub node_id: u64,
+    /// 0 when no leader is known.
+    pub leader_id: u64,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub first_log_index: u64,
+    pub role: Role,
+    pub members: Vec<MemberStatus>,
+}
+
+/// raft-rs's `StateRole`, owned so the status is `Default` and printable.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Role {
+    #[default]
+    Follower,
+    Candidate,
+    PreCandidate,
+    Leader,
+}
+
+impl From<StateRole> for Role {
+    fn from(role: StateRole) -> Self {
+        match role {
+            StateRole::Follower => Role::Follower,
+            StateRole::Candidate => Role::Candidate,
+            StateRole::PreCandidate => Role::PreCandidate,
+            StateRole::Leader => Role::Leader,
+        }
+    }
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Follower => "follower",
+            Role::Candidate => "candidate",
+            Role::PreCandidate => "pre-candidate",
+            Role::Leader => "leader",
+        }
+    }
+}
+
+/// A VM change with the revision after it, as watchers receive it.
+#[derive(Debug, Clone)]
+pub enum StateEvent {
+    Vm {
+        change: VmChange,
+        revision: u64,
+    },
+    /// The whole state was replaced by a snapshot: re-read everything.
+    Reset {
+        revision: u64,
+    },
+}
+
+pub(crate) struct Shared {
+    pub(crate) state: RwLock<ClusterState>,
+    pub(crate) status: RwLock<RaftStatus>,
+    pub(crate) events: broadcast::Sender<StateEvent>,
+}
+
+/// Cheap to clone; every clone talks to the same raft loop.
+#[derive(Clone)]
+pub struct RaftHandle {
+    pub(crate) requests: mpsc::Sender<Request>,
+    pub(crate) messages: mpsc::Sender<(Message, String)>,
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) request_timeout: Duration,
+}
+
+impl RaftHandle {
+    /// Proposes a command; returns once it is committed and applied here,
+    /// with the result of applying it.
+    pub async fn propose(&self, command: Command) -> Result<Applied> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::Propose { command, reply })?;
+        self.wait(answer).await?
+    }
+
+    /// Proposes a membership change and waits until it is applied.
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Applied> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ChangeMembership { change, reply })?;
+        self.wait(answer).await?
+    }
+
+    /// Waits until this node has applied everything committed before the
+    /// call (raft ReadIndex), so a following read of the state is
+    /// linearizable. Works on followers too.
+    pub async fn read_barrier(&self) -> Result<()> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::ReadIndex { reply })?;
+        self.wait(answer).await?
+    }
+
+    /// Reads the applied state (after `read_barrier` for linearizability).
+    pub fn read_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+        let state = self.shared.state.read().expect("state lock poisoned");
+        read(&state)
+    }
+
+    pub fn status(&self) -> RaftStatus {
+        self.shared
+            .status
+            .read()
+            .expect("status lock poisoned")
+            .clone()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Hands a message from a peer (and the address it says it serves on)
+    /// to the loop; drops it when the queue is full (raft retransmits).
+    pub fn step(&self, message: Message, from_address: String) -> Result<()> {
+        match self.messages.try_send((message, from_address)) {
+            Ok(()) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => Err(Error::Busy {
+                queued_max: MESSAGES_QUEUED_MAX,
+            }),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(Error::Stopped),
+        }
+    }
+
+    fn send(&self, request: Request) -> Result<()> {
+        self.requests.try_send(request).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => Error::Busy {
+                queued_max: REQUESTS_QUEUED_MAX,
+            },
+            mpsc::error::TrySendError::Closed(_) => Error::Stopped,
+        })
+    }
+
+    async fn wait<T>(&self, answer: oneshot::Receiver<T>) -> Result<T> {
+        match tokio::time::timeout(self.request_timeout, answer).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(_)) => Err(Error::Stopped),
+            Err(_) => Err(Error::Timeout {
+                timeout_ms: self.request_timeout.as_millis() as u64,
+            }),
+        }
+    }
+}

@@ -1,0 +1,23 @@
+//! Raft consensus for Blixard: tikv/raft-rs driven over a durable LMDB log,
+//! applying commands to a deterministic cluster state machine.
+//!
+//! Invariant: the cluster state on every node is the result of applying the
+//! same committed log prefix, in order, exactly once.
+
+pub mod command;
+mod error;
+pub mod handle;
+pub mod node;
+mod pending;
+pub mod state;
+pub mod storage;
+
+pub use command::{
+    Applied, Command, DesiredState, NodeRecord, Rejection, RunnerSource, VmChange, VmRecord, VmSpec,
+};
+pub use error::{Error, Result};
+pub use handle::{MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role, StateEvent};
+pub use node::{RaftConfig, RaftNode, Transport};
+pub use raft::prelude::Message as RaftMessage;
+pub use state::ClusterState;
+pub use storage::LogStore;

@@ -1,0 +1,695 @@
+//! The raft loop: one task owns the `RawNode`, its storage and the cluster
+//! state, and follows the raft-rs Ready protocol step by step.
+//!
+//! Invariants:
+//! - Entries and hard state are durable before any message that depends on
+//!   them (`persisted_messages`) is sent, and before a client is answered.
+//! - A committed entry is applied exactly once: its state changes and the
+//!   applied index are written in one transaction.
+//! - Only the node that proposed an entry answers its client, with the
+//!   result the state machine gave.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use heed::RwTxn;
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChange, ConfChangeSingle, ConfChangeTransition, ConfChangeType, ConfChangeV2, Entry,
+    EntryType, Message, MessageType, Snapshot,
+};
+use raft::{RawNode, SnapshotStatus, StateRole};
+use raft_proto::ConfChangeI;
+use tokio::sync::{broadcast, mpsc};
+
+use crate::command::{Applied, Command, ProposalTag, Rejection};
+use crate::handle::{
+    MemberStatus, MembershipChange, RaftHandle, RaftStatus, Request, Shared, StateEvent,
+    MESSAGES_QUEUED_MAX, REQUESTS_QUEUED_MAX, VM_EVENTS_BUFFERED_MAX,
+};
+use crate::pending::Pending;
+use crate::state::{ClusterState, Outcome};
+use crate::storage::LogStore;
+use crate::{Error, Result};
+
+/// Client requests taken from the queue per loop iteration, so one Ready
+/// (one fsync) carries a batch of proposals.
+const REQUESTS_PER_BATCH_MAX: usize = 256;
+const MESSAGES_PER_BATCH_MAX: usize = 1024;
+/// How often (in ticks) the leader looks for learners to promote.
+const PROMOTION_CHECK_TICKS: u64 = 3;
+/// A learner this many entries behind the commit index counts as caught up.
+const LEARNER_CATCH_UP_LAG_ENTRIES: u64 = 16;
+/// How often (in ticks) a node checks that the cluster has its address.
+const ADDRESS_CHECK_TICKS: u64 = 10;
+/// Bound on addresses remembered from peers' messages.
+const LEARNED_ADDRESSES_MAX: usize = 1024;
+
+/// Tunables of one raft node.
+#[derive(Debug, Clone)]
+pub struct RaftConfig {
+    pub node_id: u64,
+    /// This node's gRPC address, recorded in the cluster state.
+    pub address: String,
+    pub tick_interval_ms: u64,
+    pub election_ticks: usize,
+    pub heartbeat_ticks: usize,
+    /// Randomized election timeouts are drawn from
+    /// `[election_ticks, election_ticks_max)`; simulations narrow it to one
+    /// value per node so runs are reproducible.
+    pub election_ticks_max: usize,
+    /// Compact the log once it holds more than this many applied entries.
+    pub snapshot_threshold_entries: u64,
+    pub request_timeout_ms: u64,
+}
+
+/// Where the loop sends raft messages. Implementations queue and never block;
+/// dropping a message is allowed (raft retransmits).
+pub trait Transport: Send + 'static {
+    fn send(&mut self, to: u64, address: &str, message: Message);
+}
+
+/// Owns the raft state; run it with [`RaftNode::run`].
+pub struct RaftNode<T: Transport> {
+    config: RaftConfig,
+    raw: RawNode<LogStore>,
+    transport: T,
+    shared: Arc<Shared>,
+    requests: mpsc::Receiver<Request>,
+    messages: mpsc::Receiver<(Message, String)>,
+    /// Addresses peers gave in their messages; used until the cluster
+    /// state (which wins) names them.
+    learned_addresses: HashMap<u64, String>,
+    pending: Pending,
+    next_request_id: u64,
+    ticks: u64,
+}
+
+fn raft_logger() -> slog::Logger {
+    slog::Logger::root(tracing_slog::TracingSlogDrain, slog::o!())
+}
+
+impl<T: Transport> RaftNode<T> {
+    /// Opens the node over `store`. If the store is empty and `bootstrap` is
+    /// set, a new single-node cluster is created; an empty store without
+    /// `bootstrap` waits for a leader to add it.
+    pub fn new(
+        config: RaftConfig,
+        mut store: LogStore,
+        bootstrap: bool,
+        transport: T,
+    ) -> Result<(Self, RaftHandle)> {
+        if bootstrap && !store.is_initialized() {
+            store.bootstrap(config.node_id, &config.address)?;
+        }
+        let state = store.load_state()?;
+        let raft_config = raft::Config {
+            id: config.node_id,
+            election_tick: config.election_ticks,
+            heartbeat_tick: config.heartbeat_ticks,
+            min_election_tick: config.election_ticks,
+            max_election_tick: config.election_ticks_max,
+            applied: store.applied_index(),
+            max_size_per_msg: 1024 * 1024,
+            max_inflight_msgs: 256,
+            check_quorum: true,
+            pre_vote: true,
+            ..Default::default()
+        };
+        raft_config.validate()?;
+        let raw = RawNode::new(&raft_config, store, &raft_logger())?;
+        let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUED_MAX);
+        let (messages_tx, messages) = mpsc::channel(MESSAGES_QUEUED_MAX);
+        let (events, _) = broadcast::channel(VM_EVENTS_BUFFERED_MAX);
+        let shared = Arc::new(Shared {
+            state: RwLock::new(state),
+            status: RwLock::new(RaftStatus::default()),
+            events,
+        });
+        let handle = RaftHandle {
+            requests: requests_tx,
+            messages: messages_tx,
+            shared: shared.clone(),
+            request_timeout: Duration::from_millis(config.request_timeout_ms),
+        };
+        let mut node = Self {
+            config,
+            raw,
+            transport,
+            shared,
+            requests,
+            messages,
+            pending: Pending::default(),
+            learned_addresses: HashMap::new(),
+            next_request_id: 1,
+            ticks: 0,
+        };
+        node.publish_status();
+        Ok((node, handle))
+    }
+
+    /// Runs until `shutdown` completes or storage fails. Waiting clients are
+    /// answered with `Stopped` when it returns.
+    pub async fn run(mut self, shutdown: impl Future<Output = ()>) -> Result<()> {
+        tokio::pin!(shutdown);
+        let mut ticker = tokio::time::interval(Duration::from_millis(self.config.tick_interval_ms));
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => self.on_tick(),
+                Some((message, from_address)) = self.messages.recv() => {
+                    self.step(message, from_address);
+                    self.drain_messages();
+                }
+                Some(request) = self.requests.recv() => {
+                    self.on_request(request);
+                    self.drain_requests();
+                }
+            }
+            self.on_ready()?;
+            self.publish_status();
+        }
+        Ok(())
+    }
+
+    fn drain_messages(&mut self) {
+        for _ in 1..MESSAGES_PER_BATCH_MAX {
+            match self.messages.try_recv() {
+                Ok((message, from_address)) => self.step(message, from_address),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn drain_requests(&mut self) {
+        for _ in 1..REQUESTS_PER_BATCH_MAX {
+            match self.requests.try_recv() {
+                Ok(request) => self.on_request(request),
+                Err(_) => break,
+            }
+        }
+    }
+
+    fn step(&mut self, message: Message, from_address: String) {
+        if !from_address.is_empty()
+            && self.learned_addresses.get(&message.from) != Some(&from_address)
+            && self.learned_addresses.len() < LEARNED_ADDRESSES_MAX
+        {
+            self.learned_addresses.insert(message.from, from_address);
+        }
+        // Messages from peers not in the configuration are normal during
+        // membership changes; raft-rs reports them as errors.
+        if let Err(error) = self.raw.step(message) {
+            tracing::debug!(%error, "raft step refused a message");
+        }
+    }
+
+    fn on_tick(&mut self) {
+        self.ticks += 1;
+        self.raw.tick();
+        self.pending
+            .expire(self.ticks, self.config.request_timeout_ms);
+        if self.ticks % PROMOTION_CHECK_TICKS == 0 {
+            self.promote_caught_up_learner();
+        }
+        if self.ticks % ADDRESS_CHECK_TICKS == 0 {
+            self.check_own_address();
+        }
+    }
+
+    fn deadline_tick(&self) -> u64 {
+        self.ticks + self.config.request_timeout_ms / self.config.tick_interval_ms.max(1) + 1
+    }
+
+    fn on_request(&mut self, request: Request) {
+        if self.pending.is_full() {
+            let busy = Error::Busy {
+                queued_max: crate::pending::REQUESTS_PENDING_MAX,
+            };
+            match request {
+                Request::Propose { reply, .. } | Request::ChangeMembership { reply, .. } => {
+                    let _ = reply.send(Err(busy));
+                }
+                Request::ReadIndex { reply } => {
+                    let _ = reply.send(Err(busy));
+                }
+            }
+            return;
+        }
+        let request_id = self.next_request_id;
+        self.next_request_id += 1;
+        let tag = ProposalTag {
+            proposer: self.config.node_id,
+            request_id,
+        };
+        let deadline = self.deadline_tick();
+        match request {
+            Request::Propose { command, reply } => {
+                match self.raw.propose(tag.encode(), command.encode()) {
+                    Ok(()) => self.pending.add_proposal(request_id, reply, deadline),
+                    Err(error) => {
+                        let _ = reply.send(Err(self.proposal_error(error)));
+                    }
+                }
+            }
+            Request::ChangeMembership { change, reply } => {
+                match self.propose_membership(tag, &change) {
+                    Ok(()) => self.pending.add_proposal(request_id, reply, deadline),
+                    Err(error) => {
+                        let _ = reply.send(Err(error));
+                    }
+                }
+            }
+            Request::ReadIndex { reply } => {
+                if self.raw.raft.leader_id == raft::INVALID_ID {
+                    let _ = reply.send(Err(Error::NoLeader));
+                    return;
+                }
+                self.raw.read_index(request_id.to_be_bytes().to_vec());
+                self.pending.add_read(request_id, reply, deadline);
+            }
+        }
+    }
+
+    fn proposal_error(&self, error: raft::Error) -> Error {
+        match error {
+            raft::Error::ProposalDropped => Error::NoLeader,
+            other => Error::Raft(other),
+        }
+    }
+
+    fn propose_membership(&mut self, tag: ProposalTag, change: &MembershipChange) -> Result<()> {
+        let mut single = ConfChangeSingle::default();
+        let mut context = Vec::new();
+        match change {
+            MembershipChange::AddLearner { node_id, address } => {
+                if self.shared_state(|s| s.nodes.contains_key(node_id)) {
+                    return Err(Rejection::ConfChange {
+                        detail: format!("node {node_id} is already a member"),
+                    }
+                    .into());
+                }
+                single.node_id = *node_id;
+                single.set_change_type(ConfChangeType::AddLearnerNode);
+                context = address.clone().into_bytes();
+            }
+            MembershipChange::Remove { node_id } => {
+                if *node_id == self.raw.raft.leader_id {
+                    return Err(Rejection::ConfChange {
+                        detail: format!(
+                            "node {node_id} is the leader; stop it first so another node leads, then remove it"
+                        ),
+                    }
+                    .into());
+                }
+                single.node_id = *node_id;
+                single.set_change_type(ConfChangeType::RemoveNode);
+            }
+        }
+        let mut conf_change = ConfChangeV2::default();
+        conf_change.set_transition(ConfChangeTransition::Auto);
+        conf_change.set_changes(vec![single].into());
+        conf_change.set_context(context.into());
+        self.raw
+            .propose_conf_change(tag.encode(), conf_change)
+            .map_err(|e| self.proposal_error(e))
+    }
+
+    /// Leader only: promote one learner that has caught up to voter.
+    fn promote_caught_up_learner(&mut self) {
+        let raft = &self.raw.raft;
+        if raft.state != StateRole::Leader || raft.has_pending_conf() {
+            return;
+        }
+        let committed = raft.raft_log.committed;
+        let learners = self.raw.store().conf_state().learners.clone();
+        let Some(learner) = learners.into_iter().find(|id| {
+            raft.prs().get(*id).is_some_and(|p| {
+                p.matched > 0 && p.matched + LEARNER_CATCH_UP_LAG_ENTRIES >= committed
+            })
+        }) else {
+            return;
+        };
+        let mut single = ConfChangeSingle::default();
+        single.node_id = learner;
+        single.set_change_type(ConfChangeType::AddNode);
+        let mut conf_change = ConfChangeV2::default();
+        conf_change.set_changes(vec![single].into());
+        match self.raw.propose_conf_change(Vec::new(), conf_change) {
+            Ok(()) => tracing::info!(node_id = learner, "promoting caught-up learner to voter"),
+            Err(error) => tracing::warn!(%error, node_id = learner, "learner promotion refused"),
+        }
+    }
+
+    /// Keeps the cluster's record of this node's address current (it may
+    /// have restarted on a new address). Fire and forget: checked again.
+    fn check_own_address(&mut self) {
+        if self.raw.raft.leader_id == raft::INVALID_ID {
+            return;
+        }
+        let id = self.config.node_id;
+        let known = self.shared_state(|s| s.nodes.get(&id).map(|n| n.address.clone()));
+        let is_member = self.raw.store().conf_state().voters.contains(&id)
+            || self.raw.store().conf_state().learners.contains(&id);
+        if !is_member || known.as_deref() == Some(self.config.address.as_str()) {
+            return;
+        }
+        let command = Command::SetNodeAddress {
+            node_id: id,
+            address: self.config.address.clone(),
+        };
+        if let Err(error) = self.raw.propose(Vec::new(), command.encode()) {
+            tracing::debug!(%error, "could not propose this node's address yet");
+        }
+    }
+
+    fn shared_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+        read(&self.shared.state.read().expect("state lock poisoned"))
+    }
+
+    /// One pass of the raft-rs Ready protocol.
+    fn on_ready(&mut self) -> Result<()> {
+        if !self.raw.has_ready() {
+            return Ok(());
+        }
+        let mut ready = self.raw.ready();
+
+        // 1. Send messages that need no persistence (the leader's appends).
+        let messages = ready.take_messages();
+        self.send_messages(messages);
+
+        let env = self.raw.store().env();
+        let mut wtxn = env.write_txn()?;
+
+        // 2. Install a snapshot from the leader.
+        if !ready.snapshot().is_empty() {
+            let snapshot = ready.snapshot().clone();
+            self.install_snapshot(&mut wtxn, &snapshot)?;
+        }
+
+        // 3. Apply committed entries (state rows and applied index together).
+        let committed = ready.take_committed_entries();
+        let mut answers = Vec::new();
+        self.apply_entries(&mut wtxn, committed, &mut answers)?;
+
+        // 4. Persist new log entries.
+        self.raw.mut_store().append(&mut wtxn, ready.entries())?;
+
+        // 5. Persist the hard state (term, vote, commit).
+        if let Some(hard_state) = ready.hs() {
+            self.raw.mut_store().set_hard_state(&mut wtxn, hard_state)?;
+        }
+
+        // One fsync for all of the above.
+        wtxn.commit()?;
+        self.answer(answers);
+
+        // 6. Messages that had to wait for persistence (votes, append acks).
+        let persisted = ready.take_persisted_messages();
+        self.send_messages(persisted);
+
+        // Reads confirmed by this Ready wait for their index to be applied.
+        for read_state in ready.take_read_states() {
+            if let Some(request_id) = request_id_of(&read_state.request_ctx) {
+                self.pending.confirm_read(request_id, read_state.index);
+            }
+        }
+
+        // 7. Advance, then handle what the LightReady still holds.
+        let mut light = self.raw.advance(ready);
+        let mut wtxn = env.write_txn()?;
+        if let Some(commit) = light.commit_index() {
+            self.raw.mut_store().set_commit(&mut wtxn, commit)?;
+        }
+        let mut answers = Vec::new();
+        self.apply_entries(&mut wtxn, light.take_committed_entries(), &mut answers)?;
+        self.maybe_compact(&mut wtxn)?;
+        wtxn.commit()?;
+        self.answer(answers);
+        self.send_messages(light.take_messages());
+
+        // 8. Everything committed so far is applied.
+        self.raw.advance_apply();
+        self.pending.release_reads(self.raw.store().applied_index());
+        Ok(())
+    }
+
+    fn send_messages(&mut self, messages: Vec<Message>) {
+        for message in messages {
+            let to = message.to;
+            let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            let address = self
+                .shared_state(|s| s.nodes.get(&to).map(|n| n.address.clone()))
+                .or_else(|| self.learned_addresses.get(&to).cloned());
+            match address {
+                Some(address) => self.transport.send(to, &address, message),
+                None => tracing::debug!(to, "no address known for peer; message dropped"),
+            }
+            if is_snapshot {
+                // The stream to a peer is ordered, so appends sent after the
+                // snapshot arrive after it; if it is lost the follower
+                // rejects them and the leader sends a new snapshot.
+                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+            }
+        }
+    }
+
+    fn install_snapshot(&mut self, wtxn: &mut RwTxn, snapshot: &Snapshot) -> Result<()> {
+        let state = self.raw.mut_store().apply_snapshot(wtxn, snapshot)?;
+        let revision = state.revision;
+        tracing::info!(
+            index = snapshot.get_metadata().index,
+            vms = state.vms.len(),
+            "installed snapshot from leader"
+        );
+        *self.shared.state.write().expect("state lock poisoned") = state;
+        let _ = self.shared.events.send(StateEvent::Reset { revision });
+        Ok(())
+    }
+
+    fn apply_entries(
+        &mut self,
+        wtxn: &mut RwTxn,
+        entries: Vec<Entry>,
+        answers: &mut Vec<(u64, Result<Applied>)>,
+    ) -> Result<()> {
+        for entry in entries {
+            let applied_index = self.raw.store().applied_index();
+            if entry.index <= applied_index {
+                // Covered by a snapshot installed in this same Ready.
+                continue;
+            }
+            let tag = ProposalTag::decode(&entry.context);
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(wtxn, &entry)?,
+                EntryType::EntryConfChange => {
+                    let change =
+                        ConfChange::parse_from_bytes(&entry.data).map_err(|e| Error::Corrupt {
+                            what: "conf change",
+                            detail: e.to_string(),
+                        })?;
+                    self.apply_conf_change(wtxn, &entry, &change)?
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| {
+                        Error::Corrupt {
+                            what: "conf change",
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    self.apply_conf_change(wtxn, &entry, &change)?
+                }
+            };
+            if let Some(tag) = tag.filter(|t| t.proposer == self.config.node_id) {
+                answers.push((tag.request_id, result));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, wtxn: &mut RwTxn, entry: &Entry) -> Result<Result<Applied>> {
+        if entry.data.is_empty() {
+            // A new leader's empty entry: nothing to apply.
+            let state = self.shared.state.read().expect("state lock poisoned");
+            self.raw
+                .mut_store()
+                .record_applied(wtxn, entry.index, &state, &[])?;
+            return Ok(Ok(Applied {
+                revision: state.revision,
+                vm: None,
+            }));
+        }
+        let outcome = match Command::decode(&entry.data) {
+            Ok(command) => self.write_state(|state| state.apply(command)),
+            Err(error) => {
+                // Same bytes on every node, so every node refuses alike.
+                tracing::error!(index = entry.index, %error, "undecodable command in log");
+                Outcome {
+                    result: Err(Rejection::Undecodable {
+                        detail: error.to_string(),
+                    }),
+                    touched: Vec::new(),
+                    vm_change: None,
+                }
+            }
+        };
+        self.record(wtxn, entry.index, outcome)
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        wtxn: &mut RwTxn,
+        entry: &Entry,
+        change: &impl ConfChangeI,
+    ) -> Result<Result<Applied>> {
+        let v2 = change.as_v2();
+        let conf_state = match self.raw.apply_conf_change(v2.as_ref()) {
+            Ok(conf_state) => conf_state,
+            Err(error) => {
+                let refused = Rejection::ConfChange {
+                    detail: error.to_string(),
+                };
+                let state = self.shared.state.read().expect("state lock poisoned");
+                self.raw
+                    .mut_store()
+                    .record_applied(wtxn, entry.index, &state, &[])?;
+                return Ok(Err(refused.into()));
+            }
+        };
+        self.raw.mut_store().set_conf_state(wtxn, &conf_state)?;
+        let address = String::from_utf8_lossy(v2.get_context()).to_string();
+        let mut outcome: Option<Outcome> = None;
+        for single in v2.get_changes() {
+            let node_id = single.node_id;
+            let step = match single.get_change_type() {
+                ConfChangeType::AddLearnerNode | ConfChangeType::AddNode if !address.is_empty() => {
+                    Some(self.write_state(|s| s.add_member(node_id, address.clone())))
+                }
+                ConfChangeType::RemoveNode => Some(self.write_state(|s| s.remove_member(node_id))),
+                _ => None,
+            };
+            if let Some(step) = step {
+                tracing::info!(node_id, change = ?single.get_change_type(), "membership changed");
+                outcome = Some(match outcome {
+                    None => step,
+                    Some(mut so_far) => {
+                        let Outcome {
+                            result, touched, ..
+                        } = step;
+                        so_far.result = result;
+                        so_far.touched.extend(touched);
+                        so_far
+                    }
+                });
+            }
+        }
+        match outcome {
+            Some(outcome) => self.record(wtxn, entry.index, outcome),
+            None => {
+                let state = self.shared.state.read().expect("state lock poisoned");
+                self.raw
+                    .mut_store()
+                    .record_applied(wtxn, entry.index, &state, &[])?;
+                Ok(Ok(Applied {
+                    revision: state.revision,
+                    vm: None,
+                }))
+            }
+        }
+    }
+
+    fn write_state(&self, apply: impl FnOnce(&mut ClusterState) -> Outcome) -> Outcome {
+        apply(&mut self.shared.state.write().expect("state lock poisoned"))
+    }
+
+    /// Persists an outcome's rows with the applied index and tells watchers.
+    fn record(
+        &mut self,
+        wtxn: &mut RwTxn,
+        index: u64,
+        outcome: Outcome,
+    ) -> Result<Result<Applied>> {
+        let state = self.shared.state.read().expect("state lock poisoned");
+        self.raw
+            .mut_store()
+            .record_applied(wtxn, index, &state, &outcome.touched)?;
+        if let Some(change) = outcome.vm_change {
+            let _ = self.shared.events.send(StateEvent::Vm {
+                change,
+                revision: state.revision,
+            });
+        }
+        Ok(outcome.result.map_err(Error::from))
+    }
+
+    fn maybe_compact(&mut self, wtxn: &mut RwTxn) -> Result<()> {
+        let store = self.raw.store();
+        let applied = store.applied_index();
+        if applied.saturating_sub(store.snapshot_index()) <= self.config.snapshot_threshold_entries
+        {
+            return Ok(());
+        }
+        tracing::info!(
+            compact_to = applied,
+            log_entries = store.log_len(),
+            "compacting raft log"
+        );
+        self.raw.mut_store().compact(wtxn, applied)
+    }
+
+    fn answer(&mut self, answers: Vec<(u64, Result<Applied>)>) {
+        for (request_id, result) in answers {
+            self.pending.answer_proposal(request_id, result);
+        }
+    }
+
+    fn publish_status(&mut self) {
+        let raft = &self.raw.raft;
+        let store = self.raw.store();
+        let conf_state = store.conf_state();
+        let members = self.shared_state(|state| {
+            let member = |node_id: u64, voter: bool| MemberStatus {
+                node_id,
+                address: state
+                    .nodes
+                    .get(&node_id)
+                    .map(|n| n.address.clone())
+                    .unwrap_or_default(),
+                voter,
+            };
+            let mut members: Vec<MemberStatus> = conf_state
+                .voters
+                .iter()
+                .map(|id| member(*id, true))
+                .chain(conf_state.learners.iter().map(|id| member(*id, false)))
+                .collect();
+            members.sort_by_key(|m| m.node_id);
+            members
+        });
+        let status = RaftStatus {
+            node_id: self.config.node_id,
+            leader_id: raft.leader_id,
+            term: raft.term,
+            commit_index: raft.raft_log.committed,
+            applied_index: store.applied_index(),
+            first_log_index: store.snapshot_index() + 1,
+            role: raft.state.into(),
+            members,
+        };
+        *self.shared.status.write().expect("status lock poisoned") = status;
+    }
+}
+
+impl<T: Transport> Drop for RaftNode<T> {
+    fn drop(&mut self) {
+        // Pending replies are dropped here; their waiters see `Stopped`.
+        assert!(self.pending.len() <= crate::pending::REQUESTS_PENDING_MAX);
+    }
+}
+
+fn request_id_of(context: &[u8]) -> Option<u64> {
+    Some(u64::from_be_bytes(context.try_into().ok()?))
+}

@@ -1,0 +1,117 @@
+//! Client requests waiting on the raft loop, each with a deadline.
+//!
+//! Invariants: every waiting request is answered exactly once (by its
+//! result, by expiry, or with `Stopped` when the loop ends), and at most
+//! `REQUESTS_PENDING_MAX` wait at a time.
+
+use std::collections::HashMap;
+
+use tokio::sync::oneshot;
+
+use crate::command::Applied;
+use crate::{Error, Result};
+
+/// Bound on proposals plus reads waiting for the log.
+pub const REQUESTS_PENDING_MAX: usize = 8192;
+
+pub type ProposalReply = oneshot::Sender<Result<Applied>>;
+pub type ReadReply = oneshot::Sender<Result<()>>;
+
+struct Waiting<R> {
+    reply: R,
+    deadline_tick: u64,
+}
+
+/// Proposals keyed by request id, reads keyed by request id until raft
+/// hands back their read index, then by read index until applied.
+#[derive(Default)]
+pub struct Pending {
+    proposals: HashMap<u64, Waiting<ProposalReply>>,
+    reads_unconfirmed: HashMap<u64, Waiting<ReadReply>>,
+    reads_confirmed: Vec<(u64, ReadReply)>,
+}
+
+impl Pending {
+    pub fn len(&self) -> usize {
+        self.proposals.len() + self.reads_unconfirmed.len() + self.reads_confirmed.len()
+    }
+
+    pub fn is_full(&self) -> bool {
+        self.len() >= REQUESTS_PENDING_MAX
+    }
+
+    pub fn add_proposal(&mut self, request_id: u64, reply: ProposalReply, deadline_tick: u64) {
+        let previous = self.proposals.insert(
+            request_id,
+            Waiting {
+                reply,
+                deadline_tick,
+            },
+        );
+        assert!(previous.is_none(), "request id {request_id} reused");
+    }
+
+    pub fn add_read(&mut self, request_id: u64, reply: ReadReply, deadline_tick: u64) {
+        self.reads_unconfirmed.insert(
+            request_id,
+            Waiting {
+                reply,
+                deadline_tick,
+            },
+        );
+    }
+
+    /// Answers a proposal this node made; a proposal we no longer wait for
+    /// (expired) is ignored.
+    pub fn answer_proposal(&mut self, request_id: u64, result: Result<Applied>) {
+        if let Some(waiting) = self.proposals.remove(&request_id) {
+            let _ = waiting.reply.send(result);
+        }
+    }
+
+    /// Raft confirmed the read may be served once `read_index` is applied.
+    pub fn confirm_read(&mut self, request_id: u64, read_index: u64) {
+        if let Some(waiting) = self.reads_unconfirmed.remove(&request_id) {
+            self.reads_confirmed.push((read_index, waiting.reply));
+        }
+    }
+
+    /// Answers every confirmed read whose index is now applied.
+    pub fn release_reads(&mut self, applied_index: u64) {
+        let mut index = 0;
+        while index < self.reads_confirmed.len() {
+            if self.reads_confirmed[index].0 <= applied_index {
+                let (_, reply) = self.reads_confirmed.swap_remove(index);
+                let _ = reply.send(Ok(()));
+            } else {
+                index += 1;
+            }
+        }
+    }
+
+    /// Fails everything whose deadline has passed.
+    pub fn expire(&mut self, now_tick: u64, timeout_ms: u64) {
+        let expired_proposals: Vec<u64> = self
+            .proposals
+            .iter()
+            .filter(|(_, w)| w.deadline_tick <= now_tick)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired_proposals {
+            if let Some(waiting) = self.proposals.remove(&id) {
+                let _ = waiting.reply.send(Err(Error::Timeout { timeout_ms }));
+            }
+        }
+        let expired_reads: Vec<u64> = self
+            .reads_unconfirmed
+            .iter()
+            .filter(|(_, w)| w.deadline_tick <= now_tick)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in expired_reads {
+            if let Some(waiting) = self.reads_unconfirmed.remove(&id) {
+                let _ = waiting.reply.send(Err(Error::Timeout { timeout_ms }));
+            }
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! The Raft log, hard state and cluster state, durable in one LMDB
+//! environment (heed).
+//!
+//! Invariants:
+//! - `first_index() == snapshot_index + 1` and the log holds every index in
+//!   `[first_index, last_index]`, nothing else.
+//! - The applied index and the cluster state it produced are written in the
+//!   same transaction, so after a crash the state is exactly that of
+//!   `applied_index` and no entry is applied twice.
+//! - `snapshot_index <= applied_index <= commit <= last_index` once the
+//!   transaction of a Ready is committed.
+//!
+//! Writes go through a caller-owned `RwTxn` so one Ready costs one fsync.
+//! The in-memory copies of the metadata are updated as the writes are made;
+//! if the transaction then fails to commit the node stops (see `node.rs`),
+//! so they never outlive a failed write.
+
+use std::path::Path;
+
+use heed::types::{Bytes, Str, U64};
+use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
+use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
+use raft::{GetEntriesContext, RaftState, StorageError};
+
+use crate::command::{NodeRecord, VmRecord};
+use crate::state::{ClusterState, Touched};
+use crate::{Error, Result};
+
+type IndexKey = U64<BigEndian>;
+
+/// LMDB reserves address space, not disk: 64 GiB of map is only a ceiling.
+const MAP_SIZE_BYTES: usize = 64 * 1024 * 1024 * 1024;
+const DATABASES_MAX: u32 = 8;
+
+const KEY_HARD_STATE: &str = "hard_state";
+const KEY_CONF_STATE: &str = "conf_state";
+const KEY_SNAPSHOT_META: &str = "snapshot_metadata";
+const KEY_APPLIED_INDEX: &str = "applied_index";
+const KEY_REVISION: &str = "revision";
+
+/// Raft storage plus the state machine's tables.
+pub struct LogStore {
+    env: Env<WithoutTls>,
+    entries: Database<'static, IndexKey, Bytes>,
+    meta: Database<'static, Str, Bytes>,
+    vms: Database<'static, Str, Bytes>,
+    nodes: Database<'static, IndexKey, Bytes>,
+    hard_state: HardState,
+    conf_state: ConfState,
+    /// Index and term of the last entry folded into the state (compacted).
+    snapshot_meta: SnapshotMetadata,
+    last_index: u64,
+    applied_index: u64,
+}
+
+fn corrupt(what: &'static str, detail: impl ToString) -> Error {
+    Error::Corrupt {
+        what,
+        detail: detail.to_string(),
+    }
+}
+
+fn decode_pb<M: protobuf::Message>(what: &'static str, bytes: &[u8]) -> Result<M> {
+    M::parse_from_bytes(bytes).map_err(|e| corrupt(what, e))
+}
+
+fn encode_pb<M: protobuf::Message>(message: &M) -> Vec<u8> {
+    message
+        .write_to_bytes()
+        .expect("raft messages always encode")
+}
+
+fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
+    let array: [u8; 8] = bytes.try_into().map_err(|_| corrupt(what, "not 8 bytes"))?;
+    Ok(u64::from_be_bytes(array))
+}
+
+impl LogStore {
+    /// Opens (creating if needed) the store in `dir`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })?;
+        // SAFETY: heed requires that the same environment is not opened
+        // twice in one process and that the files are not modified by
+        // others; the daemon takes an exclusive lock on the data directory
+        // before opening it.
+        let env = unsafe {
+            EnvOpenOptions::new()
+                .read_txn_without_tls()
+                .map_size(MAP_SIZE_BYTES)
+                .max_dbs(DATABASES_MAX)
+                .open(dir)?
+        };
+        let wtxn = env.write_txn()?;
+        let (entries, meta, vms, nodes) = env
+            .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_> {
+                Ok(CommitOrAbort::<_, ()>::Commit((
+                    opener.create_database::<IndexKey, Bytes>(wtxn, Some("raft_entries"))?,
+                    opener.create_database::<Str, Bytes>(wtxn, Some("raft_meta"))?,
+                    opener.create_database::<Str, Bytes>(wtxn, Some("state_vms"))?,
+                    opener.create_database::<IndexKey, Bytes>(wtxn, Some("state_nodes"))?,
+                )))
+            })?
+            .unwrap_commit();
+        let mut store = Self {
+            env,
+            entries,
+            meta,
+            vms,
+            nodes,
+            hard_state: HardState::default(),
+            conf_state: ConfState::default(),
+            snapshot_meta: SnapshotMetadata::default(),
+            last_index: 0,
+            applied_index: 0,
+        };
+        store.load_metadata()?;
+        Ok(store)
+    }
+
+    fn load_metadata(&mut self) -> Result<()> {
+        let rtxn = self.env.read_txn()?;
+        if let Some(bytes) = self.meta.get(&rtxn, KEY_HARD_STATE)? {
+            self.hard_state = decode_pb("hard state", bytes)?;
+        }
+        if let Some(bytes) = self.meta.get(&rtxn, KEY_CONF_STATE)? {
+            self.conf_state = decode_pb("conf state", bytes)?;
+        }
+        if let Some(bytes) = self.meta.get(&rtxn, KEY_SNAPSHOT_META)? {
+            self.snapshot_meta = decode_pb("snapshot metadata", bytes)?;
+        }
+        if let Some(bytes) = self.meta.get(&rtxn, KEY_APPLIED_INDEX)? {
+            self.applied_index = decode_u64("applied index", bytes)?;
+        }
+        self.last_index = match self.entries.last(&rtxn)? {
+            Some((index, _)) => index,
+            None => self.snapshot_meta.index,
+        };
+        let first = self.snapshot_meta.index + 1;
+        if self.last_index >= first {
+            // The log must be contiguous from first_index.
+            let Some((lowest, _)) = self.entries.first(&rtxn)? else {
+                unreachable!("last exists, so first exists");
+            };
+            if lowest != first {
+                return Err(corrupt(
+                    "raft log",
+                    format!("first entry is {lowest}, expected {first}"),
+                ));
+            }
+        }
+        if self.applied_index < self.snapshot_meta.index || self.applied_index > self.last_index {
+            return Err(corrupt(
+                "applied index",
+                format!(
+                    "{} outside [{}, {}]",
+                    self.applied_index, self.snapshot_meta.index, self.last_index
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The environment, for opening a write transaction that spans a Ready.
+    pub fn env(&self) -> Env<WithoutTls> {
+        self.env.clone()
+    }
+
+    /// True once this node holds any raft state (it bootstrapped, or a
+    /// leader has reached it).
+    pub fn is_initialized(&self) -> bool {
+        self.hard_state.term > 0
+            || !self.conf_state.voters.is_empty()
+            || !self.conf_state.learners.is_empty()
+    }
+
+    pub fn applied_index(&self) -> u64 {
+        self.applied_index
+    }
+
+    pub fn commit_index(&self) -> u64 {
+        self.hard_state.commit
+    }
+
+    pub fn conf_state(&self) -> &ConfState {
+        &self.conf_state
+    }
+
+    pub fn snapshot_index(&self) -> u64 {
+        self.snapshot_meta.index
+    }
+
+    /// Number of entries still held in the log.
+    pub fn log_len(&self) -> u64 {
+        self.last_index - self.snapshot_meta.index
+    }
+
+    /// Starts a new single-voter cluster: the log begins after a snapshot at
+    /// index 1 (term 1) whose state already names this node, so every node
+    /// that joins later receives that snapshot and learns the first voter.
+    pub fn bootstrap(&mut self, node_id: u64, address: &str) -> Result<()> {
+        assert!(!self.is_initialized(), "bootstrap of an initialized store");
+        let env = self.env();
+        let mut wtxn = env.write_txn()?;
+        let mut conf_state = ConfState::default();
+        conf_state.voters = vec![node_id];
+        let mut snapshot = Snapshot::default();
+        snapshot.mut_metadata().index = 1;
+        snapshot.mut_metadata().term = 1;
+        snapshot.mut_metadata().set_conf_state(conf_state);
+        let mut state = ClusterState::default();
+        state.add_member(node_id, address.to_string());
+        snapshot.data = state.encode().into();
+        self.apply_snapshot(&mut wtxn, &snapshot)?;
+        let mut hard_state = HardState::default();
+        hard_state.term = 1;
+        hard_state.commit = 1;
+        self.set_hard_state(&mut wtxn, &hard_state)?;
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Reads the cluster state tables (as of `applied_index`).
+    pub fn load_state(&self) -> Result<ClusterState> {
+        let rtxn = self.env.read_txn()?;
+        self.read_state(&rtxn)
+    }
+
+    fn read_state(&self, rtxn: &heed::RoTxn) -> Result<ClusterState> {
+        let mut state = ClusterState::default();
+        if let Some(bytes) = self.meta.get(rtxn, KEY_REVISION)? {
+            state.revision = decode_u64("revision", bytes)?;
+        }
+        for item in self.vms.iter(rtxn)? {
+            let (name, bytes) = item?;
+            let vm: VmRecord =
+                serde_json::from_slice(bytes).map_err(|e| corrupt("VM record", e))?;
+            state.vms.insert(name.to_string(), vm);
+        }
+        for item in self.nodes.iter(rtxn)? {
+            let (id, bytes) = item?;
+            let node: NodeRecord =
+                serde_json::from_slice(bytes).map_err(|e| corrupt("node record", e))?;
+            state.nodes.insert(id, node);
+        }
+        Ok(state)
+    }
+
+    /// Appends entries, replacing any conflicting suffix of the log.
+    pub fn append(&mut self, wtxn: &mut RwTxn, entries: &[Entry]) -> Result<()> {
+        let Some(first) = entries.first() else {
+            return Ok(());
+        };
+        assert!(
+            first.index > self.snapshot_meta.index && first.index <= self.last_index + 1,
+            "append at {} leaves a gap or overwrites the snapshot (snapshot {}, last {})",
+            first.index,
+            self.snapshot_meta.index,
+            self.last_index
+        );
+        self.entries.delete_range(wtxn, &(first.index..))?;
+        for entry in entries {
+            self.entries.put(wtxn, &entry.index, &encode_pb(entry))?;
+        }
+        self.last_index = entries.last().map_or(self.last_index, |e| e.index);
+        Ok(())
+    }
+
+    pub fn set_hard_state(&mut self, wtxn: &mut RwTxn, hard_state: &HardState) -> Result<()> {
+        self.meta
+            .put(wtxn, KEY_HARD_STATE, &encode_pb(hard_state))?;
+        self.hard_state = hard_state.clone();
+        Ok(())
+    }
+
+    pub fn set_commit(&mut self, wtxn: &mut RwTxn, commit: u64) -> Result<()> {
+        let mut hard_state = self.hard_state.clone();
+        hard_state.commit = commit;
+        self.set_hard_state(wtxn, &hard_state)
+    }
+
+    pub fn set_conf_state(&mut self, wtxn: &mut RwTxn, conf_state: &ConfState) -> Result<()> {
+        self.meta
+            .put(wtxn, KEY_CONF_STATE, &encode_pb(conf_state))?;
+        self.conf_state = conf_state.clone();
+        Ok(())
+    }
+
+    /// Records that entry `index` has been applied, together with the
+    /// state rows it changed.
+    pub fn record_applied(
+        &mut self,
+        wtxn: &mut RwTxn,
+        index: u64,
+        state: &ClusterState,
+        touched: &[Touched],
+    ) -> Result<()> {
+        assert!(
+            index > self.applied_index,
+            "entry {index} applied twice (applied index {})",
+            self.applied_index
+        );
+        for key in touched {
+            self.write_row(wtxn, state, key)?;
+        }
+        self.meta
+            .put(wtxn, KEY_REVISION, &state.revision.to_be_bytes())?;
+        self.meta
+            .put(wtxn, KEY_APPLIED_INDEX, &index.to_be_bytes())?;
+        self.applied_index = index;
+        Ok(())
+    }
+
+    fn write_row(&self, wtxn: &mut RwTxn, state: &ClusterState, key: &Touched) -> Result<()> {
+        match key {
+            Touched::Vm(name) => match state.vms.get(name) {
+                Some(vm) => {
+                    let bytes = serde_json::to_vec(vm).expect("VM records serialize");
+                    self.vms.put(wtxn, name, &bytes)?;
+                }
+                None => {
+                    self.vms.delete(wtxn, name)?;
+                }
+            },
+            Touched::Node(id) => match state.nodes.get(id) {
+                Some(node) => {
+                    let bytes = serde_json::to_vec(node).expect("node records serialize");
+                    self.nodes.put(wtxn, id, &bytes)?;
+                }
+                None => {
+                    self.nodes.delete(wtxn, id)?;
+                }
+            },
+        }
+        Ok(())
+    }
+
+    /// Replaces log and state with a snapshot (received from the leader or
+    /// made at bootstrap) and returns the state it holds.
+    pub fn apply_snapshot(
+        &mut self,
+        wtxn: &mut RwTxn,
+        snapshot: &Snapshot,
+    ) -> Result<ClusterState> {
+        let metadata = snapshot.get_metadata();
+        let state = ClusterState::decode(&snapshot.data)?;
+        self.entries.clear(wtxn)?;
+        self.vms.clear(wtxn)?;
+        self.nodes.clear(wtxn)?;
+        for vm in state.vms.values() {
+            let bytes = serde_json::to_vec(vm).expect("VM records serialize");
+            self.vms.put(wtxn, &vm.spec.name, &bytes)?;
+        }
+        for node in state.nodes.values() {
+            let bytes = serde_json::to_vec(node).expect("node records serialize");
+            self.nodes.put(wtxn, &node.node_id, &bytes)?;
+        }
+        self.meta
+            .put(wtxn, KEY_REVISION, &state.revision.to_be_bytes())?;
+        self.meta
+            .put(wtxn, KEY_APPLIED_INDEX, &metadata.index.to_be_bytes())?;
+        self.meta
+            .put(wtxn, KEY_SNAPSHOT_META, &encode_pb(metadata))?;
+        self.set_conf_state(wtxn, metadata.get_conf_state())?;
+        if self.hard_state.commit < metadata.index {
+            self.set_commit(wtxn, metadata.index)?;
+        }
+        self.snapshot_meta = metadata.clone();
+        self.last_index = metadata.index;
+        self.applied_index = metadata.index;
+        Ok(state)
+    }
+
+    /// Drops log entries up to and including `index`, which must be
+    /// applied; a follower that needs them gets a snapshot instead.
+    pub fn compact(&mut self, wtxn: &mut RwTxn, index: u64) -> Result<()> {
+        assert!(
+            index <= self.applied_index,
+            "compaction to {index} beyond applied index {}",
+            self.applied_index
+        );
+        if index <= self.snapshot_meta.index {
+            return Ok(());
+        }
+        let term = raft::Storage::term(self, index)?;
+        let mut metadata = SnapshotMetadata::default();
+        metadata.index = index;
+        metadata.term = term;
+        metadata.set_conf_state(self.conf_state.clone());
+        self.entries.delete_range(wtxn, &(..=index))?;
+        self.meta
+            .put(wtxn, KEY_SNAPSHOT_META, &encode_pb(&metadata))?;
+        self.snapshot_meta = metadata;
+        Ok(())
+    }
+
+    fn entry_term(&self, index: u64) -> Result<u64> {
+        let rtxn = self.env.read_txn()?;
+        let bytes = self
+            .entries
+            .get(&rtxn, &index)?
+            .ok_or_else(|| corrupt("raft log", format!("entry {index} missing")))?;
+        let entry: Entry = decode_pb("raft entry", bytes)?;
+        Ok(entry.term)
+    }
+}
+
+fn to_raft(error: Error) -> raft::Error {
+    match error {
+        Error::Raft(e) => e,
+        other => raft::Error::Store(StorageError::Other(Box::new(other))),
+    }
+}
+
+impl raft::Storage for LogStore {
+    fn initial_state(&self) -> raft::Result<RaftState> {
+        Ok(RaftState::new(
+            self.hard_state.clone(),
+            self.conf_state.clone(),
+        ))
+    }
+
+    fn entries(
+        &self,
+        low: u64,
+        high: u64,
+        max_size: impl Into<Option<u64>>,
+        _context: GetEntriesContext,
+    ) -> raft::Result<Vec<Entry>> {
+        if low <= self.snapshot_meta.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        assert!(
+            high <= self.last_index + 1,
+            "entries up to {high} requested, last index is {}",
+            self.last_index
+        );
+        let read = || -> Result<Vec<Entry>> {
+            let rtxn = self.env.read_txn()?;
+            let mut entries = Vec::with_capacity((high - low) as usize);
+            for item in self.entries.range(&rtxn, &(low..high))? {
+                let (_, bytes) = item?;
+                entries.push(decode_pb("raft entry", bytes)?);
+            }
+            Ok(entries)
+        };
+        let mut entries = read().map_err(to_raft)?;
+        raft::util::limit_size(&mut entries, max_size.into());
+        Ok(entries)
+    }
+
+    fn term(&self, index: u64) -> raft::Result<u64> {
+        if index == self.snapshot_meta.index {
+            return Ok(self.snapshot_meta.term);
+        }
+        if index < self.snapshot_meta.index {
+            return Err(raft::Error::Store(StorageError::Compacted));
+        }
+        if index > self.last_index {
+            return Err(raft::Error::Store(StorageError::Unavailable));
+        }
+        self.entry_term(index).map_err(to_raft)
+    }
+
+    fn first_index(&self) -> raft::Result<u64> {
+        Ok(self.snapshot_meta.index + 1)
+    }
+
+    fn last_index(&self) -> raft::Result<u64> {
+        Ok(self.last_index)
+    }
+
+    /// A snapshot of the applied state, read in one transaction so the
+    /// state, its index and its configuration belong together.
+    fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
+        if self.applied_index < request_index {
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
+        let build = || -> Result<Snapshot> {
+            let rtxn = self.env.read_txn()?;
+            let state = self.read_state(&rtxn)?;
+            let mut snapshot = Snapshot::default();
+            let metadata = snapshot.mut_metadata();
+            metadata.index = self.applied_index;
+            metadata.term = raft::Storage::term(self, self.applied_index)?;
+            metadata.set_conf_state(self.conf_state.clone());
+            snapshot.data = state.encode().into();
+            Ok(snapshot)
+        };
+        build().map_err(to_raft)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use raft::Storage;
+
+    fn entry(index: u64, term: u64) -> Entry {
+        let mut e = Entry::default();
+        e.index = index;
+        e.term = term;
+        e
+    }
+
+    #[test]
+    fn log_survives_reopen_and_truncates_conflicts() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut store = LogStore::open(dir.path()).unwrap();
+            store.bootstrap(1, "127.0.0.1:1").unwrap();
+            let env = store.env();
+            let mut wtxn = env.write_txn().unwrap();
+            store
+                .append(&mut wtxn, &[entry(2, 1), entry(3, 1), entry(4, 1)])
+                .unwrap();
+            store.append(&mut wtxn, &[entry(3, 2)]).unwrap();
+            wtxn.commit().unwrap();
+        }
+        let store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.first_index().unwrap(), 2);
+        assert_eq!(store.last_index().unwrap(), 3);
+        assert_eq!(store.term(1).unwrap(), 1);
+        assert_eq!(store.term(3).unwrap(), 2);
+        assert_eq!(store.applied_index(), 1);
+        assert_eq!(store.load_state().unwrap().nodes[&1].address, "127.0.0.1:1");
+        assert!(matches!(
+            store.entries(1, 3, None, GetEntriesContext::empty(false)),
+            Err(raft::Error::Store(StorageError::Compacted))
+        ));
+    }
+
+    #[test]
+    fn compaction_moves_first_index_and_snapshot_carries_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        store.bootstrap(1, "a:1").unwrap();
+        let env = store.env();
+        let mut wtxn = env.write_txn().unwrap();
+        store
+            .append(&mut wtxn, &[entry(2, 1), entry(3, 1)])
+            .unwrap();
+        let mut state = store.load_state().unwrap();
+        state.add_member(2, "b:2".into());
+        store
+            .record_applied(&mut wtxn, 2, &state, &[Touched::Node(2)])
+            .unwrap();
+        store.compact(&mut wtxn, 2).unwrap();
+        wtxn.commit().unwrap();
+        assert_eq!(store.first_index().unwrap(), 3);
+        let snapshot = store.snapshot(0, 2).unwrap();
+        assert_eq!(snapshot.get_metadata().index, 2);
+        let restored = ClusterState::decode(&snapshot.data).unwrap();
+        assert_eq!(restored.nodes.len(), 2);
+    }
+}

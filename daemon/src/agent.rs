@@ -1,0 +1,254 @@
+//! `blixard agent`: opens the node's data, runs the raft loop and serves
+//! gRPC until shut down.
+//!
+//! Invariants: one process owns a data directory at a time (file lock);
+//! a node whose data directory holds raft state restarts from it and
+//! ignores `--join`; a first start with `--join` changes nothing on disk
+//! until a join address has answered.
+
+use std::fs::File;
+use std::future::Future;
+use std::path::Path;
+use std::time::Duration;
+
+use blixard_api::pb;
+use blixard_api::pb::cluster_client::ClusterClient;
+use blixard_consensus::{LogStore, RaftConfig, RaftHandle, RaftNode};
+use tokio::sync::watch;
+use tonic::transport::Endpoint;
+
+use crate::config::Config;
+use crate::services::{self, cluster::ClusterService, raft::RaftService, vm::VmService};
+use crate::transport::{GrpcTransport, RAFT_MESSAGE_BYTES_MAX};
+use crate::Error;
+
+const JOIN_PROBE_TIMEOUT_MS: u64 = 3_000;
+const JOIN_ATTEMPTS_MAX: u32 = 60;
+const JOIN_RETRY_DELAY_MS: u64 = 500;
+
+/// Holds the data directory's lock for the life of the agent.
+struct DataDirLock {
+    _file: File,
+}
+
+fn lock_data_dir(dir: &Path) -> Result<DataDirLock, Error> {
+    let io_error = |source| Error::DataDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(dir).map_err(io_error)?;
+    let file = File::create(dir.join("LOCK")).map_err(io_error)?;
+    match file.try_lock() {
+        Ok(()) => Ok(DataDirLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => Err(Error::DataDirLocked {
+            path: dir.display().to_string(),
+        }),
+        Err(std::fs::TryLockError::Error(source)) => Err(io_error(source)),
+    }
+}
+
+fn raft_config(config: &Config) -> RaftConfig {
+    let consensus = &config.consensus;
+    let tick_ms = consensus.heartbeat_interval_ms;
+    let election_ticks = (consensus.election_timeout_ms / tick_ms) as usize;
+    let election_ticks_max = consensus
+        .election_timeout_max_ms
+        .map_or(2 * election_ticks, |max_ms| {
+            ((max_ms / tick_ms) as usize).max(election_ticks + 1)
+        });
+    RaftConfig {
+        node_id: config.cluster.node_id,
+        address: config.api.bind.clone(),
+        tick_interval_ms: tick_ms,
+        election_ticks,
+        heartbeat_ticks: 1,
+        election_ticks_max,
+        snapshot_threshold_entries: consensus.snapshot_threshold,
+        request_timeout_ms: consensus.request_timeout_ms,
+    }
+}
+
+async fn connect_cluster(
+    address: &str,
+) -> Result<ClusterClient<tonic::transport::Channel>, String> {
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(JOIN_PROBE_TIMEOUT_MS))
+        .timeout(Duration::from_millis(JOIN_PROBE_TIMEOUT_MS));
+    let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+    Ok(ClusterClient::new(channel))
+}
+
+/// Checks that at least one join address answers before anything is
+/// written, so a typo leaves the data directory untouched.
+async fn probe_join_addresses(join: &[String]) -> Result<(), Error> {
+    let mut failures = Vec::new();
+    for address in join {
+        match connect_cluster(address).await {
+            Ok(mut client) => match client.status(pb::StatusRequest {}).await {
+                Ok(_) => return Ok(()),
+                Err(status) => failures.push(format!("{address}: {}", status.message())),
+            },
+            Err(error) => failures.push(format!("{address}: {error}")),
+        }
+    }
+    Err(Error::Join {
+        detail: format!("no join address answered ({})", failures.join("; ")),
+    })
+}
+
+/// Asks the cluster to add this node, retrying while it elects a leader.
+async fn request_join(config: &Config) -> Result<(), Error> {
+    let request = pb::JoinRequest {
+        node_id: config.cluster.node_id,
+        address: config.api.bind.clone(),
+    };
+    let mut last_error = String::new();
+    for _ in 0..JOIN_ATTEMPTS_MAX {
+        for address in &config.cluster.join {
+            let outcome = match connect_cluster(address).await {
+                Ok(mut client) => client
+                    .join(request.clone())
+                    .await
+                    .map_err(|s| (s.code(), format!("{address}: {}", s.message()))),
+                Err(error) => Err((tonic::Code::Unavailable, format!("{address}: {error}"))),
+            };
+            match outcome {
+                Ok(_) => return Ok(()),
+                Err((tonic::Code::AlreadyExists | tonic::Code::InvalidArgument, detail)) => {
+                    return Err(Error::Join { detail });
+                }
+                Err((_, detail)) => last_error = detail,
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(JOIN_RETRY_DELAY_MS)).await;
+    }
+    Err(Error::Join {
+        detail: format!("gave up after {JOIN_ATTEMPTS_MAX} attempts; last error: {last_error}"),
+    })
+}
+
+/// Runs the agent until `shutdown` completes. Returns an error if start-up
+/// fails or the raft loop stops on a storage failure.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    config.validate()?;
+    let data_dir = config.cluster.data_dir.clone();
+    let has_data = data_dir.join("data.mdb").exists();
+    if !has_data && !config.cluster.join.is_empty() {
+        probe_join_addresses(&config.cluster.join).await?;
+    }
+    let _lock = lock_data_dir(&data_dir)?;
+    let store = LogStore::open(&data_dir)?;
+    let initialized = store.is_initialized();
+    let bootstrap = config.cluster.join.is_empty();
+    if initialized && !bootstrap {
+        tracing::info!("data directory holds raft state; ignoring join addresses");
+    }
+    let (node, handle) = RaftNode::new(
+        raft_config(&config),
+        store,
+        bootstrap,
+        GrpcTransport::new(config.api.bind.clone()),
+    )?;
+    tracing::info!(
+        node_id = config.cluster.node_id,
+        bind = %config.api.bind,
+        data_dir = %data_dir.display(),
+        bootstrapped = bootstrap && !initialized,
+        "blixard agent starting"
+    );
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = tokio::spawn(serve(config.clone(), handle.clone(), stop_rx.clone()));
+    let mut raft_stop = stop_rx.clone();
+    let raft = tokio::spawn(node.run(async move {
+        let _ = raft_stop.wait_for(|stop| *stop).await;
+    }));
+
+    if !initialized && !bootstrap {
+        if let Err(error) = request_join(&config).await {
+            let _ = stop_tx.send(true);
+            let _ = raft.await;
+            let _ = server.await;
+            return Err(error);
+        }
+        tracing::info!("joined the cluster as a learner");
+    }
+
+    tokio::pin!(shutdown);
+    tokio::pin!(raft);
+    tokio::pin!(server);
+    let outcome = tokio::select! {
+        _ = &mut shutdown => {
+            tracing::info!("shutting down");
+            Ok(())
+        }
+        result = &mut raft => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(Error::from(error)),
+            Err(join_error) => panic!("raft loop panicked: {join_error}"),
+        },
+        result = &mut server => match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(error)) => Err(error),
+            Err(join_error) => panic!("gRPC server panicked: {join_error}"),
+        },
+    };
+    let _ = stop_tx.send(true);
+    if !raft.is_finished() {
+        let _ = raft.await;
+    }
+    if !server.is_finished() {
+        let _ = server.await;
+    }
+    outcome
+}
+
+async fn serve(
+    config: Config,
+    raft: RaftHandle,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), Error> {
+    use pb::cluster_server::ClusterServer;
+    use pb::raft_transport_server::RaftTransportServer;
+    use pb::vm_server::VmServer;
+    let node_id = config.cluster.node_id;
+    let raft_service = RaftTransportServer::new(RaftService {
+        node_id,
+        raft: raft.clone(),
+    })
+    .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let cluster_service = ClusterServer::new(ClusterService { raft: raft.clone() });
+    let vm_service = VmServer::new(VmService { raft });
+    let router = tonic::transport::Server::builder()
+        .layer(tonic::service::InterceptorLayer::new(services::authorize))
+        .add_service(raft_service)
+        .add_service(cluster_service)
+        .add_service(vm_service);
+    let bind = config.bind_addr();
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    let serve_error = |e: &dyn std::fmt::Display| Error::Serve {
+        bind: bind.to_string(),
+        detail: e.to_string(),
+    };
+    #[cfg(not(madsim))]
+    {
+        let listener = tokio::net::TcpListener::bind(bind)
+            .await
+            .map_err(|e| serve_error(&e))?;
+        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        router
+            .serve_with_incoming_shutdown(incoming, stopped)
+            .await
+            .map_err(|e| serve_error(&e))
+    }
+    #[cfg(madsim)]
+    {
+        router
+            .serve_with_shutdown(bind, stopped)
+            .await
+            .map_err(|e| serve_error(&e))
+    }
+}

@@ -1,0 +1,274 @@
+//! The agent's configuration: `/etc/blixard/config.toml` overlaid by flags.
+//!
+//! Invariant: a `Config` that `validate` accepted has a non-zero node id, a
+//! data directory, a HOST:PORT bind address, join addresses that parse, and
+//! raft timings where the election timeout spans several heartbeats.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// The file format. Unknown keys are errors so typos do not pass silently.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub cluster: ClusterSection,
+    #[serde(default)]
+    pub consensus: ConsensusSection,
+    #[serde(default)]
+    pub api: ApiSection,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSection {
+    #[serde(default)]
+    pub node_id: u64,
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Addresses of existing members to join through (first start only).
+    #[serde(default)]
+    pub join: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ConsensusSection {
+    #[serde(default = "default_election_timeout_ms")]
+    pub election_timeout_ms: u64,
+    #[serde(default = "default_heartbeat_interval_ms")]
+    pub heartbeat_interval_ms: u64,
+    /// Randomized election timeouts fall in
+    /// `[election_timeout_ms, election_timeout_max_ms)`; default twice the
+    /// timeout. Setting it one heartbeat above makes elections reproducible.
+    #[serde(default)]
+    pub election_timeout_max_ms: Option<u64>,
+    #[serde(default = "default_snapshot_threshold")]
+    pub snapshot_threshold: u64,
+    /// How long a client request may wait for commit before failing.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ApiSection {
+    /// gRPC address this node serves clients and peers on.
+    #[serde(default = "default_bind")]
+    pub bind: String,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/blixard")
+}
+fn default_election_timeout_ms() -> u64 {
+    1000
+}
+fn default_heartbeat_interval_ms() -> u64 {
+    100
+}
+fn default_snapshot_threshold() -> u64 {
+    10_000
+}
+fn default_request_timeout_ms() -> u64 {
+    10_000
+}
+fn default_bind() -> String {
+    blixard_api::DEFAULT_ADDR.to_string()
+}
+
+impl Default for ClusterSection {
+    fn default() -> Self {
+        Self {
+            node_id: 0,
+            data_dir: default_data_dir(),
+            join: Vec::new(),
+        }
+    }
+}
+
+impl Default for ConsensusSection {
+    fn default() -> Self {
+        Self {
+            election_timeout_ms: default_election_timeout_ms(),
+            heartbeat_interval_ms: default_heartbeat_interval_ms(),
+            election_timeout_max_ms: None,
+            snapshot_threshold: default_snapshot_threshold(),
+            request_timeout_ms: default_request_timeout_ms(),
+        }
+    }
+}
+
+impl Default for ApiSection {
+    fn default() -> Self {
+        Self {
+            bind: default_bind(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cluster: ClusterSection::default(),
+            consensus: ConsensusSection::default(),
+            api: ApiSection::default(),
+        }
+    }
+}
+
+/// Flags given on the command line; each one set wins over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub node_id: Option<u64>,
+    pub data_dir: Option<PathBuf>,
+    pub bind: Option<String>,
+    pub join: Vec<String>,
+}
+
+impl Config {
+    /// Parses TOML text; `origin` names the file in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Self, Error> {
+        toml::from_str(text).map_err(|e| Error::Config {
+            origin: origin.to_string(),
+            detail: e.to_string(),
+        })
+    }
+
+    pub fn load(path: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(path).map_err(|e| Error::Config {
+            origin: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    pub fn apply(&mut self, overrides: Overrides) {
+        if let Some(node_id) = overrides.node_id {
+            self.cluster.node_id = node_id;
+        }
+        if let Some(data_dir) = overrides.data_dir {
+            self.cluster.data_dir = data_dir;
+        }
+        if let Some(bind) = overrides.bind {
+            self.api.bind = bind;
+        }
+        if !overrides.join.is_empty() {
+            self.cluster.join = overrides.join;
+        }
+    }
+
+    /// See the module invariant.
+    pub fn validate(&self) -> Result<(), Error> {
+        let invalid = |detail: String| Err(Error::InvalidConfig { detail });
+        if self.cluster.node_id == 0 {
+            return invalid(
+                "cluster.node_id is missing or 0: give --node-id N or set node_id in [cluster]"
+                    .into(),
+            );
+        }
+        if self.cluster.data_dir.as_os_str().is_empty() {
+            return invalid("cluster.data_dir is empty".into());
+        }
+        if self.api.bind.parse::<SocketAddr>().is_err() {
+            return invalid(format!(
+                "api.bind {:?} is not an IP:PORT socket address",
+                self.api.bind
+            ));
+        }
+        for address in &self.cluster.join {
+            blixard_api::validate::address(address).map_err(|e| Error::InvalidConfig {
+                detail: format!("join: {e}"),
+            })?;
+        }
+        let consensus = &self.consensus;
+        if consensus.heartbeat_interval_ms == 0 || consensus.heartbeat_interval_ms > 60_000 {
+            return invalid(format!(
+                "consensus.heartbeat_interval_ms {} must be between 1 and 60000",
+                consensus.heartbeat_interval_ms
+            ));
+        }
+        if consensus.election_timeout_ms < 3 * consensus.heartbeat_interval_ms {
+            return invalid(format!(
+                "consensus.election_timeout_ms {} must be at least 3 heartbeats ({} ms)",
+                consensus.election_timeout_ms,
+                3 * consensus.heartbeat_interval_ms
+            ));
+        }
+        if let Some(max_ms) = consensus.election_timeout_max_ms {
+            if max_ms <= consensus.election_timeout_ms {
+                return invalid(format!(
+                    "consensus.election_timeout_max_ms {max_ms} must exceed election_timeout_ms {}",
+                    consensus.election_timeout_ms
+                ));
+            }
+        }
+        if consensus.snapshot_threshold < 2 {
+            return invalid(format!(
+                "consensus.snapshot_threshold {} must be at least 2",
+                consensus.snapshot_threshold
+            ));
+        }
+        if consensus.request_timeout_ms == 0 {
+            return invalid("consensus.request_timeout_ms must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn bind_addr(&self) -> SocketAddr {
+        self.api
+            .bind
+            .parse()
+            .expect("validate() checked the bind address")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_sections_parse_and_flags_win() {
+        let mut config = Config::parse(
+            "[cluster]\nnode_id = 2\ndata_dir = \"/tmp/x\"\n[consensus]\nelection_timeout_ms = 500\nheartbeat_interval_ms = 50\nsnapshot_threshold = 100\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(config.cluster.node_id, 2);
+        assert_eq!(config.consensus.snapshot_threshold, 100);
+        config.apply(Overrides {
+            node_id: Some(3),
+            bind: Some("127.0.0.1:9000".into()),
+            ..Default::default()
+        });
+        assert_eq!(config.cluster.node_id, 3);
+        config.validate().unwrap();
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let unknown = Config::parse("[cluster]\nnode_idd = 1\n", "f.toml").unwrap_err();
+        assert!(unknown.to_string().contains("node_idd"), "{unknown}");
+        let truncated = Config::parse("[cluster\nnode_id = 1", "f.toml").unwrap_err();
+        assert!(truncated.to_string().contains("f.toml"), "{truncated}");
+        let wrong_type = Config::parse("[cluster]\nnode_id = \"one\"\n", "f.toml").unwrap_err();
+        assert!(wrong_type.to_string().contains("node_id"), "{wrong_type}");
+    }
+
+    #[test]
+    fn validation_refuses_nonsense() {
+        let mut config = Config::default();
+        assert!(config.validate().is_err(), "node id 0 accepted");
+        config.cluster.node_id = 1;
+        config.validate().unwrap();
+        config.consensus.election_timeout_ms = 100;
+        assert!(config.validate().is_err());
+        config.consensus.election_timeout_ms = 1000;
+        config.api.bind = "nowhere".into();
+        assert!(config.validate().is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! The blixard daemon: configuration, the agent's wiring, gRPC services and
+//! the Raft peer transport.
+//!
+//! Invariant: every RPC enters through [`services::authorize`] and every
+//! write reaches the cluster state only through the raft log.
+
+pub mod agent;
+pub mod config;
+mod convert;
+mod error;
+pub mod services;
+pub mod transport;
+
+pub use config::{Config, Overrides};
+pub use error::Error;

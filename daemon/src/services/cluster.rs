@@ -1,0 +1,109 @@
+//! The `Cluster` service: status, join and node removal.
+
+use blixard_api::{pb, validate};
+use blixard_consensus::{MembershipChange, RaftHandle, RaftStatus};
+use tonic::{Request, Response, Status};
+
+use crate::Error;
+
+pub struct ClusterService {
+    pub raft: RaftHandle,
+}
+
+pub fn members_to_pb(status: &RaftStatus) -> Vec<pb::Member> {
+    status
+        .members
+        .iter()
+        .map(|m| pb::Member {
+            node_id: m.node_id,
+            address: m.address.clone(),
+            role: if m.voter {
+                pb::MemberRole::Voter
+            } else {
+                pb::MemberRole::Learner
+            } as i32,
+        })
+        .collect()
+}
+
+#[tonic::async_trait]
+impl pb::cluster_server::Cluster for ClusterService {
+    async fn status(
+        &self,
+        _request: Request<pb::StatusRequest>,
+    ) -> Result<Response<pb::StatusResponse>, Status> {
+        let status = self.raft.status();
+        let revision = self.raft.read_state(|s| s.revision);
+        Ok(Response::new(pb::StatusResponse {
+            node_id: status.node_id,
+            leader_id: status.leader_id,
+            term: status.term,
+            commit_index: status.commit_index,
+            applied_index: status.applied_index,
+            raft_role: status.role.as_str().to_string(),
+            members: members_to_pb(&status),
+            revision,
+            first_log_index: status.first_log_index,
+        }))
+    }
+
+    async fn join(
+        &self,
+        request: Request<pb::JoinRequest>,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let request = request.into_inner();
+        validate::node_id(request.node_id).map_err(Error::from)?;
+        validate::address(&request.address).map_err(Error::from)?;
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let known = self
+            .raft
+            .read_state(|s| s.nodes.get(&request.node_id).map(|n| n.address.clone()));
+        match known {
+            // A node retrying its join after a restart: already done.
+            Some(address) if address == request.address => {}
+            Some(address) => return Err(Status::already_exists(format!(
+                "node id {} is already a member at {address}; pick another id or remove it first",
+                request.node_id
+            ))),
+            None => {
+                self.raft
+                    .change_membership(MembershipChange::AddLearner {
+                        node_id: request.node_id,
+                        address: request.address,
+                    })
+                    .await
+                    .map_err(Error::from)?;
+            }
+        }
+        let status = self.raft.status();
+        Ok(Response::new(pb::JoinResponse {
+            members: members_to_pb(&status),
+            leader_id: status.leader_id,
+        }))
+    }
+
+    async fn remove_node(
+        &self,
+        request: Request<pb::RemoveNodeRequest>,
+    ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let node_id = request.into_inner().node_id;
+        validate::node_id(node_id).map_err(Error::from)?;
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let is_member = self
+            .raft
+            .status()
+            .members
+            .iter()
+            .any(|m| m.node_id == node_id);
+        if !is_member {
+            return Err(Status::not_found(format!("node {node_id} is not a member")));
+        }
+        self.raft
+            .change_membership(MembershipChange::Remove { node_id })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::RemoveNodeResponse {
+            members: members_to_pb(&self.raft.status()),
+        }))
+    }
+}

@@ -1,0 +1,200 @@
+//! The `Vm` service: VM definitions and desired state in the replicated log.
+
+use std::pin::Pin;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use blixard_api::{pb, validate};
+use blixard_consensus::{Command, DesiredState, RaftHandle, StateEvent, VmChange};
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::convert::{vm_info_to_pb, vm_spec_from_pb};
+use crate::Error;
+
+/// Events buffered per watcher between the state and its gRPC stream.
+const WATCH_EVENTS_BUFFERED_MAX: usize = 256;
+
+pub struct VmService {
+    pub raft: RaftHandle,
+}
+
+fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl VmService {
+    async fn set_desired(
+        &self,
+        name: String,
+        desired_state: DesiredState,
+    ) -> Result<Response<pb::VmResponse>, Status> {
+        validate::vm_name(&name).map_err(Error::from)?;
+        let applied = self
+            .raft
+            .propose(Command::SetVmDesiredState {
+                name,
+                desired_state,
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::VmResponse {
+            vm: applied.vm.as_ref().map(vm_info_to_pb),
+            revision: applied.revision,
+        }))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::VmEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::vm_server::Vm for VmService {
+    async fn create(
+        &self,
+        request: Request<pb::CreateVmRequest>,
+    ) -> Result<Response<pb::VmResponse>, Status> {
+        let spec = vm_spec_from_pb(request.into_inner().spec).map_err(Error::from)?;
+        let applied = self
+            .raft
+            .propose(Command::CreateVm {
+                spec,
+                created_at_unix_ms: now_unix_ms(),
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::VmResponse {
+            vm: applied.vm.as_ref().map(vm_info_to_pb),
+            revision: applied.revision,
+        }))
+    }
+
+    async fn start(
+        &self,
+        request: Request<pb::VmNameRequest>,
+    ) -> Result<Response<pb::VmResponse>, Status> {
+        self.set_desired(request.into_inner().name, DesiredState::Running)
+            .await
+    }
+
+    async fn stop(
+        &self,
+        request: Request<pb::VmNameRequest>,
+    ) -> Result<Response<pb::VmResponse>, Status> {
+        self.set_desired(request.into_inner().name, DesiredState::Stopped)
+            .await
+    }
+
+    async fn delete(
+        &self,
+        request: Request<pb::VmNameRequest>,
+    ) -> Result<Response<pb::DeleteVmResponse>, Status> {
+        let name = request.into_inner().name;
+        validate::vm_name(&name).map_err(Error::from)?;
+        let applied = self
+            .raft
+            .propose(Command::DeleteVm { name })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::DeleteVmResponse {
+            revision: applied.revision,
+        }))
+    }
+
+    async fn get(
+        &self,
+        request: Request<pb::VmNameRequest>,
+    ) -> Result<Response<pb::VmResponse>, Status> {
+        let name = request.into_inner().name;
+        validate::vm_name(&name).map_err(Error::from)?;
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let (vm, revision) = self
+            .raft
+            .read_state(|s| (s.vms.get(&name).map(vm_info_to_pb), s.revision));
+        let vm = vm.ok_or_else(|| Status::not_found(format!("no VM named {name:?}")))?;
+        Ok(Response::new(pb::VmResponse {
+            vm: Some(vm),
+            revision,
+        }))
+    }
+
+    async fn list(
+        &self,
+        _request: Request<pb::ListVmsRequest>,
+    ) -> Result<Response<pb::ListVmsResponse>, Status> {
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let (vms, revision) = self
+            .raft
+            .read_state(|s| (s.vms.values().map(vm_info_to_pb).collect(), s.revision));
+        Ok(Response::new(pb::ListVmsResponse { vms, revision }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        _request: Request<pb::WatchVmsRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        // Subscribe before reading so no change falls between the two.
+        let mut events = self.raft.subscribe();
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let (initial, revision) = self.raft.read_state(|s| {
+            let initial: Vec<pb::VmEvent> = s
+                .vms
+                .values()
+                .map(|vm| pb::VmEvent {
+                    kind: pb::VmEventKind::Added as i32,
+                    vm: Some(vm_info_to_pb(vm)),
+                    revision: s.revision,
+                })
+                .collect();
+            (initial, s.revision)
+        });
+        let (tx, rx) = mpsc::channel(WATCH_EVENTS_BUFFERED_MAX);
+        tokio::spawn(async move {
+            for event in initial {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            loop {
+                let item = match events.recv().await {
+                    Ok(StateEvent::Vm {
+                        change,
+                        revision: r,
+                    }) if r > revision => Ok(vm_event(&change, r)),
+                    Ok(StateEvent::Vm { .. }) => continue,
+                    Ok(StateEvent::Reset { .. }) => Err(Status::aborted(
+                        "state was replaced by a snapshot; watch again",
+                    )),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => Err(Status::data_loss(
+                        format!("watcher fell {missed} events behind; watch again"),
+                    )),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as WatchStream
+        ))
+    }
+}
+
+fn vm_event(change: &VmChange, revision: u64) -> pb::VmEvent {
+    let (kind, vm) = match change {
+        VmChange::Added(vm) => (pb::VmEventKind::Added, vm),
+        VmChange::Modified(vm) => (pb::VmEventKind::Modified, vm),
+        VmChange::Deleted(vm) => (pb::VmEventKind::Deleted, vm),
+    };
+    pb::VmEvent {
+        kind: kind as i32,
+        vm: Some(vm_info_to_pb(vm)),
+        revision,
+    }
+}

@@ -1,0 +1,152 @@
+//! The Raft peer transport over gRPC: one long-lived client stream per peer.
+//!
+//! Invariants: sending never blocks the raft loop (each peer has a bounded
+//! queue, overflow is dropped and raft retransmits); messages to one peer
+//! leave in the order the loop produced them; a broken stream is re-opened
+//! with capped exponential backoff.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use blixard_api::pb;
+use blixard_api::pb::raft_transport_client::RaftTransportClient;
+use blixard_consensus::{RaftMessage, Transport};
+use protobuf::Message as _;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::Endpoint;
+
+/// Messages queued for one peer before new ones are dropped.
+const PEER_MESSAGES_QUEUED_MAX: usize = 1024;
+const PEER_STREAM_BUFFER: usize = 64;
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
+const RECONNECT_BACKOFF_MS_MIN: u64 = 20;
+const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// Snapshots carry the whole cluster state in one message.
+pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
+
+struct Peer {
+    address: String,
+    queue: mpsc::Sender<pb::RaftMessage>,
+}
+
+/// Implements [`Transport`] for the raft loop.
+pub struct GrpcTransport {
+    /// This node's own address, sent with every message.
+    own_address: String,
+    peers: HashMap<u64, Peer>,
+    dropped_messages: u64,
+}
+
+impl GrpcTransport {
+    pub fn new(own_address: String) -> Self {
+        Self {
+            own_address,
+            peers: HashMap::new(),
+            dropped_messages: 0,
+        }
+    }
+}
+
+impl Transport for GrpcTransport {
+    fn send(&mut self, to: u64, address: &str, message: RaftMessage) {
+        let stale = self.peers.get(&to).is_some_and(|p| p.address != address);
+        if stale {
+            // Dropping the old sender ends the old peer task.
+            self.peers.remove(&to);
+        }
+        let peer = self.peers.entry(to).or_insert_with(|| {
+            let (queue, outbound) = mpsc::channel(PEER_MESSAGES_QUEUED_MAX);
+            tokio::spawn(run_peer(to, address.to_string(), outbound));
+            Peer {
+                address: address.to_string(),
+                queue,
+            }
+        });
+        let bytes = message
+            .write_to_bytes()
+            .expect("raft messages always encode");
+        if peer
+            .queue
+            .try_send(pb::RaftMessage {
+                message: bytes.into(),
+                from_address: self.own_address.clone(),
+            })
+            .is_err()
+        {
+            self.dropped_messages += 1;
+            if self.dropped_messages.is_power_of_two() {
+                tracing::warn!(
+                    to,
+                    dropped_total = self.dropped_messages,
+                    "peer queue full; dropping raft messages"
+                );
+            }
+        }
+    }
+}
+
+async fn run_peer(to: u64, address: String, mut outbound: mpsc::Receiver<pb::RaftMessage>) {
+    let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+    loop {
+        // Connect only when there is something to say.
+        let Some(first) = outbound.recv().await else {
+            return;
+        };
+        match stream_to_peer(&address, first, &mut outbound).await {
+            StreamEnd::QueueClosed => return,
+            StreamEnd::Broken(reason) => {
+                tracing::debug!(to, %address, %reason, backoff_ms, "raft stream to peer broke");
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
+    }
+}
+
+enum StreamEnd {
+    QueueClosed,
+    Broken(String),
+}
+
+async fn stream_to_peer(
+    address: &str,
+    first: pb::RaftMessage,
+    outbound: &mut mpsc::Receiver<pb::RaftMessage>,
+) -> StreamEnd {
+    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+        Ok(endpoint) => endpoint.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)),
+        Err(error) => return StreamEnd::Broken(error.to_string()),
+    };
+    let channel = match endpoint.connect().await {
+        Ok(channel) => channel,
+        Err(error) => return StreamEnd::Broken(error.to_string()),
+    };
+    let mut client = RaftTransportClient::new(channel)
+        .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX)
+        .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let (stream_tx, stream_rx) = mpsc::channel(PEER_STREAM_BUFFER);
+    if stream_tx.send(first).await.is_err() {
+        return StreamEnd::Broken("stream closed before the first message".into());
+    }
+    let call = client.stream(ReceiverStream::new(stream_rx));
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            result = &mut call => {
+                return StreamEnd::Broken(match result {
+                    Ok(_) => "peer closed the stream".into(),
+                    Err(status) => status.to_string(),
+                });
+            }
+            message = outbound.recv() => {
+                let Some(message) = message else {
+                    return StreamEnd::QueueClosed;
+                };
+                if stream_tx.send(message).await.is_err() {
+                    return StreamEnd::Broken("stream closed".into());
+                }
+            }
+        }
+    }
+}

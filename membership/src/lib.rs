@@ -1,0 +1,1 @@
+//! Gossip membership (chitchat). Not built yet: see the README status table.

@@ -1,0 +1,134 @@
+//! The command grammar, shared by one-shot commands (and later the REPL).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "blixard",
+    version,
+    about = "MicroVM orchestration for NixOS clusters"
+)]
+pub struct Cli {
+    /// gRPC address of any cluster node (followers forward to the leader).
+    #[arg(long, global = true, env = "BLIXARD_ADDR", default_value = blixard_api::DEFAULT_ADDR)]
+    pub addr: String,
+    /// How results are printed.
+    #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
+    pub output: OutputFormat,
+    /// Log format (logs go to stderr).
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Yaml,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a cluster node (the daemon).
+    Agent(AgentArgs),
+    /// Start a local three-node cluster on 127.0.0.1 (Ctrl-C stops it).
+    Dev(DevArgs),
+    /// Inspect and change cluster membership.
+    #[command(subcommand)]
+    Cluster(ClusterCommand),
+    /// Define and control VMs.
+    #[command(subcommand)]
+    Vm(VmCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// TOML configuration file (e.g. /etc/blixard/config.toml).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    #[arg(long)]
+    pub node_id: Option<u64>,
+    #[arg(long)]
+    pub data_dir: Option<PathBuf>,
+    /// gRPC address to serve on (IP:PORT).
+    #[arg(long)]
+    pub bind: Option<String>,
+    /// Address of an existing member to join through (repeatable; first start only).
+    #[arg(long = "join", value_name = "HOST:PORT")]
+    pub join: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DevArgs {
+    /// Directory for the nodes' data and logs (default: a temporary directory, removed on exit).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Number of nodes.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=7))]
+    pub nodes: u64,
+    /// gRPC port of node 1; node N listens on BASE_PORT + N - 1.
+    #[arg(long, default_value_t = 7000)]
+    pub base_port: u16,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ClusterCommand {
+    /// Leader, term, log indexes and members as this node sees them.
+    Status,
+    /// Add a node (it enters as a learner and is promoted once caught up).
+    Join {
+        node_id: u64,
+        /// The new node's gRPC address (HOST:PORT).
+        address: String,
+    },
+    /// Remove a node from the cluster.
+    RemoveNode { node_id: u64 },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum VmCommand {
+    /// Define a VM; it stays stopped until `vm start`.
+    Create(VmCreateArgs),
+    /// List all VMs.
+    List,
+    /// Show one VM.
+    Status { name: String },
+    /// Ask for a VM to run.
+    Start { name: String },
+    /// Ask for a VM to stop.
+    Stop { name: String },
+    /// Delete a VM's definition.
+    Delete { name: String },
+}
+
+#[derive(Debug, Args)]
+pub struct VmCreateArgs {
+    pub name: String,
+    #[arg(long)]
+    pub vcpus: u32,
+    /// Memory in MiB.
+    #[arg(long = "memory", value_name = "MiB")]
+    pub memory_mib: u64,
+    /// Kernel image for the built-in qemu runner (with --initrd).
+    #[arg(long, requires = "initrd", conflicts_with = "flake")]
+    pub kernel: Option<String>,
+    /// Initramfs for the built-in qemu runner (with --kernel).
+    #[arg(long, requires = "kernel")]
+    pub initrd: Option<String>,
+    /// Extra kernel command line (with --kernel).
+    #[arg(long, requires = "kernel")]
+    pub cmdline: Option<String>,
+    /// microvm.nix flake reference, e.g. /etc/vms#webapp.
+    #[arg(long, required_unless_present = "kernel")]
+    pub flake: Option<String>,
+}

@@ -1,0 +1,135 @@
+//! `blixard cluster status | join | remove-node`.
+
+use blixard_api::{pb, validate};
+use serde::Serialize;
+
+use crate::cli::{ClusterCommand, OutputFormat};
+use crate::client::{self, status_error};
+use crate::output;
+
+#[derive(Serialize)]
+pub struct MemberView {
+    pub node_id: u64,
+    pub address: String,
+    pub role: &'static str,
+}
+
+#[derive(Serialize)]
+pub struct StatusView {
+    pub node_id: u64,
+    pub raft_role: String,
+    pub leader_id: Option<u64>,
+    pub term: u64,
+    pub commit_index: u64,
+    pub applied_index: u64,
+    pub first_log_index: u64,
+    pub revision: u64,
+    pub members: Vec<MemberView>,
+}
+
+pub fn members(members: &[pb::Member]) -> Vec<MemberView> {
+    members
+        .iter()
+        .map(|m| MemberView {
+            node_id: m.node_id,
+            address: m.address.clone(),
+            role: match m.role() {
+                pb::MemberRole::Voter => "voter",
+                pb::MemberRole::Learner => "learner",
+                pb::MemberRole::Unspecified => "unknown",
+            },
+        })
+        .collect()
+}
+
+fn members_table(members: &[MemberView], leader_id: Option<u64>) -> comfy_table::Table {
+    let mut table = output::table(&["NODE", "ADDRESS", "ROLE", "LEADER"]);
+    for m in members {
+        let leader = if Some(m.node_id) == leader_id {
+            "*"
+        } else {
+            ""
+        };
+        table.add_row(vec![
+            m.node_id.to_string(),
+            m.address.clone(),
+            m.role.to_string(),
+            leader.to_string(),
+        ]);
+    }
+    table
+}
+
+pub fn status_view(status: pb::StatusResponse) -> StatusView {
+    StatusView {
+        node_id: status.node_id,
+        raft_role: status.raft_role.clone(),
+        leader_id: (status.leader_id != 0).then_some(status.leader_id),
+        term: status.term,
+        commit_index: status.commit_index,
+        applied_index: status.applied_index,
+        first_log_index: status.first_log_index,
+        revision: status.revision,
+        members: members(&status.members),
+    }
+}
+
+pub async fn run(command: ClusterCommand, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
+    match command {
+        ClusterCommand::Status => {
+            let status = client::cluster(addr)
+                .await?
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let view = status_view(status);
+            output::print(format, &view, |v| {
+                let mut table = output::table(&["FIELD", "VALUE"]);
+                let leader = v.leader_id.map_or("none".to_string(), |id| id.to_string());
+                for (field, value) in [
+                    ("node", v.node_id.to_string()),
+                    ("role", v.raft_role.clone()),
+                    ("leader", leader),
+                    ("term", v.term.to_string()),
+                    ("commit index", v.commit_index.to_string()),
+                    ("applied index", v.applied_index.to_string()),
+                    ("first log index", v.first_log_index.to_string()),
+                    ("revision", v.revision.to_string()),
+                ] {
+                    table.add_row(vec![field.to_string(), value]);
+                }
+                let members = members_table(&v.members, v.leader_id);
+                // Two tables read better than one wide one.
+                let mut both = table;
+                both.add_row(vec![String::new(), String::new()]);
+                both.add_row(vec!["members".to_string(), members.to_string()]);
+                both
+            })
+        }
+        ClusterCommand::Join { node_id, address } => {
+            validate::node_id(node_id)?;
+            validate::address(&address)?;
+            let response = client::cluster(addr)
+                .await?
+                .join(pb::JoinRequest { node_id, address })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let leader = (response.leader_id != 0).then_some(response.leader_id);
+            let view = members(&response.members);
+            output::print(format, &view, |v| members_table(v, leader))
+        }
+        ClusterCommand::RemoveNode { node_id } => {
+            validate::node_id(node_id)?;
+            let response = client::cluster(addr)
+                .await?
+                .remove_node(pb::RemoveNodeRequest { node_id })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let view = members(&response.members);
+            output::print(format, &view, |v| members_table(v, None))
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! One module per command family; this file only dispatches.
+
+mod agent;
+mod cluster;
+mod dev;
+mod vm;
+
+use crate::cli::{Cli, Command};
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Agent(args) => agent::run(args).await,
+        Command::Dev(args) => dev::run(args, cli.output).await,
+        Command::Cluster(command) => cluster::run(command, &cli.addr, cli.output).await,
+        Command::Vm(command) => vm::run(command, &cli.addr, cli.output).await,
+    }
+}

@@ -1,0 +1,186 @@
+//! `blixard vm create | list | status | start | stop | delete`.
+
+use blixard_api::{pb, validate};
+use serde::Serialize;
+
+use crate::cli::{OutputFormat, VmCommand, VmCreateArgs};
+use crate::client::{self, status_error};
+use crate::output;
+
+#[derive(Serialize)]
+pub struct VmView {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub desired_state: &'static str,
+    pub runner: String,
+    pub create_revision: u64,
+    pub mod_revision: u64,
+    pub created_at_unix_ms: u64,
+}
+
+#[derive(Serialize)]
+pub struct VmListView {
+    pub revision: u64,
+    pub vms: Vec<VmView>,
+}
+
+#[derive(Serialize)]
+pub struct DeletedView {
+    pub name: String,
+    pub deleted: bool,
+    pub revision: u64,
+}
+
+fn view(vm: &pb::VmInfo) -> VmView {
+    let spec = vm.spec.clone().unwrap_or_default();
+    let runner = match spec.runner.and_then(|r| r.source) {
+        Some(pb::runner_source::Source::Kernel(k)) => {
+            format!("kernel {} initrd {}", k.kernel_path, k.initrd_path)
+        }
+        Some(pb::runner_source::Source::Flake(f)) => format!("flake {}", f.flake_ref),
+        None => "none".into(),
+    };
+    VmView {
+        name: spec.name,
+        vcpus: spec.vcpus,
+        memory_mib: spec.memory_mib,
+        desired_state: match vm.desired_state() {
+            pb::DesiredState::Running => "running",
+            pb::DesiredState::Stopped => "stopped",
+            pb::DesiredState::Unspecified => "unknown",
+        },
+        runner,
+        create_revision: vm.create_revision,
+        mod_revision: vm.mod_revision,
+        created_at_unix_ms: vm.created_at_unix_ms,
+    }
+}
+
+fn vms_table(vms: &[VmView]) -> comfy_table::Table {
+    let mut table = output::table(&[
+        "NAME",
+        "VCPUS",
+        "MEMORY MiB",
+        "DESIRED",
+        "RUNNER",
+        "REVISION",
+    ]);
+    for vm in vms {
+        table.add_row(vec![
+            vm.name.clone(),
+            vm.vcpus.to_string(),
+            vm.memory_mib.to_string(),
+            vm.desired_state.to_string(),
+            vm.runner.clone(),
+            vm.mod_revision.to_string(),
+        ]);
+    }
+    table
+}
+
+fn spec(args: VmCreateArgs) -> pb::VmSpec {
+    let source = match (args.kernel, args.initrd, args.flake) {
+        (Some(kernel_path), Some(initrd_path), _) => {
+            pb::runner_source::Source::Kernel(pb::KernelRunner {
+                kernel_path,
+                initrd_path,
+                cmdline: args.cmdline.unwrap_or_default(),
+            })
+        }
+        (_, _, Some(flake_ref)) => pb::runner_source::Source::Flake(pb::FlakeRunner { flake_ref }),
+        _ => unreachable!("clap requires --kernel with --initrd, or --flake"),
+    };
+    pb::VmSpec {
+        name: args.name,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        runner: Some(pb::RunnerSource {
+            source: Some(source),
+        }),
+    }
+}
+
+fn print_one(format: OutputFormat, response: pb::VmResponse) -> anyhow::Result<()> {
+    let vm = response
+        .vm
+        .as_ref()
+        .map(view)
+        .ok_or_else(|| anyhow::anyhow!("the server returned no VM"))?;
+    output::print(format, &vm, |v| vms_table(std::slice::from_ref(v)))
+}
+
+pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
+    match command {
+        VmCommand::Create(args) => {
+            let spec = spec(args);
+            // Refuse bad input before touching the network.
+            validate::vm_spec(&spec)?;
+            let response = client::vm(addr)
+                .await?
+                .create(pb::CreateVmRequest { spec: Some(spec) })
+                .await
+                .map_err(status_error)?;
+            print_one(format, response.into_inner())
+        }
+        VmCommand::List => {
+            let response = client::vm(addr)
+                .await?
+                .list(pb::ListVmsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let list = VmListView {
+                revision: response.revision,
+                vms: response.vms.iter().map(view).collect(),
+            };
+            output::print(format, &list, |l| vms_table(&l.vms))
+        }
+        VmCommand::Status { name } => {
+            validate::vm_name(&name)?;
+            let response = client::vm(addr)
+                .await?
+                .get(pb::VmNameRequest { name })
+                .await
+                .map_err(status_error)?;
+            print_one(format, response.into_inner())
+        }
+        VmCommand::Start { name } => {
+            validate::vm_name(&name)?;
+            let response = client::vm(addr)
+                .await?
+                .start(pb::VmNameRequest { name })
+                .await
+                .map_err(status_error)?;
+            print_one(format, response.into_inner())
+        }
+        VmCommand::Stop { name } => {
+            validate::vm_name(&name)?;
+            let response = client::vm(addr)
+                .await?
+                .stop(pb::VmNameRequest { name })
+                .await
+                .map_err(status_error)?;
+            print_one(format, response.into_inner())
+        }
+        VmCommand::Delete { name } => {
+            validate::vm_name(&name)?;
+            let response = client::vm(addr)
+                .await?
+                .delete(pb::VmNameRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let deleted = DeletedView {
+                name,
+                deleted: true,
+                revision: response.revision,
+            };
+            output::print(format, &deleted, |d| {
+                let mut table = output::table(&["NAME", "DELETED AT REVISION"]);
+                table.add_row(vec![d.name.clone(), d.revision.to_string()]);
+                table
+            })
+        }
+    }
+}

@@ -1,0 +1,1 @@
+//! The ratatui dashboard. Not built yet: see the README status table.
