@@ -61,10 +61,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         match known {
             // A node retrying its join after a restart: already done.
             Some(address) if address == request.address => {}
-            Some(address) => return Err(Status::already_exists(format!(
+            Some(address) => {
+                return Err(Status::already_exists(format!(
                 "node id {} is already a member at {address}; pick another id or remove it first",
                 request.node_id
-            ))),
+            )))
+            }
             None => {
                 self.raft
                     .change_membership(MembershipChange::AddLearner {
