@@ -212,10 +212,10 @@ impl<T: Transport> RaftNode<T> {
         self.raw.tick();
         self.pending
             .expire(self.ticks, self.config.request_timeout_ms);
-        if self.ticks % PROMOTION_CHECK_TICKS == 0 {
+        if self.ticks.is_multiple_of(PROMOTION_CHECK_TICKS) {
             self.promote_caught_up_learner();
         }
-        if self.ticks % ADDRESS_CHECK_TICKS == 0 {
+        if self.ticks.is_multiple_of(ADDRESS_CHECK_TICKS) {
             self.check_own_address();
         }
     }
@@ -333,8 +333,10 @@ impl<T: Transport> RaftNode<T> {
         }) else {
             return;
         };
-        let mut single = ConfChangeSingle::default();
-        single.node_id = learner;
+        let mut single = ConfChangeSingle {
+            node_id: learner,
+            ..Default::default()
+        };
         single.set_change_type(ConfChangeType::AddNode);
         let mut conf_change = ConfChangeV2::default();
         conf_change.set_changes(vec![single].into());

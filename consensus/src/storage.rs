@@ -204,8 +204,10 @@ impl LogStore {
         assert!(!self.is_initialized(), "bootstrap of an initialized store");
         let env = self.env();
         let mut wtxn = env.write_txn()?;
-        let mut conf_state = ConfState::default();
-        conf_state.voters = vec![node_id];
+        let conf_state = ConfState {
+            voters: vec![node_id],
+            ..Default::default()
+        };
         let mut snapshot = Snapshot::default();
         snapshot.mut_metadata().index = 1;
         snapshot.mut_metadata().term = 1;
@@ -214,9 +216,11 @@ impl LogStore {
         state.add_member(node_id, address.to_string());
         snapshot.data = state.encode().into();
         self.apply_snapshot(&mut wtxn, &snapshot)?;
-        let mut hard_state = HardState::default();
-        hard_state.term = 1;
-        hard_state.commit = 1;
+        let hard_state = HardState {
+            term: 1,
+            commit: 1,
+            ..Default::default()
+        };
         self.set_hard_state(&mut wtxn, &hard_state)?;
         wtxn.commit()?;
         Ok(())
@@ -385,9 +389,11 @@ impl LogStore {
             return Ok(());
         }
         let term = raft::Storage::term(self, index)?;
-        let mut metadata = SnapshotMetadata::default();
-        metadata.index = index;
-        metadata.term = term;
+        let mut metadata = SnapshotMetadata {
+            index,
+            term,
+            ..Default::default()
+        };
         metadata.set_conf_state(self.conf_state.clone());
         self.entries.delete_range(wtxn, &(..=index))?;
         self.meta
@@ -501,10 +507,11 @@ mod tests {
     use raft::Storage;
 
     fn entry(index: u64, term: u64) -> Entry {
-        let mut e = Entry::default();
-        e.index = index;
-        e.term = term;
-        e
+        Entry {
+            index,
+            term,
+            ..Default::default()
+        }
     }
 
     #[test]

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use crate::Error;
 
 /// The file format. Unknown keys are errors so typos do not pass silently.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -107,16 +107,6 @@ impl Default for ApiSection {
     fn default() -> Self {
         Self {
             bind: default_bind(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            cluster: ClusterSection::default(),
-            consensus: ConsensusSection::default(),
-            api: ApiSection::default(),
         }
     }
 }

@@ -69,7 +69,7 @@ impl Transport for GrpcTransport {
         if peer
             .queue
             .try_send(pb::RaftMessage {
-                message: bytes.into(),
+                message: bytes,
                 from_address: self.own_address.clone(),
             })
             .is_err()
