@@ -388,7 +388,13 @@ impl LogStore {
         if index <= self.snapshot_meta.index {
             return Ok(());
         }
-        let term = raft::Storage::term(self, index)?;
+        // Read through the write transaction: the entry may have been
+        // appended in it.
+        let bytes = self
+            .entries
+            .get(wtxn, &index)?
+            .ok_or_else(|| corrupt("raft log", format!("entry {index} missing")))?;
+        let term = decode_pb::<Entry>("raft entry", bytes)?.term;
         let mut metadata = SnapshotMetadata {
             index,
             term,
@@ -478,22 +484,32 @@ impl raft::Storage for LogStore {
         Ok(self.last_index)
     }
 
-    /// A snapshot of the applied state, read in one transaction so the
-    /// state, its index and its configuration belong together.
+    /// A snapshot of the applied state. The state and its index are read
+    /// in one read transaction, so they belong together even when raft-rs
+    /// asks for a snapshot while the loop's write transaction is open (the
+    /// in-memory applied index may then be ahead of what is committed).
     fn snapshot(&self, request_index: u64, _to: u64) -> raft::Result<Snapshot> {
-        if self.applied_index < request_index {
-            return Err(raft::Error::Store(
-                StorageError::SnapshotTemporarilyUnavailable,
-            ));
-        }
         let build = || -> Result<Snapshot> {
             let rtxn = self.env.read_txn()?;
+            let applied_index = match self.meta.get(&rtxn, KEY_APPLIED_INDEX)? {
+                Some(bytes) => decode_u64("applied index", bytes)?,
+                None => 0,
+            };
+            if applied_index < request_index {
+                return Err(Error::Raft(raft::Error::Store(
+                    StorageError::SnapshotTemporarilyUnavailable,
+                )));
+            }
+            let conf_state: ConfState = match self.meta.get(&rtxn, KEY_CONF_STATE)? {
+                Some(bytes) => decode_pb("conf state", bytes)?,
+                None => ConfState::default(),
+            };
             let state = self.read_state(&rtxn)?;
             let mut snapshot = Snapshot::default();
             let metadata = snapshot.mut_metadata();
-            metadata.index = self.applied_index;
-            metadata.term = raft::Storage::term(self, self.applied_index)?;
-            metadata.set_conf_state(self.conf_state.clone());
+            metadata.index = applied_index;
+            metadata.term = raft::Storage::term(self, applied_index)?;
+            metadata.set_conf_state(conf_state);
             snapshot.data = state.encode().into();
             Ok(snapshot)
         };
