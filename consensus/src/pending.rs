@@ -91,27 +91,23 @@ impl Pending {
 
     /// Fails everything whose deadline has passed.
     pub fn expire(&mut self, now_tick: u64, timeout_ms: u64) {
-        let expired_proposals: Vec<u64> = self
-            .proposals
-            .iter()
-            .filter(|(_, w)| w.deadline_tick <= now_tick)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired_proposals {
-            if let Some(waiting) = self.proposals.remove(&id) {
-                let _ = waiting.reply.send(Err(Error::Timeout { timeout_ms }));
-            }
+        for waiting in take_expired(&mut self.proposals, now_tick) {
+            let _ = waiting.reply.send(Err(Error::Timeout { timeout_ms }));
         }
-        let expired_reads: Vec<u64> = self
-            .reads_unconfirmed
-            .iter()
-            .filter(|(_, w)| w.deadline_tick <= now_tick)
-            .map(|(id, _)| *id)
-            .collect();
-        for id in expired_reads {
-            if let Some(waiting) = self.reads_unconfirmed.remove(&id) {
-                let _ = waiting.reply.send(Err(Error::Timeout { timeout_ms }));
-            }
+        for waiting in take_expired(&mut self.reads_unconfirmed, now_tick) {
+            let _ = waiting.reply.send(Err(Error::Timeout { timeout_ms }));
         }
     }
+}
+
+fn take_expired<R>(waiting: &mut HashMap<u64, Waiting<R>>, now_tick: u64) -> Vec<Waiting<R>> {
+    let expired: Vec<u64> = waiting
+        .iter()
+        .filter(|(_, w)| w.deadline_tick <= now_tick)
+        .map(|(id, _)| *id)
+        .collect();
+    expired
+        .into_iter()
+        .filter_map(|id| waiting.remove(&id))
+        .collect()
 }

@@ -39,6 +39,58 @@ async fn three_nodes_elect_one_leader_and_agree() {
     assert_eq!(terms.len(), 1, "nodes report different terms: {terms:?}");
 }
 
+/// Goal: the CLI drives a VM definition through its lifecycle from any
+/// node. Method: create, start, stop and delete through three different
+/// nodes, reading the desired state back (JSON and YAML) after each step.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_lifecycle_through_the_cli_on_different_nodes() {
+    let cluster = TestCluster::start(3, Timings::default()).await;
+    let run = |id: u64, args: &[&str]| {
+        let output = cluster.cli(id, args);
+        assert!(
+            output.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let desired = |id: u64| {
+        let json = run(id, &["vm", "status", "webapp", "-o", "json"]);
+        let vm: serde_json::Value = serde_json::from_str(&json).unwrap();
+        vm["desired_state"].as_str().unwrap().to_string()
+    };
+    run(
+        1,
+        &[
+            "vm",
+            "create",
+            "webapp",
+            "--vcpus",
+            "2",
+            "--memory",
+            "256",
+            "--kernel",
+            "/boot/vmlinuz",
+            "--initrd",
+            "/boot/initrd",
+        ],
+    );
+    assert_eq!(desired(3), "stopped");
+    run(2, &["vm", "start", "webapp"]);
+    assert_eq!(desired(1), "running");
+    let yaml = run(3, &["vm", "list", "--output", "yaml"]);
+    assert!(
+        yaml.contains("name: webapp") && yaml.contains("desired_state: running"),
+        "{yaml}"
+    );
+    run(3, &["vm", "stop", "webapp"]);
+    assert_eq!(desired(2), "stopped");
+    run(1, &["vm", "delete", "webapp"]);
+    let gone = cluster.cli(2, &["vm", "status", "webapp"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("no VM named"));
+}
+
 /// Goal: writes through any node land in one order everywhere. Method:
 /// create 500 VMs round-robin through all three nodes (followers forward),
 /// then list on every node and compare names, order and revision.

@@ -111,6 +111,7 @@ fn print_one(format: OutputFormat, response: pb::VmResponse) -> anyhow::Result<(
 }
 
 pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
+    let is_start = matches!(command, VmCommand::Start { .. });
     match command {
         VmCommand::Create(args) => {
             let spec = spec(args);
@@ -145,23 +146,16 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                 .map_err(status_error)?;
             print_one(format, response.into_inner())
         }
-        VmCommand::Start { name } => {
+        VmCommand::Start { name } | VmCommand::Stop { name } => {
             validate::vm_name(&name)?;
-            let response = client::vm(addr)
-                .await?
-                .start(pb::VmNameRequest { name })
-                .await
-                .map_err(status_error)?;
-            print_one(format, response.into_inner())
-        }
-        VmCommand::Stop { name } => {
-            validate::vm_name(&name)?;
-            let response = client::vm(addr)
-                .await?
-                .stop(pb::VmNameRequest { name })
-                .await
-                .map_err(status_error)?;
-            print_one(format, response.into_inner())
+            let mut client = client::vm(addr).await?;
+            let request = pb::VmNameRequest { name };
+            let response = if is_start {
+                client.start(request).await
+            } else {
+                client.stop(request).await
+            };
+            print_one(format, response.map_err(status_error)?.into_inner())
         }
         VmCommand::Delete { name } => {
             validate::vm_name(&name)?;
