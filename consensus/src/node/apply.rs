@@ -1,0 +1,175 @@
+//! Applying committed entries: commands to the state machine and
+//! configuration changes to raft, each with its applied index in the same
+//! transaction.
+//!
+//! Invariant: every committed entry advances the applied index by exactly
+//! one, whether the state machine accepts it, refuses it, or it carries
+//! nothing (a new leader's empty entry).
+
+use heed::RwTxn;
+use protobuf::Message as _;
+use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
+use raft_proto::ConfChangeI;
+
+use super::{RaftNode, Transport};
+use crate::command::{Applied, Command, ProposalTag, Rejection};
+use crate::handle::StateEvent;
+use crate::state::{ClusterState, Outcome};
+use crate::{Error, Result};
+
+impl<T: Transport> RaftNode<T> {
+    pub(super) fn apply_entries(
+        &mut self,
+        wtxn: &mut RwTxn,
+        entries: Vec<Entry>,
+        answers: &mut Vec<(u64, Result<Applied>)>,
+    ) -> Result<()> {
+        for entry in entries {
+            let applied_index = self.raw.store().applied_index();
+            if entry.index <= applied_index {
+                // Covered by a snapshot installed in this same Ready.
+                continue;
+            }
+            let tag = ProposalTag::decode(&entry.context);
+            let result = match entry.get_entry_type() {
+                EntryType::EntryNormal => self.apply_normal(wtxn, &entry)?,
+                EntryType::EntryConfChange => {
+                    let change =
+                        ConfChange::parse_from_bytes(&entry.data).map_err(|e| Error::Corrupt {
+                            what: "conf change",
+                            detail: e.to_string(),
+                        })?;
+                    self.apply_conf_change(wtxn, &entry, &change)?
+                }
+                EntryType::EntryConfChangeV2 => {
+                    let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| {
+                        Error::Corrupt {
+                            what: "conf change",
+                            detail: e.to_string(),
+                        }
+                    })?;
+                    self.apply_conf_change(wtxn, &entry, &change)?
+                }
+            };
+            if let Some(tag) = tag.filter(|t| t.proposer == self.config.node_id) {
+                answers.push((tag.request_id, result));
+            }
+        }
+        Ok(())
+    }
+
+    fn apply_normal(&mut self, wtxn: &mut RwTxn, entry: &Entry) -> Result<Result<Applied>> {
+        if entry.data.is_empty() {
+            // A new leader's empty entry: nothing to apply.
+            let state = self.shared.state.read().expect("state lock poisoned");
+            self.raw
+                .mut_store()
+                .record_applied(wtxn, entry.index, &state, &[])?;
+            return Ok(Ok(Applied {
+                revision: state.revision,
+                vm: None,
+            }));
+        }
+        let outcome = match Command::decode(&entry.data) {
+            Ok(command) => self.write_state(|state| state.apply(command)),
+            Err(error) => {
+                // Same bytes on every node, so every node refuses alike.
+                tracing::error!(index = entry.index, %error, "undecodable command in log");
+                Outcome {
+                    result: Err(Rejection::Undecodable {
+                        detail: error.to_string(),
+                    }),
+                    touched: Vec::new(),
+                    vm_change: None,
+                }
+            }
+        };
+        self.record(wtxn, entry.index, outcome)
+    }
+
+    fn apply_conf_change(
+        &mut self,
+        wtxn: &mut RwTxn,
+        entry: &Entry,
+        change: &impl ConfChangeI,
+    ) -> Result<Result<Applied>> {
+        let v2 = change.as_v2();
+        let conf_state = match self.raw.apply_conf_change(v2.as_ref()) {
+            Ok(conf_state) => conf_state,
+            Err(error) => {
+                let refused = Rejection::ConfChange {
+                    detail: error.to_string(),
+                };
+                let state = self.shared.state.read().expect("state lock poisoned");
+                self.raw
+                    .mut_store()
+                    .record_applied(wtxn, entry.index, &state, &[])?;
+                return Ok(Err(refused.into()));
+            }
+        };
+        self.raw.mut_store().set_conf_state(wtxn, &conf_state)?;
+        let address = String::from_utf8_lossy(v2.get_context()).to_string();
+        let mut outcome: Option<Outcome> = None;
+        for single in v2.get_changes() {
+            let node_id = single.node_id;
+            let step = match single.get_change_type() {
+                ConfChangeType::AddLearnerNode | ConfChangeType::AddNode if !address.is_empty() => {
+                    Some(self.write_state(|s| s.add_member(node_id, address.clone())))
+                }
+                ConfChangeType::RemoveNode => Some(self.write_state(|s| s.remove_member(node_id))),
+                _ => None,
+            };
+            if let Some(step) = step {
+                tracing::info!(node_id, change = ?single.get_change_type(), "membership changed");
+                outcome = Some(match outcome {
+                    None => step,
+                    Some(mut so_far) => {
+                        let Outcome {
+                            result, touched, ..
+                        } = step;
+                        so_far.result = result;
+                        so_far.touched.extend(touched);
+                        so_far
+                    }
+                });
+            }
+        }
+        match outcome {
+            Some(outcome) => self.record(wtxn, entry.index, outcome),
+            None => {
+                let state = self.shared.state.read().expect("state lock poisoned");
+                self.raw
+                    .mut_store()
+                    .record_applied(wtxn, entry.index, &state, &[])?;
+                Ok(Ok(Applied {
+                    revision: state.revision,
+                    vm: None,
+                }))
+            }
+        }
+    }
+
+    fn write_state(&self, apply: impl FnOnce(&mut ClusterState) -> Outcome) -> Outcome {
+        apply(&mut self.shared.state.write().expect("state lock poisoned"))
+    }
+
+    /// Persists an outcome's rows with the applied index and tells watchers.
+    fn record(
+        &mut self,
+        wtxn: &mut RwTxn,
+        index: u64,
+        outcome: Outcome,
+    ) -> Result<Result<Applied>> {
+        let state = self.shared.state.read().expect("state lock poisoned");
+        self.raw
+            .mut_store()
+            .record_applied(wtxn, index, &state, &outcome.touched)?;
+        if let Some(change) = outcome.vm_change {
+            let _ = self.shared.events.send(StateEvent::Vm {
+                change,
+                revision: state.revision,
+            });
+        }
+        Ok(outcome.result.map_err(Error::from))
+    }
+}
