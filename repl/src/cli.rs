@@ -109,6 +109,12 @@ pub enum VmCommand {
     Stop { name: String },
     /// Delete a VM's definition.
     Delete { name: String },
+    /// Print every VM as it is now, then every change as it commits.
+    Watch {
+        /// Stop after this many events (default: until interrupted).
+        #[arg(long)]
+        max_events: Option<u64>,
+    },
 }
 
 #[derive(Debug, Args)]

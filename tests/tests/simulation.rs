@@ -105,16 +105,7 @@ async fn create(id: u64, name: String) -> Result<(), tonic::Status> {
     let mut client = VmClient::connect(format!("http://{}", address(id)))
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
-    let spec = pb::VmSpec {
-        name: name.clone(),
-        vcpus: 1,
-        memory_mib: 64,
-        runner: Some(pb::RunnerSource {
-            source: Some(pb::runner_source::Source::Flake(pb::FlakeRunner {
-                flake_ref: format!("/etc/vms#{name}"),
-            })),
-        }),
-    };
+    let spec = blixard_tests::flake_spec(&name);
     client
         .create(pb::CreateVmRequest { spec: Some(spec) })
         .await?;

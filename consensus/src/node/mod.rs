@@ -530,13 +530,6 @@ impl<T: Transport> RaftNode<T> {
     }
 }
 
-impl<T: Transport> Drop for RaftNode<T> {
-    fn drop(&mut self) {
-        // Pending replies are dropped here; their waiters see `Stopped`.
-        assert!(self.pending.len() <= crate::pending::REQUESTS_PENDING_MAX);
-    }
-}
-
 fn request_id_of(context: &[u8]) -> Option<u64> {
     Some(u64::from_be_bytes(context.try_into().ok()?))
 }

@@ -157,6 +157,7 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
             };
             print_one(format, response.map_err(status_error)?.into_inner())
         }
+        VmCommand::Watch { max_events } => watch(addr, format, max_events).await,
         VmCommand::Delete { name } => {
             validate::vm_name(&name)?;
             let response = client::vm(addr)
@@ -177,4 +178,56 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
             })
         }
     }
+}
+
+#[derive(Serialize)]
+struct VmEventView {
+    event: &'static str,
+    revision: u64,
+    vm: VmView,
+}
+
+/// Streams events; JSON prints one object per line, YAML one document each.
+async fn watch(addr: &str, format: OutputFormat, max_events: Option<u64>) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut stream = client::vm(addr)
+        .await?
+        .watch(pb::WatchVmsRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let mut seen = 0u64;
+    while max_events.is_none_or(|max| seen < max) {
+        let Some(event) = stream.message().await.map_err(status_error)? else {
+            anyhow::bail!("the server ended the watch");
+        };
+        seen += 1;
+        let view = VmEventView {
+            event: match event.kind() {
+                pb::VmEventKind::Added => "added",
+                pb::VmEventKind::Modified => "modified",
+                pb::VmEventKind::Deleted => "deleted",
+                pb::VmEventKind::Unspecified => "unknown",
+            },
+            revision: event.revision,
+            vm: event
+                .vm
+                .as_ref()
+                .map(view)
+                .unwrap_or_else(|| view(&pb::VmInfo::default())),
+        };
+        let mut stdout = std::io::stdout().lock();
+        match format {
+            OutputFormat::Table => writeln!(
+                stdout,
+                "{:<9} {:<24} desired={:<8} revision={}",
+                view.event, view.vm.name, view.vm.desired_state, view.revision
+            )?,
+            OutputFormat::Json => writeln!(stdout, "{}", serde_json::to_string(&view)?)?,
+            OutputFormat::Yaml => write!(stdout, "---\n{}", serde_yaml::to_string(&view)?)?,
+        }
+        // Watchers are often piped into other programs: deliver each event now.
+        stdout.flush()?;
+    }
+    Ok(())
 }
