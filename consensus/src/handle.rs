@@ -42,6 +42,12 @@ pub(crate) enum Request {
     ReadIndex {
         reply: oneshot::Sender<Result<()>>,
     },
+    /// Ask raft to hand leadership to `to` (or, on the leader, to its most
+    /// caught-up other voter); answers with the chosen node.
+    TransferLeader {
+        to: Option<u64>,
+        reply: oneshot::Sender<Result<u64>>,
+    },
 }
 
 /// One member as the raft configuration sees it.
@@ -139,6 +145,16 @@ impl RaftHandle {
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Applied> {
         let (reply, answer) = oneshot::channel();
         self.send(Request::ChangeMembership { change, reply })?;
+        self.wait(answer).await?
+    }
+
+    /// Starts a leadership transfer to `to`, or (when this node leads and
+    /// `to` is `None`) to the most caught-up other voter. Returns the
+    /// transferee; the transfer itself completes asynchronously (watch
+    /// `status().leader_id`).
+    pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<u64> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Request::TransferLeader { to, reply })?;
         self.wait(answer).await?
     }
 

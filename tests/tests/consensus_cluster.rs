@@ -314,3 +314,56 @@ async fn fourth_node_joins_as_learner_becomes_voter_and_a_node_is_removed() {
     let (names, _) = cluster.vm_names(leader_after).await.unwrap();
     assert!(names.iter().any(|n| n == "post-19"));
 }
+
+/// Goal: the leader itself can be removed. Method: ask the leader to remove
+/// itself (it hands leadership to its most caught-up voter first), then ask
+/// the last follower to remove the new leader (it takes leadership itself);
+/// writes succeed after each removal and the state survives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_leader_moves_leadership_first() {
+    let mut cluster = TestCluster::start(3, Timings::default()).await;
+    let first_leader = cluster.wait_leader_among(&[1, 2, 3]).await;
+    let mut client = cluster.vm_client(first_leader).await;
+    create_vm(&mut client, "before").await.unwrap();
+
+    let output = cluster.cli(
+        first_leader,
+        &["cluster", "remove-node", &first_leader.to_string()],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    cluster.kill(first_leader);
+    let rest: Vec<u64> = (1..=3).filter(|id| *id != first_leader).collect();
+    let second_leader = cluster.wait_leader_among(&rest).await;
+    let mut client = cluster.vm_client(second_leader).await;
+    create_vm(&mut client, "after-first").await.unwrap();
+
+    let last = *rest.iter().find(|id| **id != second_leader).unwrap();
+    let output = cluster.cli(
+        last,
+        &[
+            "cluster",
+            "remove-node",
+            &second_leader.to_string(),
+            "-o",
+            "json",
+        ],
+    );
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let members: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(members.as_array().unwrap().len(), 1, "{members}");
+    assert_eq!(members[0]["node_id"], last);
+    cluster.kill(second_leader);
+    assert_eq!(cluster.wait_leader_among(&[last]).await, last);
+    let mut client = cluster.vm_client(last).await;
+    create_vm(&mut client, "after-second").await.unwrap();
+    let (names, _) = cluster.vm_names(last).await.unwrap();
+    assert_eq!(names, ["after-first", "after-second", "before"]);
+}

@@ -236,6 +236,9 @@ impl<T: Transport> RaftNode<T> {
                 Request::ReadIndex { reply } => {
                     let _ = reply.send(Err(busy));
                 }
+                Request::TransferLeader { reply, .. } => {
+                    let _ = reply.send(Err(busy));
+                }
             }
             return;
         }
@@ -271,6 +274,9 @@ impl<T: Transport> RaftNode<T> {
                 self.raw.read_index(request_id.to_be_bytes().to_vec());
                 self.pending.add_read(request_id, reply, deadline);
             }
+            Request::TransferLeader { to, reply } => {
+                let _ = reply.send(self.transfer_leader(to));
+            }
         }
     }
 
@@ -297,11 +303,12 @@ impl<T: Transport> RaftNode<T> {
                 context = address.clone().into_bytes();
             }
             MembershipChange::Remove { node_id } => {
+                // Callers move leadership off a node before removing it
+                // (see the Cluster service); a leader removing itself would
+                // leave the cluster leaderless until an election.
                 if *node_id == self.raw.raft.leader_id {
                     return Err(Rejection::ConfChange {
-                        detail: format!(
-                            "node {node_id} is the leader; stop it first so another node leads, then remove it"
-                        ),
+                        detail: format!("node {node_id} is still the leader"),
                     }
                     .into());
                 }
@@ -316,6 +323,39 @@ impl<T: Transport> RaftNode<T> {
         self.raw
             .propose_conf_change(tag.encode(), conf_change)
             .map_err(|e| self.proposal_error(e))
+    }
+
+    fn transfer_leader(&mut self, to: Option<u64>) -> Result<u64> {
+        let me = self.config.node_id;
+        let target = match to {
+            Some(to) => Some(to),
+            None if self.raw.raft.state == StateRole::Leader => {
+                let raft = &self.raw.raft;
+                self.raw
+                    .store()
+                    .conf_state()
+                    .voters
+                    .iter()
+                    .filter(|id| **id != me)
+                    .max_by_key(|id| raft.prs().get(**id).map_or(0, |p| p.matched))
+                    .copied()
+            }
+            None => {
+                return Err(Rejection::ConfChange {
+                    detail: "only the leader can choose whom to hand leadership to".into(),
+                }
+                .into())
+            }
+        };
+        let Some(target) = target else {
+            return Err(Rejection::ConfChange {
+                detail: "there is no other voter to take over leadership".into(),
+            }
+            .into());
+        };
+        tracing::info!(to = target, "transferring leadership");
+        self.raw.transfer_leader(target);
+        Ok(target)
     }
 
     /// Leader only: promote one learner that has caught up to voter.

@@ -10,6 +10,44 @@ pub struct ClusterService {
     pub raft: RaftHandle,
 }
 
+/// How long a leadership transfer may take before removal gives up.
+const LEADERSHIP_TRANSFER_TIMEOUT_MS: u64 = 10_000;
+const LEADERSHIP_POLL_INTERVAL_MS: u64 = 20;
+
+impl ClusterService {
+    /// If `node_id` leads, hands leadership to another voter (this node
+    /// when it is one: it is alive, since it is serving this request) and
+    /// waits until another node leads.
+    async fn move_leadership_off(&self, node_id: u64) -> Result<(), Status> {
+        let status = self.raft.status();
+        if status.leader_id != node_id {
+            return Ok(());
+        }
+        let me = status.node_id;
+        let me_is_voter = status.members.iter().any(|m| m.node_id == me && m.voter);
+        let to = (me != node_id && me_is_voter).then_some(me);
+        let transferee = self
+            .raft
+            .transfer_leadership(to)
+            .await
+            .map_err(Error::from)?;
+        let polls = LEADERSHIP_TRANSFER_TIMEOUT_MS / LEADERSHIP_POLL_INTERVAL_MS;
+        for _ in 0..polls {
+            let leader = self.raft.status().leader_id;
+            if leader != 0 && leader != node_id {
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(
+                LEADERSHIP_POLL_INTERVAL_MS,
+            ))
+            .await;
+        }
+        Err(Status::unavailable(format!(
+            "leadership did not move from node {node_id} to node {transferee} within {LEADERSHIP_TRANSFER_TIMEOUT_MS} ms; retry"
+        )))
+    }
+}
+
 pub fn members_to_pb(status: &RaftStatus) -> Vec<pb::Member> {
     status
         .members
@@ -100,6 +138,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         if !is_member {
             return Err(Status::not_found(format!("node {node_id} is not a member")));
         }
+        self.move_leadership_off(node_id).await?;
         self.raft
             .change_membership(MembershipChange::Remove { node_id })
             .await
