@@ -153,6 +153,7 @@ mod tests {
             name: name.into(),
             vcpus,
             memory_mib,
+            pinned_node: 0,
             runner: Some(pb::RunnerSource {
                 source: Some(pb::runner_source::Source::Kernel(pb::KernelRunner {
                     kernel_path: "/k".into(),

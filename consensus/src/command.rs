@@ -35,6 +35,47 @@ pub struct VmSpec {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub runner: RunnerSource,
+    /// Run only on this node (`--node`); otherwise the scheduler places it.
+    #[serde(default)]
+    pub pinned_node: Option<u64>,
+}
+
+/// Where a VM is in its life, as its node last reported (or the scheduler
+/// decided, for `Pending` and `Scheduled`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmPhase {
+    /// Wants to run; no node assigned yet.
+    Pending,
+    /// Assigned to a node that has not started it yet.
+    Scheduled,
+    Starting,
+    Running,
+    Stopping,
+    #[default]
+    Stopped,
+    /// See `VmObserved::reason`.
+    Failed,
+}
+
+/// What the node running a VM observed, reported through the leader.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmObserved {
+    pub phase: VmPhase,
+    /// The node that reported (or was assigned, for `Scheduled`).
+    pub node: Option<u64>,
+    /// Hypervisor process id on `node`.
+    pub pid: Option<u32>,
+    /// Milliseconds from spawning the hypervisor to the guest running.
+    pub boot_ms: Option<u64>,
+    /// How the hypervisor last exited, e.g. "exit code 1" or "signal 9".
+    pub exit_status: Option<String>,
+    /// Times the agent restarted the VM after it died unasked.
+    pub restarts: u32,
+    /// Why the VM failed (empty otherwise).
+    pub reason: String,
+    /// When the node observed this, stamped by the node.
+    pub observed_at_unix_ms: u64,
 }
 
 /// A VM as the cluster state holds it.
@@ -45,6 +86,11 @@ pub struct VmRecord {
     pub create_revision: u64,
     pub mod_revision: u64,
     pub created_at_unix_ms: u64,
+    /// The node that should run the VM (set by the scheduler).
+    #[serde(default)]
+    pub assigned_node: Option<u64>,
+    #[serde(default)]
+    pub observed: VmObserved,
 }
 
 /// A cluster member as the cluster state holds it (its raft role lives in
@@ -53,6 +99,18 @@ pub struct VmRecord {
 pub struct NodeRecord {
     pub node_id: u64,
     pub address: String,
+    /// Facts the node's agent reported about its host (absent until then).
+    #[serde(default)]
+    pub host: Option<HostFacts>,
+}
+
+/// A host's capacity and hypervisor acceleration, reported by its agent.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HostFacts {
+    pub memory_mib_total: u64,
+    pub vcpus_total: u32,
+    /// "kvm" or "tcg": what the agent's probe found usable.
+    pub accel: String,
 }
 
 /// A state-machine command. New kinds of cluster state add variants here.
@@ -74,6 +132,22 @@ pub enum Command {
     SetNodeAddress {
         node_id: u64,
         address: String,
+    },
+    /// A node's agent describes its host.
+    SetHostFacts {
+        node_id: u64,
+        facts: HostFacts,
+    },
+    /// The scheduler places a VM on a node (or takes it off: `None`).
+    AssignVm {
+        name: String,
+        node_id: Option<u64>,
+    },
+    /// The node a VM is assigned to reports what it observes.
+    ReportVm {
+        name: String,
+        node_id: u64,
+        observed: VmObserved,
     },
 }
 
@@ -110,6 +184,14 @@ pub enum Rejection {
     Undecodable { detail: String },
     #[error("membership change refused: {detail}")]
     ConfChange { detail: String },
+    #[error("VM {name:?} is assigned to node {assigned:?}, not node {node_id}")]
+    NotAssigned {
+        name: String,
+        node_id: u64,
+        assigned: Option<u64>,
+    },
+    #[error("no member with node id {node_id}")]
+    NoSuchNode { node_id: u64 },
 }
 
 /// A change to the VM table, in the order it was applied (for watchers).

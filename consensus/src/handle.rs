@@ -108,13 +108,11 @@ impl Role {
 #[derive(Debug, Clone)]
 pub enum StateEvent {
     Vm {
-        change: VmChange,
+        change: Box<VmChange>,
         revision: u64,
     },
     /// The whole state was replaced by a snapshot: re-read everything.
-    Reset {
-        revision: u64,
-    },
+    Reset { revision: u64 },
 }
 
 pub(crate) struct Shared {

@@ -1,15 +1,20 @@
 //! The replicated cluster state and the pure function that advances it.
 //!
 //! Invariants: `revision` counts accepted state-changing commands and only
-//! grows; every VM's `create_revision <= mod_revision <= revision`; a
-//! refused command changes nothing. `apply` does no I/O and reads no clock,
-//! so every replica that applies the same log holds the same state.
+//! grows; every VM's `create_revision <= mod_revision <= revision`; a VM's
+//! `assigned_node` names a member or is `None`; only the assigned node's
+//! reports change a VM's observed state; a refused command changes nothing.
+//! `apply` does no I/O and reads no clock, so every replica that applies the
+//! same log holds the same state.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::command::{Applied, Command, NodeRecord, Rejection, VmChange, VmRecord};
+use crate::command::{
+    Applied, Command, DesiredState, HostFacts, NodeRecord, Rejection, VmChange, VmObserved,
+    VmPhase, VmRecord, VmSpec,
+};
 
 /// A key of the state tables that a command touched; storage rewrites it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,7 +37,8 @@ pub struct ClusterState {
 pub struct Outcome {
     pub result: Result<Applied, Rejection>,
     pub touched: Vec<Touched>,
-    pub vm_change: Option<VmChange>,
+    /// VM changes in the order they happened (for watchers).
+    pub vm_changes: Vec<VmChange>,
 }
 
 impl Outcome {
@@ -40,7 +46,7 @@ impl Outcome {
         Self {
             result: Err(rejection),
             touched: Vec::new(),
-            vm_change: None,
+            vm_changes: Vec::new(),
         }
     }
 }
@@ -57,9 +63,39 @@ impl ClusterState {
             Command::SetVmDesiredState {
                 name,
                 desired_state,
-            } => self.update_vm(&name, |vm| vm.desired_state = desired_state),
+            } => self.update_vm(&name, |vm| {
+                vm.desired_state = desired_state;
+                match (desired_state, vm.assigned_node, vm.observed.phase) {
+                    (DesiredState::Running, None, _) => vm.observed = pending(),
+                    (DesiredState::Stopped, None, VmPhase::Pending) => {
+                        vm.observed = VmObserved::default()
+                    }
+                    _ => {}
+                }
+                Ok(())
+            }),
             Command::DeleteVm { name } => self.delete_vm(&name),
             Command::SetNodeAddress { node_id, address } => self.set_node(node_id, address),
+            Command::SetHostFacts { node_id, facts } => self.set_host_facts(node_id, facts),
+            Command::AssignVm { name, node_id } => self.assign_vm(&name, node_id),
+            Command::ReportVm {
+                name,
+                node_id,
+                observed,
+            } => self.update_vm(&name, |vm| {
+                if vm.assigned_node != Some(node_id) {
+                    return Err(Rejection::NotAssigned {
+                        name: vm.spec.name.clone(),
+                        node_id,
+                        assigned: vm.assigned_node,
+                    });
+                }
+                vm.observed = VmObserved {
+                    node: Some(node_id),
+                    ..observed
+                };
+                Ok(())
+            }),
         };
         match &outcome.result {
             Ok(applied) => assert_eq!(applied.revision, revision_before + 1),
@@ -73,31 +109,53 @@ impl ClusterState {
         self.set_node(node_id, address)
     }
 
-    /// A member was removed by a committed configuration change.
+    /// A member was removed by a committed configuration change. Its VMs
+    /// lose their assignment so the scheduler can place them elsewhere.
     pub fn remove_member(&mut self, node_id: u64) -> Outcome {
         self.revision += 1;
         self.nodes.remove(&node_id);
+        let mut touched = vec![Touched::Node(node_id)];
+        let mut vm_changes = Vec::new();
+        for vm in self.vms.values_mut() {
+            if vm.assigned_node == Some(node_id) {
+                vm.assigned_node = None;
+                vm.observed = match vm.desired_state {
+                    DesiredState::Running => pending(),
+                    DesiredState::Stopped => VmObserved::default(),
+                };
+                vm.mod_revision = self.revision;
+                touched.push(Touched::Vm(vm.spec.name.clone()));
+                vm_changes.push(VmChange::Modified(vm.clone()));
+            }
+        }
         Outcome {
             result: Ok(Applied {
                 revision: self.revision,
                 vm: None,
             }),
-            touched: vec![Touched::Node(node_id)],
-            vm_change: None,
+            touched,
+            vm_changes,
         }
     }
 
-    fn create_vm(&mut self, spec: crate::command::VmSpec, created_at_unix_ms: u64) -> Outcome {
+    fn create_vm(&mut self, spec: VmSpec, created_at_unix_ms: u64) -> Outcome {
         if self.vms.contains_key(&spec.name) {
             return Outcome::rejected(Rejection::VmExists { name: spec.name });
+        }
+        if let Some(node_id) = spec.pinned_node {
+            if !self.nodes.contains_key(&node_id) {
+                return Outcome::rejected(Rejection::NoSuchNode { node_id });
+            }
         }
         self.revision += 1;
         let record = VmRecord {
             spec,
-            desired_state: crate::command::DesiredState::Stopped,
+            desired_state: DesiredState::Stopped,
             create_revision: self.revision,
             mod_revision: self.revision,
             created_at_unix_ms,
+            assigned_node: None,
+            observed: VmObserved::default(),
         };
         let name = record.spec.name.clone();
         self.vms.insert(name.clone(), record.clone());
@@ -107,25 +165,56 @@ impl ClusterState {
                 vm: Some(record.clone()),
             }),
             touched: vec![Touched::Vm(name)],
-            vm_change: Some(VmChange::Added(record)),
+            vm_changes: vec![VmChange::Added(record)],
         }
     }
 
-    fn update_vm(&mut self, name: &str, change: impl FnOnce(&mut VmRecord)) -> Outcome {
-        let Some(vm) = self.vms.get_mut(name) else {
+    fn assign_vm(&mut self, name: &str, node_id: Option<u64>) -> Outcome {
+        if let Some(node_id) = node_id {
+            if !self.nodes.contains_key(&node_id) {
+                return Outcome::rejected(Rejection::NoSuchNode { node_id });
+            }
+        }
+        self.update_vm(name, |vm| {
+            vm.assigned_node = node_id;
+            vm.observed = match (node_id, vm.desired_state) {
+                (Some(node), DesiredState::Running) => VmObserved {
+                    phase: VmPhase::Scheduled,
+                    node: Some(node),
+                    restarts: vm.observed.restarts,
+                    ..VmObserved::default()
+                },
+                (None, DesiredState::Running) => pending(),
+                (_, DesiredState::Stopped) => VmObserved::default(),
+            };
+            Ok(())
+        })
+    }
+
+    /// Changes one VM through `change`, which may refuse; a refusal leaves
+    /// the VM as it was.
+    fn update_vm(
+        &mut self,
+        name: &str,
+        change: impl FnOnce(&mut VmRecord) -> Result<(), Rejection>,
+    ) -> Outcome {
+        let Some(vm) = self.vms.get(name) else {
             return Outcome::rejected(Rejection::VmNotFound { name: name.into() });
         };
+        let mut record = vm.clone();
+        if let Err(rejection) = change(&mut record) {
+            return Outcome::rejected(rejection);
+        }
         self.revision += 1;
-        change(vm);
-        vm.mod_revision = self.revision;
-        let record = vm.clone();
+        record.mod_revision = self.revision;
+        self.vms.insert(name.to_string(), record.clone());
         Outcome {
             result: Ok(Applied {
                 revision: self.revision,
                 vm: Some(record.clone()),
             }),
             touched: vec![Touched::Vm(name.into())],
-            vm_change: Some(VmChange::Modified(record)),
+            vm_changes: vec![VmChange::Modified(record)],
         }
     }
 
@@ -141,20 +230,44 @@ impl ClusterState {
                 vm: None,
             }),
             touched: vec![Touched::Vm(name.into())],
-            vm_change: Some(VmChange::Deleted(record)),
+            vm_changes: vec![VmChange::Deleted(record)],
         }
     }
 
     fn set_node(&mut self, node_id: u64, address: String) -> Outcome {
         self.revision += 1;
-        self.nodes.insert(node_id, NodeRecord { node_id, address });
+        let host = self.nodes.get(&node_id).and_then(|n| n.host.clone());
+        self.nodes.insert(
+            node_id,
+            NodeRecord {
+                node_id,
+                address,
+                host,
+            },
+        );
         Outcome {
             result: Ok(Applied {
                 revision: self.revision,
                 vm: None,
             }),
             touched: vec![Touched::Node(node_id)],
-            vm_change: None,
+            vm_changes: Vec::new(),
+        }
+    }
+
+    fn set_host_facts(&mut self, node_id: u64, facts: HostFacts) -> Outcome {
+        let Some(node) = self.nodes.get_mut(&node_id) else {
+            return Outcome::rejected(Rejection::NoSuchNode { node_id });
+        };
+        self.revision += 1;
+        node.host = Some(facts);
+        Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            touched: vec![Touched::Node(node_id)],
+            vm_changes: Vec::new(),
         }
     }
 
@@ -167,6 +280,13 @@ impl ClusterState {
             what: "snapshot",
             detail: e.to_string(),
         })
+    }
+}
+
+fn pending() -> VmObserved {
+    VmObserved {
+        phase: VmPhase::Pending,
+        ..VmObserved::default()
     }
 }
 
@@ -184,6 +304,7 @@ mod tests {
             runner: RunnerSource::Flake {
                 flake_ref: "/etc/vms#x".into(),
             },
+            pinned_node: None,
         }
     }
 
@@ -228,6 +349,71 @@ mod tests {
             .apply(Command::DeleteVm { name: "a".into() })
             .result
             .is_err());
+    }
+
+    fn running_on(state: &mut ClusterState, name: &str, node: u64) {
+        state.apply(create(name));
+        state.apply(Command::SetVmDesiredState {
+            name: name.into(),
+            desired_state: DesiredState::Running,
+        });
+        assert_eq!(state.vms[name].observed.phase, VmPhase::Pending);
+        let assigned = state.apply(Command::AssignVm {
+            name: name.into(),
+            node_id: Some(node),
+        });
+        assert_eq!(
+            assigned.result.unwrap().vm.unwrap().observed.phase,
+            VmPhase::Scheduled
+        );
+    }
+
+    #[test]
+    fn only_the_assigned_node_reports() {
+        let mut state = ClusterState::default();
+        state.add_member(1, "a:1".into());
+        state.add_member(2, "b:2".into());
+        running_on(&mut state, "a", 1);
+        let before = state.clone();
+        let report = |node_id| Command::ReportVm {
+            name: "a".into(),
+            node_id,
+            observed: VmObserved {
+                phase: VmPhase::Running,
+                pid: Some(42),
+                ..VmObserved::default()
+            },
+        };
+        assert!(matches!(
+            state.apply(report(2)).result,
+            Err(Rejection::NotAssigned {
+                node_id: 2,
+                assigned: Some(1),
+                ..
+            })
+        ));
+        assert_eq!(state, before);
+        let accepted = state.apply(report(1)).result.unwrap().vm.unwrap();
+        assert_eq!(accepted.observed.phase, VmPhase::Running);
+        assert_eq!(accepted.observed.node, Some(1));
+    }
+
+    #[test]
+    fn assignment_needs_a_member_and_removal_unassigns() {
+        let mut state = ClusterState::default();
+        state.add_member(1, "a:1".into());
+        state.apply(create("a"));
+        let refused = state.apply(Command::AssignVm {
+            name: "a".into(),
+            node_id: Some(9),
+        });
+        assert_eq!(refused.result, Err(Rejection::NoSuchNode { node_id: 9 }));
+        state.apply(Command::DeleteVm { name: "a".into() });
+        running_on(&mut state, "a", 1);
+        let removed = state.remove_member(1);
+        assert_eq!(removed.vm_changes.len(), 1);
+        assert_eq!(state.vms["a"].assigned_node, None);
+        assert_eq!(state.vms["a"].observed.phase, VmPhase::Pending);
     }
 
     fn arbitrary_command() -> impl Strategy<Value = Command> {

@@ -17,7 +17,10 @@ use blixard_consensus::{LogStore, RaftConfig, RaftHandle, RaftNode};
 use tokio::sync::watch;
 use tonic::transport::Endpoint;
 
+use blixard_nodeagent::{accel, NodeAgent, Settings};
+
 use crate::config::Config;
+use crate::controllers;
 use crate::services::{self, cluster::ClusterService, raft::RaftService, vm::VmService};
 use crate::transport::{GrpcTransport, RAFT_MESSAGE_BYTES_MAX};
 use crate::Error;
@@ -160,6 +163,15 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = tokio::spawn(serve(config.clone(), handle.clone(), stop_rx.clone()));
+    let scheduler = tokio::spawn(controllers::scheduler::run(handle.clone()));
+    let reconciler = match config.agent.enabled {
+        true => Some(tokio::spawn(start_node_agent(
+            config.clone(),
+            handle.clone(),
+            stop_rx.clone(),
+        ))),
+        false => None,
+    };
     let mut raft_stop = stop_rx.clone();
     let raft = tokio::spawn(node.run(async move {
         let _ = raft_stop.wait_for(|stop| *stop).await;
@@ -168,6 +180,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if !initialized && !bootstrap {
         if let Err(error) = request_join(&config).await {
             let _ = stop_tx.send(true);
+            scheduler.abort();
+            if let Some(reconciler) = reconciler {
+                let _ = reconciler.await;
+            }
             let _ = raft.await;
             let _ = server.await;
             return Err(error);
@@ -195,6 +211,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     };
     let _ = stop_tx.send(true);
+    scheduler.abort();
+    if let Some(reconciler) = reconciler {
+        let _ = reconciler.await;
+    }
     if !raft.is_finished() {
         let _ = raft.await;
     }
@@ -202,6 +222,34 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = server.await;
     }
     outcome
+}
+
+/// Probes acceleration, then runs the agent's reconciler until `stop`.
+async fn start_node_agent(config: Config, raft: RaftHandle, stop: watch::Receiver<bool>) {
+    let agent_config = &config.agent;
+    let accel = accel::resolve(agent_config.accel, &agent_config.qemu).await;
+    tracing::info!(accel = accel.as_str(), "hypervisor acceleration");
+    let settings = Settings {
+        state_root: config.vm_state_dir(),
+        qemu_binary: agent_config.qemu.clone(),
+        nix_binary: agent_config.nix.clone(),
+        accel,
+        restart_policy: agent_config.restart_policy,
+        stop_timeout_ms: agent_config.stop_timeout_ms,
+        boot_timeout_ms: agent_config.boot_timeout_ms,
+        console_log_bytes_max: agent_config.console_log_bytes_max,
+    };
+    let (agent, reports) = NodeAgent::new(settings);
+    controllers::reconciler::run(
+        raft,
+        config.cluster.node_id,
+        agent,
+        reports,
+        controllers::reconciler::host_facts(accel.as_str()),
+        agent_config.stop_vms_on_shutdown,
+        stop,
+    )
+    .await;
 }
 
 async fn serve(
@@ -219,7 +267,14 @@ async fn serve(
     })
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let cluster_service = ClusterServer::new(ClusterService { raft: raft.clone() });
-    let vm_service = VmServer::new(VmService { raft });
+    let vm_service = VmServer::new(VmService {
+        raft: raft.clone(),
+        node: services::VmNode {
+            raft,
+            node_id,
+            vm_state_dir: config.agent.enabled.then(|| config.vm_state_dir()),
+        },
+    });
     let router = tonic::transport::Server::builder()
         .layer(tonic::service::InterceptorLayer::new(services::authorize))
         .add_service(raft_service)

@@ -7,6 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use blixard_nodeagent::{AccelMode, RestartPolicy};
 use serde::Deserialize;
 
 use crate::Error;
@@ -21,6 +22,76 @@ pub struct Config {
     pub consensus: ConsensusSection,
     #[serde(default)]
     pub api: ApiSection,
+    #[serde(default)]
+    pub agent: AgentSection,
+}
+
+/// The node agent that runs the VMs assigned to this node.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSection {
+    /// Run VMs on this node (a node can be a pure voter).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// One directory per VM (microvm.nix uses /var/lib/microvms); default
+    /// `DATA_DIR/vms`.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+    /// "auto" probes KVM once at start-up and falls back to TCG.
+    #[serde(default)]
+    pub accel: AccelMode,
+    #[serde(default = "default_qemu")]
+    pub qemu: String,
+    #[serde(default = "default_nix")]
+    pub nix: String,
+    #[serde(default)]
+    pub restart_policy: RestartPolicy,
+    #[serde(default = "default_stop_timeout_ms")]
+    pub stop_timeout_ms: u64,
+    #[serde(default = "default_boot_timeout_ms")]
+    pub boot_timeout_ms: u64,
+    #[serde(default = "default_console_log_bytes_max")]
+    pub console_log_bytes_max: u64,
+    /// Stop this node's VMs when the agent shuts down cleanly (they are
+    /// always left running, for adoption, when it crashes).
+    #[serde(default)]
+    pub stop_vms_on_shutdown: bool,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_qemu() -> String {
+    "qemu-system-x86_64".into()
+}
+fn default_nix() -> String {
+    "nix".into()
+}
+fn default_stop_timeout_ms() -> u64 {
+    10_000
+}
+fn default_boot_timeout_ms() -> u64 {
+    30_000
+}
+fn default_console_log_bytes_max() -> u64 {
+    4 * 1024 * 1024
+}
+
+impl Default for AgentSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            state_dir: None,
+            accel: AccelMode::default(),
+            qemu: default_qemu(),
+            nix: default_nix(),
+            restart_policy: RestartPolicy::default(),
+            stop_timeout_ms: default_stop_timeout_ms(),
+            boot_timeout_ms: default_boot_timeout_ms(),
+            console_log_bytes_max: default_console_log_bytes_max(),
+            stop_vms_on_shutdown: false,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -203,10 +274,29 @@ impl Config {
                 consensus.snapshot_threshold
             ));
         }
+        if self.agent.stop_timeout_ms < 2 || self.agent.boot_timeout_ms == 0 {
+            return invalid(
+                "agent.stop_timeout_ms and agent.boot_timeout_ms must be positive".into(),
+            );
+        }
+        if self.agent.console_log_bytes_max < 4096 {
+            return invalid(format!(
+                "agent.console_log_bytes_max {} must be at least 4096",
+                self.agent.console_log_bytes_max
+            ));
+        }
         if consensus.request_timeout_ms == 0 {
             return invalid("consensus.request_timeout_ms must be positive".into());
         }
         Ok(())
+    }
+
+    /// Where VM state directories live.
+    pub fn vm_state_dir(&self) -> PathBuf {
+        self.agent
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| self.cluster.data_dir.join("vms"))
     }
 
     pub fn bind_addr(&self) -> SocketAddr {

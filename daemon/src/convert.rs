@@ -1,7 +1,9 @@
 //! Conversions between the wire types (`pb`) and the replicated state types.
 
 use blixard_api::{pb, validate, ValidationError};
-use blixard_consensus::{DesiredState, RunnerSource, VmRecord, VmSpec};
+use blixard_consensus::{
+    DesiredState, HostFacts, RunnerSource, VmObserved, VmPhase, VmRecord, VmSpec,
+};
 
 /// Validates a spec from the wire and converts it.
 pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationError> {
@@ -23,6 +25,7 @@ pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationErr
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         runner,
+        pinned_node: (spec.pinned_node != 0).then_some(spec.pinned_node),
     })
 }
 
@@ -53,10 +56,43 @@ pub fn vm_info_to_pb(vm: &VmRecord) -> pb::VmInfo {
             runner: Some(pb::RunnerSource {
                 source: Some(source),
             }),
+            pinned_node: vm.spec.pinned_node.unwrap_or(0),
         }),
         desired_state: desired_state as i32,
         create_revision: vm.create_revision,
         mod_revision: vm.mod_revision,
         created_at_unix_ms: vm.created_at_unix_ms,
+        assigned_node: vm.assigned_node.unwrap_or(0),
+        observed: Some(observed_to_pb(&vm.observed)),
+    }
+}
+
+fn observed_to_pb(observed: &VmObserved) -> pb::VmObserved {
+    let phase = match observed.phase {
+        VmPhase::Pending => pb::VmPhase::Pending,
+        VmPhase::Scheduled => pb::VmPhase::Scheduled,
+        VmPhase::Starting => pb::VmPhase::Starting,
+        VmPhase::Running => pb::VmPhase::Running,
+        VmPhase::Stopping => pb::VmPhase::Stopping,
+        VmPhase::Stopped => pb::VmPhase::Stopped,
+        VmPhase::Failed => pb::VmPhase::Failed,
+    };
+    pb::VmObserved {
+        phase: phase as i32,
+        node: observed.node.unwrap_or(0),
+        pid: observed.pid.unwrap_or(0),
+        boot_ms: observed.boot_ms.unwrap_or(0),
+        exit_status: observed.exit_status.clone().unwrap_or_default(),
+        restarts: observed.restarts,
+        reason: observed.reason.clone(),
+        observed_at_unix_ms: observed.observed_at_unix_ms,
+    }
+}
+
+pub fn host_to_pb(host: &HostFacts) -> pb::HostFacts {
+    pb::HostFacts {
+        memory_mib_total: host.memory_mib_total,
+        vcpus_total: host.vcpus_total,
+        accel: host.accel.clone(),
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod agent;
 pub mod config;
+pub mod controllers;
 mod convert;
 mod error;
 pub mod services;

@@ -107,8 +107,18 @@ pub enum VmCommand {
     Start { name: String },
     /// Ask for a VM to stop.
     Stop { name: String },
-    /// Delete a VM's definition.
+    /// Delete a VM's definition (its node stops it and removes its state).
     Delete { name: String },
+    /// Print the VM's serial console, from whichever node runs it.
+    Logs {
+        name: String,
+        /// Keep printing new output until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// Start with this many of the last lines (default: all kept).
+        #[arg(long)]
+        tail: Option<u32>,
+    },
     /// Print every VM as it is now, then every change as it commits.
     Watch {
         /// Stop after this many events (default: until interrupted).
@@ -137,4 +147,7 @@ pub struct VmCreateArgs {
     /// microvm.nix flake reference, e.g. /etc/vms#webapp.
     #[arg(long, required_unless_present = "kernel")]
     pub flake: Option<String>,
+    /// Run only on this node (default: the scheduler chooses).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub node: Option<u64>,
 }

@@ -111,7 +111,67 @@ impl Drop for TestCluster {
                 let _ = child.wait();
             }
         }
+        // Hypervisors outlive their agent by design; these are ours.
+        for pid in hypervisors_under(self.dir.path()) {
+            // SAFETY: kill(2) on a pid whose cwd is inside this test's directory.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
     }
+}
+
+/// Pids of every process whose argv[0] is `microvm@NAME`.
+pub fn vm_processes(name: &str) -> Vec<u32> {
+    let wanted = format!("microvm@{name}");
+    processes()
+        .filter(|(_, argv0)| *argv0 == wanted)
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+fn processes() -> impl Iterator<Item = (u32, String)> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter_map(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+            let argv0 = cmdline.split(|b| *b == 0).next()?.to_vec();
+            Some((pid, String::from_utf8(argv0).ok()?))
+        })
+}
+
+fn hypervisors_under(dir: &Path) -> Vec<u32> {
+    processes()
+        .filter(|(_, argv0)| argv0.starts_with("microvm@"))
+        .filter(|(pid, _)| {
+            std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
+        })
+        .map(|(pid, _)| pid)
+        .collect()
+}
+
+/// The test guest (kernel, initramfs), built once per workspace by
+/// `nix/guest/build-image.sh` (a no-op when up to date).
+pub fn guest_image() -> &'static (PathBuf, PathBuf) {
+    static IMAGE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        let out = std::env::var("CARGO_TARGET_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| workspace.join("target"))
+            .join("guest");
+        let lock_path = workspace.join("target").join("guest.lock");
+        std::fs::create_dir_all(lock_path.parent().unwrap()).unwrap();
+        // Test processes run in parallel: one builds, the others wait.
+        let lock = std::fs::File::create(&lock_path).unwrap();
+        lock.lock().unwrap();
+        let status = Command::new(workspace.join("nix/guest/build-image.sh"))
+            .arg(&out)
+            .status()
+            .expect("cannot run nix/guest/build-image.sh");
+        assert!(status.success(), "building the guest image failed");
+        (out.join("vmlinuz"), out.join("initrd.gz"))
+    })
 }
 
 impl TestCluster {
@@ -147,7 +207,7 @@ impl TestCluster {
         std::fs::write(
             &config_path,
             format!(
-                "[cluster]\nnode_id = {id}\ndata_dir = \"{}\"\n{join}\n[api]\nbind = \"{address}\"\n\n[consensus]\nelection_timeout_ms = {}\nheartbeat_interval_ms = {}\nsnapshot_threshold = {}\n",
+                "[cluster]\nnode_id = {id}\ndata_dir = \"{}\"\n{join}\n[api]\nbind = \"{address}\"\n\n[consensus]\nelection_timeout_ms = {}\nheartbeat_interval_ms = {}\nsnapshot_threshold = {}\n\n[agent]\naccel = \"tcg\"\nstop_timeout_ms = 4000\n",
                 data_dir.display(),
                 t.election_timeout_ms,
                 t.heartbeat_interval_ms,

@@ -16,6 +16,7 @@ pub fn flake_spec(name: &str) -> pb::VmSpec {
         name: name.to_string(),
         vcpus: 1,
         memory_mib: 128,
+        pinned_node: 0,
         runner: Some(pb::RunnerSource {
             source: Some(pb::runner_source::Source::Flake(pb::FlakeRunner {
                 flake_ref: format!("/etc/vms#{name}"),

@@ -123,8 +123,9 @@ async fn five_hundred_vms_created_through_every_node_list_identically() {
             (names.clone(), revision)
         );
     }
-    // Five hundred creates on top of the three membership changes.
-    assert_eq!(revision, 503);
+    // Five hundred creates on top of the three membership changes (and the
+    // agents' host reports, which may land at any point).
+    assert!(revision >= 503, "revision {revision}");
 }
 
 /// Goal: killing the leader under load loses no acknowledged write.

@@ -35,6 +35,9 @@ fn config(id: u64, data_dir: PathBuf, election_timeout_ms: u64) -> Config {
         config.cluster.join = vec![address(1)];
     }
     config.api.bind = address(id);
+    // Hypervisor processes cannot run inside the simulation; everything
+    // else (consensus, storage, transport, scheduler) is the real code.
+    config.agent.enabled = false;
     config.consensus.heartbeat_interval_ms = 100;
     // One election timeout per node, drawn from the simulation's seed, so
     // raft-rs's own randomness cannot make runs differ.

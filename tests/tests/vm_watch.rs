@@ -13,7 +13,7 @@ use blixard_tests::{blixard_bin, TestCluster, Timings};
 /// made through another node, in commit order with rising revisions.
 /// Method: one VM exists; start `vm watch -o json` on node 2; once its
 /// ADDED event for that VM arrives, create, start and delete another VM
-/// through node 1 and read the three events that follow.
+/// through node 1 and read the events until the delete.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_existing_vms_then_changes_in_order() {
     let cluster = TestCluster::start(3, Timings::default()).await;
@@ -85,12 +85,23 @@ async fn watch_streams_existing_vms_then_changes_in_order() {
     ]);
     run(&["vm", "start", "webapp"]);
     run(&["vm", "delete", "webapp"]);
-    let events: Vec<serde_json::Value> = (0..3).map(|_| next_event()).collect();
+    // Started, the VM is also placed and its node reports on it: any number
+    // of further modifications may come between start and delete.
+    let mut events = vec![next_event()];
+    while events.last().unwrap()["event"] != "deleted" {
+        assert!(events.len() < 64, "no delete event among {events:?}");
+        events.push(next_event());
+    }
     let kinds: Vec<&str> = events
         .iter()
         .map(|e| e["event"].as_str().unwrap())
         .collect();
-    assert_eq!(kinds, ["added", "modified", "deleted"]);
+    assert_eq!(kinds[0], "added");
+    assert!(
+        kinds[1..kinds.len() - 1].iter().all(|k| *k == "modified"),
+        "{kinds:?}"
+    );
+    assert!(kinds.len() >= 3, "{kinds:?}");
     assert!(events.iter().all(|e| e["vm"]["name"] == "webapp"));
     assert_eq!(events[1]["vm"]["desired_state"], "running");
     let revisions: Vec<u64> = events
@@ -99,6 +110,6 @@ async fn watch_streams_existing_vms_then_changes_in_order() {
         .collect();
     assert!(first["revision"].as_u64().unwrap() < revisions[0]);
     assert!(revisions.windows(2).all(|w| w[0] < w[1]), "{revisions:?}");
-    let status = watcher.wait().unwrap();
-    assert!(status.success(), "watch exited with {status}");
+    watcher.kill().unwrap();
+    watcher.wait().unwrap();
 }

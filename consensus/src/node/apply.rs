@@ -80,7 +80,7 @@ impl<T: Transport> RaftNode<T> {
                         detail: error.to_string(),
                     }),
                     touched: Vec::new(),
-                    vm_change: None,
+                    vm_changes: Vec::new(),
                 }
             }
         };
@@ -124,11 +124,9 @@ impl<T: Transport> RaftNode<T> {
                 outcome = Some(match outcome {
                     None => step,
                     Some(mut so_far) => {
-                        let Outcome {
-                            result, touched, ..
-                        } = step;
-                        so_far.result = result;
-                        so_far.touched.extend(touched);
+                        so_far.result = step.result;
+                        so_far.touched.extend(step.touched);
+                        so_far.vm_changes.extend(step.vm_changes);
                         so_far
                     }
                 });
@@ -164,9 +162,9 @@ impl<T: Transport> RaftNode<T> {
         self.raw
             .mut_store()
             .record_applied(wtxn, index, &state, &outcome.touched)?;
-        if let Some(change) = outcome.vm_change {
+        for change in outcome.vm_changes {
             let _ = self.shared.events.send(StateEvent::Vm {
-                change,
+                change: Box::new(change),
                 revision: state.revision,
             });
         }

@@ -1,9 +1,10 @@
 //! The `Cluster` service: status, join and node removal.
 
 use blixard_api::{pb, validate};
-use blixard_consensus::{MembershipChange, RaftHandle, RaftStatus};
+use blixard_consensus::{ClusterState, MembershipChange, RaftHandle, RaftStatus};
 use tonic::{Request, Response, Status};
 
+use crate::convert::host_to_pb;
 use crate::Error;
 
 pub struct ClusterService {
@@ -48,11 +49,16 @@ impl ClusterService {
     }
 }
 
-pub fn members_to_pb(status: &RaftStatus) -> Vec<pb::Member> {
+pub fn members_to_pb(status: &RaftStatus, state: &ClusterState) -> Vec<pb::Member> {
     status
         .members
         .iter()
         .map(|m| pb::Member {
+            host: state
+                .nodes
+                .get(&m.node_id)
+                .and_then(|n| n.host.as_ref())
+                .map(host_to_pb),
             node_id: m.node_id,
             address: m.address.clone(),
             role: if m.voter {
@@ -79,7 +85,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             commit_index: status.commit_index,
             applied_index: status.applied_index,
             raft_role: status.role.as_str().to_string(),
-            members: members_to_pb(&status),
+            members: self.raft.read_state(|state| members_to_pb(&status, state)),
             revision,
             first_log_index: status.first_log_index,
         }))
@@ -117,7 +123,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         let status = self.raft.status();
         Ok(Response::new(pb::JoinResponse {
-            members: members_to_pb(&status),
+            members: self.raft.read_state(|state| members_to_pb(&status, state)),
             leader_id: status.leader_id,
         }))
     }
@@ -144,7 +150,10 @@ impl pb::cluster_server::Cluster for ClusterService {
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::RemoveNodeResponse {
-            members: members_to_pb(&self.raft.status()),
+            members: {
+                let status = self.raft.status();
+                self.raft.read_state(|state| members_to_pb(&status, state))
+            },
         }))
     }
 }

@@ -4,6 +4,9 @@
 pub mod cluster;
 pub mod raft;
 pub mod vm;
+pub(crate) mod vm_node;
+
+pub use vm_node::VmNode;
 
 use tonic::{Request, Status};
 

@@ -1,7 +1,6 @@
 //! The `Vm` service: VM definitions and desired state in the replicated log.
 
 use std::pin::Pin;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use blixard_api::{pb, validate};
 use blixard_consensus::{Command, DesiredState, RaftHandle, StateEvent, VmChange};
@@ -10,6 +9,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::vm_node::{now_unix_ms, LogStream, VmNode};
 use crate::convert::{vm_info_to_pb, vm_spec_from_pb};
 use crate::Error;
 
@@ -18,12 +18,8 @@ const WATCH_EVENTS_BUFFERED_MAX: usize = 256;
 
 pub struct VmService {
     pub raft: RaftHandle,
-}
-
-fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
+    /// Serves what only the VM's own node can (logs, stats).
+    pub node: VmNode,
 }
 
 impl VmService {
@@ -129,6 +125,22 @@ impl pb::vm_server::Vm for VmService {
             .raft
             .read_state(|s| (s.vms.values().map(vm_info_to_pb).collect(), s.revision));
         Ok(Response::new(pb::ListVmsResponse { vms, revision }))
+    }
+
+    type LogsStream = LogStream;
+
+    async fn logs(
+        &self,
+        request: Request<pb::VmLogsRequest>,
+    ) -> Result<Response<Self::LogsStream>, Status> {
+        Ok(Response::new(self.node.logs(request).await?))
+    }
+
+    async fn stats(
+        &self,
+        request: Request<pb::VmNameRequest>,
+    ) -> Result<Response<pb::VmStats>, Status> {
+        Ok(Response::new(self.node.stats(request).await?))
     }
 
     type WatchStream = WatchStream;

@@ -12,6 +12,9 @@ pub struct MemberView {
     pub node_id: u64,
     pub address: String,
     pub role: &'static str,
+    /// "kvm" or "tcg" once the node's agent has reported.
+    pub accel: Option<String>,
+    pub memory_mib_total: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -33,6 +36,8 @@ pub fn members(members: &[pb::Member]) -> Vec<MemberView> {
         .map(|m| MemberView {
             node_id: m.node_id,
             address: m.address.clone(),
+            accel: m.host.as_ref().map(|h| h.accel.clone()),
+            memory_mib_total: m.host.as_ref().map(|h| h.memory_mib_total),
             role: match m.role() {
                 pb::MemberRole::Voter => "voter",
                 pb::MemberRole::Learner => "learner",
@@ -43,7 +48,7 @@ pub fn members(members: &[pb::Member]) -> Vec<MemberView> {
 }
 
 fn members_table(members: &[MemberView], leader_id: Option<u64>) -> comfy_table::Table {
-    let mut table = output::table(&["NODE", "ADDRESS", "ROLE", "LEADER"]);
+    let mut table = output::table(&["NODE", "ADDRESS", "ROLE", "LEADER", "ACCEL", "MEMORY MiB"]);
     for m in members {
         let leader = if Some(m.node_id) == leader_id {
             "*"
@@ -55,6 +60,8 @@ fn members_table(members: &[MemberView], leader_id: Option<u64>) -> comfy_table:
             m.address.clone(),
             m.role.to_string(),
             leader.to_string(),
+            m.accel.clone().unwrap_or_else(|| "-".into()),
+            m.memory_mib_total.map_or("-".into(), |m| m.to_string()),
         ]);
     }
     table

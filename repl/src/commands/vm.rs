@@ -13,10 +13,45 @@ pub struct VmView {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub desired_state: &'static str,
+    pub phase: &'static str,
+    pub node: Option<u64>,
+    pub pinned_node: Option<u64>,
+    pub pid: Option<u32>,
+    pub boot_ms: Option<u64>,
+    pub restarts: u32,
+    pub exit_status: Option<String>,
+    pub reason: String,
     pub runner: String,
     pub create_revision: u64,
     pub mod_revision: u64,
     pub created_at_unix_ms: u64,
+    /// Live figures from the VM's node (`vm status` only, when running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stats: Option<StatsView>,
+}
+
+#[derive(Serialize)]
+pub struct StatsView {
+    pub cpu_ms: u64,
+    pub rss_bytes: u64,
+    pub uptime_ms: u64,
+}
+
+fn phase_name(phase: pb::VmPhase) -> &'static str {
+    match phase {
+        pb::VmPhase::Pending => "pending",
+        pb::VmPhase::Scheduled => "scheduled",
+        pb::VmPhase::Starting => "starting",
+        pb::VmPhase::Running => "running",
+        pb::VmPhase::Stopping => "stopping",
+        pb::VmPhase::Stopped => "stopped",
+        pb::VmPhase::Failed => "failed",
+        pb::VmPhase::Unspecified => "unknown",
+    }
+}
+
+fn nonzero<T: Default + PartialEq>(value: T) -> Option<T> {
+    (value != T::default()).then_some(value)
 }
 
 #[derive(Serialize)]
@@ -41,10 +76,20 @@ fn view(vm: &pb::VmInfo) -> VmView {
         Some(pb::runner_source::Source::Flake(f)) => format!("flake {}", f.flake_ref),
         None => "none".into(),
     };
+    let observed = vm.observed.clone().unwrap_or_default();
     VmView {
         name: spec.name,
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
+        phase: phase_name(observed.phase()),
+        node: nonzero(vm.assigned_node).or(nonzero(observed.node)),
+        pinned_node: nonzero(spec.pinned_node),
+        pid: nonzero(observed.pid),
+        boot_ms: nonzero(observed.boot_ms),
+        restarts: observed.restarts,
+        exit_status: nonzero(observed.exit_status),
+        reason: observed.reason,
+        stats: None,
         desired_state: match vm.desired_state() {
             pb::DesiredState::Running => "running",
             pb::DesiredState::Stopped => "stopped",
@@ -63,7 +108,9 @@ fn vms_table(vms: &[VmView]) -> comfy_table::Table {
         "VCPUS",
         "MEMORY MiB",
         "DESIRED",
-        "RUNNER",
+        "PHASE",
+        "NODE",
+        "RESTARTS",
         "REVISION",
     ]);
     for vm in vms {
@@ -72,9 +119,42 @@ fn vms_table(vms: &[VmView]) -> comfy_table::Table {
             vm.vcpus.to_string(),
             vm.memory_mib.to_string(),
             vm.desired_state.to_string(),
-            vm.runner.clone(),
+            vm.phase.to_string(),
+            vm.node.map_or("-".into(), |n| n.to_string()),
+            vm.restarts.to_string(),
             vm.mod_revision.to_string(),
         ]);
+    }
+    table
+}
+
+/// One VM in detail: a field per row.
+fn vm_detail_table(vm: &VmView) -> comfy_table::Table {
+    let mut table = output::table(&["FIELD", "VALUE"]);
+    let optional = |value: Option<String>| value.unwrap_or_else(|| "-".into());
+    let mut rows = vec![
+        ("name", vm.name.clone()),
+        ("desired", vm.desired_state.to_string()),
+        ("phase", vm.phase.to_string()),
+        ("node", optional(vm.node.map(|n| n.to_string()))),
+        ("pinned to", optional(vm.pinned_node.map(|n| n.to_string()))),
+        ("pid", optional(vm.pid.map(|p| p.to_string()))),
+        ("boot ms", optional(vm.boot_ms.map(|b| b.to_string()))),
+        ("restarts", vm.restarts.to_string()),
+        ("exit status", optional(vm.exit_status.clone())),
+        ("reason", vm.reason.clone()),
+        ("vcpus", vm.vcpus.to_string()),
+        ("memory MiB", vm.memory_mib.to_string()),
+        ("runner", vm.runner.clone()),
+        ("revision", vm.mod_revision.to_string()),
+    ];
+    if let Some(stats) = &vm.stats {
+        rows.push(("cpu ms", stats.cpu_ms.to_string()));
+        rows.push(("rss MiB", (stats.rss_bytes / (1024 * 1024)).to_string()));
+        rows.push(("uptime s", (stats.uptime_ms / 1000).to_string()));
+    }
+    for (field, value) in rows {
+        table.add_row(vec![field.to_string(), value]);
     }
     table
 }
@@ -95,6 +175,7 @@ fn spec(args: VmCreateArgs) -> pb::VmSpec {
         name: args.name,
         vcpus: args.vcpus,
         memory_mib: args.memory_mib,
+        pinned_node: args.node.unwrap_or(0),
         runner: Some(pb::RunnerSource {
             source: Some(source),
         }),
@@ -139,13 +220,31 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
         }
         VmCommand::Status { name } => {
             validate::vm_name(&name)?;
-            let response = client::vm(addr)
-                .await?
-                .get(pb::VmNameRequest { name })
+            let mut client = client::vm(addr).await?;
+            let response = client
+                .get(pb::VmNameRequest { name: name.clone() })
                 .await
-                .map_err(status_error)?;
-            print_one(format, response.into_inner())
+                .map_err(status_error)?
+                .into_inner();
+            let mut vm = response
+                .vm
+                .as_ref()
+                .map(view)
+                .ok_or_else(|| anyhow::anyhow!("the server returned no VM"))?;
+            if vm.phase == "running" {
+                // Live figures are best effort: the VM may stop meanwhile.
+                if let Ok(stats) = client.stats(pb::VmNameRequest { name }).await {
+                    let stats = stats.into_inner();
+                    vm.stats = Some(StatsView {
+                        cpu_ms: stats.cpu_ms,
+                        rss_bytes: stats.rss_bytes,
+                        uptime_ms: stats.uptime_ms,
+                    });
+                }
+            }
+            output::print(format, &vm, vm_detail_table)
         }
+        VmCommand::Logs { name, follow, tail } => logs(addr, name, follow, tail).await,
         VmCommand::Start { name } | VmCommand::Stop { name } => {
             validate::vm_name(&name)?;
             let mut client = client::vm(addr).await?;
@@ -227,6 +326,28 @@ async fn watch(addr: &str, format: OutputFormat, max_events: Option<u64>) -> any
             OutputFormat::Yaml => write!(stdout, "---\n{}", serde_yaml::to_string(&view)?)?,
         }
         // Watchers are often piped into other programs: deliver each event now.
+        stdout.flush()?;
+    }
+    Ok(())
+}
+
+/// Copies the console stream to stdout as it arrives.
+async fn logs(addr: &str, name: String, follow: bool, tail: Option<u32>) -> anyhow::Result<()> {
+    use std::io::Write;
+    validate::vm_name(&name)?;
+    let mut stream = client::vm(addr)
+        .await?
+        .logs(pb::VmLogsRequest {
+            name,
+            follow,
+            tail_lines: tail.unwrap_or(0),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    while let Some(chunk) = stream.message().await.map_err(status_error)? {
+        let mut stdout = std::io::stdout().lock();
+        stdout.write_all(&chunk.data)?;
         stdout.flush()?;
     }
     Ok(())

@@ -1,0 +1,184 @@
+//! Drives this node's agent from the cluster state and reports what the
+//! agent observes back into it.
+//!
+//! Invariants: the agent is only told about VMs assigned to this node; it
+//! starts acting only after a read barrier, so a node that restarts with a
+//! stale state catches up before it stops or removes anything; every report
+//! carries this node's id, and the state machine refuses reports from a node
+//! the VM is not assigned to.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use blixard_consensus::{
+    ClusterState, Command, DesiredState, HostFacts, RaftHandle, Rejection, RunnerSource,
+    VmObserved, VmPhase,
+};
+use blixard_nodeagent::{Desired, NodeAgent, Phase, PlanSource, VmPlan, VmReport};
+use tokio::sync::{mpsc, watch};
+
+use crate::services::vm_node::now_unix_ms;
+
+const RECONCILE_INTERVAL_MS: u64 = 250;
+const RETRY_DELAY_MS: u64 = 200;
+/// A report that cannot be committed after this many tries is dropped
+/// (a newer one supersedes it anyway).
+const REPORT_ATTEMPTS_MAX: u32 = 50;
+/// Clean shutdown waits this long for VMs to stop.
+const STOP_ALL_TIMEOUT_MS: u64 = 30_000;
+
+/// What this node should hold, from the cluster state.
+pub fn plan_for(state: &ClusterState, node_id: u64) -> BTreeMap<String, Desired> {
+    state
+        .vms
+        .values()
+        .filter(|vm| vm.assigned_node == Some(node_id))
+        .map(|vm| {
+            let desired = match vm.desired_state {
+                DesiredState::Stopped => Desired::Stop,
+                DesiredState::Running => Desired::Run(VmPlan {
+                    name: vm.spec.name.clone(),
+                    vcpus: vm.spec.vcpus,
+                    memory_mib: vm.spec.memory_mib,
+                    source: match &vm.spec.runner {
+                        RunnerSource::Kernel {
+                            kernel_path,
+                            initrd_path,
+                            cmdline,
+                        } => PlanSource::Kernel {
+                            kernel: PathBuf::from(kernel_path),
+                            initrd: PathBuf::from(initrd_path),
+                            cmdline: cmdline.clone(),
+                        },
+                        RunnerSource::Flake { flake_ref } => PlanSource::Flake {
+                            flake_ref: flake_ref.clone(),
+                        },
+                    },
+                }),
+            };
+            (vm.spec.name.clone(), desired)
+        })
+        .collect()
+}
+
+fn observed(report: VmReport) -> VmObserved {
+    VmObserved {
+        phase: match report.phase {
+            Phase::Starting => VmPhase::Starting,
+            Phase::Running => VmPhase::Running,
+            Phase::Stopping => VmPhase::Stopping,
+            Phase::Stopped => VmPhase::Stopped,
+            Phase::Failed => VmPhase::Failed,
+        },
+        node: None,
+        pid: report.pid,
+        boot_ms: report.boot_ms,
+        exit_status: report.exit_status,
+        restarts: report.restarts,
+        reason: report.reason,
+        observed_at_unix_ms: now_unix_ms(),
+    }
+}
+
+/// Runs the agent until `stop` turns true; then stops the VMs if asked to.
+pub async fn run(
+    raft: RaftHandle,
+    node_id: u64,
+    mut agent: NodeAgent,
+    reports: mpsc::Receiver<VmReport>,
+    host: HostFacts,
+    stop_vms_on_shutdown: bool,
+    mut stop: watch::Receiver<bool>,
+) {
+    let reporter = tokio::spawn(report_loop(raft.clone(), node_id, reports));
+    let caught_up = async {
+        while raft.read_barrier().await.is_err() {
+            tokio::time::sleep(Duration::from_millis(RETRY_DELAY_MS)).await;
+        }
+        publish_host_facts(&raft, node_id, host).await;
+    };
+    tokio::select! {
+        _ = caught_up => {}
+        _ = stop.wait_for(|s| *s) => {
+            reporter.abort();
+            return;
+        }
+    }
+    let mut ticker = tokio::time::interval(Duration::from_millis(RECONCILE_INTERVAL_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                let plan = raft.read_state(|state| plan_for(state, node_id));
+                agent.reconcile(&plan);
+            }
+            _ = stop.wait_for(|s| *s) => break,
+        }
+    }
+    if stop_vms_on_shutdown {
+        agent
+            .stop_all(Duration::from_millis(STOP_ALL_TIMEOUT_MS))
+            .await;
+    }
+    reporter.abort();
+}
+
+async fn publish_host_facts(raft: &RaftHandle, node_id: u64, facts: HostFacts) {
+    loop {
+        let known = raft.read_state(|s| s.nodes.get(&node_id).and_then(|n| n.host.clone()));
+        if known.as_ref() == Some(&facts) {
+            return;
+        }
+        let command = Command::SetHostFacts {
+            node_id,
+            facts: facts.clone(),
+        };
+        match raft.propose(command).await {
+            Ok(_) => return,
+            Err(error) => tracing::debug!(%error, "host facts not committed yet"),
+        }
+        tokio::time::sleep(Duration::from_millis(RETRY_DELAY_MS)).await;
+    }
+}
+
+async fn report_loop(raft: RaftHandle, node_id: u64, mut reports: mpsc::Receiver<VmReport>) {
+    while let Some(report) = reports.recv().await {
+        let name = report.name.clone();
+        let command = Command::ReportVm {
+            name: name.clone(),
+            node_id,
+            observed: observed(report),
+        };
+        for _ in 0..REPORT_ATTEMPTS_MAX {
+            match raft.propose(command.clone()).await {
+                Ok(_) => break,
+                Err(blixard_consensus::Error::Rejected(
+                    Rejection::NotAssigned { .. } | Rejection::VmNotFound { .. },
+                )) => break,
+                Err(error) => {
+                    tracing::debug!(vm = %name, %error, "report not committed; retrying");
+                    tokio::time::sleep(Duration::from_millis(RETRY_DELAY_MS)).await;
+                }
+            }
+        }
+    }
+}
+
+/// This host's memory and cores (from /proc and the scheduler's view).
+pub fn host_facts(accel: &str) -> HostFacts {
+    let memory_mib_total = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|meminfo| {
+            let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib / 1024)
+        })
+        .unwrap_or(0);
+    let vcpus_total = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    HostFacts {
+        memory_mib_total,
+        vcpus_total,
+        accel: accel.to_string(),
+    }
+}

@@ -1,0 +1,84 @@
+//! Facts about hypervisor processes read from /proc, and signals to them.
+//!
+//! Invariant: a pid is only treated as a VM's hypervisor when its argv[0]
+//! is `microvm@NAME` (the runner contract's `exec -a`), so a recycled pid
+//! is never adopted or signalled.
+
+use std::path::Path;
+
+/// The argv[0] every runner gives the hypervisor of VM `name`.
+pub fn process_name(name: &str) -> String {
+    format!("microvm@{name}")
+}
+
+/// True when `pid` is alive and is the hypervisor of VM `name`.
+pub fn is_vm_process(pid: u32, name: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let argv0 = cmdline.split(|b| *b == 0).next().unwrap_or_default();
+    argv0 == process_name(name).as_bytes() && !is_zombie(pid)
+}
+
+fn is_zombie(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after_name = stat.rsplit_once(')')?.1;
+            after_name
+                .split_whitespace()
+                .next()
+                .map(|state| state == "Z")
+        })
+        .unwrap_or(true)
+}
+
+pub fn signal(pid: u32, signal: i32) {
+    // SAFETY: kill(2) has no memory-safety preconditions; the caller checked
+    // with `is_vm_process` that the pid is the VM's hypervisor.
+    unsafe {
+        libc::kill(pid as i32, signal);
+    }
+}
+
+/// Reads the pid file; `None` when absent or garbled.
+pub fn read_pid_file(path: &Path) -> Option<u32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// CPU time and resident memory of a process.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    pub cpu_ms: u64,
+    pub rss_bytes: u64,
+}
+
+/// Reads `/proc/PID/stat` (utime+stime, rss pages).
+pub fn usage(pid: u32) -> Option<Usage> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    // Fields after the command name start at "state" (field 3 in proc(5)).
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    Some(Usage {
+        cpu_ms: (utime + stime) * 1000 / ticks_per_second,
+        rss_bytes: rss_pages * page_bytes,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn this_process_is_not_a_vm_and_has_usage() {
+        let me = std::process::id();
+        assert!(!is_vm_process(me, "anything"));
+        let usage = usage(me).unwrap();
+        assert!(usage.rss_bytes > 0);
+    }
+}

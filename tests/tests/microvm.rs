@@ -1,0 +1,229 @@
+//! Real microVMs: qemu `-M microvm` guests (TCG) started by the node agents
+//! of a three-node cluster through the built-in runner.
+
+#![cfg(not(madsim))]
+
+use std::time::Duration;
+
+use blixard_tests::{eventually, guest_image, vm_processes, TestCluster, Timings};
+use serde_json::Value;
+
+const READY_MARKER: &str = "BLIXARD-GUEST-READY";
+const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+fn cli_ok(cluster: &TestCluster, node: u64, args: &[&str]) -> String {
+    let output = cluster.cli(node, args);
+    assert!(
+        output.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+fn status(cluster: &TestCluster, node: u64, name: &str) -> Value {
+    serde_json::from_str(&cli_ok(
+        cluster,
+        node,
+        &["vm", "status", name, "-o", "json"],
+    ))
+    .unwrap()
+}
+
+/// Polls `vm status` through `node` until `check` accepts it.
+async fn wait_status(
+    cluster: &TestCluster,
+    node: u64,
+    name: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
+    eventually(what, BOOT_TIMEOUT, || async {
+        let vm = status(cluster, node, name);
+        check(&vm).then_some(vm)
+    })
+    .await
+}
+
+fn create_guest(cluster: &TestCluster, node: u64, name: &str, extra: &[&str]) {
+    let (kernel, initrd) = guest_image();
+    let mut args = vec![
+        "vm",
+        "create",
+        name,
+        "--vcpus",
+        "1",
+        "--memory",
+        "128",
+        "--kernel",
+        kernel.to_str().unwrap(),
+        "--initrd",
+        initrd.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    cli_ok(cluster, node, &args);
+}
+
+fn is_running(vm: &Value) -> bool {
+    vm["phase"] == "running" && vm["pid"].is_u64()
+}
+
+/// Goal: a VM created through the CLI boots a real guest on the node the
+/// scheduler chose, its console is readable from any node, and stop, start
+/// and delete do what they say. Method: create and start through node 2;
+/// wait for Running; read the readiness marker through a node that does not
+/// run the VM; stop (no process left), start (a new process), delete (no
+/// process, socket or state directory left).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn vm_boots_logs_stops_starts_and_deletes() {
+    let cluster = TestCluster::start(3, Timings::default()).await;
+    create_guest(&cluster, 2, "web", &[]);
+    cli_ok(&cluster, 2, &["vm", "start", "web"]);
+    let vm = wait_status(&cluster, 1, "web", "web to run", is_running).await;
+    let node = vm["node"].as_u64().unwrap();
+    let pid = vm["pid"].as_u64().unwrap() as u32;
+    assert_eq!(vm_processes("web"), [pid], "exactly one hypervisor");
+
+    let other = (1..=3).find(|n| *n != node).unwrap();
+    eventually("the readiness marker in vm logs", BOOT_TIMEOUT, || async {
+        let logs = cli_ok(&cluster, other, &["vm", "logs", "web"]);
+        logs.contains(READY_MARKER).then_some(())
+    })
+    .await;
+    let tail = cli_ok(&cluster, other, &["vm", "logs", "web", "--tail", "1"]);
+    assert_eq!(tail.lines().count(), 1, "{tail:?}");
+
+    cli_ok(&cluster, 3, &["vm", "stop", "web"]);
+    wait_status(&cluster, 3, "web", "web to stop", |vm| {
+        vm["phase"] == "stopped"
+    })
+    .await;
+    assert!(
+        vm_processes("web").is_empty(),
+        "hypervisor still running after stop"
+    );
+
+    cli_ok(&cluster, 1, &["vm", "start", "web"]);
+    let restarted = wait_status(&cluster, 1, "web", "web to run again", is_running).await;
+    assert_ne!(restarted["pid"].as_u64().unwrap() as u32, pid);
+    assert_eq!(
+        restarted["node"].as_u64().unwrap(),
+        node,
+        "a stopped VM keeps its node"
+    );
+
+    let state_dir = cluster.nodes[&node].data_dir.join("vms").join("web");
+    assert!(state_dir.join("web.sock").exists());
+    cli_ok(&cluster, 2, &["vm", "delete", "web"]);
+    eventually("the VM to be gone from its node", BOOT_TIMEOUT, || async {
+        (vm_processes("web").is_empty() && !state_dir.exists()).then_some(())
+    })
+    .await;
+}
+
+/// Goal: a hypervisor killed from outside is noticed, reported and
+/// restarted; an agent killed and restarted adopts its running VM instead
+/// of starting a second one. Method: SIGKILL qemu and wait for Running with
+/// a new pid and one restart; then SIGKILL the VM's agent, restart it, and
+/// check the same single qemu process is reported Running again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
+    let mut cluster = TestCluster::start(3, Timings::default()).await;
+    create_guest(&cluster, 1, "db", &["--node", "3"]);
+    cli_ok(&cluster, 1, &["vm", "start", "db"]);
+    let vm = wait_status(&cluster, 1, "db", "db to run", is_running).await;
+    assert_eq!(vm["node"], 3, "pinned VM placed elsewhere");
+    let first_pid = vm["pid"].as_u64().unwrap() as u32;
+
+    // SAFETY: kill(2) on the hypervisor this test started.
+    unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
+    let vm = wait_status(&cluster, 1, "db", "db to be restarted", |vm| {
+        is_running(vm) && vm["restarts"] == 1 && vm["pid"].as_u64() != Some(first_pid as u64)
+    })
+    .await;
+    assert_eq!(vm["exit_status"], "signal 9");
+    let second_pid = vm["pid"].as_u64().unwrap() as u32;
+    assert_eq!(vm_processes("db"), [second_pid]);
+
+    cluster.kill(3);
+    assert_eq!(
+        vm_processes("db"),
+        [second_pid],
+        "the VM died with its agent"
+    );
+    let before_restart = status(&cluster, 1, "db")["mod_revision"].as_u64().unwrap();
+    cluster.restart(3);
+    // The restarted agent reports the adopted VM (a newer revision).
+    let vm = wait_status(&cluster, 1, "db", "the agent to adopt db", |vm| {
+        is_running(vm) && vm["mod_revision"].as_u64().unwrap() > before_restart
+    })
+    .await;
+    assert_eq!(vm["pid"].as_u64().unwrap() as u32, second_pid);
+    assert_eq!(vm_processes("db"), [second_pid], "the VM was doubled");
+    // Still adopted, not replaced, a moment of agent work later.
+    eventually("logs through the restarted agent", BOOT_TIMEOUT, || async {
+        let logs = cli_ok(&cluster, 3, &["vm", "logs", "db"]);
+        logs.contains(READY_MARKER).then_some(())
+    })
+    .await;
+    assert_eq!(vm_processes("db"), [second_pid]);
+}
+
+/// Goal: runner sources that fail leave the VM Failed with the reason.
+/// Method: a kernel path that does not exist, and a flake that is not there
+/// (a real `nix build` fails); both reasons show in `vm status`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failing_runner_sources_report_failed_with_reason() {
+    let cluster = TestCluster::start(1, Timings::default()).await;
+    let (_, initrd) = guest_image();
+    cli_ok(
+        &cluster,
+        1,
+        &[
+            "vm",
+            "create",
+            "nokernel",
+            "--vcpus",
+            "1",
+            "--memory",
+            "64",
+            "--kernel",
+            "/nonexistent/vmlinuz",
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ],
+    );
+    cli_ok(&cluster, 1, &["vm", "start", "nokernel"]);
+    let vm = wait_status(&cluster, 1, "nokernel", "nokernel to fail", |vm| {
+        vm["phase"] == "failed"
+    })
+    .await;
+    assert_eq!(vm["reason"], "kernel /nonexistent/vmlinuz does not exist");
+
+    cli_ok(
+        &cluster,
+        1,
+        &[
+            "vm",
+            "create",
+            "noflake",
+            "--vcpus",
+            "1",
+            "--memory",
+            "64",
+            "--flake",
+            "/nonexistent/flake",
+        ],
+    );
+    cli_ok(&cluster, 1, &["vm", "start", "noflake"]);
+    let vm = wait_status(&cluster, 1, "noflake", "noflake to fail", |vm| {
+        vm["phase"] == "failed"
+    })
+    .await;
+    let reason = vm["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("nix build /nonexistent/flake#nixosConfigurations.noflake.config.microvm.declaredRunner failed"),
+        "{reason}"
+    );
+    assert!(vm_processes("nokernel").is_empty() && vm_processes("noflake").is_empty());
+}
