@@ -238,6 +238,8 @@ async fn start_node_agent(config: Config, raft: RaftHandle, stop: watch::Receive
         stop_timeout_ms: agent_config.stop_timeout_ms,
         boot_timeout_ms: agent_config.boot_timeout_ms,
         console_log_bytes_max: agent_config.console_log_bytes_max,
+        supervision: agent_config.supervision,
+        systemctl_binary: agent_config.systemctl.clone(),
     };
     let (agent, reports) = NodeAgent::new(settings);
     controllers::reconciler::run(

@@ -7,7 +7,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use blixard_nodeagent::{AccelMode, RestartPolicy};
+use blixard_nodeagent::{AccelMode, RestartPolicy, Supervision};
 use serde::Deserialize;
 
 use crate::Error;
@@ -46,6 +46,12 @@ pub struct AgentSection {
     pub nix: String,
     #[serde(default)]
     pub restart_policy: RestartPolicy,
+    /// "child" (the agent runs `microvm-run`) or "systemd" (microvm.nix's
+    /// `microvm@NAME` units; set `state_dir = "/var/lib/microvms"`).
+    #[serde(default)]
+    pub supervision: Supervision,
+    #[serde(default = "default_systemctl")]
+    pub systemctl: String,
     #[serde(default = "default_stop_timeout_ms")]
     pub stop_timeout_ms: u64,
     #[serde(default = "default_boot_timeout_ms")]
@@ -63,6 +69,9 @@ fn default_true() -> bool {
 }
 fn default_qemu() -> String {
     "qemu-system-x86_64".into()
+}
+fn default_systemctl() -> String {
+    "systemctl".into()
 }
 fn default_nix() -> String {
     "nix".into()
@@ -86,6 +95,8 @@ impl Default for AgentSection {
             qemu: default_qemu(),
             nix: default_nix(),
             restart_policy: RestartPolicy::default(),
+            supervision: Supervision::default(),
+            systemctl: default_systemctl(),
             stop_timeout_ms: default_stop_timeout_ms(),
             boot_timeout_ms: default_boot_timeout_ms(),
             console_log_bytes_max: default_console_log_bytes_max(),

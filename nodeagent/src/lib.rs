@@ -15,8 +15,10 @@ pub mod process;
 pub mod qmp;
 pub mod runner;
 pub mod supervisor;
+pub mod systemd;
 
 pub use accel::{Accel, AccelMode};
 pub use agent::NodeAgent;
 pub use error::{Error, Result};
 pub use supervisor::{Desired, Phase, PlanSource, RestartPolicy, Settings, VmPlan, VmReport};
+pub use systemd::Supervision;

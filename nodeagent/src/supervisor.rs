@@ -23,6 +23,7 @@ use crate::console;
 use crate::process::{self, is_vm_process};
 use crate::qmp;
 use crate::runner::{self, FlakeRunner, QemuRunner, RunnerSource};
+use crate::systemd::{self, Supervision};
 
 /// How a VM's runner is obtained.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +101,8 @@ pub struct Settings {
     pub stop_timeout_ms: u64,
     pub boot_timeout_ms: u64,
     pub console_log_bytes_max: u64,
+    pub supervision: Supervision,
+    pub systemctl_binary: String,
 }
 
 const POLL_INTERVAL_MS: u64 = 50;
@@ -114,6 +117,11 @@ enum Hypervisor {
     Child(tokio::process::Child),
     /// Found running at start-up; not our child, so it is polled.
     Adopted(u32),
+    /// Run by systemd as `microvm@NAME`; polled through `systemctl`.
+    Systemd {
+        systemctl: String,
+        pid: Option<u32>,
+    },
 }
 
 impl Hypervisor {
@@ -121,6 +129,7 @@ impl Hypervisor {
         match self {
             Hypervisor::Child(child) => child.id(),
             Hypervisor::Adopted(pid) => Some(*pid),
+            Hypervisor::Systemd { pid, .. } => *pid,
         }
     }
 
@@ -133,6 +142,16 @@ impl Hypervisor {
                     success: false,
                     text: format!("wait failed: {error}"),
                 },
+            },
+            Hypervisor::Systemd { systemctl, .. } => loop {
+                let state = systemd::state(systemctl, name).await;
+                if state != "active" && state != "activating" && state != "reloading" {
+                    return ExitStatus {
+                        success: false,
+                        text: format!("unit {} is {state}", systemd::unit(name)),
+                    };
+                }
+                tokio::time::sleep(Duration::from_millis(ADOPTED_POLL_INTERVAL_MS)).await;
             },
             Hypervisor::Adopted(pid) => {
                 while is_vm_process(*pid, name) {
@@ -269,6 +288,17 @@ impl Supervisor {
 
     /// Takes over a hypervisor left running by an earlier agent.
     async fn adopt(&mut self) {
+        if self.settings.supervision == Supervision::Systemd {
+            let systemctl = self.settings.systemctl_binary.clone();
+            if systemd::state(&systemctl, &self.name).await == "active" {
+                let pid = systemd::main_pid(&systemctl, &self.name).await;
+                tracing::info!(vm = %self.name, ?pid, "adopting active systemd unit");
+                self.hypervisor = Some(Hypervisor::Systemd { systemctl, pid });
+                self.started_at = Some(Instant::now());
+                self.report(Phase::Running, String::new()).await;
+            }
+            return;
+        }
         let Some(pid) = process::read_pid_file(&self.pid_file()) else {
             return;
         };
@@ -388,6 +418,13 @@ impl Supervisor {
         let log = console::open_for_hypervisor(&self.state_dir).map_err(|e| e.to_string())?;
         let stderr = log.try_clone().map_err(|e| format!("console log: {e}"))?;
         let spawned_at = Instant::now();
+        if self.settings.supervision == Supervision::Systemd {
+            let systemctl = self.settings.systemctl_binary.clone();
+            systemd::start(&systemctl, &self.name).await?;
+            let pid = systemd::main_pid(&systemctl, &self.name).await;
+            self.hypervisor = Some(Hypervisor::Systemd { systemctl, pid });
+            return self.wait_until_running(&socket, spawned_at).await;
+        }
         let child =
             tokio::process::Command::new(runner::current(&self.state_dir).join("bin/microvm-run"))
                 .current_dir(&self.state_dir)
@@ -416,6 +453,16 @@ impl Supervisor {
     ) -> Result<Option<u64>, String> {
         let deadline = spawned_at + Duration::from_millis(self.settings.boot_timeout_ms);
         loop {
+            if let Some(Hypervisor::Systemd { systemctl, .. }) = &self.hypervisor {
+                let state = systemd::state(systemctl, &self.name).await;
+                if state == "failed" || state == "inactive" {
+                    self.hypervisor = None;
+                    return Err(format!(
+                        "unit {} is {state} after start",
+                        systemd::unit(&self.name)
+                    ));
+                }
+            }
             if let Some(Hypervisor::Child(child)) = &mut self.hypervisor {
                 if let Ok(Some(status)) = child.try_wait() {
                     self.hypervisor = None;
@@ -500,6 +547,13 @@ impl Supervisor {
             return;
         };
         self.report(Phase::Stopping, String::new()).await;
+        if let Hypervisor::Systemd { systemctl, .. } = &hypervisor {
+            if let Err(error) = systemd::stop(systemctl, &self.name).await {
+                tracing::warn!(vm = %self.name, %error, "systemctl stop failed");
+            }
+            self.report(Phase::Stopped, String::new()).await;
+            return;
+        }
         let half = Duration::from_millis(self.settings.stop_timeout_ms / 2);
         let shutdown = runner::current(&self.state_dir).join("bin/microvm-shutdown");
         if shutdown.is_file() {

@@ -1,0 +1,98 @@
+//! The systemd supervision mode's command lines, checked against a
+//! stand-in `systemctl` that records its arguments and keeps a unit state.
+//! (On NixOS the real `systemctl` drives microvm.nix's `microvm@` units.)
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::time::Duration;
+
+use blixard_nodeagent::{
+    Accel, Desired, NodeAgent, Phase, PlanSource, RestartPolicy, Settings, Supervision, VmPlan,
+    VmReport,
+};
+use tokio::sync::mpsc;
+
+const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
+dir=$(dirname "$0")
+echo "$*" >> "$dir/calls"
+case "$1" in
+  start) echo active > "$dir/unit-state" ;;
+  stop) echo inactive > "$dir/unit-state" ;;
+  is-active)
+    state=$(cat "$dir/unit-state" 2>/dev/null || echo inactive)
+    echo "$state"
+    [ "$state" = active ] ;;
+  show) echo 4242 ;;
+esac
+"#;
+
+async fn next_report(reports: &mut mpsc::Receiver<VmReport>) -> VmReport {
+    tokio::time::timeout(Duration::from_secs(10), reports.recv())
+        .await
+        .expect("no report within 10 s")
+        .expect("agent dropped its reports")
+}
+
+#[tokio::test]
+async fn systemd_mode_starts_and_stops_the_microvm_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let systemctl = dir.path().join("systemctl");
+    std::fs::write(&systemctl, FAKE_SYSTEMCTL).unwrap();
+    std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
+    for file in ["vmlinuz", "initrd"] {
+        std::fs::write(dir.path().join(file), b"x").unwrap();
+    }
+    let (mut agent, mut reports) = NodeAgent::new(Settings {
+        state_root: dir.path().join("microvms"),
+        qemu_binary: "qemu-system-x86_64".into(),
+        nix_binary: "nix".into(),
+        accel: Accel::Tcg,
+        restart_policy: RestartPolicy::OnFailure,
+        stop_timeout_ms: 1_000,
+        boot_timeout_ms: 300,
+        console_log_bytes_max: 1 << 20,
+        supervision: Supervision::Systemd,
+        systemctl_binary: systemctl.display().to_string(),
+    });
+    let plan = VmPlan {
+        name: "web".into(),
+        vcpus: 1,
+        memory_mib: 64,
+        source: PlanSource::Kernel {
+            kernel: dir.path().join("vmlinuz"),
+            initrd: dir.path().join("initrd"),
+            cmdline: String::new(),
+        },
+    };
+    agent.reconcile(&BTreeMap::from([("web".to_string(), Desired::Run(plan))]));
+    assert_eq!(next_report(&mut reports).await.phase, Phase::Starting);
+    let running = next_report(&mut reports).await;
+    assert_eq!((running.phase, running.pid), (Phase::Running, Some(4242)));
+    // The runner the unit will start is in place, laid out as microvm.nix's.
+    assert!(dir
+        .path()
+        .join("microvms/web/current/bin/microvm-run")
+        .is_file());
+
+    agent.reconcile(&BTreeMap::from([("web".to_string(), Desired::Stop)]));
+    assert_eq!(next_report(&mut reports).await.phase, Phase::Stopping);
+    assert_eq!(next_report(&mut reports).await.phase, Phase::Stopped);
+
+    let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(
+        calls.first(),
+        Some(&"is-active microvm@web.service"),
+        "{calls:?}"
+    );
+    assert!(calls.contains(&"start microvm@web.service"), "{calls:?}");
+    assert!(
+        calls.contains(&"show --property=MainPID --value microvm@web.service"),
+        "{calls:?}"
+    );
+    assert_eq!(calls.last(), Some(&"stop microvm@web.service"), "{calls:?}");
+    assert!(
+        calls.iter().all(|c| c.ends_with(" microvm@web.service")),
+        "{calls:?}"
+    );
+}
