@@ -33,6 +33,8 @@ async fn systemctl(binary: &str, args: &[&str], unit: &str) -> Result<String, St
         .args(args)
         .arg(unit)
         .stdin(Stdio::null())
+        // A status poll abandoned mid-way must not linger.
+        .kill_on_drop(true)
         .output();
     let output = tokio::time::timeout(Duration::from_millis(SYSTEMCTL_TIMEOUT_MS), run)
         .await

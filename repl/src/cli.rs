@@ -49,6 +49,20 @@ pub enum Command {
     /// Define and control VMs.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Guest images for development and tests.
+    #[command(subcommand)]
+    Image(ImageCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the test guest (Debian cloud kernel + busybox initramfs that
+    /// prints BLIXARD-GUEST-READY; `http=1` on its command line serves HTTP).
+    Build {
+        /// Output directory (default: ~/.cache/blixard/guest).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -79,6 +93,9 @@ pub struct DevArgs {
     /// gRPC port of node 1; node N listens on BASE_PORT + N - 1.
     #[arg(long, default_value_t = 7000)]
     pub base_port: u16,
+    /// Do not build the guest image and boot the sample VM.
+    #[arg(long)]
+    pub no_vm: bool,
 }
 
 #[derive(Debug, Subcommand)]

@@ -151,7 +151,7 @@ fn hypervisors_under(dir: &Path) -> Vec<u32> {
 }
 
 /// The test guest (kernel, initramfs), built once per workspace by
-/// `nix/guest/build-image.sh` (a no-op when up to date).
+/// `blixard image build` (a no-op when up to date).
 pub fn guest_image() -> &'static (PathBuf, PathBuf) {
     static IMAGE: OnceLock<(PathBuf, PathBuf)> = OnceLock::new();
     IMAGE.get_or_init(|| {
@@ -165,11 +165,16 @@ pub fn guest_image() -> &'static (PathBuf, PathBuf) {
         // Test processes run in parallel: one builds, the others wait.
         let lock = std::fs::File::create(&lock_path).unwrap();
         lock.lock().unwrap();
-        let status = Command::new(workspace.join("nix/guest/build-image.sh"))
+        let output = Command::new(blixard_bin())
+            .args(["image", "build", "--output", "json", "--out"])
             .arg(&out)
-            .status()
-            .expect("cannot run nix/guest/build-image.sh");
-        assert!(status.success(), "building the guest image failed");
+            .output()
+            .expect("cannot run blixard image build");
+        assert!(
+            output.status.success(),
+            "blixard image build failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         (out.join("vmlinuz"), out.join("initrd.gz"))
     })
 }

@@ -75,9 +75,14 @@ fn spawn_agent(
     let log_path = dir.join(format!("node{node_id}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
+    // VMs stop with the dev cluster instead of outliving it.
+    let config = dir.join(format!("node{node_id}.toml"));
+    std::fs::write(&config, "[agent]\nstop_vms_on_shutdown = true\n")?;
     let mut command = Command::new(std::env::current_exe()?);
     command
         .arg("agent")
+        .arg("--config")
+        .arg(&config)
         .args(["--node-id", &node_id.to_string()])
         .args(["--bind", address])
         .arg("--data-dir")
@@ -122,6 +127,61 @@ async fn wait_for(
     }
 }
 
+const SAMPLE_VM: &str = "hello";
+const SAMPLE_BOOT_DEADLINE_MS: u64 = 120_000;
+
+/// Builds the guest image and runs one VM, so the first run shows one.
+async fn boot_sample_vm(address: &str, spinner: &ProgressBar) -> anyhow::Result<()> {
+    spinner.set_message("building the guest image");
+    let image = super::image::build(&super::image::default_dir())?;
+    let mut client = client::vm(address).await?;
+    let spec = pb::VmSpec {
+        name: SAMPLE_VM.into(),
+        vcpus: 1,
+        memory_mib: 128,
+        pinned_node: 0,
+        runner: Some(pb::RunnerSource {
+            source: Some(pb::runner_source::Source::Kernel(pb::KernelRunner {
+                kernel_path: image.kernel.display().to_string(),
+                initrd_path: image.initrd.display().to_string(),
+                cmdline: String::new(),
+            })),
+        }),
+    };
+    client
+        .create(pb::CreateVmRequest { spec: Some(spec) })
+        .await
+        .map_err(client::status_error)?;
+    client
+        .start(pb::VmNameRequest {
+            name: SAMPLE_VM.into(),
+        })
+        .await
+        .map_err(client::status_error)?;
+    spinner.set_message(format!("booting VM {SAMPLE_VM}"));
+    let deadline = Instant::now() + Duration::from_millis(SAMPLE_BOOT_DEADLINE_MS);
+    loop {
+        let vm = client
+            .get(pb::VmNameRequest {
+                name: SAMPLE_VM.into(),
+            })
+            .await
+            .map_err(client::status_error)?
+            .into_inner()
+            .vm
+            .and_then(|vm| vm.observed)
+            .unwrap_or_default();
+        match vm.phase() {
+            pb::VmPhase::Running => return Ok(()),
+            pb::VmPhase::Failed => anyhow::bail!("sample VM failed: {}", vm.reason),
+            _ if Instant::now() >= deadline => {
+                anyhow::bail!("sample VM not running after {SAMPLE_BOOT_DEADLINE_MS} ms")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await,
+        }
+    }
+}
+
 pub async fn run(args: DevArgs, format: OutputFormat) -> anyhow::Result<()> {
     let temporary = match &args.dir {
         Some(_) => None,
@@ -163,6 +223,9 @@ pub async fn run(args: DevArgs, format: OutputFormat) -> anyhow::Result<()> {
             == voters_wanted
     })
     .await?;
+    if !args.no_vm {
+        boot_sample_vm(&first, &spinner).await?;
+    }
     spinner.finish_and_clear();
 
     let views: Vec<DevNodeView> = cluster
@@ -187,8 +250,13 @@ pub async fn run(args: DevArgs, format: OutputFormat) -> anyhow::Result<()> {
         }
         table
     })?;
+    let vm_hint = if args.no_vm {
+        String::new()
+    } else {
+        format!("  blixard vm status {SAMPLE_VM}\n  blixard vm logs {SAMPLE_VM}\n")
+    };
     eprintln!(
-        "\nLocal cluster is up. Try:\n  export BLIXARD_ADDR={first}\n  blixard cluster status\n  blixard vm create webapp --vcpus 1 --memory 256 --flake /etc/vms#webapp\n\nCtrl-C stops all nodes."
+        "\nLocal cluster is up. Try:\n  export BLIXARD_ADDR={first}\n  blixard cluster status\n  blixard vm list\n{vm_hint}\nCtrl-C stops all nodes and their VMs."
     );
     let _ = tokio::signal::ctrl_c().await;
     eprintln!("stopping the local cluster");

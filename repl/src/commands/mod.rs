@@ -3,9 +3,10 @@
 mod agent;
 mod cluster;
 mod dev;
+mod image;
 mod vm;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, ImageCommand};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
@@ -13,5 +14,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args, cli.output).await,
         Command::Cluster(command) => cluster::run(command, &cli.addr, cli.output).await,
         Command::Vm(command) => vm::run(command, &cli.addr, cli.output).await,
+        Command::Image(ImageCommand::Build { out }) => image::run(out, cli.output),
     }
 }
