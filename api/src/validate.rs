@@ -15,6 +15,7 @@ pub mod limits {
     /// 4 TiB: far beyond any host Blixard targets; larger is a typo.
     pub const MEMORY_MIB_MAX: u64 = 4 * 1024 * 1024;
     pub const PATH_LEN_MAX: usize = 4096;
+    pub const PORT_FORWARDS_MAX: usize = 32;
 }
 
 /// Why a request was refused before reaching the cluster.
@@ -106,7 +107,7 @@ fn runner(runner: Option<&pb::RunnerSource>) -> Result<(), ValidationError> {
             {
                 return refuse("path longer than 4096 bytes");
             }
-            Ok(())
+            ports(&k.ports)
         }
         Some(pb::runner_source::Source::Flake(f)) => {
             if f.flake_ref.trim().is_empty() {
@@ -118,6 +119,28 @@ fn runner(runner: Option<&pb::RunnerSource>) -> Result<(), ValidationError> {
             Ok(())
         }
     }
+}
+
+fn ports(ports: &[pb::PortForward]) -> Result<(), ValidationError> {
+    let refuse = |reason: String| Err(ValidationError::Runner { reason });
+    if ports.len() > limits::PORT_FORWARDS_MAX {
+        return refuse(format!(
+            "at most {} port forwards",
+            limits::PORT_FORWARDS_MAX
+        ));
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for port in ports {
+        for (what, value) in [("host", port.host_port), ("guest", port.guest_port)] {
+            if value == 0 || value > u32::from(u16::MAX) {
+                return refuse(format!("{what} port {value} is not between 1 and 65535"));
+            }
+        }
+        if !seen.insert(port.host_port) {
+            return refuse(format!("host port {} is forwarded twice", port.host_port));
+        }
+    }
+    Ok(())
 }
 
 /// Checks a `HOST:PORT` address (host may be a name, IPv4 or `[IPv6]`).
@@ -159,6 +182,7 @@ mod tests {
                     kernel_path: "/k".into(),
                     initrd_path: "/i".into(),
                     cmdline: String::new(),
+                    ports: Vec::new(),
                 })),
             }),
         }

@@ -15,9 +15,19 @@ pub enum RunnerSource {
         kernel_path: String,
         initrd_path: String,
         cmdline: String,
+        /// TCP forwards from 127.0.0.1 on the VM's node into the guest.
+        #[serde(default)]
+        ports: Vec<PortForward>,
     },
     /// `nix build FLAKE#nixosConfigurations.NAME.config.microvm.declaredRunner`.
     Flake { flake_ref: String },
+}
+
+/// A TCP port forwarded from the host's loopback into the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PortForward {
+    pub host_port: u16,
+    pub guest_port: u16,
 }
 
 /// What the operator wants a VM to be doing.

@@ -20,6 +20,8 @@ use crate::{Error, Result};
 pub const REQUESTS_QUEUED_MAX: usize = 4096;
 /// Bound on peer messages queued for the raft loop; raft tolerates drops.
 pub const MESSAGES_QUEUED_MAX: usize = 4096;
+/// How often a request refused for want of a leader is sent again.
+const NO_LEADER_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// Watchers that fall this far behind must resynchronise.
 pub const VM_EVENTS_BUFFERED_MAX: usize = 1024;
 
@@ -134,16 +136,20 @@ impl RaftHandle {
     /// Proposes a command; returns once it is committed and applied here,
     /// with the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<Applied> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Request::Propose { command, reply })?;
-        self.wait(answer).await?
+        self.while_no_leader(|reply| Request::Propose {
+            command: command.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Proposes a membership change and waits until it is applied.
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Applied> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Request::ChangeMembership { change, reply })?;
-        self.wait(answer).await?
+        self.while_no_leader(|reply| Request::ChangeMembership {
+            change: change.clone(),
+            reply,
+        })
+        .await
     }
 
     /// Starts a leadership transfer to `to`, or (when this node leads and
@@ -160,9 +166,28 @@ impl RaftHandle {
     /// call (raft ReadIndex), so a following read of the state is
     /// linearizable. Works on followers too.
     pub async fn read_barrier(&self) -> Result<()> {
-        let (reply, answer) = oneshot::channel();
-        self.send(Request::ReadIndex { reply })?;
-        self.wait(answer).await?
+        self.while_no_leader(|reply| Request::ReadIndex { reply })
+            .await
+    }
+
+    /// Sends a request, and sends it again while the answer is `NoLeader`
+    /// (an election is under way), until the request timeout. Safe: a
+    /// request refused for want of a leader was never appended to the log.
+    async fn while_no_leader<T>(
+        &self,
+        request: impl Fn(oneshot::Sender<Result<T>>) -> Request,
+    ) -> Result<T> {
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        loop {
+            let (reply, answer) = oneshot::channel();
+            self.send(request(reply))?;
+            match self.wait(answer).await? {
+                Err(Error::NoLeader) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(NO_LEADER_RETRY_INTERVAL).await;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Reads the applied state (after `read_barrier` for linearizability).

@@ -13,8 +13,8 @@ pub mod state;
 pub mod storage;
 
 pub use command::{
-    Applied, Command, DesiredState, HostFacts, NodeRecord, Rejection, RunnerSource, VmChange,
-    VmObserved, VmPhase, VmRecord, VmSpec,
+    Applied, Command, DesiredState, HostFacts, NodeRecord, PortForward, Rejection, RunnerSource,
+    VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
 };
 pub use error::{Error, Result};
 pub use handle::{MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role, StateEvent};

@@ -2,7 +2,7 @@
 
 use blixard_api::{pb, validate, ValidationError};
 use blixard_consensus::{
-    DesiredState, HostFacts, RunnerSource, VmObserved, VmPhase, VmRecord, VmSpec,
+    DesiredState, HostFacts, PortForward, RunnerSource, VmObserved, VmPhase, VmRecord, VmSpec,
 };
 
 /// Validates a spec from the wire and converts it.
@@ -14,6 +14,15 @@ pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationErr
             kernel_path: k.kernel_path,
             initrd_path: k.initrd_path,
             cmdline: k.cmdline,
+            // validate::vm_spec checked the ranges.
+            ports: k
+                .ports
+                .iter()
+                .map(|p| PortForward {
+                    host_port: p.host_port as u16,
+                    guest_port: p.guest_port as u16,
+                })
+                .collect(),
         },
         Some(pb::runner_source::Source::Flake(f)) => RunnerSource::Flake {
             flake_ref: f.flake_ref,
@@ -35,10 +44,18 @@ pub fn vm_info_to_pb(vm: &VmRecord) -> pb::VmInfo {
             kernel_path,
             initrd_path,
             cmdline,
+            ports,
         } => pb::runner_source::Source::Kernel(pb::KernelRunner {
             kernel_path: kernel_path.clone(),
             initrd_path: initrd_path.clone(),
             cmdline: cmdline.clone(),
+            ports: ports
+                .iter()
+                .map(|p| pb::PortForward {
+                    host_port: p.host_port.into(),
+                    guest_port: p.guest_port.into(),
+                })
+                .collect(),
         }),
         RunnerSource::Flake { flake_ref } => pb::runner_source::Source::Flake(pb::FlakeRunner {
             flake_ref: flake_ref.clone(),

@@ -13,7 +13,8 @@ out=${1:?usage: build-image.sh OUT_DIR}
 here=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$out"
 out=$(cd "$out" && pwd)
-if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && [ "$out/initrd.gz" -nt "$here/init" ]; then
+# Up to date when the image exists and was built from this very /init.
+if [ -s "$out/vmlinuz" ] && [ -s "$out/initrd.gz" ] && cmp -s "$here/init" "$out/init"; then
   echo "guest image is up to date in $out"
   exit 0
 fi
@@ -55,4 +56,5 @@ echo "blixard guest ($version)" > "$root/www/index.html"
 (cd "$root" && find . | cpio -o -H newc --quiet | gzip -9) > "$out/initrd.gz.tmp"
 mv "$out/vmlinuz.tmp" "$out/vmlinuz"
 mv "$out/initrd.gz.tmp" "$out/initrd.gz"
+cp "$here/init" "$out/init"
 echo "guest image: $out/vmlinuz $out/initrd.gz (kernel $version)"

@@ -38,6 +38,9 @@ pub struct QemuRunner {
     pub kernel: PathBuf,
     pub initrd: PathBuf,
     pub cmdline: String,
+    /// (host, guest) TCP ports forwarded from 127.0.0.1 through qemu's
+    /// user-mode network; empty means no network device.
+    pub ports: Vec<(u16, u16)>,
     pub accel: Accel,
     pub qemu_binary: String,
 }
@@ -91,6 +94,17 @@ impl QemuRunner {
         args.push(self.initrd.display().to_string());
         args.push("-append".into());
         args.push(append);
+        if !self.ports.is_empty() {
+            let forwards: Vec<String> = self
+                .ports
+                .iter()
+                .map(|(host, guest)| format!("hostfwd=tcp:127.0.0.1:{host}-:{guest}"))
+                .collect();
+            args.push("-netdev".into());
+            args.push(format!("user,id=n0,{}", forwards.join(",")));
+            args.push("-device".into());
+            args.push("virtio-net-device,netdev=n0".into());
+        }
         args.push("-qmp".into());
         args.push(format!("unix:{}.sock,server=on,wait=off", self.name));
         args
@@ -282,6 +296,7 @@ mod tests {
             kernel,
             initrd,
             cmdline: "http=1 note='a b'".into(),
+            ports: vec![(8080, 80)],
             accel: Accel::Tcg,
             qemu_binary: "qemu-system-x86_64".into(),
         };
@@ -295,6 +310,7 @@ mod tests {
         assert_eq!(words[..3], ["exec", "-a", "microvm@web"]);
         assert_eq!(words[3..], runner.command_line()[..]);
         assert!(words.contains(&"unix:web.sock,server=on,wait=off".to_string()));
+        assert!(words.contains(&"user,id=n0,hostfwd=tcp:127.0.0.1:8080-:80".to_string()));
         assert!(words
             .iter()
             .any(|w| w.ends_with("tsc_early_khz=2000000 http=1 note='a b'")));

@@ -32,6 +32,8 @@ pub enum PlanSource {
         kernel: PathBuf,
         initrd: PathBuf,
         cmdline: String,
+        /// (host, guest) TCP ports forwarded from 127.0.0.1.
+        ports: Vec<(u16, u16)>,
     },
     Flake {
         flake_ref: String,
@@ -388,6 +390,7 @@ impl Supervisor {
                 kernel,
                 initrd,
                 cmdline,
+                ports,
             } => {
                 QemuRunner {
                     name: plan.name.clone(),
@@ -396,6 +399,7 @@ impl Supervisor {
                     kernel: kernel.clone(),
                     initrd: initrd.clone(),
                     cmdline: cmdline.clone(),
+                    ports: ports.clone(),
                     accel: settings.accel,
                     qemu_binary: settings.qemu_binary.clone(),
                 }

@@ -62,6 +62,7 @@ async fn systemd_mode_starts_and_stops_the_microvm_unit() {
             kernel: dir.path().join("vmlinuz"),
             initrd: dir.path().join("initrd"),
             cmdline: String::new(),
+            ports: Vec::new(),
         },
     };
     agent.reconcile(&BTreeMap::from([("web".to_string(), Desired::Run(plan))]));

@@ -161,10 +161,28 @@ pub struct VmCreateArgs {
     /// Extra kernel command line (with --kernel).
     #[arg(long, requires = "kernel")]
     pub cmdline: Option<String>,
+    /// Forward TCP port HOST on the VM's node (127.0.0.1) to GUEST in the
+    /// VM (with --kernel; repeatable).
+    #[arg(long = "port", value_name = "HOST:GUEST", requires = "kernel", value_parser = parse_port_forward)]
+    pub ports: Vec<(u16, u16)>,
     /// microvm.nix flake reference, e.g. /etc/vms#webapp.
     #[arg(long, required_unless_present = "kernel")]
     pub flake: Option<String>,
     /// Run only on this node (default: the scheduler chooses).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub node: Option<u64>,
+}
+
+fn parse_port_forward(text: &str) -> Result<(u16, u16), String> {
+    let (host, guest) = text
+        .split_once(':')
+        .ok_or_else(|| format!("{text:?} is not HOST:GUEST"))?;
+    let port = |value: &str| {
+        value
+            .parse::<u16>()
+            .ok()
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{value:?} is not a port between 1 and 65535"))
+    };
+    Ok((port(host)?, port(guest)?))
 }

@@ -119,15 +119,6 @@ impl Drop for TestCluster {
     }
 }
 
-/// Pids of every process whose argv[0] is `microvm@NAME`.
-pub fn vm_processes(name: &str) -> Vec<u32> {
-    let wanted = format!("microvm@{name}");
-    processes()
-        .filter(|(_, argv0)| *argv0 == wanted)
-        .map(|(pid, _)| pid)
-        .collect()
-}
-
 fn processes() -> impl Iterator<Item = (u32, String)> {
     std::fs::read_dir("/proc")
         .into_iter()
@@ -141,8 +132,15 @@ fn processes() -> impl Iterator<Item = (u32, String)> {
 }
 
 fn hypervisors_under(dir: &Path) -> Vec<u32> {
+    hypervisors_named_under(dir, "")
+}
+
+/// Hypervisors (`microvm@PREFIX...`) whose working directory, their VM's
+/// state directory, lies under `dir`; other tests' VMs are not ours.
+fn hypervisors_named_under(dir: &Path, name_prefix: &str) -> Vec<u32> {
+    let wanted = format!("microvm@{name_prefix}");
     processes()
-        .filter(|(_, argv0)| argv0.starts_with("microvm@"))
+        .filter(|(_, argv0)| argv0.starts_with(&wanted))
         .filter(|(pid, _)| {
             std::fs::read_link(format!("/proc/{pid}/cwd")).is_ok_and(|cwd| cwd.starts_with(dir))
         })
@@ -260,6 +258,19 @@ impl TestCluster {
         let mut child = node.child.take().expect("node is not running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Pids of this cluster's hypervisors of VM `name` (on any node).
+    pub fn vm_processes(&self, name: &str) -> Vec<u32> {
+        let wanted = format!("microvm@{name}");
+        hypervisors_named_under(self.dir.path(), name)
+            .into_iter()
+            .filter(|pid| {
+                std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                    cmdline.split(|b| *b == 0).next() == Some(wanted.as_bytes())
+                })
+            })
+            .collect()
     }
 
     pub fn address(&self, id: u64) -> &str {

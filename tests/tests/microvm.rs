@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use blixard_tests::{eventually, guest_image, vm_processes, TestCluster, Timings};
+use blixard_tests::{eventually, free_port, guest_image, TestCluster, Timings};
 use serde_json::Value;
 
 const READY_MARKER: &str = "BLIXARD-GUEST-READY";
@@ -64,6 +64,17 @@ fn create_guest(cluster: &TestCluster, node: u64, name: &str, extra: &[&str]) {
     cli_ok(cluster, node, &args);
 }
 
+/// One plain HTTP/1.0 GET of `/` on 127.0.0.1:`port`.
+fn http_get(port: u16) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut page = String::new();
+    stream.read_to_string(&mut page).ok()?;
+    Some(page)
+}
+
 fn is_running(vm: &Value) -> bool {
     vm["phase"] == "running" && vm["pid"].is_u64()
 }
@@ -77,12 +88,19 @@ fn is_running(vm: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_boots_logs_stops_starts_and_deletes() {
     let cluster = TestCluster::start(3, Timings::default()).await;
-    create_guest(&cluster, 2, "web", &[]);
+    let http_port = free_port();
+    let forward = format!("{http_port}:80");
+    create_guest(
+        &cluster,
+        2,
+        "web",
+        &["--port", &forward, "--cmdline", "http=1"],
+    );
     cli_ok(&cluster, 2, &["vm", "start", "web"]);
     let vm = wait_status(&cluster, 1, "web", "web to run", is_running).await;
     let node = vm["node"].as_u64().unwrap();
     let pid = vm["pid"].as_u64().unwrap() as u32;
-    assert_eq!(vm_processes("web"), [pid], "exactly one hypervisor");
+    assert_eq!(cluster.vm_processes("web"), [pid], "exactly one hypervisor");
 
     let other = (1..=3).find(|n| *n != node).unwrap();
     eventually("the readiness marker in vm logs", BOOT_TIMEOUT, || async {
@@ -92,6 +110,17 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
     .await;
     let tail = cli_ok(&cluster, other, &["vm", "logs", "web", "--tail", "1"]);
     assert_eq!(tail.lines().count(), 1, "{tail:?}");
+    // The guest's HTTP server, through the forwarded port on its node.
+    let page = eventually("the guest to serve HTTP", BOOT_TIMEOUT, || async {
+        http_get(http_port).filter(|page| page.contains("blixard guest"))
+    })
+    .await;
+    assert!(
+        page.lines()
+            .next()
+            .is_some_and(|status| status.contains(" 200 ")),
+        "{page}"
+    );
 
     cli_ok(&cluster, 3, &["vm", "stop", "web"]);
     wait_status(&cluster, 3, "web", "web to stop", |vm| {
@@ -99,7 +128,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
     })
     .await;
     assert!(
-        vm_processes("web").is_empty(),
+        cluster.vm_processes("web").is_empty(),
         "hypervisor still running after stop"
     );
 
@@ -116,7 +145,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
     assert!(state_dir.join("web.sock").exists());
     cli_ok(&cluster, 2, &["vm", "delete", "web"]);
     eventually("the VM to be gone from its node", BOOT_TIMEOUT, || async {
-        (vm_processes("web").is_empty() && !state_dir.exists()).then_some(())
+        (cluster.vm_processes("web").is_empty() && !state_dir.exists()).then_some(())
     })
     .await;
 }
@@ -143,11 +172,11 @@ async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
     .await;
     assert_eq!(vm["exit_status"], "signal 9");
     let second_pid = vm["pid"].as_u64().unwrap() as u32;
-    assert_eq!(vm_processes("db"), [second_pid]);
+    assert_eq!(cluster.vm_processes("db"), [second_pid]);
 
     cluster.kill(3);
     assert_eq!(
-        vm_processes("db"),
+        cluster.vm_processes("db"),
         [second_pid],
         "the VM died with its agent"
     );
@@ -159,14 +188,18 @@ async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
     })
     .await;
     assert_eq!(vm["pid"].as_u64().unwrap() as u32, second_pid);
-    assert_eq!(vm_processes("db"), [second_pid], "the VM was doubled");
+    assert_eq!(
+        cluster.vm_processes("db"),
+        [second_pid],
+        "the VM was doubled"
+    );
     // Still adopted, not replaced, a moment of agent work later.
     eventually("logs through the restarted agent", BOOT_TIMEOUT, || async {
         let logs = cli_ok(&cluster, 3, &["vm", "logs", "db"]);
         logs.contains(READY_MARKER).then_some(())
     })
     .await;
-    assert_eq!(vm_processes("db"), [second_pid]);
+    assert_eq!(cluster.vm_processes("db"), [second_pid]);
 }
 
 /// Goal: runner sources that fail leave the VM Failed with the reason.
@@ -225,5 +258,7 @@ async fn failing_runner_sources_report_failed_with_reason() {
         reason.contains("nix build /nonexistent/flake#nixosConfigurations.noflake.config.microvm.declaredRunner failed"),
         "{reason}"
     );
-    assert!(vm_processes("nokernel").is_empty() && vm_processes("noflake").is_empty());
+    assert!(
+        cluster.vm_processes("nokernel").is_empty() && cluster.vm_processes("noflake").is_empty()
+    );
 }

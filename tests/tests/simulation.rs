@@ -48,7 +48,11 @@ fn config(id: u64, data_dir: PathBuf, election_timeout_ms: u64) -> Config {
 }
 
 fn start_node(handle: &Handle, id: u64, root: &std::path::Path) -> NodeHandle {
-    let election_timeout_ms = 1_000 + 100 * madsim::rand::thread_rng().gen_range(0..10u64);
+    // Each node gets its own fixed timeout (its tick range is one tick
+    // wide, see `config`). Two nodes with equal timeouts would split every
+    // vote forever, so the seed only picks the spread within a node's slot.
+    let slot = 300 * (id - 1);
+    let election_timeout_ms = 1_000 + slot + 100 * madsim::rand::thread_rng().gen_range(0..3u64);
     let config = Arc::new(config(
         id,
         root.join(format!("node{id}")),

@@ -46,10 +46,12 @@ pub fn plan_for(state: &ClusterState, node_id: u64) -> BTreeMap<String, Desired>
                             kernel_path,
                             initrd_path,
                             cmdline,
+                            ports,
                         } => PlanSource::Kernel {
                             kernel: PathBuf::from(kernel_path),
                             initrd: PathBuf::from(initrd_path),
                             cmdline: cmdline.clone(),
+                            ports: ports.iter().map(|p| (p.host_port, p.guest_port)).collect(),
                         },
                         RunnerSource::Flake { flake_ref } => PlanSource::Flake {
                             flake_ref: flake_ref.clone(),

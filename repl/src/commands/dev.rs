@@ -145,6 +145,7 @@ async fn boot_sample_vm(address: &str, spinner: &ProgressBar) -> anyhow::Result<
                 kernel_path: image.kernel.display().to_string(),
                 initrd_path: image.initrd.display().to_string(),
                 cmdline: String::new(),
+                ports: Vec::new(),
             })),
         }),
     };

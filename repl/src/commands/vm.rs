@@ -166,6 +166,14 @@ fn spec(args: VmCreateArgs) -> pb::VmSpec {
                 kernel_path,
                 initrd_path,
                 cmdline: args.cmdline.unwrap_or_default(),
+                ports: args
+                    .ports
+                    .iter()
+                    .map(|(host, guest)| pb::PortForward {
+                        host_port: (*host).into(),
+                        guest_port: (*guest).into(),
+                    })
+                    .collect(),
             })
         }
         (_, _, Some(flake_ref)) => pb::runner_source::Source::Flake(pb::FlakeRunner { flake_ref }),
