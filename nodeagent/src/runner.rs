@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use crate::accel::Accel;
+use crate::console;
 use crate::error::{Error, Result};
 use crate::process::process_name;
 
@@ -187,30 +188,34 @@ impl FlakeRunner {
     }
 }
 
-/// `nix build` failures keep this much of the build's error output.
-const NIX_ERROR_BYTES_MAX: usize = 4096;
+/// A failed `nix build` is explained by this many of its last lines.
+const NIX_ERROR_LINES_MAX: usize = 5;
 
 impl RunnerSource for FlakeRunner {
+    /// The build's output goes to the VM's console log as it happens, so
+    /// `blixard vm logs NAME --follow` shows the build's progress.
     async fn prepare(&self, state_dir: &Path) -> Result<PathBuf> {
-        let output = tokio::process::Command::new(&self.nix_binary)
+        let log = console::open_for_hypervisor(state_dir)?;
+        let log_err = log.try_clone().map_err(|e| Error::io("console log", e))?;
+        let (_, build_started_at) = console::tail(state_dir, 0)?;
+        let status = tokio::process::Command::new(&self.nix_binary)
             .args(self.build_args(state_dir))
             .stdin(Stdio::null())
-            .output()
+            .stdout(log)
+            .stderr(log_err)
+            .status()
             .await
             .map_err(|e| Error::Runner(format!("cannot run {}: {e}", self.nix_binary)))?;
         std::fs::write(state_dir.join("flake"), &self.flake_ref)
             .map_err(|e| Error::io("write flake", e))?;
-        if !output.status.success() {
-            let stderr = String::from_utf8_lossy(&output.stderr);
-            let start = stderr.len().saturating_sub(NIX_ERROR_BYTES_MAX);
-            let start = (start..stderr.len())
-                .find(|i| stderr.is_char_boundary(*i))
-                .unwrap_or(0);
+        if !status.success() {
+            let (output, _) = console::read_from(state_dir, build_started_at, 64 * 1024)?;
+            let output = String::from_utf8_lossy(&output);
+            let lines: Vec<&str> = output.lines().filter(|l| !l.trim().is_empty()).collect();
+            let last = lines[lines.len().saturating_sub(NIX_ERROR_LINES_MAX)..].join(" | ");
             return Err(Error::Runner(format!(
-                "nix build {} failed ({}): {}",
+                "nix build {} failed ({status}): {last}",
                 self.installable(),
-                output.status,
-                stderr[start..].trim()
             )));
         }
         Ok(current(state_dir))

@@ -258,6 +258,9 @@ async fn failing_runner_sources_report_failed_with_reason() {
         reason.contains("nix build /nonexistent/flake#nixosConfigurations.noflake.config.microvm.declaredRunner failed"),
         "{reason}"
     );
+    // The build's own output is in the VM's console log.
+    let logs = cli_ok(&cluster, 1, &["vm", "logs", "noflake"]);
+    assert!(logs.contains("/nonexistent/flake"), "{logs}");
     assert!(
         cluster.vm_processes("nokernel").is_empty() && cluster.vm_processes("noflake").is_empty()
     );
