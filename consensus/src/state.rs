@@ -245,14 +245,7 @@ impl ClusterState {
                 host,
             },
         );
-        Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Node(node_id)],
-            vm_changes: Vec::new(),
-        }
+        self.node_changed(node_id)
     }
 
     fn set_host_facts(&mut self, node_id: u64, facts: HostFacts) -> Outcome {
@@ -261,6 +254,12 @@ impl ClusterState {
         };
         self.revision += 1;
         node.host = Some(facts);
+        self.node_changed(node_id)
+    }
+
+    /// The outcome of a change to one node's record (revision already
+    /// advanced by the caller).
+    fn node_changed(&self, node_id: u64) -> Outcome {
         Outcome {
             result: Ok(Applied {
                 revision: self.revision,

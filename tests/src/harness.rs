@@ -346,6 +346,17 @@ impl TestCluster {
             .unwrap()
     }
 
+    /// Runs the CLI against node `id`, asserts success, returns stdout.
+    pub fn cli_ok(&self, id: u64, args: &[&str]) -> String {
+        let output = self.cli(id, args);
+        assert!(
+            output.status.success(),
+            "blixard {args:?} on node {id}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8(output.stdout).unwrap()
+    }
+
     /// Names of all VMs listed by node `id`, with the list's revision.
     pub async fn vm_names(&self, id: u64) -> Option<(Vec<String>, u64)> {
         let mut client = VmClient::new(self.channel(id).await?);

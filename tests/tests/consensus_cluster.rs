@@ -45,15 +45,7 @@ async fn three_nodes_elect_one_leader_and_agree() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vm_lifecycle_through_the_cli_on_different_nodes() {
     let cluster = TestCluster::start(3, Timings::default()).await;
-    let run = |id: u64, args: &[&str]| {
-        let output = cluster.cli(id, args);
-        assert!(
-            output.status.success(),
-            "{args:?}: {}",
-            String::from_utf8_lossy(&output.stderr)
-        );
-        String::from_utf8(output.stdout).unwrap()
-    };
+    let run = |id: u64, args: &[&str]| cluster.cli_ok(id, args);
     let desired = |id: u64| {
         let json = run(id, &["vm", "status", "webapp", "-o", "json"]);
         let vm: serde_json::Value = serde_json::from_str(&json).unwrap();

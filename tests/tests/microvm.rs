@@ -11,23 +11,8 @@ use serde_json::Value;
 const READY_MARKER: &str = "BLIXARD-GUEST-READY";
 const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
 
-fn cli_ok(cluster: &TestCluster, node: u64, args: &[&str]) -> String {
-    let output = cluster.cli(node, args);
-    assert!(
-        output.status.success(),
-        "{args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).unwrap()
-}
-
 fn status(cluster: &TestCluster, node: u64, name: &str) -> Value {
-    serde_json::from_str(&cli_ok(
-        cluster,
-        node,
-        &["vm", "status", name, "-o", "json"],
-    ))
-    .unwrap()
+    serde_json::from_str(&cluster.cli_ok(node, &["vm", "status", name, "-o", "json"])).unwrap()
 }
 
 /// Polls `vm status` through `node` until `check` accepts it.
@@ -61,7 +46,7 @@ fn create_guest(cluster: &TestCluster, node: u64, name: &str, extra: &[&str]) {
         initrd.to_str().unwrap(),
     ];
     args.extend_from_slice(extra);
-    cli_ok(cluster, node, &args);
+    cluster.cli_ok(node, &args);
 }
 
 /// One plain HTTP/1.0 GET of `/` on 127.0.0.1:`port`.
@@ -96,7 +81,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
         "web",
         &["--port", &forward, "--cmdline", "http=1"],
     );
-    cli_ok(&cluster, 2, &["vm", "start", "web"]);
+    cluster.cli_ok(2, &["vm", "start", "web"]);
     let vm = wait_status(&cluster, 1, "web", "web to run", is_running).await;
     let node = vm["node"].as_u64().unwrap();
     let pid = vm["pid"].as_u64().unwrap() as u32;
@@ -104,11 +89,11 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
 
     let other = (1..=3).find(|n| *n != node).unwrap();
     eventually("the readiness marker in vm logs", BOOT_TIMEOUT, || async {
-        let logs = cli_ok(&cluster, other, &["vm", "logs", "web"]);
+        let logs = cluster.cli_ok(other, &["vm", "logs", "web"]);
         logs.contains(READY_MARKER).then_some(())
     })
     .await;
-    let tail = cli_ok(&cluster, other, &["vm", "logs", "web", "--tail", "1"]);
+    let tail = cluster.cli_ok(other, &["vm", "logs", "web", "--tail", "1"]);
     assert_eq!(tail.lines().count(), 1, "{tail:?}");
     // The guest's HTTP server, through the forwarded port on its node.
     let page = eventually("the guest to serve HTTP", BOOT_TIMEOUT, || async {
@@ -122,7 +107,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
         "{page}"
     );
 
-    cli_ok(&cluster, 3, &["vm", "stop", "web"]);
+    cluster.cli_ok(3, &["vm", "stop", "web"]);
     wait_status(&cluster, 3, "web", "web to stop", |vm| {
         vm["phase"] == "stopped"
     })
@@ -132,7 +117,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
         "hypervisor still running after stop"
     );
 
-    cli_ok(&cluster, 1, &["vm", "start", "web"]);
+    cluster.cli_ok(1, &["vm", "start", "web"]);
     let restarted = wait_status(&cluster, 1, "web", "web to run again", is_running).await;
     assert_ne!(restarted["pid"].as_u64().unwrap() as u32, pid);
     assert_eq!(
@@ -143,7 +128,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
 
     let state_dir = cluster.nodes[&node].data_dir.join("vms").join("web");
     assert!(state_dir.join("web.sock").exists());
-    cli_ok(&cluster, 2, &["vm", "delete", "web"]);
+    cluster.cli_ok(2, &["vm", "delete", "web"]);
     eventually("the VM to be gone from its node", BOOT_TIMEOUT, || async {
         (cluster.vm_processes("web").is_empty() && !state_dir.exists()).then_some(())
     })
@@ -159,7 +144,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
 async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
     let mut cluster = TestCluster::start(3, Timings::default()).await;
     create_guest(&cluster, 1, "db", &["--node", "3"]);
-    cli_ok(&cluster, 1, &["vm", "start", "db"]);
+    cluster.cli_ok(1, &["vm", "start", "db"]);
     let vm = wait_status(&cluster, 1, "db", "db to run", is_running).await;
     assert_eq!(vm["node"], 3, "pinned VM placed elsewhere");
     let first_pid = vm["pid"].as_u64().unwrap() as u32;
@@ -195,7 +180,7 @@ async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
     );
     // Still adopted, not replaced, a moment of agent work later.
     eventually("logs through the restarted agent", BOOT_TIMEOUT, || async {
-        let logs = cli_ok(&cluster, 3, &["vm", "logs", "db"]);
+        let logs = cluster.cli_ok(3, &["vm", "logs", "db"]);
         logs.contains(READY_MARKER).then_some(())
     })
     .await;
@@ -209,8 +194,7 @@ async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
 async fn failing_runner_sources_report_failed_with_reason() {
     let cluster = TestCluster::start(1, Timings::default()).await;
     let (_, initrd) = guest_image();
-    cli_ok(
-        &cluster,
+    cluster.cli_ok(
         1,
         &[
             "vm",
@@ -226,15 +210,14 @@ async fn failing_runner_sources_report_failed_with_reason() {
             initrd.to_str().unwrap(),
         ],
     );
-    cli_ok(&cluster, 1, &["vm", "start", "nokernel"]);
+    cluster.cli_ok(1, &["vm", "start", "nokernel"]);
     let vm = wait_status(&cluster, 1, "nokernel", "nokernel to fail", |vm| {
         vm["phase"] == "failed"
     })
     .await;
     assert_eq!(vm["reason"], "kernel /nonexistent/vmlinuz does not exist");
 
-    cli_ok(
-        &cluster,
+    cluster.cli_ok(
         1,
         &[
             "vm",
@@ -248,7 +231,7 @@ async fn failing_runner_sources_report_failed_with_reason() {
             "/nonexistent/flake",
         ],
     );
-    cli_ok(&cluster, 1, &["vm", "start", "noflake"]);
+    cluster.cli_ok(1, &["vm", "start", "noflake"]);
     let vm = wait_status(&cluster, 1, "noflake", "noflake to fail", |vm| {
         vm["phase"] == "failed"
     })
@@ -259,7 +242,7 @@ async fn failing_runner_sources_report_failed_with_reason() {
         "{reason}"
     );
     // The build's own output is in the VM's console log.
-    let logs = cli_ok(&cluster, 1, &["vm", "logs", "noflake"]);
+    let logs = cluster.cli_ok(1, &["vm", "logs", "noflake"]);
     assert!(logs.contains("/nonexistent/flake"), "{logs}");
     assert!(
         cluster.vm_processes("nokernel").is_empty() && cluster.vm_processes("noflake").is_empty()
