@@ -106,6 +106,13 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
             .is_some_and(|status| status.contains(" 200 ")),
         "{page}"
     );
+    // Live figures of the running hypervisor, fetched from its node.
+    let stats = &status(&cluster, other, "web")["stats"];
+    assert!(
+        stats["rss_bytes"].as_u64().unwrap() > 16 * 1024 * 1024,
+        "{stats}"
+    );
+    assert!(stats["cpu_ms"].as_u64().unwrap() > 0, "{stats}");
 
     cluster.cli_ok(3, &["vm", "stop", "web"]);
     wait_status(&cluster, 3, "web", "web to stop", |vm| {
