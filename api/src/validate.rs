@@ -16,6 +16,10 @@ pub mod limits {
     pub const MEMORY_MIB_MAX: u64 = 4 * 1024 * 1024;
     pub const PATH_LEN_MAX: usize = 4096;
     pub const PORT_FORWARDS_MAX: usize = 32;
+    /// Members of one replica group.
+    pub const REPLICAS_MAX: u32 = 1000;
+    /// Constraints plus preferences on one VM.
+    pub const PLACEMENT_RULES_MAX: usize = 32;
 }
 
 /// Why a request was refused before reaching the cluster.
@@ -46,6 +50,12 @@ pub enum ValidationError {
     /// A network address that is not HOST:PORT.
     #[error("invalid address {address:?}: expected HOST:PORT")]
     Address { address: String },
+    /// A placement rule, group or strategy that makes no sense.
+    #[error("invalid placement: {reason}")]
+    Placement { reason: String },
+    /// A replica count out of range.
+    #[error("invalid replicas {replicas}: must be between 1 and {max}", max = limits::REPLICAS_MAX)]
+    Replicas { replicas: u32 },
 }
 
 /// Checks that `name` is a DNS label: 1-63 of `[a-z0-9-]`, not starting or
@@ -87,7 +97,47 @@ pub fn vm_spec(spec: &pb::VmSpec) -> Result<(), ValidationError> {
             memory_mib: spec.memory_mib,
         });
     }
-    runner(spec.runner.as_ref())
+    runner(spec.runner.as_ref())?;
+    placement(spec)
+}
+
+fn placement(spec: &pb::VmSpec) -> Result<(), ValidationError> {
+    let refuse = |reason: String| Err(ValidationError::Placement { reason });
+    if spec.constraints.len() + spec.preferences.len() > limits::PLACEMENT_RULES_MAX {
+        return refuse(format!(
+            "at most {} constraints and preferences",
+            limits::PLACEMENT_RULES_MAX
+        ));
+    }
+    if !spec.anti_affinity_group.is_empty() {
+        if let Err(ValidationError::VmName { reason, .. }) = vm_name(&spec.anti_affinity_group) {
+            return refuse(format!(
+                "anti-affinity group {:?} {reason}",
+                spec.anti_affinity_group
+            ));
+        }
+    }
+    if !matches!(spec.strategy.as_str(), "" | "spread" | "binpack") {
+        return refuse(format!(
+            "unknown strategy {:?} (expected spread or binpack)",
+            spec.strategy
+        ));
+    }
+    if spec.lost_after_ms != 0 && spec.lost_after_ms < 1_000 {
+        return refuse(format!(
+            "lost-after {} ms is below the 1000 ms minimum",
+            spec.lost_after_ms
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a replica count and that NAME-N stays a valid VM name.
+pub fn replicas(name: &str, replicas: u32) -> Result<(), ValidationError> {
+    if replicas == 0 || replicas > limits::REPLICAS_MAX {
+        return Err(ValidationError::Replicas { replicas });
+    }
+    vm_name(&format!("{name}-{replicas}"))
 }
 
 fn runner(runner: Option<&pb::RunnerSource>) -> Result<(), ValidationError> {
@@ -185,7 +235,41 @@ mod tests {
                     ports: Vec::new(),
                 })),
             }),
+            ..pb::VmSpec::default()
         }
+    }
+
+    #[test]
+    fn placement_and_replicas_are_checked() {
+        let mut spec = kernel_spec("web", 1, 64);
+        spec.strategy = "pack".into();
+        assert!(matches!(
+            vm_spec(&spec),
+            Err(ValidationError::Placement { .. })
+        ));
+        spec.strategy = "binpack".into();
+        spec.anti_affinity_group = "Web Tier".into();
+        assert!(matches!(
+            vm_spec(&spec),
+            Err(ValidationError::Placement { .. })
+        ));
+        spec.anti_affinity_group = "web".into();
+        spec.lost_after_ms = 5;
+        assert!(matches!(
+            vm_spec(&spec),
+            Err(ValidationError::Placement { .. })
+        ));
+        spec.lost_after_ms = 0;
+        assert_eq!(vm_spec(&spec), Ok(()));
+        assert_eq!(replicas("web", 3), Ok(()));
+        assert!(matches!(
+            replicas("web", 0),
+            Err(ValidationError::Replicas { .. })
+        ));
+        assert!(
+            replicas(&"x".repeat(62), 10).is_err(),
+            "NAME-10 must stay a DNS label"
+        );
     }
 
     #[test]

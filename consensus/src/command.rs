@@ -4,7 +4,11 @@
 //! timestamps, sizes), so applying it reads no clock, no randomness and no
 //! I/O, and every node computes the same result.
 
+use std::collections::BTreeMap;
+
 use serde::{Deserialize, Serialize};
+
+use crate::placement::{FailoverPolicy, Placement};
 
 /// How a VM obtains its `microvm-run` runner.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -48,6 +52,13 @@ pub struct VmSpec {
     /// Run only on this node (`--node`); otherwise the scheduler places it.
     #[serde(default)]
     pub pinned_node: Option<u64>,
+    #[serde(default)]
+    pub placement: Placement,
+    #[serde(default)]
+    pub failover: FailoverPolicy,
+    /// The replica group (`vm create NAME --replicas N` makes NAME-1..N).
+    #[serde(default)]
+    pub group: Option<String>,
 }
 
 /// Where a VM is in its life, as its node last reported (or the scheduler
@@ -66,6 +77,24 @@ pub enum VmPhase {
     Stopped,
     /// See `VmObserved::reason`.
     Failed,
+    /// Its node died; see `VmObserved::reason`. Placed again unless its
+    /// failover policy says not to replace it.
+    Lost,
+}
+
+impl VmPhase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VmPhase::Pending => "pending",
+            VmPhase::Scheduled => "scheduled",
+            VmPhase::Starting => "starting",
+            VmPhase::Running => "running",
+            VmPhase::Stopping => "stopping",
+            VmPhase::Stopped => "stopped",
+            VmPhase::Failed => "failed",
+            VmPhase::Lost => "lost",
+        }
+    }
 }
 
 /// What the node running a VM observed, reported through the leader.
@@ -101,6 +130,10 @@ pub struct VmRecord {
     pub assigned_node: Option<u64>,
     #[serde(default)]
     pub observed: VmObserved,
+    /// Set by a drain: the node stops the VM, then it is placed elsewhere
+    /// (never running in two places).
+    #[serde(default)]
+    pub evicting: bool,
 }
 
 /// A cluster member as the cluster state holds it (its raft role lives in
@@ -109,9 +142,28 @@ pub struct VmRecord {
 pub struct NodeRecord {
     pub node_id: u64,
     pub address: String,
-    /// Facts the node's agent reported about its host (absent until then).
+    /// Facts the node reported about its host (absent until then).
     #[serde(default)]
     pub host: Option<HostFacts>,
+    /// Whether the scheduler may place VMs here.
+    #[serde(default = "eligible_by_default")]
+    pub eligible: bool,
+    /// Set while `node drain` moves VMs away.
+    #[serde(default)]
+    pub drain: Option<Drain>,
+}
+
+fn eligible_by_default() -> bool {
+    true
+}
+
+/// An ongoing drain of a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Drain {
+    pub started_at_unix_ms: u64,
+    /// After this the remaining VMs are taken off the node without waiting
+    /// for it to stop them.
+    pub deadline_unix_ms: u64,
 }
 
 /// A host's capacity and hypervisor acceleration, reported by its agent.
@@ -119,8 +171,55 @@ pub struct NodeRecord {
 pub struct HostFacts {
     pub memory_mib_total: u64,
     pub vcpus_total: u32,
-    /// "kvm" or "tcg": what the agent's probe found usable.
+    /// "kvm", "tcg", or "" where no node agent runs.
     pub accel: String,
+    /// Operator-set labels (`--label zone=a`), matched by placement rules.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// Where the node gossips, so restarted peers can find it again.
+    #[serde(default)]
+    pub gossip_address: String,
+    /// The node stops its VMs after losing the voters this long.
+    #[serde(default)]
+    pub fence_after_ms: u64,
+}
+
+/// Cluster-wide settings, changed through the log like everything else.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Settings {
+    /// How many voters autopilot keeps.
+    pub voters: u32,
+    /// A voter dead (by gossip) this long is demoted and replaced.
+    pub dead_voter_after_ms: u64,
+    /// Default for `FailoverPolicy::lost_after_ms`.
+    pub lost_after_ms: u64,
+    /// Default for `FailoverPolicy::replace`.
+    pub replace_lost: bool,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            voters: 3,
+            dead_voter_after_ms: 15_000,
+            lost_after_ms: 15_000,
+            replace_lost: true,
+        }
+    }
+}
+
+/// Why a setting was refused.
+pub fn validate_settings(settings: &Settings) -> Result<(), String> {
+    if !(1..=7).contains(&settings.voters) || settings.voters.is_multiple_of(2) {
+        return Err(format!(
+            "voters must be 1, 3, 5 or 7 (got {})",
+            settings.voters
+        ));
+    }
+    if settings.dead_voter_after_ms < 1_000 || settings.lost_after_ms < 1_000 {
+        return Err("dead-voter and lost-after periods must be at least 1000 ms".into());
+    }
+    Ok(())
 }
 
 /// A state-machine command. New kinds of cluster state add variants here.
@@ -152,6 +251,50 @@ pub enum Command {
     AssignVm {
         name: String,
         node_id: Option<u64>,
+        /// Why (shown in events).
+        #[serde(default)]
+        reason: String,
+    },
+    /// The scheduler found no node for a pending VM.
+    MarkUnplaceable {
+        name: String,
+        reason: String,
+    },
+    /// The VM's node has been dead past the VM's grace period.
+    MarkVmLost {
+        name: String,
+        node_id: u64,
+        reason: String,
+        /// Take it off the node so it is placed elsewhere.
+        replace: bool,
+    },
+    /// Creates or deletes members NAME-1..N of a replica group so exactly
+    /// `replicas` exist; new ones copy `template` (named after the group).
+    SetReplicas {
+        template: VmSpec,
+        replicas: u32,
+        /// Desired state of new members.
+        start: bool,
+        created_at_unix_ms: u64,
+    },
+    SetNodeEligibility {
+        node_id: u64,
+        eligible: bool,
+    },
+    /// Marks the node ineligible and evicts its VMs.
+    DrainNode {
+        node_id: u64,
+        at_unix_ms: u64,
+        deadline_unix_ms: u64,
+    },
+    /// Ends a drain (nothing left on the node, or the deadline passed:
+    /// `force` then takes the remaining VMs off it).
+    FinishDrain {
+        node_id: u64,
+        force: bool,
+    },
+    SetSettings {
+        settings: Settings,
     },
     /// The node a VM is assigned to reports what it observes.
     ReportVm {
@@ -202,6 +345,57 @@ pub enum Rejection {
     },
     #[error("no member with node id {node_id}")]
     NoSuchNode { node_id: u64 },
+    #[error("no replica group named {group:?}")]
+    NoSuchGroup { group: String },
+    #[error("{detail}")]
+    Invalid { detail: String },
+}
+
+/// Something that happened to the cluster, for `events` and the TUI.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub kind: EventKind,
+    pub vm: Option<String>,
+    pub node_id: Option<u64>,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EventKind {
+    VmCreated,
+    VmDeleted,
+    VmPlaced,
+    VmUnplaceable,
+    VmFailed,
+    VmLost,
+    VmEvicted,
+    NodeJoined,
+    NodeRemoved,
+    NodeEligibility,
+    DrainStarted,
+    DrainFinished,
+    SettingsChanged,
+}
+
+impl EventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EventKind::VmCreated => "vm_created",
+            EventKind::VmDeleted => "vm_deleted",
+            EventKind::VmPlaced => "vm_placed",
+            EventKind::VmUnplaceable => "vm_unplaceable",
+            EventKind::VmFailed => "vm_failed",
+            EventKind::VmLost => "vm_lost",
+            EventKind::VmEvicted => "vm_evicted",
+            EventKind::NodeJoined => "node_joined",
+            EventKind::NodeRemoved => "node_removed",
+            EventKind::NodeEligibility => "node_eligibility",
+            EventKind::DrainStarted => "drain_started",
+            EventKind::DrainFinished => "drain_finished",
+            EventKind::SettingsChanged => "settings_changed",
+        }
+    }
 }
 
 /// A change to the VM table, in the order it was applied (for watchers).

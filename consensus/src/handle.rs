@@ -5,14 +5,15 @@
 //! published `applied_index`; readers take the lock briefly and never hold
 //! it across `.await`.
 
-use std::sync::{Arc, RwLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use raft::prelude::Message;
 use raft::StateRole;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::command::{Applied, Command, VmChange};
+use crate::command::{Applied, Command, Event, VmChange};
 use crate::state::ClusterState;
 use crate::{Error, Result};
 
@@ -24,17 +25,29 @@ pub const MESSAGES_QUEUED_MAX: usize = 4096;
 const NO_LEADER_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// Watchers that fall this far behind must resynchronise.
 pub const VM_EVENTS_BUFFERED_MAX: usize = 1024;
+/// Cluster events kept in memory for `events` without `--follow`.
+pub const RECENT_EVENTS_MAX: usize = 1024;
 
 /// A change to the membership, proposed as a raft `ConfChangeV2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MembershipChange {
-    AddLearner { node_id: u64, address: String },
-    Remove { node_id: u64 },
+    AddLearner {
+        node_id: u64,
+        address: String,
+    },
+    /// A voter becomes a learner (it stays a member and keeps its VMs).
+    Demote {
+        node_id: u64,
+    },
+    Remove {
+        node_id: u64,
+    },
 }
 
 pub(crate) enum Request {
     Propose {
-        command: Command,
+        /// Boxed: commands vary widely in size.
+        command: Box<Command>,
         reply: oneshot::Sender<Result<Applied>>,
     },
     ChangeMembership {
@@ -115,12 +128,61 @@ pub enum StateEvent {
     },
     /// The whole state was replaced by a snapshot: re-read everything.
     Reset { revision: u64 },
+    /// Something happened to the cluster (placement, loss, drain, ...).
+    Cluster(Box<EventRecord>),
+}
+
+/// A cluster event as this node applied it. `at_unix_ms` is this node's
+/// clock when it applied the entry (not replicated state).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EventRecord {
+    /// Counts events this node applied since it started (from 1).
+    pub seq: u64,
+    pub revision: u64,
+    pub at_unix_ms: u64,
+    pub event: Event,
 }
 
 pub(crate) struct Shared {
     pub(crate) state: RwLock<ClusterState>,
     pub(crate) status: RwLock<RaftStatus>,
     pub(crate) events: broadcast::Sender<StateEvent>,
+    pub(crate) recent_events: Mutex<VecDeque<EventRecord>>,
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Shared {
+    pub(crate) fn new(state: ClusterState, status: RaftStatus) -> Self {
+        Self {
+            state: RwLock::new(state),
+            status: RwLock::new(status),
+            events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
+            recent_events: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS_MAX)),
+        }
+    }
+
+    pub(crate) fn record_event(&self, event: Event, revision: u64) {
+        tracing::info!(kind = event.kind.as_str(), revision, "{}", event.message);
+        // Numbered and sent under the lock so followers see the order of
+        // the backlog they read.
+        let mut recent = self.recent_events.lock().expect("events lock poisoned");
+        let record = EventRecord {
+            seq: recent.back().map_or(1, |last| last.seq + 1),
+            revision,
+            at_unix_ms: unix_ms_now(),
+            event,
+        };
+        if recent.len() == RECENT_EVENTS_MAX {
+            recent.pop_front();
+        }
+        recent.push_back(record.clone());
+        let _ = self.events.send(StateEvent::Cluster(Box::new(record)));
+    }
 }
 
 /// Cheap to clone; every clone talks to the same raft loop.
@@ -137,7 +199,7 @@ impl RaftHandle {
     /// with the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<Applied> {
         self.while_no_leader(|reply| Request::Propose {
-            command: command.clone(),
+            command: Box::new(command.clone()),
             reply,
         })
         .await
@@ -194,6 +256,16 @@ impl RaftHandle {
     pub fn read_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
         let state = self.shared.state.read().expect("state lock poisoned");
         read(&state)
+    }
+
+    /// Events this node applied since it started, oldest first.
+    pub fn recent_events(&self) -> Vec<EventRecord> {
+        let recent = self
+            .shared
+            .recent_events
+            .lock()
+            .expect("events lock poisoned");
+        recent.iter().cloned().collect()
     }
 
     pub fn status(&self) -> RaftStatus {

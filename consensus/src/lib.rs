@@ -9,16 +9,21 @@ mod error;
 pub mod handle;
 pub mod node;
 mod pending;
+pub mod placement;
 pub mod state;
 pub mod storage;
 
 pub use command::{
-    Applied, Command, DesiredState, HostFacts, NodeRecord, PortForward, Rejection, RunnerSource,
-    VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
+    validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
+    NodeRecord, PortForward, Rejection, RunnerSource, Settings, VmChange, VmObserved, VmPhase,
+    VmRecord, VmSpec,
 };
 pub use error::{Error, Result};
-pub use handle::{MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role, StateEvent};
+pub use handle::{
+    EventRecord, MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role, StateEvent,
+};
 pub use node::{RaftConfig, RaftNode, Transport};
+pub use placement::{FailoverPolicy, Placement, Rule, RuleError, Strategy};
 pub use raft::prelude::Message as RaftMessage;
 pub use state::ClusterState;
 pub use storage::LogStore;

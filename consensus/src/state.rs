@@ -3,17 +3,18 @@
 //! Invariants: `revision` counts accepted state-changing commands and only
 //! grows; every VM's `create_revision <= mod_revision <= revision`; a VM's
 //! `assigned_node` names a member or is `None`; only the assigned node's
-//! reports change a VM's observed state; a refused command changes nothing.
-//! `apply` does no I/O and reads no clock, so every replica that applies the
-//! same log holds the same state.
+//! reports change a VM's observed state; an evicting VM keeps its node
+//! until that node reports it stopped (so it never runs in two places); a
+//! refused command changes nothing. `apply` does no I/O and reads no
+//! clock, so every replica that applies the same log holds the same state.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 use crate::command::{
-    Applied, Command, DesiredState, HostFacts, NodeRecord, Rejection, VmChange, VmObserved,
-    VmPhase, VmRecord, VmSpec,
+    validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
+    NodeRecord, Rejection, Settings, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -21,6 +22,7 @@ use crate::command::{
 pub enum Touched {
     Vm(String),
     Node(u64),
+    Settings,
 }
 
 /// Everything the cluster agrees on.
@@ -30,6 +32,8 @@ pub struct ClusterState {
     /// Ordered by name so every replica lists VMs in the same order.
     pub vms: BTreeMap<String, VmRecord>,
     pub nodes: BTreeMap<u64, NodeRecord>,
+    #[serde(default)]
+    pub settings: Settings,
 }
 
 /// The outcome of applying one command.
@@ -39,15 +43,58 @@ pub struct Outcome {
     pub touched: Vec<Touched>,
     /// VM changes in the order they happened (for watchers).
     pub vm_changes: Vec<VmChange>,
+    /// What happened, for the event stream.
+    pub events: Vec<Event>,
+}
+
+/// Only as the base of struct updates that set `result`.
+impl Default for Outcome {
+    fn default() -> Self {
+        Self {
+            result: Err(Rejection::Invalid {
+                detail: "outcome without a result".into(),
+            }),
+            touched: Vec::new(),
+            vm_changes: Vec::new(),
+            events: Vec::new(),
+        }
+    }
 }
 
 impl Outcome {
     fn rejected(rejection: Rejection) -> Self {
         Self {
             result: Err(rejection),
-            touched: Vec::new(),
-            vm_changes: Vec::new(),
+            ..Self::default()
         }
+    }
+
+    fn event(
+        mut self,
+        kind: EventKind,
+        vm: Option<&str>,
+        node_id: Option<u64>,
+        message: String,
+    ) -> Self {
+        // A refused command did nothing, so nothing happened.
+        if self.result.is_err() {
+            return self;
+        }
+        self.events.push(Event {
+            kind,
+            vm: vm.map(str::to_string),
+            node_id,
+            message,
+        });
+        self
+    }
+
+    /// Folds a later outcome of the same command into this one.
+    pub fn merge(&mut self, later: Outcome) {
+        self.result = later.result;
+        self.touched.extend(later.touched);
+        self.vm_changes.extend(later.vm_changes);
+        self.events.extend(later.events);
     }
 }
 
@@ -66,10 +113,8 @@ impl ClusterState {
             } => self.update_vm(&name, |vm| {
                 vm.desired_state = desired_state;
                 match (desired_state, vm.assigned_node, vm.observed.phase) {
-                    (DesiredState::Running, None, _) => vm.observed = pending(),
-                    (DesiredState::Stopped, None, VmPhase::Pending) => {
-                        vm.observed = VmObserved::default()
-                    }
+                    (DesiredState::Running, None, _) => vm.observed = pending(String::new()),
+                    (DesiredState::Stopped, None, _) => vm.observed = VmObserved::default(),
                     _ => {}
                 }
                 Ok(())
@@ -77,36 +122,74 @@ impl ClusterState {
             Command::DeleteVm { name } => self.delete_vm(&name),
             Command::SetNodeAddress { node_id, address } => self.set_node(node_id, address),
             Command::SetHostFacts { node_id, facts } => self.set_host_facts(node_id, facts),
-            Command::AssignVm { name, node_id } => self.assign_vm(&name, node_id),
+            Command::AssignVm {
+                name,
+                node_id,
+                reason,
+            } => self.assign_vm(&name, node_id, reason),
+            Command::MarkUnplaceable { name, reason } => self.mark_unplaceable(&name, reason),
+            Command::MarkVmLost {
+                name,
+                node_id,
+                reason,
+                replace,
+            } => self.mark_lost(&name, node_id, reason, replace),
             Command::ReportVm {
                 name,
                 node_id,
                 observed,
-            } => self.update_vm(&name, |vm| {
-                if vm.assigned_node != Some(node_id) {
-                    return Err(Rejection::NotAssigned {
-                        name: vm.spec.name.clone(),
-                        node_id,
-                        assigned: vm.assigned_node,
-                    });
-                }
-                vm.observed = VmObserved {
-                    node: Some(node_id),
-                    ..observed
-                };
-                Ok(())
-            }),
+            } => self.report_vm(&name, node_id, observed),
+            Command::SetReplicas {
+                template,
+                replicas,
+                start,
+                created_at_unix_ms,
+            } => self.set_replicas(template, replicas, start, created_at_unix_ms),
+            Command::SetNodeEligibility { node_id, eligible } => self
+                .update_node(node_id, |node| {
+                    node.eligible = eligible;
+                    Ok(())
+                })
+                .event(
+                    EventKind::NodeEligibility,
+                    None,
+                    Some(node_id),
+                    format!(
+                        "node {node_id} is {}",
+                        if eligible { "eligible" } else { "ineligible" }
+                    ),
+                ),
+            Command::DrainNode {
+                node_id,
+                at_unix_ms,
+                deadline_unix_ms,
+            } => self.drain_node(node_id, at_unix_ms, deadline_unix_ms),
+            Command::FinishDrain { node_id, force } => self.finish_drain(node_id, force),
+            Command::SetSettings { settings } => self.set_settings(settings),
         };
         match &outcome.result {
             Ok(applied) => assert_eq!(applied.revision, revision_before + 1),
-            Err(_) => assert_eq!(self.revision, revision_before),
+            Err(_) => {
+                assert_eq!(self.revision, revision_before);
+                assert!(outcome.touched.is_empty() && outcome.events.is_empty());
+            }
         }
         outcome
     }
 
     /// A member was added by a committed configuration change.
     pub fn add_member(&mut self, node_id: u64, address: String) -> Outcome {
-        self.set_node(node_id, address)
+        let new = !self.nodes.contains_key(&node_id);
+        let outcome = self.set_node(node_id, address.clone());
+        match new {
+            true => outcome.event(
+                EventKind::NodeJoined,
+                None,
+                Some(node_id),
+                format!("node {node_id} joined at {address}"),
+            ),
+            false => outcome,
+        }
     }
 
     /// A member was removed by a committed configuration change. Its VMs
@@ -114,28 +197,33 @@ impl ClusterState {
     pub fn remove_member(&mut self, node_id: u64) -> Outcome {
         self.revision += 1;
         self.nodes.remove(&node_id);
-        let mut touched = vec![Touched::Node(node_id)];
-        let mut vm_changes = Vec::new();
-        for vm in self.vms.values_mut() {
-            if vm.assigned_node == Some(node_id) {
-                vm.assigned_node = None;
-                vm.observed = match vm.desired_state {
-                    DesiredState::Running => pending(),
-                    DesiredState::Stopped => VmObserved::default(),
-                };
-                vm.mod_revision = self.revision;
-                touched.push(Touched::Vm(vm.spec.name.clone()));
-                vm_changes.push(VmChange::Modified(vm.clone()));
-            }
-        }
-        Outcome {
+        let mut outcome = Outcome {
             result: Ok(Applied {
                 revision: self.revision,
                 vm: None,
             }),
-            touched,
-            vm_changes,
+            touched: vec![Touched::Node(node_id)],
+            ..Outcome::default()
+        };
+        let names: Vec<String> = self
+            .vms
+            .values()
+            .filter(|vm| vm.assigned_node == Some(node_id))
+            .map(|vm| vm.spec.name.clone())
+            .collect();
+        for name in names {
+            let vm = self.vms.get_mut(&name).expect("listed above");
+            unassign(vm, format!("node {node_id} was removed"));
+            vm.mod_revision = self.revision;
+            outcome.touched.push(Touched::Vm(name));
+            outcome.vm_changes.push(VmChange::Modified(vm.clone()));
         }
+        outcome.event(
+            EventKind::NodeRemoved,
+            None,
+            Some(node_id),
+            format!("node {node_id} was removed"),
+        )
     }
 
     fn create_vm(&mut self, spec: VmSpec, created_at_unix_ms: u64) -> Outcome {
@@ -148,35 +236,132 @@ impl ClusterState {
             }
         }
         self.revision += 1;
+        let mut outcome = Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            ..Outcome::default()
+        };
+        let record = self.insert_vm(
+            spec,
+            DesiredState::Stopped,
+            created_at_unix_ms,
+            &mut outcome,
+        );
+        if let Ok(applied) = &mut outcome.result {
+            applied.vm = Some(record);
+        }
+        outcome
+    }
+
+    /// Inserts a new VM at the current revision (the caller advanced it).
+    fn insert_vm(
+        &mut self,
+        spec: VmSpec,
+        desired_state: DesiredState,
+        created_at_unix_ms: u64,
+        outcome: &mut Outcome,
+    ) -> VmRecord {
+        let observed = match desired_state {
+            DesiredState::Running => pending(String::new()),
+            DesiredState::Stopped => VmObserved::default(),
+        };
         let record = VmRecord {
             spec,
-            desired_state: DesiredState::Stopped,
+            desired_state,
             create_revision: self.revision,
             mod_revision: self.revision,
             created_at_unix_ms,
             assigned_node: None,
-            observed: VmObserved::default(),
+            observed,
+            evicting: false,
         };
         let name = record.spec.name.clone();
         self.vms.insert(name.clone(), record.clone());
-        Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: Some(record.clone()),
-            }),
-            touched: vec![Touched::Vm(name)],
-            vm_changes: vec![VmChange::Added(record)],
-        }
+        outcome.touched.push(Touched::Vm(name.clone()));
+        outcome.vm_changes.push(VmChange::Added(record.clone()));
+        outcome.events.push(Event {
+            kind: EventKind::VmCreated,
+            vm: Some(name.clone()),
+            node_id: None,
+            message: format!("created VM {name}"),
+        });
+        record
     }
 
-    fn assign_vm(&mut self, name: &str, node_id: Option<u64>) -> Outcome {
+    fn set_replicas(
+        &mut self,
+        template: VmSpec,
+        replicas: u32,
+        start: bool,
+        created_at_unix_ms: u64,
+    ) -> Outcome {
+        let group = template.name.clone();
+        let members: Vec<String> = self
+            .vms
+            .values()
+            .filter(|vm| vm.spec.group.as_deref() == Some(group.as_str()))
+            .map(|vm| vm.spec.name.clone())
+            .collect();
+        let wanted: Vec<String> = (1..=replicas).map(|i| format!("{group}-{i}")).collect();
+        for name in &wanted {
+            if self.vms.contains_key(name) && !members.contains(name) {
+                return Outcome::rejected(Rejection::VmExists { name: name.clone() });
+            }
+        }
+        if let Some(node_id) = template.pinned_node {
+            if !self.nodes.contains_key(&node_id) {
+                return Outcome::rejected(Rejection::NoSuchNode { node_id });
+            }
+        }
+        self.revision += 1;
+        let mut outcome = Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            ..Outcome::default()
+        };
+        for name in &wanted {
+            if members.contains(name) {
+                continue;
+            }
+            let spec = VmSpec {
+                name: name.clone(),
+                group: Some(group.clone()),
+                ..template.clone()
+            };
+            let desired = match start {
+                true => DesiredState::Running,
+                false => DesiredState::Stopped,
+            };
+            self.insert_vm(spec, desired, created_at_unix_ms, &mut outcome);
+        }
+        for name in members.iter().filter(|name| !wanted.contains(name)) {
+            let mut record = self.vms.remove(name).expect("member listed above");
+            record.mod_revision = self.revision;
+            outcome.touched.push(Touched::Vm(name.clone()));
+            outcome.vm_changes.push(VmChange::Deleted(record));
+            outcome.events.push(Event {
+                kind: EventKind::VmDeleted,
+                vm: Some(name.clone()),
+                node_id: None,
+                message: format!("deleted VM {name} (scaled {group} to {replicas})"),
+            });
+        }
+        outcome
+    }
+
+    fn assign_vm(&mut self, name: &str, node_id: Option<u64>, reason: String) -> Outcome {
         if let Some(node_id) = node_id {
             if !self.nodes.contains_key(&node_id) {
                 return Outcome::rejected(Rejection::NoSuchNode { node_id });
             }
         }
-        self.update_vm(name, |vm| {
+        let outcome = self.update_vm(name, |vm| {
             vm.assigned_node = node_id;
+            vm.evicting = false;
             vm.observed = match (node_id, vm.desired_state) {
                 (Some(node), DesiredState::Running) => VmObserved {
                     phase: VmPhase::Scheduled,
@@ -184,11 +369,214 @@ impl ClusterState {
                     restarts: vm.observed.restarts,
                     ..VmObserved::default()
                 },
-                (None, DesiredState::Running) => pending(),
+                (None, DesiredState::Running) => pending(String::new()),
                 (_, DesiredState::Stopped) => VmObserved::default(),
             };
             Ok(())
+        });
+        match node_id {
+            Some(node) => {
+                let message = match reason.is_empty() {
+                    true => format!("placed {name} on node {node}"),
+                    false => format!("placed {name} on node {node}: {reason}"),
+                };
+                outcome.event(EventKind::VmPlaced, Some(name), Some(node), message)
+            }
+            None => outcome,
+        }
+    }
+
+    fn mark_unplaceable(&mut self, name: &str, reason: String) -> Outcome {
+        let message = format!("{name} cannot be placed: {reason}");
+        self.update_vm(name, |vm| {
+            if vm.assigned_node.is_some() || vm.desired_state != DesiredState::Running {
+                return Err(Rejection::Invalid {
+                    detail: format!("VM {name:?} is not waiting for a node"),
+                });
+            }
+            vm.observed = pending(reason);
+            Ok(())
         })
+        .event(EventKind::VmUnplaceable, Some(name), None, message)
+    }
+
+    fn mark_lost(&mut self, name: &str, node_id: u64, reason: String, replace: bool) -> Outcome {
+        let message = format!("{name} lost on node {node_id}: {reason}");
+        self.update_vm(name, |vm| {
+            if vm.assigned_node != Some(node_id) {
+                return Err(Rejection::NotAssigned {
+                    name: name.into(),
+                    node_id,
+                    assigned: vm.assigned_node,
+                });
+            }
+            if replace {
+                vm.assigned_node = None;
+                vm.evicting = false;
+            }
+            vm.observed = VmObserved {
+                phase: VmPhase::Lost,
+                node: Some(node_id),
+                restarts: vm.observed.restarts,
+                reason,
+                ..VmObserved::default()
+            };
+            Ok(())
+        })
+        .event(EventKind::VmLost, Some(name), Some(node_id), message)
+    }
+
+    fn report_vm(&mut self, name: &str, node_id: u64, observed: VmObserved) -> Outcome {
+        let mut kind = None;
+        let outcome = self.update_vm(name, |vm| {
+            if vm.assigned_node != Some(node_id) {
+                return Err(Rejection::NotAssigned {
+                    name: vm.spec.name.clone(),
+                    node_id,
+                    assigned: vm.assigned_node,
+                });
+            }
+            let stopped = matches!(observed.phase, VmPhase::Stopped | VmPhase::Failed);
+            if observed.phase == VmPhase::Failed && vm.observed.phase != VmPhase::Failed {
+                kind = Some((EventKind::VmFailed, observed.reason.clone()));
+            }
+            vm.observed = VmObserved {
+                node: Some(node_id),
+                ..observed
+            };
+            if vm.evicting && stopped {
+                unassign(vm, format!("moved off node {node_id}, which is draining"));
+                kind = Some((
+                    EventKind::VmEvicted,
+                    format!("stopped on node {node_id} (drain)"),
+                ));
+            }
+            Ok(())
+        });
+        match kind {
+            Some((kind, message)) => {
+                let message = format!("{name}: {message}");
+                outcome.event(kind, Some(name), Some(node_id), message)
+            }
+            None => outcome,
+        }
+    }
+
+    fn drain_node(&mut self, node_id: u64, at_unix_ms: u64, deadline_unix_ms: u64) -> Outcome {
+        if !self.nodes.contains_key(&node_id) {
+            return Outcome::rejected(Rejection::NoSuchNode { node_id });
+        }
+        self.revision += 1;
+        let node = self.nodes.get_mut(&node_id).expect("checked above");
+        node.eligible = false;
+        node.drain = Some(Drain {
+            started_at_unix_ms: at_unix_ms,
+            deadline_unix_ms,
+        });
+        let mut outcome = Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            touched: vec![Touched::Node(node_id)],
+            ..Outcome::default()
+        };
+        let mut evicting = 0;
+        for vm in self.vms.values_mut() {
+            if vm.assigned_node != Some(node_id) {
+                continue;
+            }
+            let active = !matches!(
+                vm.observed.phase,
+                VmPhase::Stopped | VmPhase::Failed | VmPhase::Lost
+            );
+            if active {
+                vm.evicting = true;
+                evicting += 1;
+            } else {
+                unassign(vm, format!("moved off node {node_id}, which is draining"));
+            }
+            vm.mod_revision = self.revision;
+            outcome.touched.push(Touched::Vm(vm.spec.name.clone()));
+            outcome.vm_changes.push(VmChange::Modified(vm.clone()));
+        }
+        outcome.event(
+            EventKind::DrainStarted,
+            None,
+            Some(node_id),
+            format!("draining node {node_id}: {evicting} VM(s) to stop and move"),
+        )
+    }
+
+    fn finish_drain(&mut self, node_id: u64, force: bool) -> Outcome {
+        let Some(node) = self.nodes.get(&node_id) else {
+            return Outcome::rejected(Rejection::NoSuchNode { node_id });
+        };
+        if node.drain.is_none() {
+            return Outcome::rejected(Rejection::Invalid {
+                detail: format!("node {node_id} is not draining"),
+            });
+        }
+        let remaining: Vec<String> = self
+            .vms
+            .values()
+            .filter(|vm| vm.assigned_node == Some(node_id))
+            .map(|vm| vm.spec.name.clone())
+            .collect();
+        if !remaining.is_empty() && !force {
+            return Outcome::rejected(Rejection::Invalid {
+                detail: format!("node {node_id} still runs {}", remaining.join(", ")),
+            });
+        }
+        self.revision += 1;
+        self.nodes.get_mut(&node_id).expect("checked above").drain = None;
+        let mut outcome = Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            touched: vec![Touched::Node(node_id)],
+            ..Outcome::default()
+        };
+        for name in &remaining {
+            let vm = self.vms.get_mut(name).expect("listed above");
+            unassign(vm, format!("drain deadline of node {node_id} passed"));
+            vm.mod_revision = self.revision;
+            outcome.touched.push(Touched::Vm(name.clone()));
+            outcome.vm_changes.push(VmChange::Modified(vm.clone()));
+        }
+        let message = match remaining.is_empty() {
+            true => format!("node {node_id} drained"),
+            false => format!(
+                "drain of node {node_id} hit its deadline; took {} off it",
+                remaining.join(", ")
+            ),
+        };
+        outcome.event(EventKind::DrainFinished, None, Some(node_id), message)
+    }
+
+    fn set_settings(&mut self, settings: Settings) -> Outcome {
+        if let Err(detail) = validate_settings(&settings) {
+            return Outcome::rejected(Rejection::Invalid { detail });
+        }
+        self.revision += 1;
+        let message = format!(
+            "settings: voters={}, dead_voter_after_ms={}, lost_after_ms={}, replace_lost={}",
+            settings.voters,
+            settings.dead_voter_after_ms,
+            settings.lost_after_ms,
+            settings.replace_lost
+        );
+        self.settings = settings;
+        Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            touched: vec![Touched::Settings],
+            ..Outcome::default()
+        }
+        .event(EventKind::SettingsChanged, None, None, message)
     }
 
     /// Changes one VM through `change`, which may refuse; a refusal leaves
@@ -215,7 +603,25 @@ impl ClusterState {
             }),
             touched: vec![Touched::Vm(name.into())],
             vm_changes: vec![VmChange::Modified(record)],
+            events: Vec::new(),
         }
+    }
+
+    fn update_node(
+        &mut self,
+        node_id: u64,
+        change: impl FnOnce(&mut NodeRecord) -> Result<(), Rejection>,
+    ) -> Outcome {
+        let Some(node) = self.nodes.get(&node_id) else {
+            return Outcome::rejected(Rejection::NoSuchNode { node_id });
+        };
+        let mut record = node.clone();
+        if let Err(rejection) = change(&mut record) {
+            return Outcome::rejected(rejection);
+        }
+        self.revision += 1;
+        self.nodes.insert(node_id, record);
+        self.node_changed(node_id)
     }
 
     fn delete_vm(&mut self, name: &str) -> Outcome {
@@ -231,30 +637,34 @@ impl ClusterState {
             }),
             touched: vec![Touched::Vm(name.into())],
             vm_changes: vec![VmChange::Deleted(record)],
+            events: Vec::new(),
         }
+        .event(
+            EventKind::VmDeleted,
+            Some(name),
+            None,
+            format!("deleted VM {name}"),
+        )
     }
 
     fn set_node(&mut self, node_id: u64, address: String) -> Outcome {
         self.revision += 1;
-        let host = self.nodes.get(&node_id).and_then(|n| n.host.clone());
-        self.nodes.insert(
+        let node = self.nodes.entry(node_id).or_insert_with(|| NodeRecord {
             node_id,
-            NodeRecord {
-                node_id,
-                address,
-                host,
-            },
-        );
+            address: String::new(),
+            host: None,
+            eligible: true,
+            drain: None,
+        });
+        node.address = address;
         self.node_changed(node_id)
     }
 
     fn set_host_facts(&mut self, node_id: u64, facts: HostFacts) -> Outcome {
-        let Some(node) = self.nodes.get_mut(&node_id) else {
-            return Outcome::rejected(Rejection::NoSuchNode { node_id });
-        };
-        self.revision += 1;
-        node.host = Some(facts);
-        self.node_changed(node_id)
+        self.update_node(node_id, |node| {
+            node.host = Some(facts);
+            Ok(())
+        })
     }
 
     /// The outcome of a change to one node's record (revision already
@@ -266,7 +676,7 @@ impl ClusterState {
                 vm: None,
             }),
             touched: vec![Touched::Node(node_id)],
-            vm_changes: Vec::new(),
+            ..Outcome::default()
         }
     }
 
@@ -282,11 +692,26 @@ impl ClusterState {
     }
 }
 
-fn pending() -> VmObserved {
+fn pending(reason: String) -> VmObserved {
     VmObserved {
         phase: VmPhase::Pending,
+        reason,
         ..VmObserved::default()
     }
+}
+
+/// Takes a VM off its node: it waits for a new one if it should run.
+fn unassign(vm: &mut VmRecord, reason: String) {
+    vm.assigned_node = None;
+    vm.evicting = false;
+    let restarts = vm.observed.restarts;
+    vm.observed = match vm.desired_state {
+        DesiredState::Running => VmObserved {
+            restarts,
+            ..pending(reason)
+        },
+        DesiredState::Stopped => VmObserved::default(),
+    };
 }
 
 #[cfg(test)]
@@ -304,6 +729,9 @@ mod tests {
                 flake_ref: "/etc/vms#x".into(),
             },
             pinned_node: None,
+            placement: Default::default(),
+            failover: Default::default(),
+            group: None,
         }
     }
 
@@ -360,6 +788,7 @@ mod tests {
         let assigned = state.apply(Command::AssignVm {
             name: name.into(),
             node_id: Some(node),
+            reason: String::new(),
         });
         assert_eq!(
             assigned.result.unwrap().vm.unwrap().observed.phase,
@@ -405,6 +834,7 @@ mod tests {
         let refused = state.apply(Command::AssignVm {
             name: "a".into(),
             node_id: Some(9),
+            reason: String::new(),
         });
         assert_eq!(refused.result, Err(Rejection::NoSuchNode { node_id: 9 }));
         state.apply(Command::DeleteVm { name: "a".into() });
@@ -415,12 +845,179 @@ mod tests {
         assert_eq!(state.vms["a"].observed.phase, VmPhase::Pending);
     }
 
+    fn report(name: &str, node_id: u64, phase: VmPhase) -> Command {
+        Command::ReportVm {
+            name: name.into(),
+            node_id,
+            observed: VmObserved {
+                phase,
+                ..VmObserved::default()
+            },
+        }
+    }
+
+    #[test]
+    fn replicas_grow_and_shrink_as_one_revision() {
+        let mut state = ClusterState::default();
+        let grow = |replicas| Command::SetReplicas {
+            template: spec("web"),
+            replicas,
+            start: true,
+            created_at_unix_ms: 1,
+        };
+        let outcome = state.apply(grow(3));
+        assert_eq!(outcome.result.unwrap().revision, 1);
+        let names: Vec<_> = state.vms.keys().cloned().collect();
+        assert_eq!(names, ["web-1", "web-2", "web-3"]);
+        assert!(state
+            .vms
+            .values()
+            .all(|vm| vm.spec.group.as_deref() == Some("web")
+                && vm.observed.phase == VmPhase::Pending));
+        state.apply(grow(1));
+        assert_eq!(state.vms.keys().collect::<Vec<_>>(), ["web-1"]);
+        assert_eq!(state.revision, 2);
+
+        state.apply(create("web-2"));
+        let before = state.clone();
+        let refused = state.apply(grow(2));
+        assert_eq!(
+            refused.result,
+            Err(Rejection::VmExists {
+                name: "web-2".into()
+            })
+        );
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn a_lost_vm_is_unassigned_only_when_replaced() {
+        let mut state = ClusterState::default();
+        state.add_member(1, "a:1".into());
+        running_on(&mut state, "a", 1);
+        running_on(&mut state, "b", 1);
+        let lost = |name: &str, replace| Command::MarkVmLost {
+            name: name.into(),
+            node_id: 1,
+            reason: "node 1 dead for 15s".into(),
+            replace,
+        };
+        let outcome = state.apply(lost("a", true));
+        assert_eq!(outcome.events[0].kind, EventKind::VmLost);
+        assert_eq!(state.vms["a"].assigned_node, None);
+        assert_eq!(state.vms["a"].observed.phase, VmPhase::Lost);
+        state.apply(lost("b", false));
+        assert_eq!(state.vms["b"].assigned_node, Some(1));
+        assert_eq!(state.vms["b"].observed.phase, VmPhase::Lost);
+        let before = state.clone();
+        assert!(matches!(
+            state.apply(lost("a", true)).result,
+            Err(Rejection::NotAssigned { .. })
+        ));
+        assert_eq!(state, before);
+    }
+
+    #[test]
+    fn drain_evicts_running_vms_only_after_the_node_stops_them() {
+        let mut state = ClusterState::default();
+        state.add_member(1, "a:1".into());
+        state.add_member(2, "b:2".into());
+        running_on(&mut state, "a", 1);
+        state.apply(report("a", 1, VmPhase::Running));
+        running_on(&mut state, "b", 2);
+        state.apply(Command::DrainNode {
+            node_id: 1,
+            at_unix_ms: 10,
+            deadline_unix_ms: 20,
+        });
+        assert!(!state.nodes[&1].eligible);
+        assert!(state.vms["a"].evicting);
+        assert_eq!(state.vms["a"].assigned_node, Some(1));
+        assert!(!state.vms["b"].evicting);
+        let refused = state.apply(Command::FinishDrain {
+            node_id: 1,
+            force: false,
+        });
+        assert!(refused.result.is_err());
+        let stopped = state.apply(report("a", 1, VmPhase::Stopped));
+        assert_eq!(stopped.events[0].kind, EventKind::VmEvicted);
+        assert_eq!(state.vms["a"].assigned_node, None);
+        assert_eq!(state.vms["a"].observed.phase, VmPhase::Pending);
+        assert!(state
+            .apply(Command::FinishDrain {
+                node_id: 1,
+                force: false
+            })
+            .result
+            .is_ok());
+        assert_eq!(state.nodes[&1].drain, None);
+        assert!(!state.nodes[&1].eligible);
+    }
+
+    #[test]
+    fn settings_are_validated() {
+        let mut state = ClusterState::default();
+        let refused = state.apply(Command::SetSettings {
+            settings: Settings {
+                voters: 4,
+                ..Settings::default()
+            },
+        });
+        assert!(matches!(refused.result, Err(Rejection::Invalid { .. })));
+        assert_eq!(state.settings, Settings::default());
+        let accepted = state.apply(Command::SetSettings {
+            settings: Settings {
+                voters: 5,
+                ..Settings::default()
+            },
+        });
+        assert!(accepted.result.is_ok());
+        assert_eq!(state.settings.voters, 5);
+    }
+
     fn arbitrary_command() -> impl Strategy<Value = Command> {
         let name = prop::sample::select(vec!["a", "b", "c"]);
+        let node = 1u64..4;
+        let phase = prop::sample::select(vec![
+            VmPhase::Starting,
+            VmPhase::Running,
+            VmPhase::Stopped,
+            VmPhase::Failed,
+        ]);
         prop_oneof![
             name.clone().prop_map(create),
             name.clone()
                 .prop_map(|n| Command::DeleteVm { name: n.into() }),
+            (name.clone(), prop::option::of(node.clone())).prop_map(|(n, node_id)| {
+                Command::AssignVm {
+                    name: n.into(),
+                    node_id,
+                    reason: String::new(),
+                }
+            }),
+            (name.clone(), node.clone(), phase)
+                .prop_map(|(n, node_id, phase)| report(n, node_id, phase)),
+            (name.clone(), node.clone(), any::<bool>()).prop_map(|(n, node_id, replace)| {
+                Command::MarkVmLost {
+                    name: n.into(),
+                    node_id,
+                    reason: "dead".into(),
+                    replace,
+                }
+            }),
+            (node.clone(), 0u64..100).prop_map(|(node_id, at)| Command::DrainNode {
+                node_id,
+                at_unix_ms: at,
+                deadline_unix_ms: at + 10,
+            }),
+            (node.clone(), any::<bool>())
+                .prop_map(|(node_id, force)| Command::FinishDrain { node_id, force }),
+            (0u32..3).prop_map(|replicas| Command::SetReplicas {
+                template: spec("g"),
+                replicas,
+                start: true,
+                created_at_unix_ms: 0,
+            }),
             (name, any::<bool>()).prop_map(|(n, run)| Command::SetVmDesiredState {
                 name: n.into(),
                 desired_state: if run {
@@ -438,10 +1035,20 @@ mod tests {
         fn replicas_agree(commands in prop::collection::vec(arbitrary_command(), 0..64)) {
             let mut one = ClusterState::default();
             let mut two = ClusterState::default();
+            for node in [1, 2] {
+                one.add_member(node, format!("n{node}:1"));
+                two.add_member(node, format!("n{node}:1"));
+            }
             for command in commands {
                 let a = one.apply(command.clone()).result;
                 let b = two.apply(command).result;
                 prop_assert_eq!(a, b);
+                for vm in one.vms.values() {
+                    if let Some(node) = vm.assigned_node {
+                        prop_assert!(one.nodes.contains_key(&node));
+                    }
+                    prop_assert!(!vm.evicting || vm.assigned_node.is_some());
+                }
             }
             prop_assert_eq!(&one, &two);
             prop_assert_eq!(ClusterState::decode(&one.encode()).unwrap(), one.clone());

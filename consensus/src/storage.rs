@@ -22,7 +22,7 @@ use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, R
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use crate::command::{NodeRecord, VmRecord};
+use crate::command::{NodeRecord, Settings, VmRecord};
 use crate::state::{ClusterState, Touched};
 use crate::{Error, Result};
 
@@ -37,6 +37,7 @@ const KEY_CONF_STATE: &str = "conf_state";
 const KEY_SNAPSHOT_META: &str = "snapshot_metadata";
 const KEY_APPLIED_INDEX: &str = "applied_index";
 const KEY_REVISION: &str = "revision";
+const KEY_SETTINGS: &str = "settings";
 
 /// Raft storage plus the state machine's tables.
 pub struct LogStore {
@@ -200,7 +201,7 @@ impl LogStore {
     /// Starts a new single-voter cluster: the log begins after a snapshot at
     /// index 1 (term 1) whose state already names this node, so every node
     /// that joins later receives that snapshot and learns the first voter.
-    pub fn bootstrap(&mut self, node_id: u64, address: &str) -> Result<()> {
+    pub fn bootstrap(&mut self, node_id: u64, address: &str, settings: &Settings) -> Result<()> {
         assert!(!self.is_initialized(), "bootstrap of an initialized store");
         let env = self.env();
         let mut wtxn = env.write_txn()?;
@@ -212,7 +213,10 @@ impl LogStore {
         snapshot.mut_metadata().index = 1;
         snapshot.mut_metadata().term = 1;
         snapshot.mut_metadata().set_conf_state(conf_state);
-        let mut state = ClusterState::default();
+        let mut state = ClusterState {
+            settings: settings.clone(),
+            ..ClusterState::default()
+        };
         state.add_member(node_id, address.to_string());
         snapshot.data = state.encode().into();
         self.apply_snapshot(&mut wtxn, &snapshot)?;
@@ -236,6 +240,9 @@ impl LogStore {
         let mut state = ClusterState::default();
         if let Some(bytes) = self.meta.get(rtxn, KEY_REVISION)? {
             state.revision = decode_u64("revision", bytes)?;
+        }
+        if let Some(bytes) = self.meta.get(rtxn, KEY_SETTINGS)? {
+            state.settings = serde_json::from_slice(bytes).map_err(|e| corrupt("settings", e))?;
         }
         for item in self.vms.iter(rtxn)? {
             let (name, bytes) = item?;
@@ -337,6 +344,10 @@ impl LogStore {
                     self.nodes.delete(wtxn, id)?;
                 }
             },
+            Touched::Settings => {
+                let bytes = serde_json::to_vec(&state.settings).expect("settings serialize");
+                self.meta.put(wtxn, KEY_SETTINGS, &bytes)?;
+            }
         }
         Ok(())
     }
@@ -363,6 +374,8 @@ impl LogStore {
         }
         self.meta
             .put(wtxn, KEY_REVISION, &state.revision.to_be_bytes())?;
+        let settings = serde_json::to_vec(&state.settings).expect("settings serialize");
+        self.meta.put(wtxn, KEY_SETTINGS, &settings)?;
         self.meta
             .put(wtxn, KEY_APPLIED_INDEX, &metadata.index.to_be_bytes())?;
         self.meta
@@ -535,7 +548,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let mut store = LogStore::open(dir.path()).unwrap();
-            store.bootstrap(1, "127.0.0.1:1").unwrap();
+            store
+                .bootstrap(1, "127.0.0.1:1", &Settings::default())
+                .unwrap();
             let env = store.env();
             let mut wtxn = env.write_txn().unwrap();
             store
@@ -561,7 +576,7 @@ mod tests {
     fn compaction_moves_first_index_and_snapshot_carries_state() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = LogStore::open(dir.path()).unwrap();
-        store.bootstrap(1, "a:1").unwrap();
+        store.bootstrap(1, "a:1", &Settings::default()).unwrap();
         let env = store.env();
         let mut wtxn = env.write_txn().unwrap();
         store

@@ -9,11 +9,13 @@
 use std::fs::File;
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_api::pb;
 use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_consensus::{LogStore, RaftConfig, RaftHandle, RaftNode};
+use blixard_membership::{Membership, MembershipConfig, NodeInfo, NodeRole};
 use tokio::sync::watch;
 use tonic::transport::Endpoint;
 
@@ -21,13 +23,16 @@ use blixard_nodeagent::{accel, NodeAgent, Settings};
 
 use crate::config::Config;
 use crate::controllers;
-use crate::services::{self, cluster::ClusterService, raft::RaftService, vm::VmService};
+use crate::services::{
+    self, cluster::ClusterService, node::NodeService, raft::RaftService, vm::VmService,
+};
 use crate::transport::{GrpcTransport, RAFT_MESSAGE_BYTES_MAX};
 use crate::Error;
 
 const JOIN_PROBE_TIMEOUT_MS: u64 = 3_000;
 const JOIN_ATTEMPTS_MAX: u32 = 60;
 const JOIN_RETRY_DELAY_MS: u64 = 500;
+const JOIN_PROBE_ATTEMPTS_MAX: u32 = 6;
 
 /// Holds the data directory's lock for the life of the agent.
 struct DataDirLock {
@@ -68,7 +73,75 @@ fn raft_config(config: &Config) -> RaftConfig {
         election_ticks_max,
         snapshot_threshold_entries: consensus.snapshot_threshold,
         request_timeout_ms: consensus.request_timeout_ms,
+        initial_settings: config.initial_settings(),
     }
+}
+
+/// Where to start gossiping: what the join addresses report, plus the
+/// gossip addresses recorded in this node's copy of the cluster state.
+async fn gossip_seeds(config: &Config, store: &LogStore) -> Vec<String> {
+    let mut seeds = Vec::new();
+    for address in &config.cluster.join {
+        match connect_cluster(address).await {
+            Ok(mut client) => match client.status(pb::StatusRequest {}).await {
+                Ok(status) => {
+                    let status = status.into_inner();
+                    seeds.push(status.gossip_address);
+                    seeds.extend(status.gossip_seeds);
+                }
+                Err(status) => {
+                    tracing::debug!(%address, error = status.message(), "no gossip seeds from join address")
+                }
+            },
+            Err(error) => tracing::debug!(%address, %error, "no gossip seeds from join address"),
+        }
+    }
+    if let Ok(state) = store.load_state() {
+        seeds.extend(
+            state
+                .nodes
+                .values()
+                .filter(|n| n.node_id != config.cluster.node_id)
+                .filter_map(|n| n.host.as_ref())
+                .map(|h| h.gossip_address.clone()),
+        );
+    }
+    let own = config.gossip_bind_addr().to_string();
+    seeds.retain(|seed| !seed.is_empty() && *seed != own);
+    seeds.sort();
+    seeds.dedup();
+    seeds
+}
+
+async fn start_membership(config: &Config, store: &LogStore) -> Result<Membership, Error> {
+    let gossip_bind = config.gossip_bind_addr();
+    let membership_config = MembershipConfig {
+        node_id: config.cluster.node_id,
+        cluster_name: config.cluster.name.clone(),
+        gossip_bind,
+        gossip_advertise: gossip_bind,
+        seeds: gossip_seeds(config, store).await,
+        gossip_interval_ms: config.membership.gossip_interval_ms,
+        phi_threshold: config.membership.phi_threshold,
+        dead_node_forget_after_ms: config.membership.dead_node_forget_after_ms,
+    };
+    tracing::info!(gossip = %gossip_bind, seeds = ?membership_config.seeds, "starting gossip");
+    // Resources are filled in by the facts loop within a second.
+    let info = NodeInfo {
+        node_id: config.cluster.node_id,
+        api_address: config.api.bind.clone(),
+        role: NodeRole::Worker,
+        vcpus_total: 0,
+        memory_mib_total: 0,
+        memory_mib_free: 0,
+        disk_mib_free: 0,
+        hypervisors: Vec::new(),
+        accel: String::new(),
+        labels: config.cluster.labels.clone(),
+        vms_running: 0,
+        version: env!("CARGO_PKG_VERSION").into(),
+    };
+    Ok(Membership::start(membership_config, &info).await?)
 }
 
 async fn connect_cluster(
@@ -83,16 +156,24 @@ async fn connect_cluster(
 }
 
 /// Checks that at least one join address answers before anything is
-/// written, so a typo leaves the data directory untouched.
+/// written, so a typo leaves the data directory untouched. Nodes started
+/// together (one boot, one `systemctl start`) may come up before the node
+/// they join through, so the probe keeps trying for a few seconds.
 async fn probe_join_addresses(join: &[String]) -> Result<(), Error> {
     let mut failures = Vec::new();
-    for address in join {
-        match connect_cluster(address).await {
-            Ok(mut client) => match client.status(pb::StatusRequest {}).await {
-                Ok(_) => return Ok(()),
-                Err(status) => failures.push(format!("{address}: {}", status.message())),
-            },
-            Err(error) => failures.push(format!("{address}: {error}")),
+    for attempt in 0..JOIN_PROBE_ATTEMPTS_MAX {
+        if attempt > 0 {
+            tokio::time::sleep(Duration::from_millis(JOIN_RETRY_DELAY_MS)).await;
+        }
+        failures.clear();
+        for address in join {
+            match connect_cluster(address).await {
+                Ok(mut client) => match client.status(pb::StatusRequest {}).await {
+                    Ok(_) => return Ok(()),
+                    Err(status) => failures.push(format!("{address}: {}", status.message())),
+                },
+                Err(error) => failures.push(format!("{address}: {error}")),
+            }
         }
     }
     Err(Error::Join {
@@ -142,6 +223,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let _lock = lock_data_dir(&data_dir)?;
     let store = LogStore::open(&data_dir)?;
+    let membership = Arc::new(start_membership(&config, &store).await?);
     let initialized = store.is_initialized();
     let bootstrap = config.cluster.join.is_empty();
     if initialized && !bootstrap {
@@ -162,15 +244,46 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = tokio::spawn(serve(config.clone(), handle.clone(), stop_rx.clone()));
-    let scheduler = tokio::spawn(controllers::scheduler::run(handle.clone()));
+    let server = tokio::spawn(serve(
+        config.clone(),
+        handle.clone(),
+        membership.clone(),
+        stop_rx.clone(),
+    ));
+    let leader = tokio::spawn(controllers::leader::run(
+        handle.clone(),
+        membership.clone(),
+        controllers::scheduler::Params {
+            vcpu_overcommit: config.scheduler.vcpu_overcommit,
+        },
+        stop_rx.clone(),
+    ));
+    let (accel_tx, accel_rx) = watch::channel(None);
+    let facts = tokio::spawn(controllers::facts::run(
+        handle.clone(),
+        membership.clone(),
+        controllers::facts::Identity {
+            node_id: config.cluster.node_id,
+            api_address: config.api.bind.clone(),
+            gossip_address: membership.gossip_address().to_string(),
+            labels: config.cluster.labels.clone(),
+            data_dir: data_dir.clone(),
+            fence_after_ms: config.failover.fence_after_ms,
+        },
+        accel_rx,
+        stop_rx.clone(),
+    ));
     let reconciler = match config.agent.enabled {
         true => Some(tokio::spawn(start_node_agent(
             config.clone(),
             handle.clone(),
+            accel_tx,
             stop_rx.clone(),
         ))),
-        false => None,
+        false => {
+            let _ = accel_tx.send(Some(String::new()));
+            None
+        }
     };
     let mut raft_stop = stop_rx.clone();
     let raft = tokio::spawn(node.run(async move {
@@ -180,7 +293,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if !initialized && !bootstrap {
         if let Err(error) = request_join(&config).await {
             let _ = stop_tx.send(true);
-            scheduler.abort();
+            membership.stop();
+            let _ = leader.await;
+            let _ = facts.await;
             if let Some(reconciler) = reconciler {
                 let _ = reconciler.await;
             }
@@ -211,7 +326,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
     };
     let _ = stop_tx.send(true);
-    scheduler.abort();
+    membership.stop();
+    let _ = leader.await;
+    let _ = facts.await;
     if let Some(reconciler) = reconciler {
         let _ = reconciler.await;
     }
@@ -224,11 +341,25 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     outcome
 }
 
-/// Probes acceleration, then runs the agent's reconciler until `stop`.
-async fn start_node_agent(config: Config, raft: RaftHandle, stop: watch::Receiver<bool>) {
+/// Probes acceleration, then runs fencing and the agent's reconciler until
+/// `stop`.
+async fn start_node_agent(
+    config: Config,
+    raft: RaftHandle,
+    accel_tx: watch::Sender<Option<String>>,
+    stop: watch::Receiver<bool>,
+) {
     let agent_config = &config.agent;
     let accel = accel::resolve(agent_config.accel, &agent_config.qemu).await;
     tracing::info!(accel = accel.as_str(), "hypervisor acceleration");
+    let _ = accel_tx.send(Some(accel.as_str().to_string()));
+    let (fenced_tx, fenced_rx) = watch::channel(false);
+    let fencing = tokio::spawn(controllers::fencing::run(
+        raft.clone(),
+        config.failover.fence_after_ms,
+        fenced_tx,
+        stop.clone(),
+    ));
     let settings = Settings {
         state_root: config.vm_state_dir(),
         qemu_binary: agent_config.qemu.clone(),
@@ -247,19 +378,22 @@ async fn start_node_agent(config: Config, raft: RaftHandle, stop: watch::Receive
         config.cluster.node_id,
         agent,
         reports,
-        controllers::reconciler::host_facts(accel.as_str()),
+        fenced_rx,
         agent_config.stop_vms_on_shutdown,
         stop,
     )
     .await;
+    let _ = fencing.await;
 }
 
 async fn serve(
     config: Config,
     raft: RaftHandle,
+    membership: Arc<Membership>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     use pb::cluster_server::ClusterServer;
+    use pb::node_server::NodeServer;
     use pb::raft_transport_server::RaftTransportServer;
     use pb::vm_server::VmServer;
     let node_id = config.cluster.node_id;
@@ -268,7 +402,14 @@ async fn serve(
         raft: raft.clone(),
     })
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
-    let cluster_service = ClusterServer::new(ClusterService { raft: raft.clone() });
+    let cluster_service = ClusterServer::new(ClusterService {
+        raft: raft.clone(),
+        membership: membership.clone(),
+    });
+    let node_service = NodeServer::new(NodeService {
+        raft: raft.clone(),
+        membership,
+    });
     let vm_service = VmServer::new(VmService {
         raft: raft.clone(),
         node: services::VmNode {
@@ -281,6 +422,7 @@ async fn serve(
         .layer(tonic::service::InterceptorLayer::new(services::authorize))
         .add_service(raft_service)
         .add_service(cluster_service)
+        .add_service(node_service)
         .add_service(vm_service);
     let bind = config.bind_addr();
     let stopped = async move {

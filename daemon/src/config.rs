@@ -24,6 +24,136 @@ pub struct Config {
     pub api: ApiSection,
     #[serde(default)]
     pub agent: AgentSection,
+    #[serde(default)]
+    pub membership: MembershipSection,
+    #[serde(default)]
+    pub failover: FailoverSection,
+    #[serde(default)]
+    pub autopilot: AutopilotSection,
+    #[serde(default)]
+    pub scheduler: SchedulerSection,
+}
+
+/// Gossip (chitchat over UDP).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MembershipSection {
+    /// UDP address to gossip on; default: the gRPC bind address (same
+    /// host and port number, UDP instead of TCP).
+    #[serde(default)]
+    pub gossip_bind: Option<String>,
+    #[serde(default = "default_gossip_interval_ms")]
+    pub gossip_interval_ms: u64,
+    /// Phi-accrual threshold: higher tolerates longer silences before a
+    /// node counts as dead.
+    #[serde(default = "default_phi_threshold")]
+    pub phi_threshold: f64,
+    /// Dead nodes drop out of gossip's view after this long.
+    #[serde(default = "default_dead_node_forget_after_ms")]
+    pub dead_node_forget_after_ms: u64,
+}
+
+fn default_gossip_interval_ms() -> u64 {
+    500
+}
+fn default_phi_threshold() -> f64 {
+    8.0
+}
+fn default_dead_node_forget_after_ms() -> u64 {
+    24 * 3600 * 1000
+}
+
+impl Default for MembershipSection {
+    fn default() -> Self {
+        Self {
+            gossip_bind: None,
+            gossip_interval_ms: default_gossip_interval_ms(),
+            phi_threshold: default_phi_threshold(),
+            dead_node_forget_after_ms: default_dead_node_forget_after_ms(),
+        }
+    }
+}
+
+/// What happens when nodes die or lose contact.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct FailoverSection {
+    /// This node stops its VMs after failing to reach a raft quorum for
+    /// this long (fencing). The cluster waits at least this plus a margin
+    /// before placing them elsewhere.
+    #[serde(default = "default_fence_after_ms")]
+    pub fence_after_ms: u64,
+    /// Cluster default for a VM's grace before it counts as lost (used
+    /// when this node bootstraps a cluster; `cluster settings` changes it).
+    #[serde(default = "default_lost_after_ms")]
+    pub lost_after_ms: u64,
+    /// Cluster default: start lost VMs elsewhere (bootstrap only, as above).
+    #[serde(default = "default_true")]
+    pub replace_lost: bool,
+}
+
+fn default_fence_after_ms() -> u64 {
+    10_000
+}
+fn default_lost_after_ms() -> u64 {
+    15_000
+}
+
+impl Default for FailoverSection {
+    fn default() -> Self {
+        Self {
+            fence_after_ms: default_fence_after_ms(),
+            lost_after_ms: default_lost_after_ms(),
+            replace_lost: true,
+        }
+    }
+}
+
+/// Voter management (bootstrap defaults; `cluster autopilot` changes them).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AutopilotSection {
+    #[serde(default = "default_voters")]
+    pub voters: u32,
+    #[serde(default = "default_dead_voter_after_ms")]
+    pub dead_voter_after_ms: u64,
+}
+
+fn default_voters() -> u32 {
+    3
+}
+fn default_dead_voter_after_ms() -> u64 {
+    15_000
+}
+
+impl Default for AutopilotSection {
+    fn default() -> Self {
+        Self {
+            voters: default_voters(),
+            dead_voter_after_ms: default_dead_voter_after_ms(),
+        }
+    }
+}
+
+/// Placement tunables (the leader's apply).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SchedulerSection {
+    /// vCPUs handed out per host core.
+    #[serde(default = "default_vcpu_overcommit")]
+    pub vcpu_overcommit: u32,
+}
+
+fn default_vcpu_overcommit() -> u32 {
+    4
+}
+
+impl Default for SchedulerSection {
+    fn default() -> Self {
+        Self {
+            vcpu_overcommit: default_vcpu_overcommit(),
+        }
+    }
 }
 
 /// The node agent that runs the VMs assigned to this node.
@@ -112,9 +242,20 @@ pub struct ClusterSection {
     pub node_id: u64,
     #[serde(default = "default_data_dir")]
     pub data_dir: PathBuf,
-    /// Addresses of existing members to join through (first start only).
+    /// Addresses of existing members to join through (first start only;
+    /// later starts use them to find gossip peers).
     #[serde(default)]
     pub join: Vec<String>,
+    /// Nodes gossip only with nodes of the same cluster name.
+    #[serde(default = "default_cluster_name")]
+    pub name: String,
+    /// Labels matched by placement rules, e.g. `{ zone = "a" }`.
+    #[serde(default)]
+    pub labels: std::collections::BTreeMap<String, String>,
+}
+
+fn default_cluster_name() -> String {
+    "blixard".into()
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -169,6 +310,8 @@ impl Default for ClusterSection {
             node_id: 0,
             data_dir: default_data_dir(),
             join: Vec::new(),
+            name: default_cluster_name(),
+            labels: Default::default(),
         }
     }
 }
@@ -200,6 +343,9 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub bind: Option<String>,
     pub join: Vec<String>,
+    /// `--label KEY=VALUE`, added to (and overriding) the file's labels.
+    pub labels: Vec<(String, String)>,
+    pub gossip_bind: Option<String>,
 }
 
 impl Config {
@@ -231,6 +377,20 @@ impl Config {
         }
         if !overrides.join.is_empty() {
             self.cluster.join = overrides.join;
+        }
+        self.cluster.labels.extend(overrides.labels);
+        if overrides.gossip_bind.is_some() {
+            self.membership.gossip_bind = overrides.gossip_bind;
+        }
+    }
+
+    /// The UDP address gossip binds (see `MembershipSection::gossip_bind`).
+    pub fn gossip_bind_addr(&self) -> SocketAddr {
+        match &self.membership.gossip_bind {
+            Some(address) => address
+                .parse()
+                .expect("validate() checked the gossip address"),
+            None => self.bind_addr(),
         }
     }
 
@@ -299,7 +459,69 @@ impl Config {
         if consensus.request_timeout_ms == 0 {
             return invalid("consensus.request_timeout_ms must be positive".into());
         }
+        self.validate_cluster_features()
+    }
+
+    fn validate_cluster_features(&self) -> Result<(), Error> {
+        let invalid = |detail: String| Err(Error::InvalidConfig { detail });
+        if blixard_api::validate::vm_name(&self.cluster.name).is_err() {
+            return invalid(format!(
+                "cluster.name {:?} must be 1-63 lowercase letters, digits or '-'",
+                self.cluster.name
+            ));
+        }
+        for (key, value) in &self.cluster.labels {
+            if let Err(error) = format!("{key}={value}").parse::<blixard_consensus::Rule>() {
+                return invalid(format!("cluster.labels: {error}"));
+            }
+        }
+        if let Some(address) = &self.membership.gossip_bind {
+            if address.parse::<SocketAddr>().is_err() {
+                return invalid(format!(
+                    "membership.gossip_bind {address:?} is not an IP:PORT socket address"
+                ));
+            }
+        }
+        let membership = &self.membership;
+        if !(10..=10_000).contains(&membership.gossip_interval_ms) {
+            return invalid(format!(
+                "membership.gossip_interval_ms {} must be between 10 and 10000",
+                membership.gossip_interval_ms
+            ));
+        }
+        if !(1.0..=64.0).contains(&membership.phi_threshold) {
+            return invalid(format!(
+                "membership.phi_threshold {} must be between 1 and 64",
+                membership.phi_threshold
+            ));
+        }
+        if self.failover.fence_after_ms < 1_000 {
+            return invalid(format!(
+                "failover.fence_after_ms {} must be at least 1000",
+                self.failover.fence_after_ms
+            ));
+        }
+        let settings = self.initial_settings();
+        if let Err(detail) = blixard_consensus::validate_settings(&settings) {
+            return invalid(format!("autopilot/failover: {detail}"));
+        }
+        if self.scheduler.vcpu_overcommit == 0 || self.scheduler.vcpu_overcommit > 64 {
+            return invalid(format!(
+                "scheduler.vcpu_overcommit {} must be between 1 and 64",
+                self.scheduler.vcpu_overcommit
+            ));
+        }
         Ok(())
+    }
+
+    /// The cluster settings a cluster bootstrapped by this node starts with.
+    pub fn initial_settings(&self) -> blixard_consensus::Settings {
+        blixard_consensus::Settings {
+            voters: self.autopilot.voters,
+            dead_voter_after_ms: self.autopilot.dead_voter_after_ms,
+            lost_after_ms: self.failover.lost_after_ms,
+            replace_lost: self.failover.replace_lost,
+        }
     }
 
     /// Where VM state directories live.

@@ -2,7 +2,8 @@
 
 use blixard_api::{pb, validate, ValidationError};
 use blixard_consensus::{
-    DesiredState, HostFacts, PortForward, RunnerSource, VmObserved, VmPhase, VmRecord, VmSpec,
+    DesiredState, FailoverPolicy, HostFacts, Placement, PortForward, Rule, RunnerSource, Strategy,
+    VmObserved, VmPhase, VmRecord, VmSpec,
 };
 
 /// Validates a spec from the wire and converts it.
@@ -29,12 +30,42 @@ pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationErr
         },
         None => unreachable!("validate::vm_spec requires a runner"),
     };
+    let rules = |texts: &[String]| -> Result<Vec<Rule>, ValidationError> {
+        texts
+            .iter()
+            .map(|text| {
+                text.parse::<Rule>()
+                    .map_err(|e| ValidationError::Placement {
+                        reason: e.to_string(),
+                    })
+            })
+            .collect()
+    };
+    let strategy = match spec.strategy.as_str() {
+        "" => Strategy::default(),
+        other => other
+            .parse()
+            .map_err(|reason| ValidationError::Placement { reason })?,
+    };
     Ok(VmSpec {
         name: spec.name,
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
         runner,
         pinned_node: (spec.pinned_node != 0).then_some(spec.pinned_node),
+        placement: Placement {
+            constraints: rules(&spec.constraints)?,
+            preferences: rules(&spec.preferences)?,
+            anti_affinity_group: (!spec.anti_affinity_group.is_empty())
+                .then_some(spec.anti_affinity_group),
+            strategy,
+        },
+        failover: FailoverPolicy {
+            lost_after_ms: (spec.lost_after_ms != 0).then_some(spec.lost_after_ms),
+            replace: spec.replace_lost,
+        },
+        // Groups are the cluster's to assign (through replicas).
+        group: None,
     })
 }
 
@@ -74,6 +105,18 @@ pub fn vm_info_to_pb(vm: &VmRecord) -> pb::VmInfo {
                 source: Some(source),
             }),
             pinned_node: vm.spec.pinned_node.unwrap_or(0),
+            constraints: rules_to_text(&vm.spec.placement.constraints),
+            preferences: rules_to_text(&vm.spec.placement.preferences),
+            anti_affinity_group: vm
+                .spec
+                .placement
+                .anti_affinity_group
+                .clone()
+                .unwrap_or_default(),
+            strategy: vm.spec.placement.strategy.as_str().into(),
+            lost_after_ms: vm.spec.failover.lost_after_ms.unwrap_or(0),
+            replace_lost: vm.spec.failover.replace,
+            group: vm.spec.group.clone().unwrap_or_default(),
         }),
         desired_state: desired_state as i32,
         create_revision: vm.create_revision,
@@ -81,7 +124,12 @@ pub fn vm_info_to_pb(vm: &VmRecord) -> pb::VmInfo {
         created_at_unix_ms: vm.created_at_unix_ms,
         assigned_node: vm.assigned_node.unwrap_or(0),
         observed: Some(observed_to_pb(&vm.observed)),
+        evicting: vm.evicting,
     }
+}
+
+fn rules_to_text(rules: &[Rule]) -> Vec<String> {
+    rules.iter().map(Rule::to_string).collect()
 }
 
 fn observed_to_pb(observed: &VmObserved) -> pb::VmObserved {
@@ -93,6 +141,7 @@ fn observed_to_pb(observed: &VmObserved) -> pb::VmObserved {
         VmPhase::Stopping => pb::VmPhase::Stopping,
         VmPhase::Stopped => pb::VmPhase::Stopped,
         VmPhase::Failed => pb::VmPhase::Failed,
+        VmPhase::Lost => pb::VmPhase::Lost,
     };
     pb::VmObserved {
         phase: phase as i32,
@@ -111,5 +160,28 @@ pub fn host_to_pb(host: &HostFacts) -> pb::HostFacts {
         memory_mib_total: host.memory_mib_total,
         vcpus_total: host.vcpus_total,
         accel: host.accel.clone(),
+        labels: host.labels.clone().into_iter().collect(),
+        gossip_address: host.gossip_address.clone(),
+        fence_after_ms: host.fence_after_ms,
+    }
+}
+
+pub fn settings_to_pb(settings: &blixard_consensus::Settings) -> pb::Settings {
+    pb::Settings {
+        voters: settings.voters,
+        dead_voter_after_ms: settings.dead_voter_after_ms,
+        lost_after_ms: settings.lost_after_ms,
+        replace_lost: settings.replace_lost,
+    }
+}
+
+pub fn event_to_pb(record: &blixard_consensus::EventRecord) -> pb::ClusterEvent {
+    pb::ClusterEvent {
+        revision: record.revision,
+        at_unix_ms: record.at_unix_ms,
+        kind: record.event.kind.as_str().into(),
+        vm: record.event.vm.clone().unwrap_or_default(),
+        node_id: record.event.node_id.unwrap_or(0),
+        message: record.event.message.clone(),
     }
 }

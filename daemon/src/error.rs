@@ -27,6 +27,8 @@ pub enum Error {
     Consensus(#[from] blixard_consensus::Error),
     #[error(transparent)]
     Validation(#[from] blixard_api::ValidationError),
+    #[error(transparent)]
+    Membership(#[from] blixard_membership::Error),
 }
 
 impl From<Error> for Status {
@@ -36,6 +38,12 @@ impl From<Error> for Status {
             Error::Validation(_) => Code::InvalidArgument,
             Error::Consensus(C::Rejected(R::VmExists { .. })) => Code::AlreadyExists,
             Error::Consensus(C::Rejected(R::VmNotFound { .. })) => Code::NotFound,
+            Error::Consensus(C::Rejected(R::NoSuchNode { .. } | R::NoSuchGroup { .. })) => {
+                Code::NotFound
+            }
+            Error::Consensus(C::Rejected(R::Invalid { .. } | R::NotAssigned { .. })) => {
+                Code::FailedPrecondition
+            }
             Error::Consensus(C::Rejected(R::ConfChange { .. })) => Code::FailedPrecondition,
             Error::Consensus(C::NoLeader | C::Stopped) => Code::Unavailable,
             Error::Consensus(C::Timeout { .. }) => Code::DeadlineExceeded,

@@ -18,8 +18,17 @@ use tonic::transport::Endpoint;
 
 /// Messages queued for one peer before new ones are dropped.
 const PEER_MESSAGES_QUEUED_MAX: usize = 1024;
-const PEER_STREAM_BUFFER: usize = 64;
+const PEER_STREAM_BUFFER: usize = 16;
+/// A stream whose buffer stays full this long is treated as broken: the
+/// peer stopped reading (it died without the connection closing, which
+/// keepalive catches on real networks but not everywhere).
+const STREAM_STALL_TIMEOUT_MS: u64 = 1_000;
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// HTTP/2 pings on idle and busy streams: a peer that stops answering
+/// (cut off, not closed) is noticed within interval + timeout and the
+/// stream re-opened, instead of waiting out TCP's retransmission backoff.
+const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
+const KEEPALIVE_TIMEOUT_MS: u64 = 1_000;
 const RECONNECT_BACKOFF_MS_MIN: u64 = 20;
 const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
 /// Snapshots carry the whole cluster state in one message.
@@ -84,6 +93,11 @@ impl Transport for GrpcTransport {
             }
         }
     }
+
+    fn reset(&mut self, to: u64) {
+        // Dropping the sender ends the peer task and its stream.
+        self.peers.remove(&to);
+    }
 }
 
 async fn run_peer(to: u64, address: String, mut outbound: mpsc::Receiver<pb::RaftMessage>) {
@@ -115,7 +129,11 @@ async fn stream_to_peer(
     outbound: &mut mpsc::Receiver<pb::RaftMessage>,
 ) -> StreamEnd {
     let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
-        Ok(endpoint) => endpoint.connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS)),
+        Ok(endpoint) => endpoint
+            .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+            .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
+            .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
+            .keep_alive_while_idle(true),
         Err(error) => return StreamEnd::Broken(error.to_string()),
     };
     let channel = match endpoint.connect().await {
@@ -143,8 +161,11 @@ async fn stream_to_peer(
                 let Some(message) = message else {
                     return StreamEnd::QueueClosed;
                 };
-                if stream_tx.send(message).await.is_err() {
-                    return StreamEnd::Broken("stream closed".into());
+                let stall = Duration::from_millis(STREAM_STALL_TIMEOUT_MS);
+                match tokio::time::timeout(stall, stream_tx.send(message)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return StreamEnd::Broken("stream closed".into()),
+                    Err(_) => return StreamEnd::Broken("peer stopped reading".into()),
                 }
             }
         }

@@ -1,1 +1,16 @@
-//! Gossip membership (chitchat). Not built yet: see the README status table.
+//! Gossip membership over chitchat: every node advertises a [`NodeInfo`]
+//! (addresses, role, resources, labels) and learns everyone else's, with
+//! liveness from chitchat's phi-accrual failure detector.
+//!
+//! Invariants: a node writes only its own record; peers' records are read,
+//! never trusted: one that does not decode shows up as a member with the
+//! decoding error and no info, so nothing schedules on it. A node that
+//! restarted (new generation) replaces its older generation in the view.
+
+mod error;
+mod gossip;
+mod info;
+
+pub use error::Error;
+pub use gossip::{Member, Membership, MembershipConfig};
+pub use info::{NodeInfo, NodeRole, INFO_KEY};

@@ -49,6 +49,18 @@ pub enum Command {
     /// Define and control VMs.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Nodes: liveness, resources, eligibility, drains.
+    #[command(subcommand)]
+    Node(NodeCommand),
+    /// Placement, loss, drain and membership events.
+    Events {
+        /// Keep printing new events until interrupted.
+        #[arg(long, short = 'f')]
+        follow: bool,
+        /// How many recent events to print first.
+        #[arg(long, default_value_t = 100)]
+        recent: u32,
+    },
     /// Guest images for development and tests.
     #[command(subcommand)]
     Image(ImageCommand),
@@ -80,6 +92,53 @@ pub struct AgentArgs {
     /// Address of an existing member to join through (repeatable; first start only).
     #[arg(long = "join", value_name = "HOST:PORT")]
     pub join: Vec<String>,
+    /// A label for placement rules, e.g. `--label zone=a` (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    pub labels: Vec<(String, String)>,
+    /// UDP address to gossip on (default: the --bind address, over UDP).
+    #[arg(long, value_name = "IP:PORT")]
+    pub gossip_bind: Option<String>,
+}
+
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    let (key, value) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+    Ok((key.to_string(), value.to_string()))
+}
+
+/// Parses durations like `30s`, `5m`, `1500ms`, `1h`.
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    humantime::parse_duration(text)
+        .map(|d| d.as_millis() as u64)
+        .map_err(|e| format!("{text:?} is not a duration like 30s, 5m or 1500ms: {e}"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodeCommand {
+    /// Every node with role, liveness, resources and labels.
+    List,
+    /// One node in detail.
+    Status { node_id: u64 },
+    /// Allow or forbid placing VMs on a node.
+    Eligibility {
+        node_id: u64,
+        #[arg(long, conflicts_with = "disable", required_unless_present = "disable")]
+        enable: bool,
+        #[arg(long)]
+        disable: bool,
+    },
+    /// Move a node's VMs elsewhere and mark it ineligible; shows progress
+    /// until the node is empty.
+    Drain {
+        node_id: u64,
+        /// After this, VMs still on the node are taken off it regardless.
+        #[arg(long, default_value = "5m", value_parser = parse_duration_ms)]
+        deadline: u64,
+        /// Return once the drain has started.
+        #[arg(long)]
+        no_wait: bool,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -110,12 +169,30 @@ pub enum ClusterCommand {
     },
     /// Remove a node from the cluster.
     RemoveNode { node_id: u64 },
+    /// Show or set how many voters autopilot keeps and when it replaces a
+    /// dead one.
+    Autopilot {
+        /// 1, 3, 5 or 7.
+        #[arg(long)]
+        voters: Option<u32>,
+        #[arg(long, value_parser = parse_duration_ms)]
+        dead_voter_after: Option<u64>,
+    },
+    /// Show or set the cluster's failover defaults for VMs.
+    Failover {
+        /// How long a node must be dead before its VMs count as lost.
+        #[arg(long, value_parser = parse_duration_ms)]
+        lost_after: Option<u64>,
+        /// Whether lost VMs start on other nodes.
+        #[arg(long)]
+        replace_lost: Option<bool>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
 pub enum VmCommand {
     /// Define a VM; it stays stopped until `vm start`.
-    Create(VmCreateArgs),
+    Create(Box<VmCreateArgs>),
     /// List all VMs.
     List,
     /// Show one VM.
@@ -126,6 +203,12 @@ pub enum VmCommand {
     Stop { name: String },
     /// Delete a VM's definition (its node stops it and removes its state).
     Delete { name: String },
+    /// Grow or shrink a replica group (made by `vm create --replicas`).
+    Scale {
+        name: String,
+        #[arg(long)]
+        replicas: u32,
+    },
     /// Print the VM's serial console, from whichever node runs it.
     Logs {
         name: String,
@@ -171,6 +254,27 @@ pub struct VmCreateArgs {
     /// Run only on this node (default: the scheduler chooses).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub node: Option<u64>,
+    /// Create NAME-1..N, started, as one replica group.
+    #[arg(long)]
+    pub replicas: Option<u32>,
+    /// Hard placement rules, e.g. "storage=nvme,memory>=4096" (repeatable).
+    #[arg(long = "constraint", value_name = "RULES")]
+    pub constraints: Vec<String>,
+    /// Soft placement rules, e.g. "gpu=available" (repeatable).
+    #[arg(long = "prefer", value_name = "RULES")]
+    pub preferences: Vec<String>,
+    /// Never place two VMs of this group on one node.
+    #[arg(long)]
+    pub anti_affinity_group: Option<String>,
+    /// spread (default) or binpack.
+    #[arg(long)]
+    pub strategy: Option<String>,
+    /// Grace before the VM counts as lost when its node dies (default: the cluster's).
+    #[arg(long, value_parser = parse_duration_ms)]
+    pub lost_after: Option<u64>,
+    /// Whether a lost VM starts on another node (default: the cluster's).
+    #[arg(long)]
+    pub replace_lost: Option<bool>,
 }
 
 fn parse_port_forward(text: &str) -> Result<(u16, u16), String> {

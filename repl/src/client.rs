@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use blixard_api::pb::{cluster_client::ClusterClient, vm_client::VmClient};
+use blixard_api::pb::{
+    cluster_client::ClusterClient, node_client::NodeClient, vm_client::VmClient,
+};
 use tonic::transport::{Channel, Endpoint};
 
 const CONNECT_TIMEOUT_MS: u64 = 3_000;
@@ -24,6 +26,10 @@ pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
 
 pub async fn cluster(addr: &str) -> anyhow::Result<ClusterClient<Channel>> {
     Ok(ClusterClient::new(channel(addr).await?))
+}
+
+pub async fn node(addr: &str) -> anyhow::Result<NodeClient<Channel>> {
+    Ok(NodeClient::new(channel(addr).await?))
 }
 
 pub async fn vm(addr: &str) -> anyhow::Result<VmClient<Channel>> {

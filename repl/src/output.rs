@@ -27,3 +27,14 @@ pub fn table(header: &[&str]) -> Table {
         .set_header(header.to_vec());
     table
 }
+
+/// A spinner on stderr with elapsed time; indicatif draws nothing when
+/// stderr is not a terminal, so piped output stays clean.
+pub fn spinner(message: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+        .expect("the template is valid");
+    let spinner = indicatif::ProgressBar::new_spinner().with_style(style);
+    spinner.set_message(message.to_string());
+    spinner.enable_steady_tick(std::time::Duration::from_millis(100));
+    spinner
+}

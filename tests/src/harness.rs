@@ -13,7 +13,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use blixard_api::pb;
-use blixard_api::pb::{cluster_client::ClusterClient, vm_client::VmClient};
+use blixard_api::pb::{
+    cluster_client::ClusterClient, node_client::NodeClient, vm_client::VmClient,
+};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::flake_spec;
@@ -79,12 +81,19 @@ pub struct TestNode {
     child: Option<Child>,
 }
 
-/// Raft timings for tests: fast elections so failover tests stay short.
+/// Timings for tests: fast elections, gossip and failover so tests stay
+/// short.
 #[derive(Clone, Copy)]
 pub struct Timings {
     pub election_timeout_ms: u64,
     pub heartbeat_interval_ms: u64,
     pub snapshot_threshold: u64,
+    /// Voters autopilot keeps (the rest of the nodes are workers).
+    pub voters: u32,
+    pub gossip_interval_ms: u64,
+    pub fence_after_ms: u64,
+    pub lost_after_ms: u64,
+    pub dead_voter_after_ms: u64,
 }
 
 impl Default for Timings {
@@ -93,7 +102,159 @@ impl Default for Timings {
             election_timeout_ms: 500,
             heartbeat_interval_ms: 50,
             snapshot_threshold: 10_000,
+            voters: 5,
+            gossip_interval_ms: 100,
+            fence_after_ms: 2_000,
+            lost_after_ms: 4_000,
+            dead_voter_after_ms: 3_000,
         }
+    }
+}
+
+/// How to start one node beyond its id.
+#[derive(Clone)]
+pub struct NodeOptions {
+    pub join_via: Option<u64>,
+    pub labels: Vec<(String, String)>,
+    /// Run a node agent (VMs); without it the node only places and votes.
+    pub agent: bool,
+}
+
+impl Default for NodeOptions {
+    fn default() -> Self {
+        Self {
+            join_via: None,
+            labels: Vec::new(),
+            agent: true,
+        }
+    }
+}
+
+/// Where nodes live on the network.
+pub enum Network {
+    /// All on 127.0.0.1, each on its own port.
+    Loopback,
+    /// Each node in its own network namespace (`blx<tag>n<id>`, address
+    /// 10.202.<tag>.<id>) on one bridge (`blx<tag>`, 10.202.<tag>.254), so
+    /// a node can be cut off by taking its link down. Needs root.
+    Namespaces { tag: u8 },
+}
+
+fn run_ip(args: &[&str]) {
+    let output = Command::new("ip")
+        .args(args)
+        .output()
+        .expect("cannot run ip");
+    assert!(
+        output.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+impl Network {
+    /// Creates a bridge on a subnet no other test run is using.
+    pub fn namespaces() -> Self {
+        for tag in 1..=250u8 {
+            let bridge = format!("blx{tag}");
+            let created = Command::new("ip")
+                .args(["link", "add", &bridge, "type", "bridge"])
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if created {
+                run_ip(&[
+                    "addr",
+                    "add",
+                    &format!("10.202.{tag}.254/24"),
+                    "dev",
+                    &bridge,
+                ]);
+                run_ip(&["link", "set", &bridge, "up"]);
+                return Network::Namespaces { tag };
+            }
+        }
+        panic!("no free bridge name blx1..blx250");
+    }
+
+    fn host(&self, id: u64) -> String {
+        match self {
+            Network::Loopback => "127.0.0.1".into(),
+            Network::Namespaces { tag } => format!("10.202.{tag}.{id}"),
+        }
+    }
+
+    /// Creates node `id`'s namespace and link (no-op on loopback).
+    fn prepare(&self, id: u64) {
+        let Network::Namespaces { tag } = self else {
+            return;
+        };
+        let namespace = format!("blx{tag}n{id}");
+        let link = format!("blx{tag}v{id}");
+        if Path::new("/run/netns").join(&namespace).exists() {
+            return;
+        }
+        run_ip(&["netns", "add", &namespace]);
+        run_ip(&[
+            "link", "add", &link, "type", "veth", "peer", "name", "eth0", "netns", &namespace,
+        ]);
+        run_ip(&["link", "set", &link, "master", &format!("blx{tag}")]);
+        run_ip(&["link", "set", &link, "up"]);
+        let in_namespace = |args: &[&str]| {
+            let mut all = vec!["netns", "exec", &namespace, "ip"];
+            all.extend_from_slice(args);
+            run_ip(&all);
+        };
+        in_namespace(&[
+            "addr",
+            "add",
+            &format!("10.202.{tag}.{id}/24"),
+            "dev",
+            "eth0",
+        ]);
+        in_namespace(&["link", "set", "eth0", "up"]);
+        in_namespace(&["link", "set", "lo", "up"]);
+    }
+
+    /// The command that runs `program` as node `id`.
+    fn command(&self, id: u64, program: &Path) -> Command {
+        match self {
+            Network::Loopback => Command::new(program),
+            Network::Namespaces { tag } => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", &format!("blx{tag}n{id}")])
+                    .arg(program);
+                command
+            }
+        }
+    }
+
+    /// Takes node `id`'s link down (`connected = false`) or up again.
+    pub fn set_link(&self, id: u64, connected: bool) {
+        let Network::Namespaces { tag } = self else {
+            panic!("only namespaced nodes can be cut off");
+        };
+        let state = if connected { "up" } else { "down" };
+        run_ip(&["link", "set", &format!("blx{tag}v{id}"), state]);
+    }
+}
+
+impl Drop for Network {
+    fn drop(&mut self) {
+        let Network::Namespaces { tag } = self else {
+            return;
+        };
+        for id in 1..=64 {
+            let namespace = format!("blx{tag}n{id}");
+            if Path::new("/run/netns").join(&namespace).exists() {
+                let _ = Command::new("ip")
+                    .args(["netns", "del", &namespace])
+                    .output();
+            }
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &format!("blx{tag}")])
+            .output();
     }
 }
 
@@ -101,6 +262,8 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub nodes: BTreeMap<u64, TestNode>,
     timings: Timings,
+    /// Dropped after the nodes (field order), so processes go first.
+    pub network: Network,
 }
 
 impl Drop for TestCluster {
@@ -181,40 +344,137 @@ impl TestCluster {
     /// Starts `count` nodes: node 1 bootstraps, the rest join through it;
     /// returns once all are voters.
     pub async fn start(count: u64, timings: Timings) -> Self {
-        let mut cluster = Self {
+        let cluster = Self::start_with(count, timings, Network::Loopback, |_| {
+            NodeOptions::default()
+        })
+        .await;
+        cluster.wait_voters(count as usize).await;
+        cluster
+    }
+
+    /// An empty cluster (no nodes yet) on `network`.
+    pub fn empty(timings: Timings, network: Network) -> Self {
+        Self {
             dir: tempfile::Builder::new()
                 .prefix("blixard-test-")
                 .tempdir()
                 .unwrap(),
             nodes: BTreeMap::new(),
             timings,
-        };
-        cluster.add_node(1, None);
+            network,
+        }
+    }
+
+    /// Starts `count` nodes as `options(id)` says (node 1 bootstraps, the
+    /// rest join through node 1); returns once all are raft members and
+    /// the voter count is reached.
+    pub async fn start_with(
+        count: u64,
+        timings: Timings,
+        network: Network,
+        options: impl Fn(u64) -> NodeOptions,
+    ) -> Self {
+        let mut cluster = Self::empty(timings, network);
+        cluster.add_node_with(1, options(1));
         cluster.wait_leader_among(&[1]).await;
         for id in 2..=count {
-            cluster.add_node(id, Some(1));
+            let node_options = NodeOptions {
+                join_via: Some(1),
+                ..options(id)
+            };
+            cluster.add_node_with(id, node_options);
         }
-        cluster.wait_voters(count as usize).await;
+        let voters = count.min(u64::from(timings.voters)) as usize;
+        eventually(
+            "all nodes to be members with their host facts",
+            Duration::from_secs(30),
+            || async {
+                let status = cluster.status(1).await?;
+                let voting = status
+                    .members
+                    .iter()
+                    .filter(|m| m.role() == pb::MemberRole::Voter)
+                    .count();
+                let reported = status.members.iter().all(|m| m.host.is_some());
+                (status.members.len() == count as usize && voting == voters && reported)
+                    .then_some(())
+            },
+        )
+        .await;
+        eventually(
+            "gossip to see every node",
+            Duration::from_secs(30),
+            || async {
+                let mut client = NodeClient::new(cluster.channel(1).await?);
+                let nodes = client
+                    .list(pb::ListNodesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                let alive = nodes.nodes.iter().filter(|n| n.liveness == "alive").count();
+                (alive == count as usize).then_some(())
+            },
+        )
+        .await;
         cluster
     }
 
     /// Creates and starts node `id`, joining through `join_via` if given.
     pub fn add_node(&mut self, id: u64, join_via: Option<u64>) {
-        let address = format!("127.0.0.1:{}", free_port());
+        self.add_node_with(
+            id,
+            NodeOptions {
+                join_via,
+                ..NodeOptions::default()
+            },
+        );
+    }
+
+    /// Creates and starts node `id` as `options` say.
+    pub fn add_node_with(&mut self, id: u64, options: NodeOptions) {
+        // gRPC on TCP and gossip on UDP share the port number; both must
+        // be free (in a namespace every port is).
+        let port = loop {
+            let port = free_port();
+            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+                break port;
+            }
+        };
+        self.network.prepare(id);
+        let address = format!("{}:{port}", self.network.host(id));
         let data_dir = self.dir.path().join(format!("node{id}"));
         let config_path = self.dir.path().join(format!("node{id}.toml"));
         let t = self.timings;
-        let join = join_via
+        let join = options
+            .join_via
             .map(|via| format!("join = [\"{}\"]\n", self.nodes[&via].address))
             .unwrap_or_default();
+        let labels: Vec<String> = options
+            .labels
+            .iter()
+            .map(|(k, v)| format!("\"{k}\" = \"{v}\""))
+            .collect();
         std::fs::write(
             &config_path,
             format!(
-                "[cluster]\nnode_id = {id}\ndata_dir = \"{}\"\n{join}\n[api]\nbind = \"{address}\"\n\n[consensus]\nelection_timeout_ms = {}\nheartbeat_interval_ms = {}\nsnapshot_threshold = {}\n\n[agent]\naccel = \"tcg\"\nstop_timeout_ms = 4000\n",
+                "[cluster]\nnode_id = {id}\ndata_dir = \"{}\"\n{join}labels = {{ {} }}\n\n\
+                 [api]\nbind = \"{address}\"\n\n\
+                 [consensus]\nelection_timeout_ms = {}\nheartbeat_interval_ms = {}\nsnapshot_threshold = {}\n\n\
+                 [agent]\nenabled = {}\naccel = \"tcg\"\nstop_timeout_ms = 4000\n\n\
+                 [membership]\ngossip_interval_ms = {}\n\n\
+                 [failover]\nfence_after_ms = {}\nlost_after_ms = {}\n\n\
+                 [autopilot]\nvoters = {}\ndead_voter_after_ms = {}\n",
                 data_dir.display(),
+                labels.join(", "),
                 t.election_timeout_ms,
                 t.heartbeat_interval_ms,
-                t.snapshot_threshold
+                t.snapshot_threshold,
+                options.agent,
+                t.gossip_interval_ms,
+                t.fence_after_ms,
+                t.lost_after_ms,
+                t.voters,
+                t.dead_voter_after_ms,
             ),
         )
         .unwrap();
@@ -239,7 +499,9 @@ impl TestCluster {
             .append(true)
             .open(&node.log_path)
             .unwrap();
-        let child = Command::new(blixard_bin())
+        let child = self
+            .network
+            .command(id, blixard_bin())
             .arg("agent")
             .arg("--config")
             .arg(&node.config_path)
@@ -258,6 +520,35 @@ impl TestCluster {
         let mut child = node.child.take().expect("node is not running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// SIGKILLs node `id` and every hypervisor it started: the host died.
+    pub fn kill_host(&mut self, id: u64) {
+        self.kill(id);
+        let data_dir = self.nodes[&id].data_dir.clone();
+        for pid in hypervisors_under(&data_dir) {
+            // SAFETY: kill(2) on a hypervisor whose cwd is in node `id`'s data.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+
+    /// Node ids whose data directory holds a running hypervisor of `name`.
+    pub fn vm_hosts(&self, name: &str) -> Vec<u64> {
+        let wanted = format!("microvm@{name}");
+        self.nodes
+            .values()
+            .flat_map(|node| {
+                hypervisors_named_under(&node.data_dir, name)
+                    .into_iter()
+                    .filter(|pid| {
+                        std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                            cmdline.split(|b| *b == 0).next() == Some(wanted.as_bytes())
+                        })
+                    })
+                    .map(|_| node.id)
+                    .collect::<Vec<_>>()
+            })
+            .collect()
     }
 
     /// Pids of this cluster's hypervisors of VM `name` (on any node).
@@ -374,6 +665,7 @@ pub async fn create_vm(client: &mut VmClient<Channel>, name: &str) -> Result<u64
     let response = client
         .create(pb::CreateVmRequest {
             spec: Some(flake_spec(name)),
+            replicas: 0,
         })
         .await?;
     Ok(response.into_inner().revision)

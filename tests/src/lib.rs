@@ -22,5 +22,6 @@ pub fn flake_spec(name: &str) -> pb::VmSpec {
                 flake_ref: format!("/etc/vms#{name}"),
             })),
         }),
+        ..pb::VmSpec::default()
     }
 }

@@ -217,7 +217,10 @@ async fn bad_requests_change_no_state() {
     let mut spec = blixard_tests::flake_spec("raw");
     spec.memory_mib = 1;
     let refused = client
-        .create(blixard_api::pb::CreateVmRequest { spec: Some(spec) })
+        .create(blixard_api::pb::CreateVmRequest {
+            spec: Some(spec),
+            replicas: 0,
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);

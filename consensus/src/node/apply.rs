@@ -79,8 +79,7 @@ impl<T: Transport> RaftNode<T> {
                     result: Err(Rejection::Undecodable {
                         detail: error.to_string(),
                     }),
-                    touched: Vec::new(),
-                    vm_changes: Vec::new(),
+                    ..Outcome::default()
                 }
             }
         };
@@ -124,9 +123,7 @@ impl<T: Transport> RaftNode<T> {
                 outcome = Some(match outcome {
                     None => step,
                     Some(mut so_far) => {
-                        so_far.result = step.result;
-                        so_far.touched.extend(step.touched);
-                        so_far.vm_changes.extend(step.vm_changes);
+                        so_far.merge(step);
                         so_far
                     }
                 });
@@ -167,6 +164,9 @@ impl<T: Transport> RaftNode<T> {
                 change: Box::new(change),
                 revision: state.revision,
             });
+        }
+        for event in outcome.events {
+            self.shared.record_event(event, state.revision);
         }
         Ok(outcome.result.map_err(Error::from))
     }

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use heed::RwTxn;
@@ -20,12 +20,12 @@ use raft::prelude::{
     Snapshot,
 };
 use raft::{RawNode, SnapshotStatus, StateRole};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::mpsc;
 
 use crate::command::{Applied, Command, ProposalTag, Rejection};
 use crate::handle::{
     MemberStatus, MembershipChange, RaftHandle, RaftStatus, Request, Shared, StateEvent,
-    MESSAGES_QUEUED_MAX, REQUESTS_QUEUED_MAX, VM_EVENTS_BUFFERED_MAX,
+    MESSAGES_QUEUED_MAX, REQUESTS_QUEUED_MAX,
 };
 mod apply;
 
@@ -63,12 +63,20 @@ pub struct RaftConfig {
     /// Compact the log once it holds more than this many applied entries.
     pub snapshot_threshold_entries: u64,
     pub request_timeout_ms: u64,
+    /// Cluster settings of a cluster this node bootstraps (ignored
+    /// otherwise: the log holds the settings).
+    pub initial_settings: crate::Settings,
 }
 
 /// Where the loop sends raft messages. Implementations queue and never block;
 /// dropping a message is allowed (raft retransmits).
 pub trait Transport: Send + 'static {
     fn send(&mut self, to: u64, address: &str, message: Message);
+
+    /// Drops whatever connection leads to `to`; the next send opens a new
+    /// one. Called when `to` has been silent for a long time, since a
+    /// connection can stay open while nothing on it arrives.
+    fn reset(&mut self, _to: u64) {}
 }
 
 /// Owns the raft state; run it with [`RaftNode::run`].
@@ -85,6 +93,8 @@ pub struct RaftNode<T: Transport> {
     pending: Pending,
     next_request_id: u64,
     ticks: u64,
+    /// The tick at which each peer was last heard from.
+    last_heard_tick: HashMap<u64, u64>,
 }
 
 fn raft_logger() -> slog::Logger {
@@ -102,7 +112,7 @@ impl<T: Transport> RaftNode<T> {
         transport: T,
     ) -> Result<(Self, RaftHandle)> {
         if bootstrap && !store.is_initialized() {
-            store.bootstrap(config.node_id, &config.address)?;
+            store.bootstrap(config.node_id, &config.address, &config.initial_settings)?;
         }
         let state = store.load_state()?;
         let raft_config = raft::Config {
@@ -122,12 +132,7 @@ impl<T: Transport> RaftNode<T> {
         let raw = RawNode::new(&raft_config, store, &raft_logger())?;
         let (requests_tx, requests) = mpsc::channel(REQUESTS_QUEUED_MAX);
         let (messages_tx, messages) = mpsc::channel(MESSAGES_QUEUED_MAX);
-        let (events, _) = broadcast::channel(VM_EVENTS_BUFFERED_MAX);
-        let shared = Arc::new(Shared {
-            state: RwLock::new(state),
-            status: RwLock::new(RaftStatus::default()),
-            events,
-        });
+        let shared = Arc::new(Shared::new(state, RaftStatus::default()));
         let handle = RaftHandle {
             requests: requests_tx,
             messages: messages_tx,
@@ -145,6 +150,7 @@ impl<T: Transport> RaftNode<T> {
             learned_addresses: HashMap::new(),
             next_request_id: 1,
             ticks: 0,
+            last_heard_tick: HashMap::new(),
         };
         node.publish_status();
         Ok((node, handle))
@@ -194,6 +200,7 @@ impl<T: Transport> RaftNode<T> {
     }
 
     fn step(&mut self, message: Message, from_address: String) {
+        self.last_heard_tick.insert(message.from, self.ticks);
         if !from_address.is_empty()
             && self.learned_addresses.get(&message.from) != Some(&from_address)
             && self.learned_addresses.len() < LEARNED_ADDRESSES_MAX
@@ -217,6 +224,10 @@ impl<T: Transport> RaftNode<T> {
         }
         if self.ticks.is_multiple_of(ADDRESS_CHECK_TICKS) {
             self.check_own_address();
+        }
+        let silence_ticks = 2 * self.config.election_ticks as u64;
+        if self.ticks.is_multiple_of(silence_ticks) {
+            self.reset_silent_peers(silence_ticks);
         }
     }
 
@@ -302,6 +313,22 @@ impl<T: Transport> RaftNode<T> {
                 single.set_change_type(ConfChangeType::AddLearnerNode);
                 context = address.clone().into_bytes();
             }
+            MembershipChange::Demote { node_id } => {
+                if !self.raw.store().conf_state().voters.contains(node_id) {
+                    return Err(Rejection::ConfChange {
+                        detail: format!("node {node_id} is not a voter"),
+                    }
+                    .into());
+                }
+                if *node_id == self.raw.raft.leader_id {
+                    return Err(Rejection::ConfChange {
+                        detail: format!("node {node_id} is the leader"),
+                    }
+                    .into());
+                }
+                single.node_id = *node_id;
+                single.set_change_type(ConfChangeType::AddLearnerNode);
+            }
             MembershipChange::Remove { node_id } => {
                 // Callers move leadership off a node before removing it
                 // (see the Cluster service); a leader removing itself would
@@ -358,17 +385,25 @@ impl<T: Transport> RaftNode<T> {
         Ok(target)
     }
 
-    /// Leader only: promote one learner that has caught up to voter.
+    /// Leader only: while there are fewer voters than the cluster's
+    /// `voters` setting, promote one learner that is active and caught up.
+    /// The others stay learners: workers that do not vote.
     fn promote_caught_up_learner(&mut self) {
         let raft = &self.raw.raft;
         if raft.state != StateRole::Leader || raft.has_pending_conf() {
+            return;
+        }
+        let voters_wanted = self.shared_state(|s| s.settings.voters) as usize;
+        if self.raw.store().conf_state().voters.len() >= voters_wanted {
             return;
         }
         let committed = raft.raft_log.committed;
         let learners = self.raw.store().conf_state().learners.clone();
         let Some(learner) = learners.into_iter().find(|id| {
             raft.prs().get(*id).is_some_and(|p| {
-                p.matched > 0 && p.matched + LEARNER_CATCH_UP_LAG_ENTRIES >= committed
+                p.recent_active
+                    && p.matched > 0
+                    && p.matched + LEARNER_CATCH_UP_LAG_ENTRIES >= committed
             })
         }) else {
             return;
@@ -383,6 +418,29 @@ impl<T: Transport> RaftNode<T> {
         match self.raw.propose_conf_change(Vec::new(), conf_change) {
             Ok(()) => tracing::info!(node_id = learner, "promoting caught-up learner to voter"),
             Err(error) => tracing::warn!(%error, node_id = learner, "learner promotion refused"),
+        }
+    }
+
+    /// Re-opens the connections to members not heard from in
+    /// `silence_ticks`: a peer that restarted behind a connection the
+    /// network never closed would otherwise stay unreachable.
+    fn reset_silent_peers(&mut self, silence_ticks: u64) {
+        let me = self.config.node_id;
+        let conf_state = self.raw.store().conf_state();
+        let members: Vec<u64> = conf_state
+            .voters
+            .iter()
+            .chain(conf_state.learners.iter())
+            .copied()
+            .filter(|id| *id != me)
+            .collect();
+        for id in members {
+            let heard = *self.last_heard_tick.entry(id).or_insert(self.ticks);
+            if self.ticks - heard >= silence_ticks {
+                tracing::debug!(node_id = id, "peer silent; re-opening its connection");
+                self.transport.reset(id);
+                self.last_heard_tick.insert(id, self.ticks);
+            }
         }
     }
 

@@ -3,17 +3,17 @@
 //!
 //! Invariants: the agent is only told about VMs assigned to this node; it
 //! starts acting only after a read barrier, so a node that restarts with a
-//! stale state catches up before it stops or removes anything; every report
-//! carries this node's id, and the state machine refuses reports from a node
-//! the VM is not assigned to.
+//! stale state catches up before it stops or removes anything; while the
+//! node is fenced (no quorum), every VM it holds is told to stop; every
+//! report carries this node's id, and the state machine refuses reports
+//! from a node the VM is not assigned to.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use blixard_consensus::{
-    ClusterState, Command, DesiredState, HostFacts, RaftHandle, Rejection, RunnerSource,
-    VmObserved, VmPhase,
+    ClusterState, Command, DesiredState, RaftHandle, Rejection, RunnerSource, VmObserved, VmPhase,
 };
 use blixard_nodeagent::{Desired, NodeAgent, Phase, PlanSource, VmPlan, VmReport};
 use tokio::sync::{mpsc, watch};
@@ -28,16 +28,18 @@ const REPORT_ATTEMPTS_MAX: u32 = 50;
 /// Clean shutdown waits this long for VMs to stop.
 const STOP_ALL_TIMEOUT_MS: u64 = 30_000;
 
-/// What this node should hold, from the cluster state.
-pub fn plan_for(state: &ClusterState, node_id: u64) -> BTreeMap<String, Desired> {
+/// What this node should hold, from the cluster state. A fenced node
+/// stops everything; an evicting VM is stopped so it can move.
+pub fn plan_for(state: &ClusterState, node_id: u64, fenced: bool) -> BTreeMap<String, Desired> {
     state
         .vms
         .values()
         .filter(|vm| vm.assigned_node == Some(node_id))
         .map(|vm| {
-            let desired = match vm.desired_state {
-                DesiredState::Stopped => Desired::Stop,
-                DesiredState::Running => Desired::Run(VmPlan {
+            let run = vm.desired_state == DesiredState::Running && !vm.evicting && !fenced;
+            let desired = match run {
+                false => Desired::Stop,
+                true => Desired::Run(VmPlan {
                     name: vm.spec.name.clone(),
                     vcpus: vm.spec.vcpus,
                     memory_mib: vm.spec.memory_mib,
@@ -89,7 +91,7 @@ pub async fn run(
     node_id: u64,
     mut agent: NodeAgent,
     reports: mpsc::Receiver<VmReport>,
-    host: HostFacts,
+    fenced: watch::Receiver<bool>,
     stop_vms_on_shutdown: bool,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -98,7 +100,6 @@ pub async fn run(
         while raft.read_barrier().await.is_err() {
             tokio::time::sleep(Duration::from_millis(RETRY_DELAY_MS)).await;
         }
-        publish_host_facts(&raft, node_id, host).await;
     };
     tokio::select! {
         _ = caught_up => {}
@@ -112,7 +113,8 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {
-                let plan = raft.read_state(|state| plan_for(state, node_id));
+                let fenced = *fenced.borrow();
+                let plan = raft.read_state(|state| plan_for(state, node_id, fenced));
                 agent.reconcile(&plan);
             }
             _ = stop.wait_for(|s| *s) => break,
@@ -124,24 +126,6 @@ pub async fn run(
             .await;
     }
     reporter.abort();
-}
-
-async fn publish_host_facts(raft: &RaftHandle, node_id: u64, facts: HostFacts) {
-    loop {
-        let known = raft.read_state(|s| s.nodes.get(&node_id).and_then(|n| n.host.clone()));
-        if known.as_ref() == Some(&facts) {
-            return;
-        }
-        let command = Command::SetHostFacts {
-            node_id,
-            facts: facts.clone(),
-        };
-        match raft.propose(command).await {
-            Ok(_) => return,
-            Err(error) => tracing::debug!(%error, "host facts not committed yet"),
-        }
-        tokio::time::sleep(Duration::from_millis(RETRY_DELAY_MS)).await;
-    }
 }
 
 async fn report_loop(raft: RaftHandle, node_id: u64, mut reports: mpsc::Receiver<VmReport>) {
@@ -164,23 +148,5 @@ async fn report_loop(raft: RaftHandle, node_id: u64, mut reports: mpsc::Receiver
                 }
             }
         }
-    }
-}
-
-/// This host's memory and cores (from /proc and the scheduler's view).
-pub fn host_facts(accel: &str) -> HostFacts {
-    let memory_mib_total = std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|meminfo| {
-            let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib / 1024)
-        })
-        .unwrap_or(0);
-    let vcpus_total = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
-    HostFacts {
-        memory_mib_total,
-        vcpus_total,
-        accel: accel.to_string(),
     }
 }

@@ -1,180 +1,590 @@
-//! Placement: which node runs each VM that should run.
+//! Placement: which node runs each VM that waits for one.
 //!
-//! Invariants: `placements` is a pure function of the cluster state and the
-//! set of live nodes (no I/O, no clock), so it can be tested and simulated;
-//! it only places VMs that want to run and have no node; a pinned VM goes
-//! only to its pinned node; a node never gets more memory than its host
-//! reported (nodes that reported nothing are filled last, by load alone).
+//! Invariants: `schedule` is a pure function of the cluster state and the
+//! node views (no I/O, no clock), so it can be tested and simulated. It
+//! only places VMs that want to run and have no node, only on nodes that
+//! are alive and eligible, never beyond a node's memory or its vCPUs times
+//! the overcommit ratio, never against a constraint, and never two VMs of
+//! one anti-affinity group on a node. A VM it cannot place gets the
+//! reason, naming what excluded each node.
 
-use std::collections::{BTreeMap, BTreeSet};
-use std::time::Duration;
+use std::collections::BTreeMap;
 
-use blixard_consensus::{ClusterState, Command, DesiredState, RaftHandle, Role};
+use blixard_consensus::{ClusterState, DesiredState, Strategy, VmPhase, VmRecord};
 
-/// Assignments to propose, in VM name order.
-pub fn placements(state: &ClusterState, live: &BTreeSet<u64>) -> Vec<(String, u64)> {
-    let mut assigned_mib: BTreeMap<u64, u64> = live.iter().map(|id| (*id, 0)).collect();
-    for vm in state.vms.values() {
-        if let Some(node) = vm.assigned_node {
-            if let Some(load) = assigned_mib.get_mut(&node) {
-                *load += vm.spec.memory_mib;
-            }
-        }
-    }
-    let total_mib = |node: u64| {
-        state
-            .nodes
-            .get(&node)
-            .and_then(|n| n.host.as_ref())
-            .map(|h| h.memory_mib_total)
-    };
-    let mut result = Vec::new();
-    for vm in state.vms.values() {
-        if vm.desired_state != DesiredState::Running || vm.assigned_node.is_some() {
-            continue;
-        }
-        let fits = |node: u64, load: u64| {
-            total_mib(node).is_none_or(|total| load + vm.spec.memory_mib <= total)
-        };
-        let choice = match vm.spec.pinned_node {
-            Some(pinned) => assigned_mib
-                .get(&pinned)
-                .filter(|load| fits(pinned, **load))
-                .map(|_| pinned),
-            // Most free memory first; unknown hosts after known ones, then
-            // least assigned, then lowest id (deterministic).
-            None => assigned_mib
-                .iter()
-                .filter(|(node, load)| fits(**node, **load))
-                .min_by_key(|(node, load)| {
-                    let free = total_mib(**node).map(|total| total - **load);
-                    (free.is_none(), std::cmp::Reverse(free), **load, **node)
-                })
-                .map(|(node, _)| *node),
-        };
-        if let Some(node) = choice {
-            *assigned_mib
-                .get_mut(&node)
-                .expect("chosen among live nodes") += vm.spec.memory_mib;
-            result.push((vm.spec.name.clone(), node));
-        }
-    }
-    result
+/// A node as the scheduler sees it: committed facts plus gossip liveness.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NodeView {
+    pub node_id: u64,
+    pub alive: bool,
+    pub eligible: bool,
+    /// `None` until the node has reported its host.
+    pub capacity: Option<Capacity>,
+    /// Labels plus the built-ins `node`, `memory`, `vcpus`, `accel`.
+    pub attributes: BTreeMap<String, String>,
 }
 
-const SCHEDULE_INTERVAL_MS: u64 = 200;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capacity {
+    pub vcpus: u32,
+    pub memory_mib: u64,
+    pub kvm: bool,
+}
 
-/// On the leader, proposes placements every `SCHEDULE_INTERVAL_MS`. Live
-/// nodes are the raft members for now (gossip liveness comes later).
-pub async fn run(raft: RaftHandle) {
-    let mut ticker = tokio::time::interval(Duration::from_millis(SCHEDULE_INTERVAL_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        let status = raft.status();
-        if status.role != Role::Leader {
-            continue;
+/// Cluster-wide tunables of placement.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Params {
+    /// vCPUs a node may hand out per host core.
+    pub vcpu_overcommit: u32,
+}
+
+/// What the scheduler decided for one waiting VM.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decision {
+    Place {
+        vm: String,
+        node_id: u64,
+        reason: String,
+    },
+    Unplaceable {
+        vm: String,
+        reason: String,
+    },
+}
+
+/// What a node already carries.
+#[derive(Debug, Clone, Default)]
+struct Load {
+    vcpus: u64,
+    memory_mib: u64,
+    anti_affinity: BTreeMap<String, u32>,
+    groups: BTreeMap<String, u32>,
+}
+
+impl Load {
+    fn add(&mut self, vm: &VmRecord) {
+        self.vcpus += u64::from(vm.spec.vcpus);
+        self.memory_mib += vm.spec.memory_mib;
+        if let Some(group) = &vm.spec.placement.anti_affinity_group {
+            *self.anti_affinity.entry(group.clone()).or_default() += 1;
         }
-        let live: BTreeSet<u64> = status.members.iter().map(|m| m.node_id).collect();
-        let todo = raft.read_state(|state| placements(state, &live));
-        for (name, node_id) in todo {
-            let command = Command::AssignVm {
-                name: name.clone(),
-                node_id: Some(node_id),
-            };
-            match raft.propose(command).await {
-                Ok(_) => tracing::info!(vm = %name, node_id, "placed VM"),
-                Err(error) => {
-                    tracing::debug!(vm = %name, %error, "placement not committed; retrying")
-                }
+        if let Some(group) = &vm.spec.group {
+            *self.groups.entry(group.clone()).or_default() += 1;
+        }
+    }
+}
+
+/// Whether a VM holds resources on its assigned node.
+fn holds_resources(vm: &VmRecord) -> bool {
+    vm.desired_state == DesiredState::Running
+        || !matches!(vm.observed.phase, VmPhase::Stopped | VmPhase::Failed)
+}
+
+/// The VMs waiting for a node, oldest first.
+fn waiting(state: &ClusterState) -> Vec<&VmRecord> {
+    let mut vms: Vec<&VmRecord> = state
+        .vms
+        .values()
+        .filter(|vm| vm.desired_state == DesiredState::Running && vm.assigned_node.is_none())
+        .collect();
+    vms.sort_by_key(|vm| (vm.create_revision, vm.spec.name.clone()));
+    vms
+}
+
+/// Why nodes were excluded, counted per reason (ordered for stable text).
+#[derive(Default)]
+struct Exclusions(BTreeMap<String, u32>);
+
+impl Exclusions {
+    fn add(&mut self, reason: String) {
+        *self.0.entry(reason).or_default() += 1;
+    }
+
+    fn describe(&self, nodes: usize) -> String {
+        if nodes == 0 {
+            return "no nodes have joined the cluster".into();
+        }
+        let parts: Vec<String> = self
+            .0
+            .iter()
+            .map(|(reason, count)| {
+                let noun = if *count == 1 { "node" } else { "nodes" };
+                format!("{count} {noun} {reason}")
+            })
+            .collect();
+        format!("no node fits: {}", parts.join("; "))
+    }
+}
+
+/// Decides placements for every waiting VM (see the module invariants).
+pub fn schedule(state: &ClusterState, nodes: &[NodeView], params: Params) -> Vec<Decision> {
+    let mut loads: BTreeMap<u64, Load> =
+        nodes.iter().map(|n| (n.node_id, Load::default())).collect();
+    for vm in state.vms.values() {
+        let Some(node) = vm.assigned_node else {
+            continue;
+        };
+        if let Some(load) = loads.get_mut(&node) {
+            if holds_resources(vm) {
+                load.add(vm);
             }
         }
     }
+    let mut decisions = Vec::new();
+    for vm in waiting(state) {
+        let decision = place_one(vm, nodes, &loads, params);
+        if let Decision::Place { node_id, .. } = &decision {
+            loads
+                .get_mut(node_id)
+                .expect("placed on a known node")
+                .add(vm);
+        }
+        decisions.push(decision);
+    }
+    decisions
+}
+
+fn place_one(
+    vm: &VmRecord,
+    nodes: &[NodeView],
+    loads: &BTreeMap<u64, Load>,
+    params: Params,
+) -> Decision {
+    let spec = &vm.spec;
+    let mut exclusions = Exclusions::default();
+    let mut best: Option<(f64, u64, String)> = None;
+    for node in nodes {
+        let load = &loads[&node.node_id];
+        let excluded = if spec
+            .pinned_node
+            .is_some_and(|pinned| pinned != node.node_id)
+        {
+            Some("not the pinned node".to_string())
+        } else if !node.alive {
+            Some("down".to_string())
+        } else if !node.eligible {
+            Some("ineligible".to_string())
+        } else if node.capacity.is_none() {
+            Some("not yet reporting resources".to_string())
+        } else if let Some(rule) = spec
+            .placement
+            .constraints
+            .iter()
+            .find(|rule| !rule.matches(&node.attributes))
+        {
+            Some(format!("excluded by constraint {rule}"))
+        } else if let Some(group) = spec
+            .placement
+            .anti_affinity_group
+            .as_ref()
+            .filter(|group| load.anti_affinity.contains_key(*group))
+        {
+            Some(format!("already run anti-affinity group {group}"))
+        } else {
+            let capacity = node.capacity.expect("checked above");
+            let memory_free = capacity.memory_mib.saturating_sub(load.memory_mib);
+            let vcpus_max = u64::from(capacity.vcpus) * u64::from(params.vcpu_overcommit.max(1));
+            if memory_free < spec.memory_mib {
+                Some(format!("without {} MiB of memory free", spec.memory_mib))
+            } else if load.vcpus + u64::from(spec.vcpus) > vcpus_max {
+                Some(format!("without {} vCPUs free", spec.vcpus))
+            } else {
+                None
+            }
+        };
+        if let Some(reason) = excluded {
+            exclusions.add(reason);
+            continue;
+        }
+        let (score, why) = score(vm, node, load, params);
+        let better = match &best {
+            None => true,
+            // Ties go to the lowest node id (nodes come sorted by id).
+            Some((best_score, _, _)) => score > *best_score + 1e-9,
+        };
+        if better {
+            best = Some((score, node.node_id, why));
+        }
+    }
+    match best {
+        Some((_, node_id, reason)) => Decision::Place {
+            vm: spec.name.clone(),
+            node_id,
+            reason,
+        },
+        None => Decision::Unplaceable {
+            vm: spec.name.clone(),
+            reason: exclusions.describe(nodes.len()),
+        },
+    }
+}
+
+/// Weights of the score's parts: resources dominate, the rest break ties
+/// between nodes with similar room.
+const WEIGHT_RESOURCES: f64 = 1.0;
+const WEIGHT_GROUP_SPREAD: f64 = 0.5;
+const WEIGHT_PREFERENCES: f64 = 0.3;
+const WEIGHT_LOCALITY: f64 = 0.2;
+const WEIGHT_HARDWARE: f64 = 0.1;
+
+/// Scores a feasible node (higher is better) and says why.
+fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> (f64, String) {
+    let spec = &vm.spec;
+    let capacity = node.capacity.expect("feasible nodes have capacity");
+    let memory_after =
+        (load.memory_mib + spec.memory_mib) as f64 / capacity.memory_mib.max(1) as f64;
+    let vcpus_max = (u64::from(capacity.vcpus) * u64::from(params.vcpu_overcommit.max(1))).max(1);
+    let vcpus_after = (load.vcpus + u64::from(spec.vcpus)) as f64 / vcpus_max as f64;
+    let used_after = memory_after.max(vcpus_after).min(1.0);
+    let resources = match spec.placement.strategy {
+        Strategy::Spread => 1.0 - used_after,
+        Strategy::Binpack => used_after,
+    };
+    let siblings = spec
+        .group
+        .as_ref()
+        .and_then(|group| load.groups.get(group))
+        .copied()
+        .unwrap_or(0);
+    let preferences = &spec.placement.preferences;
+    let preferred = preferences
+        .iter()
+        .filter(|rule| rule.matches(&node.attributes))
+        .count();
+    let preference_share = match preferences.is_empty() {
+        true => 0.0,
+        false => preferred as f64 / preferences.len() as f64,
+    };
+    let local = vm.observed.node == Some(node.node_id);
+    let total = WEIGHT_RESOURCES * resources - WEIGHT_GROUP_SPREAD * f64::from(siblings)
+        + WEIGHT_PREFERENCES * preference_share
+        + if local { WEIGHT_LOCALITY } else { 0.0 }
+        + if capacity.kvm { WEIGHT_HARDWARE } else { 0.0 };
+    let mut why = format!(
+        "{} score {:.2}: {:.0}% used after placement",
+        spec.placement.strategy.as_str(),
+        total,
+        used_after * 100.0
+    );
+    if siblings > 0 {
+        why.push_str(&format!(
+            ", {siblings} replica(s) of the group already here"
+        ));
+    }
+    if !preferences.is_empty() {
+        why.push_str(&format!(
+            ", {preferred}/{} preferences met",
+            preferences.len()
+        ));
+    }
+    if local {
+        why.push_str(", ran here before");
+    }
+    (total, why)
+}
+
+/// Builds the scheduler's node views from the committed node records and
+/// the set of nodes gossip currently sees alive.
+pub fn node_views(state: &ClusterState, alive: &dyn Fn(u64) -> bool) -> Vec<NodeView> {
+    state
+        .nodes
+        .values()
+        .map(|node| {
+            let mut attributes = BTreeMap::new();
+            let capacity = node.host.as_ref().map(|host| {
+                attributes.extend(host.labels.clone());
+                attributes.insert("memory".into(), host.memory_mib_total.to_string());
+                attributes.insert("vcpus".into(), host.vcpus_total.to_string());
+                attributes.insert("accel".into(), host.accel.clone());
+                Capacity {
+                    vcpus: host.vcpus_total,
+                    memory_mib: host.memory_mib_total,
+                    kvm: host.accel == "kvm",
+                }
+            });
+            attributes.insert("node".into(), node.node_id.to_string());
+            NodeView {
+                node_id: node.node_id,
+                alive: alive(node.node_id),
+                eligible: node.eligible,
+                capacity,
+                attributes,
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blixard_consensus::{HostFacts, RunnerSource, VmSpec};
+    use blixard_consensus::{Command, HostFacts, Placement, Rule, RunnerSource, VmSpec};
+    use proptest::prelude::{any, prop, prop_assert, proptest};
+    use proptest::strategy::Strategy as _;
 
-    fn state_with(nodes: &[(u64, Option<u64>)], vms: &[(&str, u64, Option<u64>)]) -> ClusterState {
-        let mut state = ClusterState::default();
-        for (id, memory) in nodes {
-            state.add_member(*id, format!("n{id}:1"));
-            if let Some(memory_mib_total) = memory {
-                state.apply(Command::SetHostFacts {
-                    node_id: *id,
-                    facts: HostFacts {
-                        memory_mib_total: *memory_mib_total,
-                        vcpus_total: 2,
-                        accel: "tcg".into(),
-                    },
-                });
-            }
+    const PARAMS: Params = Params { vcpu_overcommit: 2 };
+
+    fn host(memory_mib_total: u64, labels: &[(&str, &str)]) -> HostFacts {
+        HostFacts {
+            memory_mib_total,
+            vcpus_total: 2,
+            accel: "tcg".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            gossip_address: String::new(),
+            fence_after_ms: 0,
         }
-        for (name, memory_mib, pinned_node) in vms {
-            state.apply(Command::CreateVm {
-                spec: VmSpec {
-                    name: name.to_string(),
-                    vcpus: 1,
-                    memory_mib: *memory_mib,
-                    runner: RunnerSource::Flake {
-                        flake_ref: "x".into(),
-                    },
-                    pinned_node: *pinned_node,
-                },
-                created_at_unix_ms: 0,
-            });
-            state.apply(Command::SetVmDesiredState {
-                name: name.to_string(),
-                desired_state: DesiredState::Running,
+    }
+
+    fn spec(name: &str, memory_mib: u64) -> VmSpec {
+        VmSpec {
+            name: name.into(),
+            vcpus: 1,
+            memory_mib,
+            runner: RunnerSource::Flake {
+                flake_ref: "x".into(),
+            },
+            pinned_node: None,
+            placement: Placement::default(),
+            failover: Default::default(),
+            group: None,
+        }
+    }
+
+    fn cluster(hosts: &[HostFacts]) -> ClusterState {
+        let mut state = ClusterState::default();
+        for (i, facts) in hosts.iter().enumerate() {
+            let node_id = i as u64 + 1;
+            state.add_member(node_id, format!("n{node_id}:1"));
+            state.apply(Command::SetHostFacts {
+                node_id,
+                facts: facts.clone(),
             });
         }
         state
     }
 
+    fn run(state: &mut ClusterState, spec: VmSpec) {
+        let name = spec.name.clone();
+        assert!(state
+            .apply(Command::CreateVm {
+                spec,
+                created_at_unix_ms: 0
+            })
+            .result
+            .is_ok());
+        state.apply(Command::SetVmDesiredState {
+            name,
+            desired_state: DesiredState::Running,
+        });
+    }
+
+    fn all_alive(state: &ClusterState) -> Vec<NodeView> {
+        node_views(state, &|_| true)
+    }
+
+    fn placed(decisions: &[Decision]) -> Vec<(String, u64)> {
+        decisions
+            .iter()
+            .filter_map(|d| match d {
+                Decision::Place { vm, node_id, .. } => Some((vm.clone(), *node_id)),
+                Decision::Unplaceable { .. } => None,
+            })
+            .collect()
+    }
+
     #[test]
-    fn spreads_by_free_memory_and_respects_pins() {
-        let state = state_with(
-            &[(1, Some(1024)), (2, Some(4096)), (3, Some(2048))],
-            &[
-                ("a", 1024, None),
-                ("b", 1024, None),
-                ("c", 1024, None),
-                ("d", 512, Some(1)),
-            ],
-        );
-        let live = BTreeSet::from([1, 2, 3]);
-        let placed = placements(&state, &live);
+    fn spread_fills_the_emptiest_node_and_binpack_the_fullest() {
+        let mut state = cluster(&[host(1024, &[]), host(4096, &[]), host(2048, &[])]);
+        for name in ["a", "b", "c"] {
+            run(&mut state, spec(name, 1024));
+        }
+        let decisions = schedule(&state, &all_alive(&state), PARAMS);
         assert_eq!(
-            placed,
-            [
-                ("a".into(), 2),
-                ("b".into(), 2),
-                ("c".into(), 3),
-                ("d".into(), 1)
-            ]
+            placed(&decisions),
+            [("a".into(), 2), ("b".into(), 2), ("c".into(), 3)]
+        );
+
+        let mut state = cluster(&[host(4096, &[]), host(4096, &[])]);
+        for name in ["a", "b"] {
+            let mut spec = spec(name, 512);
+            spec.placement.strategy = Strategy::Binpack;
+            run(&mut state, spec);
+        }
+        let decisions = schedule(&state, &all_alive(&state), PARAMS);
+        assert_eq!(placed(&decisions), [("a".into(), 1), ("b".into(), 1)]);
+    }
+
+    #[test]
+    fn unplaceable_vms_get_a_reason_naming_each_exclusion() {
+        let mut state = cluster(&[
+            host(8192, &[("storage", "hdd")]),
+            host(8192, &[("storage", "hdd")]),
+            host(2048, &[("storage", "nvme")]),
+        ]);
+        let mut big = spec("big", 4096);
+        big.placement.constraints = Rule::parse_list("storage=nvme").unwrap();
+        run(&mut state, big);
+        let decisions = schedule(&state, &all_alive(&state), PARAMS);
+        assert_eq!(
+            decisions,
+            [Decision::Unplaceable {
+                vm: "big".into(),
+                reason: "no node fits: 2 nodes excluded by constraint storage=nvme; \
+                         1 node without 4096 MiB of memory free"
+                    .into()
+            }]
+        );
+        let views = node_views(&state, &|id| id != 3);
+        let Decision::Unplaceable { reason, .. } = &schedule(&state, &views, PARAMS)[0] else {
+            panic!("placed on a dead node");
+        };
+        assert!(reason.contains("1 node down"), "{reason}");
+    }
+
+    #[test]
+    fn anti_affinity_is_hard_and_replica_spread_soft() {
+        let mut state = cluster(&[host(8192, &[]), host(8192, &[])]);
+        for i in 1..=3 {
+            let mut spec = spec(&format!("web-{i}"), 256);
+            spec.placement.anti_affinity_group = Some("web".into());
+            run(&mut state, spec);
+        }
+        let decisions = schedule(&state, &all_alive(&state), PARAMS);
+        assert_eq!(
+            placed(&decisions),
+            [("web-1".into(), 1), ("web-2".into(), 2)]
+        );
+        assert!(matches!(&decisions[2], Decision::Unplaceable { reason, .. }
+            if reason.contains("2 nodes already run anti-affinity group web")));
+
+        let mut state = cluster(&[host(8192, &[]), host(8192, &[])]);
+        for i in 1..=2 {
+            let mut spec = spec(&format!("db-{i}"), 256);
+            spec.group = Some("db".into());
+            run(&mut state, spec);
+        }
+        assert_eq!(
+            placed(&schedule(&state, &all_alive(&state), PARAMS)),
+            [("db-1".into(), 1), ("db-2".into(), 2)]
         );
     }
 
     #[test]
-    fn nothing_fits_means_nothing_is_placed() {
-        let state = state_with(
-            &[(1, Some(256))],
-            &[("big", 512, None), ("pinned-away", 64, Some(9))],
+    fn preferences_and_pins_steer_placement() {
+        let mut state = cluster(&[host(8192, &[]), host(4096, &[("gpu", "available")])]);
+        let mut gpu = spec("gpu", 256);
+        gpu.placement.preferences = Rule::parse_list("gpu=available").unwrap();
+        run(&mut state, gpu);
+        let mut pinned = spec("pinned", 256);
+        pinned.pinned_node = Some(2);
+        run(&mut state, pinned);
+        assert_eq!(
+            placed(&schedule(&state, &all_alive(&state), PARAMS)),
+            [("gpu".into(), 2), ("pinned".into(), 2)]
         );
-        assert!(placements(&state, &BTreeSet::from([1])).is_empty());
     }
 
     #[test]
-    fn hosts_without_facts_are_filled_by_load() {
-        let state = state_with(
-            &[(1, None), (2, None)],
-            &[("a", 100, None), ("b", 100, None)],
-        );
+    fn ineligible_and_silent_nodes_get_nothing() {
+        let mut state = cluster(&[host(8192, &[]), host(8192, &[])]);
+        state.add_member(3, "n3:1".into());
+        state.apply(Command::SetNodeEligibility {
+            node_id: 1,
+            eligible: false,
+        });
+        run(&mut state, spec("a", 256));
+        run(&mut state, spec("b", 256));
+        let views = node_views(&state, &|id| id != 2);
+        let decisions = schedule(&state, &views, PARAMS);
+        let Decision::Unplaceable { reason, .. } = &decisions[0] else {
+            panic!("{decisions:?}");
+        };
         assert_eq!(
-            placements(&state, &BTreeSet::from([1, 2])),
-            [("a".into(), 1), ("b".into(), 2)]
+            reason,
+            "no node fits: 1 node down; 1 node ineligible; 1 node not yet reporting resources"
         );
+    }
+
+    fn arbitrary_vm() -> impl proptest::strategy::Strategy<Value = VmSpec> {
+        (
+            1u32..4,
+            prop::sample::select(vec![128u64, 512, 1024, 4096]),
+            prop::option::of(prop::sample::select(vec![
+                "zone=a",
+                "zone!=b",
+                "memory>=4096",
+            ])),
+            prop::option::of(prop::sample::select(vec!["web", "db"])),
+            any::<bool>(),
+        )
+            .prop_map(|(vcpus, memory_mib, constraint, anti, binpack)| {
+                let mut spec = spec("x", memory_mib);
+                spec.vcpus = vcpus;
+                spec.placement.constraints = constraint
+                    .map(|c| Rule::parse_list(c).unwrap())
+                    .unwrap_or_default();
+                spec.placement.anti_affinity_group = anti.map(str::to_string);
+                spec.placement.strategy = match binpack {
+                    true => Strategy::Binpack,
+                    false => Strategy::Spread,
+                };
+                spec
+            })
+    }
+
+    proptest! {
+        /// Whatever the input, no placement exceeds a node's resources,
+        /// breaks a constraint or anti-affinity, or uses a dead or
+        /// ineligible node.
+        #[test]
+        fn placements_respect_every_rule(
+            nodes in prop::collection::vec(
+                (prop::sample::select(vec![1024u64, 4096, 8192]),
+                 prop::sample::select(vec!["a", "b", "c"]),
+                 any::<bool>(), any::<bool>()),
+                1..6),
+            vms in prop::collection::vec(arbitrary_vm(), 0..30),
+        ) {
+            let hosts: Vec<HostFacts> = nodes.iter()
+                .map(|(memory, zone, _, _)| host(*memory, &[("zone", zone)]))
+                .collect();
+            let mut state = cluster(&hosts);
+            for (i, (_, _, _, eligible)) in nodes.iter().enumerate() {
+                state.apply(Command::SetNodeEligibility { node_id: i as u64 + 1, eligible: *eligible });
+            }
+            for (i, mut vm) in vms.into_iter().enumerate() {
+                vm.name = format!("vm-{i}");
+                run(&mut state, vm);
+            }
+            let alive: Vec<bool> = nodes.iter().map(|(_, _, alive, _)| *alive).collect();
+            let views = node_views(&state, &|id| alive[id as usize - 1]);
+            for decision in schedule(&state, &views, PARAMS) {
+                if let Decision::Place { vm, node_id, .. } = decision {
+                    state.apply(Command::AssignVm { name: vm, node_id: Some(node_id), reason: String::new() });
+                }
+            }
+            for view in &views {
+                let here: Vec<&VmRecord> = state.vms.values()
+                    .filter(|vm| vm.assigned_node == Some(view.node_id))
+                    .collect();
+                if here.is_empty() { continue; }
+                prop_assert!(view.alive && view.eligible);
+                let capacity = view.capacity.unwrap();
+                prop_assert!(here.iter().map(|vm| vm.spec.memory_mib).sum::<u64>() <= capacity.memory_mib);
+                prop_assert!(here.iter().map(|vm| u64::from(vm.spec.vcpus)).sum::<u64>()
+                    <= u64::from(capacity.vcpus) * u64::from(PARAMS.vcpu_overcommit));
+                let mut groups = std::collections::BTreeSet::new();
+                for vm in &here {
+                    for rule in &vm.spec.placement.constraints {
+                        prop_assert!(rule.matches(&view.attributes), "{} broken on node {}", rule, view.node_id);
+                    }
+                    if let Some(group) = &vm.spec.placement.anti_affinity_group {
+                        prop_assert!(groups.insert(group.clone()), "group {} twice on node {}", group, view.node_id);
+                    }
+                }
+            }
+        }
     }
 }

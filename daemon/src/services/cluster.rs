@@ -1,14 +1,40 @@
-//! The `Cluster` service: status, join and node removal.
+//! The `Cluster` service: status, join, node removal, settings, events.
+
+use std::pin::Pin;
+use std::sync::Arc;
 
 use blixard_api::{pb, validate};
-use blixard_consensus::{ClusterState, MembershipChange, RaftHandle, RaftStatus};
+use blixard_consensus::{
+    ClusterState, Command, MembershipChange, RaftHandle, RaftStatus, StateEvent,
+};
+use blixard_membership::Membership;
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use crate::convert::host_to_pb;
+use crate::convert::{event_to_pb, host_to_pb, settings_to_pb};
 use crate::Error;
+
+/// Events buffered per follower between the state and its gRPC stream.
+const EVENTS_BUFFERED_MAX: usize = 256;
 
 pub struct ClusterService {
     pub raft: RaftHandle,
+    pub membership: Arc<Membership>,
+}
+
+type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterEvent, Status>> + Send>>;
+
+/// Gossip addresses of the members this node sees alive (itself included).
+async fn gossip_seeds(membership: &Membership) -> Vec<String> {
+    membership
+        .members()
+        .await
+        .into_iter()
+        .filter(|m| m.alive)
+        .map(|m| m.gossip_address.to_string())
+        .collect()
 }
 
 /// How long a leadership transfer may take before removal gives up.
@@ -88,6 +114,8 @@ impl pb::cluster_server::Cluster for ClusterService {
             members: self.raft.read_state(|state| members_to_pb(&status, state)),
             revision,
             first_log_index: status.first_log_index,
+            gossip_address: self.membership.gossip_address().to_string(),
+            gossip_seeds: gossip_seeds(&self.membership).await,
         }))
     }
 
@@ -125,7 +153,92 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::JoinResponse {
             members: self.raft.read_state(|state| members_to_pb(&status, state)),
             leader_id: status.leader_id,
+            gossip_seeds: gossip_seeds(&self.membership).await,
         }))
+    }
+
+    async fn get_settings(
+        &self,
+        _request: Request<pb::GetSettingsRequest>,
+    ) -> Result<Response<pb::Settings>, Status> {
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let settings = self.raft.read_state(|s| s.settings.clone());
+        Ok(Response::new(settings_to_pb(&settings)))
+    }
+
+    async fn update_settings(
+        &self,
+        request: Request<pb::UpdateSettingsRequest>,
+    ) -> Result<Response<pb::Settings>, Status> {
+        let update = request.into_inner();
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let mut settings = self.raft.read_state(|s| s.settings.clone());
+        if let Some(voters) = update.voters {
+            settings.voters = voters;
+        }
+        if let Some(ms) = update.dead_voter_after_ms {
+            settings.dead_voter_after_ms = ms;
+        }
+        if let Some(ms) = update.lost_after_ms {
+            settings.lost_after_ms = ms;
+        }
+        if let Some(replace) = update.replace_lost {
+            settings.replace_lost = replace;
+        }
+        blixard_consensus::validate_settings(&settings).map_err(Status::invalid_argument)?;
+        self.raft
+            .propose(Command::SetSettings {
+                settings: settings.clone(),
+            })
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(settings_to_pb(&settings)))
+    }
+
+    type EventsStream = EventStream;
+
+    async fn events(
+        &self,
+        request: Request<pb::EventsRequest>,
+    ) -> Result<Response<Self::EventsStream>, Status> {
+        let request = request.into_inner();
+        // Subscribe before reading the backlog so nothing falls between.
+        let mut events = self.raft.subscribe();
+        let recent = self.raft.recent_events();
+        let skip = recent.len().saturating_sub(request.recent_max as usize);
+        let backlog: Vec<pb::ClusterEvent> = recent[skip..].iter().map(event_to_pb).collect();
+        let last_seq = recent.last().map_or(0, |r| r.seq);
+        let (tx, rx) = mpsc::channel(EVENTS_BUFFERED_MAX);
+        let follow = request.follow;
+        tokio::spawn(async move {
+            for event in backlog {
+                if tx.send(Ok(event)).await.is_err() {
+                    return;
+                }
+            }
+            if !follow {
+                return;
+            }
+            loop {
+                let item = match events.recv().await {
+                    Ok(StateEvent::Cluster(record)) if record.seq > last_seq => {
+                        Ok(event_to_pb(&record))
+                    }
+                    Ok(_) => continue,
+                    Err(broadcast::error::RecvError::Lagged(missed)) => Err(Status::data_loss(
+                        format!("follower fell {missed} events behind; follow again"),
+                    )),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                let end = item.is_err();
+                if tx.send(item).await.is_err() || end {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as EventStream
+        ))
     }
 
     async fn remove_node(

@@ -2,6 +2,7 @@
 //! where authentication (and later mTLS identity checks) will happen.
 
 pub mod cluster;
+pub mod node;
 pub mod raft;
 pub mod vm;
 pub(crate) mod vm_node;

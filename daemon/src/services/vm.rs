@@ -52,7 +52,41 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::CreateVmRequest>,
     ) -> Result<Response<pb::VmResponse>, Status> {
-        let spec = vm_spec_from_pb(request.into_inner().spec).map_err(Error::from)?;
+        let request = request.into_inner();
+        let spec = vm_spec_from_pb(request.spec).map_err(Error::from)?;
+        if request.replicas > 0 {
+            validate::replicas(&spec.name, request.replicas).map_err(Error::from)?;
+            self.raft.read_barrier().await.map_err(Error::from)?;
+            let group = spec.name.clone();
+            let exists = self.raft.read_state(|s| {
+                s.vms.contains_key(&group)
+                    || s.vms
+                        .values()
+                        .any(|vm| vm.spec.group.as_deref() == Some(&group))
+            });
+            if exists {
+                return Err(Status::already_exists(format!(
+                    "a VM or replica group named {group:?} already exists; use `vm scale` to resize a group"
+                )));
+            }
+            let applied = self
+                .raft
+                .propose(Command::SetReplicas {
+                    template: spec,
+                    replicas: request.replicas,
+                    start: true,
+                    created_at_unix_ms: now_unix_ms(),
+                })
+                .await
+                .map_err(Error::from)?;
+            let first = self
+                .raft
+                .read_state(|s| s.vms.get(&format!("{group}-1")).map(vm_info_to_pb));
+            return Ok(Response::new(pb::VmResponse {
+                vm: first,
+                revision: applied.revision,
+            }));
+        }
         let applied = self
             .raft
             .propose(Command::CreateVm {
@@ -63,6 +97,55 @@ impl pb::vm_server::Vm for VmService {
             .map_err(Error::from)?;
         Ok(Response::new(pb::VmResponse {
             vm: applied.vm.as_ref().map(vm_info_to_pb),
+            revision: applied.revision,
+        }))
+    }
+
+    async fn scale(
+        &self,
+        request: Request<pb::ScaleVmRequest>,
+    ) -> Result<Response<pb::ScaleVmResponse>, Status> {
+        let request = request.into_inner();
+        validate::vm_name(&request.name).map_err(Error::from)?;
+        if request.replicas > 0 {
+            validate::replicas(&request.name, request.replicas).map_err(Error::from)?;
+        }
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let group = request.name.clone();
+        let template = self.raft.read_state(|s| {
+            s.vms
+                .values()
+                .find(|vm| vm.spec.group.as_deref() == Some(&group))
+                .map(|vm| blixard_consensus::VmSpec {
+                    name: group.clone(),
+                    group: None,
+                    ..vm.spec.clone()
+                })
+        });
+        let template = template.ok_or_else(|| {
+            Error::from(blixard_consensus::Rejection::NoSuchGroup {
+                group: group.clone(),
+            })
+        })?;
+        let applied = self
+            .raft
+            .propose(Command::SetReplicas {
+                template,
+                replicas: request.replicas,
+                start: true,
+                created_at_unix_ms: now_unix_ms(),
+            })
+            .await
+            .map_err(Error::from)?;
+        let vms = self.raft.read_state(|s| {
+            s.vms
+                .values()
+                .filter(|vm| vm.spec.group.as_deref() == Some(&group))
+                .map(vm_info_to_pb)
+                .collect()
+        });
+        Ok(Response::new(pb::ScaleVmResponse {
+            vms,
             revision: applied.revision,
         }))
     }
@@ -177,7 +260,7 @@ impl pb::vm_server::Vm for VmService {
                         change,
                         revision: r,
                     }) if r > revision => Ok(vm_event(&change, r)),
-                    Ok(StateEvent::Vm { .. }) => continue,
+                    Ok(StateEvent::Vm { .. } | StateEvent::Cluster(_)) => continue,
                     Ok(StateEvent::Reset { .. }) => Err(Status::aborted(
                         "state was replaced by a snapshot; watch again",
                     )),

@@ -145,10 +145,19 @@ fn forwarded<T>(message: T) -> Request<T> {
     request
 }
 
+/// A node that does not answer within this long is reported unreachable
+/// (rather than holding the client until the OS gives up on the connect).
+const FORWARD_CONNECT_TIMEOUT_MS: u64 = 2_000;
+
 async fn connect(node: u64, address: &str) -> Result<VmClient<tonic::transport::Channel>, Status> {
-    VmClient::connect(format!("http://{address}"))
-        .await
-        .map_err(|e| Status::unavailable(format!("cannot reach node {node} at {address}: {e}")))
+    let unreachable = |e: &dyn std::fmt::Display| {
+        Status::unavailable(format!("cannot reach node {node} at {address}: {e}"))
+    };
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| unreachable(&e))?
+        .connect_timeout(std::time::Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS));
+    let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
+    Ok(VmClient::new(channel))
 }
 
 pub fn now_unix_ms() -> u64 {

@@ -15,6 +15,8 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         bind: args.bind,
         join: args.join,
+        labels: args.labels,
+        gossip_bind: args.gossip_bind,
     });
     config.validate()?;
     blixard_daemon::agent::run(config, shutdown_signal())

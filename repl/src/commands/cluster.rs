@@ -127,6 +127,28 @@ pub async fn run(command: ClusterCommand, addr: &str, format: OutputFormat) -> a
             let view = members(&response.members);
             output::print(format, &view, |v| members_table(v, leader))
         }
+        ClusterCommand::Autopilot {
+            voters,
+            dead_voter_after,
+        } => {
+            let update = pb::UpdateSettingsRequest {
+                voters,
+                dead_voter_after_ms: dead_voter_after,
+                ..Default::default()
+            };
+            settings(addr, format, update).await
+        }
+        ClusterCommand::Failover {
+            lost_after,
+            replace_lost,
+        } => {
+            let update = pb::UpdateSettingsRequest {
+                lost_after_ms: lost_after,
+                replace_lost,
+                ..Default::default()
+            };
+            settings(addr, format, update).await
+        }
         ClusterCommand::RemoveNode { node_id } => {
             validate::node_id(node_id)?;
             let response = client::cluster(addr)
@@ -139,4 +161,46 @@ pub async fn run(command: ClusterCommand, addr: &str, format: OutputFormat) -> a
             output::print(format, &view, |v| members_table(v, None))
         }
     }
+}
+
+#[derive(Serialize)]
+struct SettingsView {
+    voters: u32,
+    dead_voter_after_ms: u64,
+    lost_after_ms: u64,
+    replace_lost: bool,
+}
+
+/// Shows the settings, changing the given ones first (if any).
+async fn settings(
+    addr: &str,
+    format: OutputFormat,
+    update: pb::UpdateSettingsRequest,
+) -> anyhow::Result<()> {
+    let mut client = client::cluster(addr).await?;
+    let unchanged = update == pb::UpdateSettingsRequest::default();
+    let settings = match unchanged {
+        true => client.get_settings(pb::GetSettingsRequest {}).await,
+        false => client.update_settings(update).await,
+    }
+    .map_err(status_error)?
+    .into_inner();
+    let view = SettingsView {
+        voters: settings.voters,
+        dead_voter_after_ms: settings.dead_voter_after_ms,
+        lost_after_ms: settings.lost_after_ms,
+        replace_lost: settings.replace_lost,
+    };
+    output::print(format, &view, |v| {
+        let mut table = output::table(&["SETTING", "VALUE"]);
+        for (name, value) in [
+            ("voters", v.voters.to_string()),
+            ("dead voter after ms", v.dead_voter_after_ms.to_string()),
+            ("lost after ms", v.lost_after_ms.to_string()),
+            ("replace lost", v.replace_lost.to_string()),
+        ] {
+            table.add_row(vec![name.to_string(), value]);
+        }
+        table
+    })
 }

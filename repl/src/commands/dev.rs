@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use blixard_api::pb;
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::ProgressBar;
 use serde::Serialize;
 
 use crate::cli::{DevArgs, OutputFormat};
@@ -148,9 +148,13 @@ async fn boot_sample_vm(address: &str, spinner: &ProgressBar) -> anyhow::Result<
                 ports: Vec::new(),
             })),
         }),
+        ..pb::VmSpec::default()
     };
     client
-        .create(pb::CreateVmRequest { spec: Some(spec) })
+        .create(pb::CreateVmRequest {
+            spec: Some(spec),
+            replicas: 0,
+        })
         .await
         .map_err(client::status_error)?;
     client
@@ -194,9 +198,7 @@ pub async fn run(args: DevArgs, format: OutputFormat) -> anyhow::Result<()> {
         (None, None) => unreachable!(),
     };
     std::fs::create_dir_all(&dir)?;
-    let spinner = ProgressBar::new_spinner()
-        .with_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")?);
-    spinner.enable_steady_tick(Duration::from_millis(100));
+    let spinner = crate::output::spinner("starting the cluster");
 
     let mut cluster = Cluster { nodes: Vec::new() };
     let address_of =

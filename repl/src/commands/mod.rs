@@ -3,7 +3,9 @@
 mod agent;
 mod cluster;
 mod dev;
+mod events;
 mod image;
+mod node;
 mod vm;
 
 use crate::cli::{Cli, Command, ImageCommand};
@@ -14,6 +16,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args, cli.output).await,
         Command::Cluster(command) => cluster::run(command, &cli.addr, cli.output).await,
         Command::Vm(command) => vm::run(command, &cli.addr, cli.output).await,
+        Command::Node(command) => node::run(command, &cli.addr, cli.output).await,
+        Command::Events { follow, recent } => {
+            events::run(&cli.addr, cli.output, follow, recent).await
+        }
         Command::Image(ImageCommand::Build { out }) => image::run(out, cli.output),
     }
 }

@@ -22,6 +22,14 @@ pub struct VmView {
     pub exit_status: Option<String>,
     pub reason: String,
     pub runner: String,
+    /// Replica group, if the VM is NAME-i of `vm create --replicas`.
+    pub group: Option<String>,
+    pub constraints: Vec<String>,
+    pub preferences: Vec<String>,
+    pub anti_affinity_group: Option<String>,
+    pub strategy: String,
+    /// Being stopped on its node to move elsewhere (drain).
+    pub evicting: bool,
     pub create_revision: u64,
     pub mod_revision: u64,
     pub created_at_unix_ms: u64,
@@ -46,6 +54,7 @@ fn phase_name(phase: pb::VmPhase) -> &'static str {
         pb::VmPhase::Stopping => "stopping",
         pb::VmPhase::Stopped => "stopped",
         pb::VmPhase::Failed => "failed",
+        pb::VmPhase::Lost => "lost",
         pb::VmPhase::Unspecified => "unknown",
     }
 }
@@ -96,6 +105,12 @@ fn view(vm: &pb::VmInfo) -> VmView {
             pb::DesiredState::Unspecified => "unknown",
         },
         runner,
+        group: nonzero(spec.group),
+        constraints: spec.constraints,
+        preferences: spec.preferences,
+        anti_affinity_group: nonzero(spec.anti_affinity_group),
+        strategy: spec.strategy,
+        evicting: vm.evicting,
         create_revision: vm.create_revision,
         mod_revision: vm.mod_revision,
         created_at_unix_ms: vm.created_at_unix_ms,
@@ -146,6 +161,14 @@ fn vm_detail_table(vm: &VmView) -> comfy_table::Table {
         ("vcpus", vm.vcpus.to_string()),
         ("memory MiB", vm.memory_mib.to_string()),
         ("runner", vm.runner.clone()),
+        ("group", optional(vm.group.clone())),
+        ("constraints", vm.constraints.join(",")),
+        ("preferences", vm.preferences.join(",")),
+        (
+            "anti-affinity group",
+            optional(vm.anti_affinity_group.clone()),
+        ),
+        ("strategy", vm.strategy.clone()),
         ("revision", vm.mod_revision.to_string()),
     ];
     if let Some(stats) = &vm.stats {
@@ -157,6 +180,17 @@ fn vm_detail_table(vm: &VmView) -> comfy_table::Table {
         table.add_row(vec![field.to_string(), value]);
     }
     table
+}
+
+/// Splits repeated comma-separated rule lists into single rules.
+fn rules(lists: &[String]) -> Vec<String> {
+    lists
+        .iter()
+        .flat_map(|list| list.split(','))
+        .map(str::trim)
+        .filter(|rule| !rule.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn spec(args: VmCreateArgs) -> pb::VmSpec {
@@ -187,7 +221,32 @@ fn spec(args: VmCreateArgs) -> pb::VmSpec {
         runner: Some(pb::RunnerSource {
             source: Some(source),
         }),
+        constraints: rules(&args.constraints),
+        preferences: rules(&args.preferences),
+        anti_affinity_group: args.anti_affinity_group.unwrap_or_default(),
+        strategy: args.strategy.unwrap_or_default(),
+        lost_after_ms: args.lost_after.unwrap_or(0),
+        replace_lost: args.replace_lost,
+        group: String::new(),
     }
+}
+
+/// Prints the members of replica group `group` among `vms`.
+fn print_group(
+    format: OutputFormat,
+    group: &str,
+    vms: Vec<pb::VmInfo>,
+    revision: u64,
+) -> anyhow::Result<()> {
+    let list = VmListView {
+        revision,
+        vms: vms
+            .iter()
+            .filter(|vm| vm.spec.as_ref().is_some_and(|s| s.group == group))
+            .map(view)
+            .collect(),
+    };
+    output::print(format, &list, |l| vms_table(&l.vms))
 }
 
 fn print_one(format: OutputFormat, response: pb::VmResponse) -> anyhow::Result<()> {
@@ -203,15 +262,44 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
     let is_start = matches!(command, VmCommand::Start { .. });
     match command {
         VmCommand::Create(args) => {
-            let spec = spec(args);
+            let replicas = args.replicas.unwrap_or(0);
+            let spec = spec(*args);
             // Refuse bad input before touching the network.
             validate::vm_spec(&spec)?;
-            let response = client::vm(addr)
-                .await?
-                .create(pb::CreateVmRequest { spec: Some(spec) })
+            if replicas > 0 {
+                validate::replicas(&spec.name, replicas)?;
+            }
+            let group = spec.name.clone();
+            let mut client = client::vm(addr).await?;
+            let response = client
+                .create(pb::CreateVmRequest {
+                    spec: Some(spec),
+                    replicas,
+                })
                 .await
                 .map_err(status_error)?;
-            print_one(format, response.into_inner())
+            if replicas == 0 {
+                return print_one(format, response.into_inner());
+            }
+            let list = client
+                .list(pb::ListVmsRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_group(format, &group, list.vms, list.revision)
+        }
+        VmCommand::Scale { name, replicas } => {
+            validate::vm_name(&name)?;
+            let response = client::vm(addr)
+                .await?
+                .scale(pb::ScaleVmRequest {
+                    name: name.clone(),
+                    replicas,
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            print_group(format, &name, response.vms, response.revision)
         }
         VmCommand::List => {
             let response = client::vm(addr)

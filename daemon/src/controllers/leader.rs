@@ -1,0 +1,146 @@
+//! The leader's control loop: failover, drains, placement and autopilot,
+//! one pass every `LEADER_PASS_INTERVAL_MS`.
+//!
+//! Invariants: only the raft leader acts, and every decision goes through
+//! the log, so a deposed leader's late proposals are refused or harmless;
+//! how long a node has been dead is measured from when this leader first
+//! saw it dead, so a new leader waits out a full grace period again
+//! rather than trusting anyone's clock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use blixard_consensus::{Command, RaftHandle, Role};
+use blixard_membership::Membership;
+use futures::future::join_all;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use crate::controllers::scheduler::{self, Decision, Params};
+use crate::controllers::{autopilot, drain, failover};
+use crate::services::vm_node::now_unix_ms;
+
+const LEADER_PASS_INTERVAL_MS: u64 = 200;
+/// Bound on commands proposed in one pass (the rest wait a pass).
+const COMMANDS_PER_PASS_MAX: usize = 4096;
+
+/// Which nodes gossip sees alive, and since when the others are dead.
+#[derive(Default)]
+struct Liveness {
+    alive: BTreeSet<u64>,
+    dead_since: BTreeMap<u64, Instant>,
+}
+
+impl Liveness {
+    async fn observe(&mut self, membership: &Membership, nodes: &[u64], me: u64) {
+        self.alive = membership
+            .members()
+            .await
+            .into_iter()
+            .filter(|m| m.alive)
+            .map(|m| m.node_id)
+            .collect();
+        self.alive.insert(me);
+        let now = Instant::now();
+        self.dead_since.retain(|id, _| nodes.contains(id));
+        for id in nodes {
+            if self.alive.contains(id) {
+                self.dead_since.remove(id);
+            } else {
+                self.dead_since.entry(*id).or_insert(now);
+            }
+        }
+    }
+
+    fn dead_for_ms(&self) -> BTreeMap<u64, u64> {
+        self.dead_since
+            .iter()
+            .map(|(id, since)| (*id, since.elapsed().as_millis() as u64))
+            .collect()
+    }
+}
+
+/// Runs until `stop` turns true.
+pub async fn run(
+    raft: RaftHandle,
+    membership: Arc<Membership>,
+    params: Params,
+    mut stop: watch::Receiver<bool>,
+) {
+    let me = raft.status().node_id;
+    let mut liveness = Liveness::default();
+    let mut ticker = tokio::time::interval(Duration::from_millis(LEADER_PASS_INTERVAL_MS));
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        let status = raft.status();
+        if status.role != Role::Leader {
+            liveness = Liveness::default();
+            continue;
+        }
+        let nodes: Vec<u64> = raft.read_state(|s| s.nodes.keys().copied().collect());
+        liveness.observe(&membership, &nodes, me).await;
+        let dead_for_ms = liveness.dead_for_ms();
+        let alive = |id: u64| liveness.alive.contains(&id);
+
+        let commands = raft.read_state(|state| {
+            let mut commands = failover::lost_vms(state, &dead_for_ms);
+            commands.extend(drain::drain_steps(state, now_unix_ms()));
+            commands
+        });
+        propose_all(&raft, commands).await;
+
+        let decisions = raft.read_state(|state| {
+            let views = scheduler::node_views(state, &alive);
+            scheduler::schedule(state, &views, params)
+                .into_iter()
+                .filter_map(|decision| match decision {
+                    Decision::Place {
+                        vm,
+                        node_id,
+                        reason,
+                    } => Some(Command::AssignVm {
+                        name: vm,
+                        node_id: Some(node_id),
+                        reason,
+                    }),
+                    // Only a changed reason is worth a log entry.
+                    Decision::Unplaceable { vm, reason } => {
+                        let known = state.vms.get(&vm).map(|v| v.observed.reason.as_str());
+                        (known != Some(reason.as_str()))
+                            .then_some(Command::MarkUnplaceable { name: vm, reason })
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        propose_all(&raft, decisions).await;
+
+        let settings = raft.read_state(|s| s.settings.clone());
+        if let Some(change) = autopilot::next_change(&status, &settings, &alive, &dead_for_ms) {
+            tracing::info!(?change, "autopilot changing the voter set");
+            if let Err(error) = raft.change_membership(change).await {
+                tracing::warn!(%error, "autopilot change not committed");
+            }
+        }
+    }
+}
+
+/// Proposes commands concurrently (raft batches them into few entries);
+/// refusals are normal (the state moved on) and retried next pass.
+async fn propose_all(raft: &RaftHandle, mut commands: Vec<Command>) {
+    commands.truncate(COMMANDS_PER_PASS_MAX);
+    let results = join_all(commands.into_iter().map(|command| async move {
+        let described = format!("{command:?}");
+        (described, raft.propose(command).await)
+    }))
+    .await;
+    for (command, result) in results {
+        if let Err(error) = result {
+            tracing::debug!(%error, command, "leader command not applied");
+        }
+    }
+}
