@@ -296,12 +296,35 @@ pub enum Command {
     SetSettings {
         settings: Settings,
     },
+    /// A node that runs VMs without holding the raft log (a worker).
+    RegisterWorker {
+        node_id: u64,
+        address: String,
+    },
+    /// Removes a worker's record (raft members leave by configuration
+    /// change instead). Its VMs lose their assignment.
+    UnregisterWorker {
+        node_id: u64,
+    },
     /// The node a VM is assigned to reports what it observes.
     ReportVm {
         name: String,
         node_id: u64,
         observed: VmObserved,
     },
+}
+
+/// One change of the cluster state, as workers replay it: every accepted
+/// command and every membership change that touched the state advances
+/// the revision by exactly one, so a worker holding revision `r` that
+/// applies the transition of revision `r + 1` holds exactly the state the
+/// voters held at `r + 1`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "transition")]
+pub enum Transition {
+    Command { command: Box<Command> },
+    MemberAdded { node_id: u64, address: String },
+    MemberRemoved { node_id: u64 },
 }
 
 impl Command {
@@ -327,7 +350,7 @@ pub struct Applied {
 }
 
 /// Why the state machine refused a command. Refusal changes nothing.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum Rejection {
     #[error("a VM named {name:?} already exists")]
     VmExists { name: String },

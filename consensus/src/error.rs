@@ -19,6 +19,9 @@ pub enum Error {
     /// still commit later (the outcome is unknown).
     #[error("timed out after {timeout_ms} ms waiting for the cluster; the outcome is unknown")]
     Timeout { timeout_ms: u64 },
+    /// No member of the cluster could be reached (from a worker).
+    #[error("no cluster member reachable: {detail}")]
+    Unreachable { detail: String },
     /// The raft loop is shutting down or has stopped.
     #[error("this node's raft loop has stopped")]
     Stopped,

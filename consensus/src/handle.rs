@@ -13,7 +13,7 @@ use raft::prelude::Message;
 use raft::StateRole;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
-use crate::command::{Applied, Command, Event, VmChange};
+use crate::command::{Applied, Command, Event, Transition, VmChange};
 use crate::state::ClusterState;
 use crate::{Error, Result};
 
@@ -27,6 +27,9 @@ const NO_LEADER_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 pub const VM_EVENTS_BUFFERED_MAX: usize = 1024;
 /// Cluster events kept in memory for `events` without `--follow`.
 pub const RECENT_EVENTS_MAX: usize = 1024;
+/// Transitions kept for workers that reconnect: one further behind gets a
+/// snapshot instead.
+pub const FEED_RETAINED_MAX: usize = 4096;
 
 /// A change to the membership, proposed as a raft `ConfChangeV2`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -132,6 +135,18 @@ pub enum StateEvent {
     Cluster(Box<EventRecord>),
 }
 
+/// What a voter tells the workers it feeds.
+#[derive(Debug, Clone)]
+pub enum FeedEvent {
+    /// The transition that produced `revision`.
+    Transition {
+        revision: u64,
+        transition: Arc<Transition>,
+    },
+    /// The state was replaced by a snapshot: followers must start over.
+    Reset,
+}
+
 /// A cluster event as this node applied it. `at_unix_ms` is this node's
 /// clock when it applied the entry (not replicated state).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +163,9 @@ pub(crate) struct Shared {
     pub(crate) status: RwLock<RaftStatus>,
     pub(crate) events: broadcast::Sender<StateEvent>,
     pub(crate) recent_events: Mutex<VecDeque<EventRecord>>,
+    /// The last transitions applied, oldest first, for reconnecting workers.
+    pub(crate) feed: Mutex<VecDeque<(u64, Arc<Transition>)>>,
+    pub(crate) feed_events: broadcast::Sender<FeedEvent>,
 }
 
 fn unix_ms_now() -> u64 {
@@ -163,7 +181,30 @@ impl Shared {
             status: RwLock::new(status),
             events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
             recent_events: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS_MAX)),
+            feed: Mutex::new(VecDeque::with_capacity(FEED_RETAINED_MAX)),
+            feed_events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
         }
+    }
+
+    pub(crate) fn record_transition(&self, revision: u64, transition: Transition) {
+        let transition = Arc::new(transition);
+        let mut feed = self.feed.lock().expect("feed lock poisoned");
+        if let Some((last, _)) = feed.back() {
+            assert_eq!(revision, last + 1, "feed revisions must be consecutive");
+        }
+        if feed.len() == FEED_RETAINED_MAX {
+            feed.pop_front();
+        }
+        feed.push_back((revision, transition.clone()));
+        let _ = self.feed_events.send(FeedEvent::Transition {
+            revision,
+            transition,
+        });
+    }
+
+    pub(crate) fn reset_feed(&self) {
+        self.feed.lock().expect("feed lock poisoned").clear();
+        let _ = self.feed_events.send(FeedEvent::Reset);
     }
 
     pub(crate) fn record_event(&self, event: Event, revision: u64) {
@@ -256,6 +297,22 @@ impl RaftHandle {
     pub fn read_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
         let state = self.shared.state.read().expect("state lock poisoned");
         read(&state)
+    }
+
+    /// Subscribes to the transitions this node applies, and returns the
+    /// retained ones (oldest first) taken after subscribing, so nothing
+    /// falls between the two.
+    pub fn feed(&self) -> (Vec<(u64, Arc<Transition>)>, broadcast::Receiver<FeedEvent>) {
+        let receiver = self.shared.feed_events.subscribe();
+        let retained = self
+            .shared
+            .feed
+            .lock()
+            .expect("feed lock poisoned")
+            .iter()
+            .cloned()
+            .collect();
+        (retained, receiver)
     }
 
     /// Events this node applied since it started, oldest first.

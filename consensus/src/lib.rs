@@ -15,12 +15,13 @@ pub mod storage;
 
 pub use command::{
     validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
-    NodeRecord, PortForward, Rejection, RunnerSource, Settings, VmChange, VmObserved, VmPhase,
-    VmRecord, VmSpec,
+    NodeRecord, PortForward, Rejection, RunnerSource, Settings, Transition, VmChange, VmObserved,
+    VmPhase, VmRecord, VmSpec,
 };
 pub use error::{Error, Result};
 pub use handle::{
-    EventRecord, MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role, StateEvent,
+    EventRecord, FeedEvent, MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role,
+    StateEvent, RECENT_EVENTS_MAX, VM_EVENTS_BUFFERED_MAX,
 };
 pub use node::{RaftConfig, RaftNode, Transport};
 pub use placement::{FailoverPolicy, Placement, Rule, RuleError, Strategy};

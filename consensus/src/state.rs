@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{
     validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
-    NodeRecord, Rejection, Settings, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
+    NodeRecord, Rejection, Settings, Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -166,6 +166,23 @@ impl ClusterState {
             } => self.drain_node(node_id, at_unix_ms, deadline_unix_ms),
             Command::FinishDrain { node_id, force } => self.finish_drain(node_id, force),
             Command::SetSettings { settings } => self.set_settings(settings),
+            Command::RegisterWorker { node_id, address } => {
+                let new = !self.nodes.contains_key(&node_id);
+                let outcome = self.set_node(node_id, address.clone());
+                match new {
+                    true => outcome.event(
+                        EventKind::NodeJoined,
+                        None,
+                        Some(node_id),
+                        format!("node {node_id} joined at {address} as a worker"),
+                    ),
+                    false => outcome,
+                }
+            }
+            Command::UnregisterWorker { node_id } => match self.nodes.contains_key(&node_id) {
+                true => self.remove_member(node_id),
+                false => Outcome::rejected(Rejection::NoSuchNode { node_id }),
+            },
         };
         match &outcome.result {
             Ok(applied) => assert_eq!(applied.revision, revision_before + 1),
@@ -175,6 +192,15 @@ impl ClusterState {
             }
         }
         outcome
+    }
+
+    /// Replays one transition a voter applied (see [`Transition`]).
+    pub fn replay(&mut self, transition: Transition) -> Outcome {
+        match transition {
+            Transition::Command { command } => self.apply(*command),
+            Transition::MemberAdded { node_id, address } => self.add_member(node_id, address),
+            Transition::MemberRemoved { node_id } => self.remove_member(node_id),
+        }
     }
 
     /// A member was added by a committed configuration change.
@@ -1030,7 +1056,8 @@ mod tests {
     }
 
     proptest! {
-        /// Replicas applying the same log agree, and a snapshot round-trips.
+        /// Replicas applying the same log agree, a worker replaying the
+        /// accepted transitions agrees with them, and a snapshot round-trips.
         #[test]
         fn replicas_agree(commands in prop::collection::vec(arbitrary_command(), 0..64)) {
             let mut one = ClusterState::default();
@@ -1039,10 +1066,17 @@ mod tests {
                 one.add_member(node, format!("n{node}:1"));
                 two.add_member(node, format!("n{node}:1"));
             }
+            // A worker replays only the accepted commands, as transitions.
+            let mut mirror = one.clone();
             for command in commands {
                 let a = one.apply(command.clone()).result;
-                let b = two.apply(command).result;
-                prop_assert_eq!(a, b);
+                let b = two.apply(command.clone()).result;
+                prop_assert_eq!(&a, &b);
+                if a.is_ok() {
+                    let transition = Transition::Command { command: Box::new(command) };
+                    prop_assert!(mirror.replay(transition).result.is_ok());
+                    prop_assert_eq!(&mirror, &one);
+                }
                 for vm in one.vms.values() {
                     if let Some(node) = vm.assigned_node {
                         prop_assert!(one.nodes.contains_key(&node));

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use blixard_api::pb;
 use blixard_api::pb::cluster_client::ClusterClient;
-use blixard_consensus::{LogStore, RaftConfig, RaftHandle, RaftNode};
+use blixard_consensus::{LogStore, RaftConfig, RaftNode};
 use blixard_membership::{Membership, MembershipConfig, NodeInfo, NodeRole};
 use tokio::sync::watch;
 use tonic::transport::Endpoint;
@@ -23,8 +23,11 @@ use blixard_nodeagent::{accel, NodeAgent, Settings};
 
 use crate::config::Config;
 use crate::controllers;
+use crate::handle::ClusterHandle;
+use crate::mirror::{self, Mirror};
 use crate::services::{
-    self, cluster::ClusterService, node::NodeService, raft::RaftService, vm::VmService,
+    self, cluster::ClusterService, feed::FeedService, node::NodeService, raft::RaftService,
+    vm::VmService,
 };
 use crate::transport::{GrpcTransport, RAFT_MESSAGE_BYTES_MAX};
 use crate::Error;
@@ -182,7 +185,7 @@ async fn probe_join_addresses(join: &[String]) -> Result<(), Error> {
 }
 
 /// Asks the cluster to add this node, retrying while it elects a leader.
-async fn request_join(config: &Config) -> Result<(), Error> {
+async fn request_join(config: &Config) -> Result<String, Error> {
     let request = pb::JoinRequest {
         node_id: config.cluster.node_id,
         address: config.api.bind.clone(),
@@ -198,7 +201,7 @@ async fn request_join(config: &Config) -> Result<(), Error> {
                 Err(error) => Err((tonic::Code::Unavailable, format!("{address}: {error}"))),
             };
             match outcome {
-                Ok(_) => return Ok(()),
+                Ok(response) => return Ok(response.into_inner().role),
                 Err((tonic::Code::AlreadyExists | tonic::Code::InvalidArgument, detail)) => {
                     return Err(Error::Join { detail });
                 }
@@ -229,12 +232,18 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if initialized && !bootstrap {
         tracing::info!("data directory holds raft state; ignoring join addresses");
     }
-    let (node, handle) = RaftNode::new(
+    let (node, raft_handle) = RaftNode::new(
         raft_config(&config),
         store,
         bootstrap,
         GrpcTransport::new(config.api.bind.clone()),
     )?;
+    let mirror = Arc::new(Mirror::default());
+    let handle = ClusterHandle::new(
+        raft_handle.clone(),
+        mirror.clone(),
+        Duration::from_millis(config.consensus.request_timeout_ms),
+    );
     tracing::info!(
         node_id = config.cluster.node_id,
         bind = %config.api.bind,
@@ -244,6 +253,29 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     );
 
     let (stop_tx, stop_rx) = watch::channel(false);
+    let mirror_sync = {
+        let join = config.cluster.join.clone();
+        let own = config.api.bind.clone();
+        let state_source = mirror.clone();
+        let candidates = move || {
+            let mut addresses = join.clone();
+            addresses.extend(state_source.read(|s| {
+                s.nodes
+                    .values()
+                    .map(|n| n.address.clone())
+                    .collect::<Vec<_>>()
+            }));
+            addresses.retain(|a| *a != own);
+            addresses.dedup();
+            addresses
+        };
+        tokio::spawn(mirror::run(
+            mirror.clone(),
+            raft_handle.clone(),
+            candidates,
+            stop_rx.clone(),
+        ))
+    };
     let server = tokio::spawn(serve(
         config.clone(),
         handle.clone(),
@@ -291,11 +323,13 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }));
 
     if !initialized && !bootstrap {
-        if let Err(error) = request_join(&config).await {
+        let joined = request_join(&config).await;
+        if let Err(error) = joined {
             let _ = stop_tx.send(true);
             membership.stop();
             let _ = leader.await;
             let _ = facts.await;
+            let _ = mirror_sync.await;
             if let Some(reconciler) = reconciler {
                 let _ = reconciler.await;
             }
@@ -303,7 +337,9 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             let _ = server.await;
             return Err(error);
         }
-        tracing::info!("joined the cluster as a learner");
+        if let Ok(role) = joined {
+            tracing::info!(%role, "joined the cluster");
+        }
     }
 
     tokio::pin!(shutdown);
@@ -329,6 +365,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     membership.stop();
     let _ = leader.await;
     let _ = facts.await;
+    let _ = mirror_sync.await;
     if let Some(reconciler) = reconciler {
         let _ = reconciler.await;
     }
@@ -345,7 +382,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
 /// `stop`.
 async fn start_node_agent(
     config: Config,
-    raft: RaftHandle,
+    raft: ClusterHandle,
     accel_tx: watch::Sender<Option<String>>,
     stop: watch::Receiver<bool>,
 ) {
@@ -388,23 +425,29 @@ async fn start_node_agent(
 
 async fn serve(
     config: Config,
-    raft: RaftHandle,
+    raft: ClusterHandle,
     membership: Arc<Membership>,
     mut stop: watch::Receiver<bool>,
 ) -> Result<(), Error> {
     use pb::cluster_server::ClusterServer;
     use pb::node_server::NodeServer;
     use pb::raft_transport_server::RaftTransportServer;
+    use pb::state_feed_server::StateFeedServer;
     use pb::vm_server::VmServer;
     let node_id = config.cluster.node_id;
     let raft_service = RaftTransportServer::new(RaftService {
         node_id,
-        raft: raft.clone(),
+        raft: raft.raft().clone(),
     })
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let feed_service = StateFeedServer::new(FeedService {
+        raft: raft.raft().clone(),
+    })
+    .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let cluster_service = ClusterServer::new(ClusterService {
         raft: raft.clone(),
         membership: membership.clone(),
+        join_lock: tokio::sync::Mutex::new(()),
     });
     let node_service = NodeServer::new(NodeService {
         raft: raft.clone(),
@@ -421,6 +464,7 @@ async fn serve(
     let router = tonic::transport::Server::builder()
         .layer(tonic::service::InterceptorLayer::new(services::authorize))
         .add_service(raft_service)
+        .add_service(feed_service)
         .add_service(cluster_service)
         .add_service(node_service)
         .add_service(vm_service);

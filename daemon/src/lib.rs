@@ -9,6 +9,8 @@ pub mod config;
 pub mod controllers;
 mod convert;
 mod error;
+pub mod handle;
+pub mod mirror;
 pub mod services;
 pub mod transport;
 

@@ -13,7 +13,10 @@ pub const INFO_KEY: &str = "blixard.node";
 pub enum NodeRole {
     /// Votes in raft.
     Voter,
-    /// Runs workloads; does not vote.
+    /// Holds the raft log without voting (catching up to become a voter,
+    /// or demoted).
+    Learner,
+    /// Runs workloads; holds no raft log.
     Worker,
 }
 
@@ -21,6 +24,7 @@ impl NodeRole {
     pub fn as_str(self) -> &'static str {
         match self {
             NodeRole::Voter => "voter",
+            NodeRole::Learner => "learner",
             NodeRole::Worker => "worker",
         }
     }

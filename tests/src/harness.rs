@@ -386,7 +386,7 @@ impl TestCluster {
         }
         let voters = count.min(u64::from(timings.voters)) as usize;
         eventually(
-            "all nodes to be members with their host facts",
+            "every node to report its host facts, and the voters",
             Duration::from_secs(30),
             || async {
                 let status = cluster.status(1).await?;
@@ -395,9 +395,14 @@ impl TestCluster {
                     .iter()
                     .filter(|m| m.role() == pb::MemberRole::Voter)
                     .count();
-                let reported = status.members.iter().all(|m| m.host.is_some());
-                (status.members.len() == count as usize && voting == voters && reported)
-                    .then_some(())
+                let mut client = NodeClient::new(cluster.channel(1).await?);
+                let nodes = client
+                    .list(pb::ListNodesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                let reported = nodes.nodes.iter().filter(|n| n.reported).count();
+                (reported == count as usize && voting == voters).then_some(())
             },
         )
         .await;

@@ -93,6 +93,49 @@ async fn five_nodes_find_each_other_by_gossip_from_one_seed() {
             assert_eq!(node["address"], cluster.address(i as u64 + 1));
         }
     }
+    // Workers hold no raft log: their state comes from a voter's feed,
+    // and their writes go through it.
+    let workers: Vec<u64> = nodes(&cluster, 1)
+        .iter()
+        .filter(|n| n["role"] == "worker")
+        .map(|n| n["node_id"].as_u64().unwrap())
+        .collect();
+    let (a, b) = (workers[0], workers[1]);
+    for worker in [a, b] {
+        let status = cluster.status(worker).await.unwrap();
+        assert_eq!(status.node_role, "worker");
+        assert_eq!((status.applied_index, status.first_log_index), (0, 0));
+    }
+    let create = [
+        "vm",
+        "create",
+        "via-worker",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--flake",
+        "/x#y",
+    ];
+    cluster.cli_ok(b, &create);
+    let listed = json(&cluster, a, &["vm", "list"]);
+    assert_eq!(listed["vms"][0]["name"], "via-worker");
+    let voter_revision = cluster.status(1).await.unwrap().revision;
+    eventually(
+        "the workers' state to reach the voters' revision",
+        TIMEOUT,
+        || async {
+            let revisions = [
+                cluster.status(a).await?.revision,
+                cluster.status(b).await?.revision,
+            ];
+            revisions.iter().all(|r| *r >= voter_revision).then_some(())
+        },
+    )
+    .await;
+    let refused = cluster.cli(a, &create);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("already exists"));
     let one = json(&cluster, 4, &["node", "status", "2"]);
     assert_eq!(one["node_id"], 2);
     assert_eq!(one["liveness"], "alive");
@@ -304,7 +347,8 @@ async fn autopilot_replaces_a_dead_voter() {
     assert_eq!(voters, alive.iter().copied().collect());
     let listed = nodes(&cluster, via);
     let killed = listed.iter().find(|n| n["node_id"] == leader).unwrap();
-    assert_eq!(killed["role"], "worker");
+    // Demoted, it keeps its copy of the log as a learner.
+    assert_eq!(killed["role"], "learner");
     // Writes still commit.
     cluster.cli_ok(
         via,
@@ -417,19 +461,20 @@ async fn a_cut_off_node_fences_its_vms() {
         cluster.log(4).contains("lifting the fence").then_some(())
     })
     .await;
-    // Node 4 has caught up with the cluster; its reconciler now sees the
-    // VM placed elsewhere. A few more reconcile rounds must not start it.
-    let leader_commit = eventually("the leader's commit index", TIMEOUT, || async {
-        Some(cluster.status(1).await?.commit_index)
+    // Node 4 catches up with the cluster (by its log or, as a worker, its
+    // feed); its reconciler then sees the VM placed elsewhere. A few more
+    // reconcile rounds must not start it.
+    let cluster_revision = eventually("the cluster's revision", TIMEOUT, || async {
+        Some(cluster.status(1).await?.revision)
     })
     .await;
     watch_single_copy(
         &cluster,
         "fenced",
-        "node 4 to apply past the move",
+        "node 4 to reach that revision",
         || async {
-            let applied = cluster.status(4).await?.applied_index;
-            (applied >= leader_commit).then_some(())
+            let revision = cluster.status(4).await?.revision;
+            (revision >= cluster_revision).then_some(())
         },
     )
     .await;
@@ -440,4 +485,65 @@ async fn a_cut_off_node_fences_its_vms() {
         assert_eq!(cluster.vm_hosts("fenced"), [moved_to]);
         tokio::time::sleep(blixard_tests::POLL_INTERVAL).await;
     }
+}
+
+/// A worker follows one voter's feed; when that voter dies it resumes from
+/// its own revision at another voter (no new snapshot) and keeps seeing
+/// changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_resumes_its_feed_at_another_voter() {
+    let timings = Timings {
+        voters: 3,
+        // Autopilot would make the worker a voter; not in this test.
+        dead_voter_after_ms: 600_000,
+        ..Timings::default()
+    };
+    let mut cluster =
+        TestCluster::start_with(4, timings, Network::Loopback, |_| no_agent(Vec::new())).await;
+    let worker = nodes(&cluster, 1)
+        .iter()
+        .find(|n| n["role"] == "worker")
+        .map(|n| n["node_id"].as_u64().unwrap())
+        .unwrap();
+    let source = eventually("the worker to follow a voter", TIMEOUT, || async {
+        let feed_source = cluster.status(worker).await?.feed_source;
+        (1..=4).find(|id| cluster.address(*id) == feed_source)
+    })
+    .await;
+    let before = [
+        "vm", "create", "before", "--vcpus", "1", "--memory", "64", "--flake", "/x#y",
+    ];
+    cluster.cli_ok(source, &before);
+    eventually("the worker to see the first VM", TIMEOUT, || async {
+        let listed = json(&cluster, worker, &["vm", "list"]);
+        (listed["vms"].as_array()?.len() == 1).then_some(())
+    })
+    .await;
+
+    cluster.kill(source);
+    let voters: Vec<u64> = (1..=4)
+        .filter(|id| *id != source && *id != worker)
+        .collect();
+    // A write sent while the dead voter still led would wait out its
+    // timeout with an unknown outcome; write once a leader is agreed.
+    let other = cluster.wait_leader_among(&voters).await;
+    let after = [
+        "vm", "create", "after", "--vcpus", "1", "--memory", "64", "--flake", "/x#y",
+    ];
+    cluster.cli_ok(other, &after);
+    let new_source = eventually("the worker to see the second VM", TIMEOUT, || async {
+        let listed = json(&cluster, worker, &["vm", "list"]);
+        let status = cluster.status(worker).await?;
+        (listed["vms"].as_array()?.len() == 2 && status.feed_source != cluster.address(source))
+            .then_some(status.feed_source)
+    })
+    .await;
+    assert_ne!(new_source, cluster.address(source));
+    let log = cluster.log(worker);
+    assert_eq!(log.matches("mirror: snapshot").count(), 1, "{log}");
+    let last_follow = log
+        .lines()
+        .rfind(|l| l.contains("mirror: following"))
+        .unwrap();
+    assert!(!last_follow.contains("from_revision=0"), "{last_follow}");
 }

@@ -12,7 +12,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_api::pb;
-use blixard_api::pb::{cluster_client::ClusterClient, vm_client::VmClient};
+use blixard_api::pb::{
+    cluster_client::ClusterClient, node_client::NodeClient, vm_client::VmClient,
+};
 use blixard_daemon::Config;
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
@@ -269,9 +271,10 @@ async fn voters(id: u64) -> Option<Vec<u64>> {
 }
 
 /// Goal: gossip, failover and autopilot heal the cluster in the real code.
-/// Method: four simulated nodes (three voters, one worker) with VMs placed
-/// on all of them; kill the worker, then a voter; every VM ends up placed
-/// on a live node and the voter count is restored.
+/// Method: four simulated nodes (three voters, one log-less worker fed by
+/// a voter) with VMs placed on all of them; kill the worker, restart it,
+/// then kill a voter; every VM ends up placed on a live node and the
+/// worker is made a learner and promoted in the dead voter's place.
 #[madsim::test]
 async fn failover_and_autopilot_heal_the_cluster() {
     init_logging();
@@ -283,11 +286,18 @@ async fn failover_and_autopilot_heal_the_cluster() {
     let client = handle.create_node().name("client").ip(ip(100)).build();
     let worker = client
         .spawn(async {
-            wait_for("three voters and a worker", || async {
-                let status = status(1).await?;
+            wait_for("three voters and a worker, all reporting", || async {
                 let voting = voters(1).await?.len();
-                let reported = status.members.iter().all(|m| m.host.is_some());
-                (status.members.len() == 4 && voting == 3 && reported).then_some(())
+                let mut client = NodeClient::connect(format!("http://{}", address(1)))
+                    .await
+                    .ok()?;
+                let nodes = client
+                    .list(pb::ListNodesRequest {})
+                    .await
+                    .ok()?
+                    .into_inner();
+                let reported = nodes.nodes.iter().filter(|n| n.reported).count();
+                (voting == 3 && reported == 4).then_some(())
             })
             .await;
             for i in 0..12 {

@@ -12,7 +12,7 @@ use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 use raft_proto::ConfChangeI;
 
 use super::{RaftNode, Transport};
-use crate::command::{Applied, Command, ProposalTag, Rejection};
+use crate::command::{Applied, Command, ProposalTag, Rejection, Transition};
 use crate::handle::StateEvent;
 use crate::state::{ClusterState, Outcome};
 use crate::{Error, Result};
@@ -70,8 +70,20 @@ impl<T: Transport> RaftNode<T> {
                 vm: None,
             }));
         }
+        let mut transitions = Vec::new();
         let outcome = match Command::decode(&entry.data) {
-            Ok(command) => self.write_state(|state| state.apply(command)),
+            Ok(command) => {
+                let outcome = self.write_state(|state| state.apply(command.clone()));
+                if let Ok(applied) = &outcome.result {
+                    transitions.push((
+                        applied.revision,
+                        Transition::Command {
+                            command: Box::new(command),
+                        },
+                    ));
+                }
+                outcome
+            }
             Err(error) => {
                 // Same bytes on every node, so every node refuses alike.
                 tracing::error!(index = entry.index, %error, "undecodable command in log");
@@ -83,7 +95,7 @@ impl<T: Transport> RaftNode<T> {
                 }
             }
         };
-        self.record(wtxn, entry.index, outcome)
+        self.record(wtxn, entry.index, outcome, transitions)
     }
 
     fn apply_conf_change(
@@ -109,16 +121,28 @@ impl<T: Transport> RaftNode<T> {
         self.raw.mut_store().set_conf_state(wtxn, &conf_state)?;
         let address = String::from_utf8_lossy(v2.get_context()).to_string();
         let mut outcome: Option<Outcome> = None;
+        let mut transitions = Vec::new();
         for single in v2.get_changes() {
             let node_id = single.node_id;
             let step = match single.get_change_type() {
                 ConfChangeType::AddLearnerNode | ConfChangeType::AddNode if !address.is_empty() => {
-                    Some(self.write_state(|s| s.add_member(node_id, address.clone())))
+                    let step = self.write_state(|s| s.add_member(node_id, address.clone()));
+                    let transition = Transition::MemberAdded {
+                        node_id,
+                        address: address.clone(),
+                    };
+                    Some((step, transition))
                 }
-                ConfChangeType::RemoveNode => Some(self.write_state(|s| s.remove_member(node_id))),
+                ConfChangeType::RemoveNode => {
+                    let step = self.write_state(|s| s.remove_member(node_id));
+                    Some((step, Transition::MemberRemoved { node_id }))
+                }
                 _ => None,
             };
-            if let Some(step) = step {
+            if let Some((step, transition)) = step {
+                if let Ok(applied) = &step.result {
+                    transitions.push((applied.revision, transition));
+                }
                 tracing::info!(node_id, change = ?single.get_change_type(), "membership changed");
                 outcome = Some(match outcome {
                     None => step,
@@ -130,7 +154,7 @@ impl<T: Transport> RaftNode<T> {
             }
         }
         match outcome {
-            Some(outcome) => self.record(wtxn, entry.index, outcome),
+            Some(outcome) => self.record(wtxn, entry.index, outcome, transitions),
             None => {
                 let state = self.shared.state.read().expect("state lock poisoned");
                 self.raw
@@ -148,13 +172,18 @@ impl<T: Transport> RaftNode<T> {
         apply(&mut self.shared.state.write().expect("state lock poisoned"))
     }
 
-    /// Persists an outcome's rows with the applied index and tells watchers.
+    /// Persists an outcome's rows with the applied index and tells
+    /// watchers and fed workers.
     fn record(
         &mut self,
         wtxn: &mut RwTxn,
         index: u64,
         outcome: Outcome,
+        transitions: Vec<(u64, Transition)>,
     ) -> Result<Result<Applied>> {
+        for (revision, transition) in transitions {
+            self.shared.record_transition(revision, transition);
+        }
         let state = self.shared.state.read().expect("state lock poisoned");
         self.raw
             .mut_store()

@@ -303,7 +303,10 @@ impl<T: Transport> RaftNode<T> {
         let mut context = Vec::new();
         match change {
             MembershipChange::AddLearner { node_id, address } => {
-                if self.shared_state(|s| s.nodes.contains_key(node_id)) {
+                let conf_state = self.raw.store().conf_state();
+                // A worker (a node record without raft membership) may be
+                // added: that is how autopilot turns it into a voter.
+                if conf_state.voters.contains(node_id) || conf_state.learners.contains(node_id) {
                     return Err(Rejection::ConfChange {
                         detail: format!("node {node_id} is already a member"),
                     }
@@ -567,6 +570,7 @@ impl<T: Transport> RaftNode<T> {
         );
         *self.shared.state.write().expect("state lock poisoned") = state;
         let _ = self.shared.events.send(StateEvent::Reset { revision });
+        self.shared.reset_feed();
         Ok(())
     }
 

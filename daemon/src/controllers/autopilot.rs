@@ -1,10 +1,11 @@
 //! Autopilot: keep the voter count the cluster's settings ask for.
 //!
 //! Invariants: the leader is never demoted; a dead voter is demoted only
-//! when a live worker can take its place (the promotion itself is the
-//! raft loop's, which promotes caught-up, active learners while voters
-//! are short), so a dead voter that cannot be replaced keeps its vote and
-//! may come back; with more voters than wanted, dead ones go first.
+//! when a live learner or worker can take its place, so a dead voter that
+//! cannot be replaced keeps its vote and may come back; with more voters
+//! than wanted, dead ones go first; while voters are short and no live
+//! learner is catching up, one live worker is made a learner. Promoting
+//! a caught-up, active learner to voter is the raft loop's job.
 
 use std::collections::BTreeMap;
 
@@ -14,6 +15,7 @@ use blixard_consensus::{MembershipChange, RaftStatus, Settings};
 pub fn next_change(
     status: &RaftStatus,
     settings: &Settings,
+    workers: &[(u64, String)],
     alive: &dyn Fn(u64) -> bool,
     dead_for_ms: &BTreeMap<u64, u64>,
 ) -> Option<MembershipChange> {
@@ -23,7 +25,9 @@ pub fn next_change(
         .filter(|m| m.voter)
         .map(|m| m.node_id)
         .collect();
-    let spare_worker = status.members.iter().any(|m| !m.voter && alive(m.node_id));
+    let live_learner = status.members.iter().any(|m| !m.voter && alive(m.node_id));
+    let live_worker = workers.iter().find(|(id, _)| alive(*id));
+    let spare = live_learner || live_worker.is_some();
     let wanted = settings.voters as usize;
     let long_dead = voters.iter().copied().find(|id| {
         *id != status.leader_id
@@ -48,8 +52,23 @@ pub fn next_change(
             })?;
         return Some(MembershipChange::Demote { node_id: surplus });
     }
-    match (long_dead, spare_worker) {
-        (Some(node_id), true) => Some(MembershipChange::Demote { node_id }),
+    if let (Some(node_id), true) = (long_dead, spare) {
+        return Some(MembershipChange::Demote { node_id });
+    }
+    // Voters dead only briefly still count: they may be back any moment.
+    let counted_voters = voters
+        .iter()
+        .filter(|id| {
+            dead_for_ms
+                .get(id)
+                .is_none_or(|ms| *ms < settings.dead_voter_after_ms)
+        })
+        .count();
+    match (counted_voters < wanted && !live_learner, live_worker) {
+        (true, Some((node_id, address))) => Some(MembershipChange::AddLearner {
+            node_id: *node_id,
+            address: address.clone(),
+        }),
         _ => None,
     }
 }
@@ -82,21 +101,83 @@ mod tests {
         let dead = BTreeMap::from([(3, settings.dead_voter_after_ms)]);
         let alive = |id: u64| id != 3;
         assert_eq!(
-            next_change(&status(&[1, 2, 3], &[4]), &settings, &alive, &dead),
+            next_change(&status(&[1, 2, 3], &[4]), &settings, &[], &alive, &dead),
             Some(MembershipChange::Demote { node_id: 3 })
         );
         assert_eq!(
-            next_change(&status(&[1, 2, 3], &[]), &settings, &alive, &dead),
+            next_change(&status(&[1, 2, 3], &[]), &settings, &[], &alive, &dead),
             None
         );
         let recently = BTreeMap::from([(3, 10)]);
         assert_eq!(
-            next_change(&status(&[1, 2, 3], &[4]), &settings, &alive, &recently),
+            next_change(&status(&[1, 2, 3], &[4]), &settings, &[], &alive, &recently),
             None
         );
         let no_live_spare = |id: u64| id != 3 && id != 4;
         assert_eq!(
-            next_change(&status(&[1, 2, 3], &[4]), &settings, &no_live_spare, &dead),
+            next_change(
+                &status(&[1, 2, 3], &[4]),
+                &settings,
+                &[],
+                &no_live_spare,
+                &dead
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_worker_becomes_a_learner_while_voters_are_short() {
+        let settings = Settings::default();
+        let workers = [(5, "n5:1".to_string())];
+        let dead = BTreeMap::from([(3, settings.dead_voter_after_ms)]);
+        let alive = |id: u64| id != 3;
+        // First the dead voter goes (a worker can replace it) ...
+        assert_eq!(
+            next_change(&status(&[1, 2, 3], &[]), &settings, &workers, &alive, &dead),
+            Some(MembershipChange::Demote { node_id: 3 })
+        );
+        // ... then, with two live voters, the worker becomes a learner.
+        assert_eq!(
+            next_change(&status(&[1, 2], &[3]), &settings, &workers, &alive, &dead),
+            Some(MembershipChange::AddLearner {
+                node_id: 5,
+                address: "n5:1".into()
+            })
+        );
+        // A voter dead only briefly still counts.
+        let briefly = BTreeMap::from([(3, 10)]);
+        assert_eq!(
+            next_change(
+                &status(&[1, 2, 3], &[]),
+                &settings,
+                &workers,
+                &alive,
+                &briefly
+            ),
+            None
+        );
+        // A live learner already catching up: nothing more.
+        let none_dead = BTreeMap::new();
+        assert_eq!(
+            next_change(
+                &status(&[1, 2], &[4]),
+                &settings,
+                &workers,
+                &alive,
+                &none_dead
+            ),
+            None
+        );
+        let dead_worker = |id: u64| id != 3 && id != 5;
+        assert_eq!(
+            next_change(
+                &status(&[1, 2], &[3]),
+                &settings,
+                &workers,
+                &dead_worker,
+                &dead
+            ),
             None
         );
     }
@@ -109,6 +190,7 @@ mod tests {
             next_change(
                 &status(&[1, 2, 3, 4, 5], &[]),
                 &settings,
+                &[],
                 &alive,
                 &BTreeMap::new()
             ),
@@ -117,7 +199,7 @@ mod tests {
         let mut leader_last = status(&[1, 2, 3, 4], &[]);
         leader_last.leader_id = 4;
         assert_eq!(
-            next_change(&leader_last, &settings, &alive, &BTreeMap::new()),
+            next_change(&leader_last, &settings, &[], &alive, &BTreeMap::new()),
             Some(MembershipChange::Demote { node_id: 3 })
         );
     }

@@ -6,6 +6,7 @@
 //! facts do (memory total, cores, acceleration, labels, addresses), so
 //! gossip carries everything that moves and the log stays quiet.
 
+use crate::handle::ClusterHandle;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -13,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blixard_consensus::{Command, HostFacts, RaftHandle, VmPhase};
+use blixard_consensus::{Command, HostFacts, VmPhase};
 use blixard_membership::{Membership, NodeInfo, NodeRole};
 use tokio::sync::watch;
 
@@ -66,7 +67,7 @@ fn vcpus_total() -> u32 {
 /// Publishes this node's facts until `stop`. `accel` is `None` until the
 /// node agent has probed (and "" where no agent runs).
 pub async fn run(
-    raft: RaftHandle,
+    raft: ClusterHandle,
     membership: Arc<Membership>,
     identity: Identity,
     accel: watch::Receiver<Option<String>>,
@@ -82,10 +83,6 @@ pub async fn run(
         let (memory_mib_total, memory_mib_free) = memory_mib();
         let accel_now = accel.borrow().clone();
         let status = raft.status();
-        let voter = status
-            .members
-            .iter()
-            .any(|m| m.node_id == identity.node_id && m.voter);
         let vms_running = raft.read_state(|state| {
             state
                 .vms
@@ -99,10 +96,10 @@ pub async fn run(
         let info = NodeInfo {
             node_id: identity.node_id,
             api_address: identity.api_address.clone(),
-            role: if voter {
-                NodeRole::Voter
-            } else {
-                NodeRole::Worker
+            role: match raft.node_role() {
+                crate::handle::NodeRole::Voter => NodeRole::Voter,
+                crate::handle::NodeRole::Learner => NodeRole::Learner,
+                crate::handle::NodeRole::Worker => NodeRole::Worker,
             },
             vcpus_total: vcpus_total(),
             memory_mib_total,

@@ -7,15 +7,15 @@
 //! to it); once fenced, the node stays fenced until such a barrier
 //! succeeds again, so the reconciler never acts on a stale assignment.
 
+use crate::handle::ClusterHandle;
 use std::time::Duration;
 
-use blixard_consensus::RaftHandle;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 /// Runs until `stop`, publishing `true` on `fenced` while fenced.
 pub async fn run(
-    raft: RaftHandle,
+    raft: ClusterHandle,
     fence_after_ms: u64,
     fenced: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,

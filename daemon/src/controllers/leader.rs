@@ -7,11 +7,12 @@
 //! saw it dead, so a new leader waits out a full grace period again
 //! rather than trusting anyone's clock.
 
+use crate::handle::ClusterHandle;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blixard_consensus::{Command, RaftHandle, Role};
+use blixard_consensus::{Command, Role};
 use blixard_membership::Membership;
 use futures::future::join_all;
 use tokio::sync::watch;
@@ -63,7 +64,7 @@ impl Liveness {
 
 /// Runs until `stop` turns true.
 pub async fn run(
-    raft: RaftHandle,
+    raft: ClusterHandle,
     membership: Arc<Membership>,
     params: Params,
     mut stop: watch::Receiver<bool>,
@@ -119,8 +120,17 @@ pub async fn run(
         });
         propose_all(&raft, decisions).await;
 
-        let settings = raft.read_state(|s| s.settings.clone());
-        if let Some(change) = autopilot::next_change(&status, &settings, &alive, &dead_for_ms) {
+        let (settings, workers) = raft.read_state(|s| {
+            let workers: Vec<(u64, String)> = s
+                .nodes
+                .values()
+                .filter(|n| !status.members.iter().any(|m| m.node_id == n.node_id))
+                .map(|n| (n.node_id, n.address.clone()))
+                .collect();
+            (s.settings.clone(), workers)
+        });
+        let change = autopilot::next_change(&status, &settings, &workers, &alive, &dead_for_ms);
+        if let Some(change) = change {
             tracing::info!(?change, "autopilot changing the voter set");
             if let Err(error) = raft.change_membership(change).await {
                 tracing::warn!(%error, "autopilot change not committed");
@@ -131,7 +141,7 @@ pub async fn run(
 
 /// Proposes commands concurrently (raft batches them into few entries);
 /// refusals are normal (the state moved on) and retried next pass.
-async fn propose_all(raft: &RaftHandle, mut commands: Vec<Command>) {
+async fn propose_all(raft: &ClusterHandle, mut commands: Vec<Command>) {
     commands.truncate(COMMANDS_PER_PASS_MAX);
     let results = join_all(commands.into_iter().map(|command| async move {
         let described = format!("{command:?}");

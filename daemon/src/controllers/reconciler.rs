@@ -8,12 +8,13 @@
 //! report carries this node's id, and the state machine refuses reports
 //! from a node the VM is not assigned to.
 
+use crate::handle::ClusterHandle;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use blixard_consensus::{
-    ClusterState, Command, DesiredState, RaftHandle, Rejection, RunnerSource, VmObserved, VmPhase,
+    ClusterState, Command, DesiredState, Rejection, RunnerSource, VmObserved, VmPhase,
 };
 use blixard_nodeagent::{Desired, NodeAgent, Phase, PlanSource, VmPlan, VmReport};
 use tokio::sync::{mpsc, watch};
@@ -87,7 +88,7 @@ fn observed(report: VmReport) -> VmObserved {
 
 /// Runs the agent until `stop` turns true; then stops the VMs if asked to.
 pub async fn run(
-    raft: RaftHandle,
+    raft: ClusterHandle,
     node_id: u64,
     mut agent: NodeAgent,
     reports: mpsc::Receiver<VmReport>,
@@ -128,7 +129,7 @@ pub async fn run(
     reporter.abort();
 }
 
-async fn report_loop(raft: RaftHandle, node_id: u64, mut reports: mpsc::Receiver<VmReport>) {
+async fn report_loop(raft: ClusterHandle, node_id: u64, mut reports: mpsc::Receiver<VmReport>) {
     while let Some(report) = reports.recv().await {
         let name = report.name.clone();
         let command = Command::ReportVm {

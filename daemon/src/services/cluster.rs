@@ -1,12 +1,11 @@
 //! The `Cluster` service: status, join, node removal, settings, events.
 
+use crate::handle::ClusterHandle;
 use std::pin::Pin;
 use std::sync::Arc;
 
 use blixard_api::{pb, validate};
-use blixard_consensus::{
-    ClusterState, Command, MembershipChange, RaftHandle, RaftStatus, StateEvent,
-};
+use blixard_consensus::{ClusterState, Command, MembershipChange, RaftStatus, StateEvent};
 use blixard_membership::Membership;
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
@@ -20,8 +19,9 @@ use crate::Error;
 const EVENTS_BUFFERED_MAX: usize = 256;
 
 pub struct ClusterService {
-    pub raft: RaftHandle,
+    pub raft: ClusterHandle,
     pub membership: Arc<Membership>,
+    pub join_lock: tokio::sync::Mutex<()>,
 }
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterEvent, Status>> + Send>>;
@@ -42,6 +42,24 @@ const LEADERSHIP_TRANSFER_TIMEOUT_MS: u64 = 10_000;
 const LEADERSHIP_POLL_INTERVAL_MS: u64 = 20;
 
 impl ClusterService {
+    /// A worker holds no raft log: joins go to the voter that feeds it.
+    async fn forward_join(
+        &self,
+        request: pb::JoinRequest,
+    ) -> Result<Response<pb::JoinResponse>, Status> {
+        let Some(address) = self.raft.mirror().upstream().address else {
+            return Err(Status::unavailable(
+                "this worker is not connected to a voter yet; retry or join through a voter",
+            ));
+        };
+        let channel = crate::mirror::connect(&address)
+            .await
+            .map_err(Status::unavailable)?;
+        pb::cluster_client::ClusterClient::new(channel)
+            .join(request)
+            .await
+    }
+
     /// If `node_id` leads, hands leadership to another voter (this node
     /// when it is one: it is alive, since it is serving this request) and
     /// waits until another node leads.
@@ -116,6 +134,11 @@ impl pb::cluster_server::Cluster for ClusterService {
             first_log_index: status.first_log_index,
             gossip_address: self.membership.gossip_address().to_string(),
             gossip_seeds: gossip_seeds(&self.membership).await,
+            node_role: self.raft.node_role().as_str().into(),
+            feed_source: match self.raft.is_member() {
+                true => String::new(),
+                false => self.raft.mirror().upstream().address.unwrap_or_default(),
+            },
         }))
     }
 
@@ -126,20 +149,36 @@ impl pb::cluster_server::Cluster for ClusterService {
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         validate::address(&request.address).map_err(Error::from)?;
+        if !self.raft.is_member() {
+            return self.forward_join(request).await;
+        }
+        // One join at a time on this node, so two joiners cannot both
+        // take the last seat among the voters-to-be.
+        let _serialized = self.join_lock.lock().await;
         self.raft.read_barrier().await.map_err(Error::from)?;
-        let known = self
-            .raft
-            .read_state(|s| s.nodes.get(&request.node_id).map(|n| n.address.clone()));
-        match known {
+        let (known, wanted_members) = self.raft.read_state(|s| {
+            (
+                s.nodes.get(&request.node_id).map(|n| n.address.clone()),
+                s.settings.voters as usize,
+            )
+        });
+        let status = self.raft.status();
+        let is_member = status.members.iter().any(|m| m.node_id == request.node_id);
+        let role = match known {
             // A node retrying its join after a restart: already done.
-            Some(address) if address == request.address => {}
+            Some(address) if address == request.address => match is_member {
+                true => "learner",
+                false => "worker",
+            },
             Some(address) => {
                 return Err(Status::already_exists(format!(
                 "node id {} is already a member at {address}; pick another id or remove it first",
                 request.node_id
             )))
             }
-            None => {
+            // Raft members (voters and the learners that will become
+            // voters) up to the voter count; workers beyond it.
+            None if status.members.len() < wanted_members => {
                 self.raft
                     .change_membership(MembershipChange::AddLearner {
                         node_id: request.node_id,
@@ -147,13 +186,25 @@ impl pb::cluster_server::Cluster for ClusterService {
                     })
                     .await
                     .map_err(Error::from)?;
+                "learner"
             }
-        }
+            None => {
+                self.raft
+                    .propose(Command::RegisterWorker {
+                        node_id: request.node_id,
+                        address: request.address,
+                    })
+                    .await
+                    .map_err(Error::from)?;
+                "worker"
+            }
+        };
         let status = self.raft.status();
         Ok(Response::new(pb::JoinResponse {
             members: self.raft.read_state(|state| members_to_pb(&status, state)),
             leader_id: status.leader_id,
             gossip_seeds: gossip_seeds(&self.membership).await,
+            role: role.into(),
         }))
     }
 
@@ -245,8 +296,22 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let node_id = request.into_inner().node_id;
+        let request = request.into_inner();
+        let node_id = request.node_id;
         validate::node_id(node_id).map_err(Error::from)?;
+        if !self.raft.is_member() {
+            let Some(address) = self.raft.mirror().upstream().address else {
+                return Err(Status::unavailable(
+                    "this worker is not connected to a voter yet; retry through a voter",
+                ));
+            };
+            let channel = crate::mirror::connect(&address)
+                .await
+                .map_err(Status::unavailable)?;
+            return pb::cluster_client::ClusterClient::new(channel)
+                .remove_node(request)
+                .await;
+        }
         self.raft.read_barrier().await.map_err(Error::from)?;
         let is_member = self
             .raft
@@ -254,14 +319,25 @@ impl pb::cluster_server::Cluster for ClusterService {
             .members
             .iter()
             .any(|m| m.node_id == node_id);
-        if !is_member {
-            return Err(Status::not_found(format!("node {node_id} is not a member")));
+        let is_worker = self.raft.read_state(|s| s.nodes.contains_key(&node_id));
+        match (is_member, is_worker) {
+            (true, _) => {
+                self.move_leadership_off(node_id).await?;
+                self.raft
+                    .change_membership(MembershipChange::Remove { node_id })
+                    .await
+                    .map_err(Error::from)?;
+            }
+            (false, true) => {
+                self.raft
+                    .propose(Command::UnregisterWorker { node_id })
+                    .await
+                    .map_err(Error::from)?;
+            }
+            (false, false) => {
+                return Err(Status::not_found(format!("node {node_id} is not a member")));
+            }
         }
-        self.move_leadership_off(node_id).await?;
-        self.raft
-            .change_membership(MembershipChange::Remove { node_id })
-            .await
-            .map_err(Error::from)?;
         Ok(Response::new(pb::RemoveNodeResponse {
             members: {
                 let status = self.raft.status();

@@ -2,6 +2,7 @@
 //! where authentication (and later mTLS identity checks) will happen.
 
 pub mod cluster;
+pub mod feed;
 pub mod node;
 pub mod raft;
 pub mod vm;

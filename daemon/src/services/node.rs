@@ -1,11 +1,12 @@
 //! The `Node` service: every node as raft and gossip see it, eligibility
 //! and drains.
 
+use crate::handle::ClusterHandle;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
 use blixard_api::{pb, validate};
-use blixard_consensus::{ClusterState, Command, DesiredState, RaftHandle, RaftStatus, VmPhase};
+use blixard_consensus::{ClusterState, Command, DesiredState, RaftStatus, VmPhase};
 use blixard_membership::{Member, Membership};
 use tonic::{Request, Response, Status};
 
@@ -18,7 +19,7 @@ const DRAIN_DEADLINE_MS_DEFAULT: u64 = 5 * 60 * 1000;
 const DRAIN_DEADLINE_MS_MAX: u64 = 24 * 3600 * 1000;
 
 pub struct NodeService {
-    pub raft: RaftHandle,
+    pub raft: ClusterHandle,
     pub membership: Arc<Membership>,
 }
 
@@ -36,10 +37,11 @@ fn node_info(
     let mut row = pb::NodeInfo {
         node_id,
         member: raft_member.is_some(),
-        role: match raft_member {
-            Some(m) if m.voter => "voter",
-            Some(_) => "worker",
-            None => "none",
+        role: match (raft_member, record) {
+            (Some(m), _) if m.voter => "voter",
+            (Some(_), _) => "learner",
+            (None, Some(_)) => "worker",
+            (None, None) => "none",
         }
         .into(),
         liveness: match gossip {
@@ -67,6 +69,7 @@ fn node_info(
             .unwrap_or_default(),
         ..pb::NodeInfo::default()
     };
+    row.reported = record.is_some_and(|r| r.host.is_some());
     if let Some(host) = record.and_then(|r| r.host.as_ref()) {
         row.vcpus_total = host.vcpus_total;
         row.memory_mib_total = host.memory_mib_total;

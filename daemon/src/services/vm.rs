@@ -1,9 +1,10 @@
 //! The `Vm` service: VM definitions and desired state in the replicated log.
 
+use crate::handle::ClusterHandle;
 use std::pin::Pin;
 
 use blixard_api::{pb, validate};
-use blixard_consensus::{Command, DesiredState, RaftHandle, StateEvent, VmChange};
+use blixard_consensus::{Command, DesiredState, StateEvent, VmChange};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
@@ -17,7 +18,7 @@ use crate::Error;
 const WATCH_EVENTS_BUFFERED_MAX: usize = 256;
 
 pub struct VmService {
-    pub raft: RaftHandle,
+    pub raft: ClusterHandle,
     /// Serves what only the VM's own node can (logs, stats).
     pub node: VmNode,
 }

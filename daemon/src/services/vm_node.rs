@@ -6,13 +6,14 @@
 //! carries `FORWARDED_HEADER`), so two nodes that disagree on where a VM
 //! runs cannot bounce a request between them.
 
+use crate::handle::ClusterHandle;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use blixard_api::pb::vm_client::VmClient;
 use blixard_api::{pb, validate};
-use blixard_consensus::{RaftHandle, VmPhase};
+use blixard_consensus::VmPhase;
 use blixard_nodeagent::{console, process};
 use futures::{Stream, StreamExt};
 use tokio::sync::mpsc;
@@ -35,7 +36,7 @@ enum Location {
 }
 
 pub struct VmNode {
-    pub raft: RaftHandle,
+    pub raft: ClusterHandle,
     pub node_id: u64,
     /// `None` when this node runs no agent.
     pub vm_state_dir: Option<PathBuf>,

@@ -1,0 +1,212 @@
+//! The daemon's one way to the cluster state: through the local raft loop
+//! on raft members (voters and learners), through a voter on workers,
+//! which hold no raft log.
+//!
+//! Invariants: a worker's reads come from its mirror, and a worker's
+//! read barrier and writes return only once the mirror has reached the
+//! voter's revision, so a worker reads its own writes and linearizable
+//! reads stay linearizable; membership changes are only made on members.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use blixard_api::pb;
+use blixard_api::pb::state_feed_client::StateFeedClient;
+use blixard_consensus::{
+    Applied, ClusterState, Command, Error, EventRecord, MembershipChange, RaftHandle, RaftStatus,
+    Rejection, Result, Role, StateEvent, VmRecord,
+};
+use tokio::sync::broadcast;
+
+use crate::mirror::{self, Mirror};
+
+/// What this node is in the cluster.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NodeRole {
+    Voter,
+    Learner,
+    Worker,
+}
+
+impl NodeRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeRole::Voter => "voter",
+            NodeRole::Learner => "learner",
+            NodeRole::Worker => "worker",
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct ClusterHandle {
+    raft: RaftHandle,
+    mirror: Arc<Mirror>,
+    request_timeout: Duration,
+}
+
+impl ClusterHandle {
+    pub fn new(raft: RaftHandle, mirror: Arc<Mirror>, request_timeout: Duration) -> Self {
+        Self {
+            raft,
+            mirror,
+            request_timeout,
+        }
+    }
+
+    /// The raft loop itself (for the peer transport and the state feed).
+    pub fn raft(&self) -> &RaftHandle {
+        &self.raft
+    }
+
+    pub fn mirror(&self) -> &Arc<Mirror> {
+        &self.mirror
+    }
+
+    pub fn is_member(&self) -> bool {
+        mirror::is_member(&self.raft)
+    }
+
+    pub fn node_role(&self) -> NodeRole {
+        let status = self.raft.status();
+        match status.members.iter().find(|m| m.node_id == status.node_id) {
+            Some(m) if m.voter => NodeRole::Voter,
+            Some(_) => NodeRole::Learner,
+            None => NodeRole::Worker,
+        }
+    }
+
+    /// On members, raft's own status; on workers, the feeding voter's
+    /// view of raft with this node's id and no log of its own.
+    pub fn status(&self) -> RaftStatus {
+        let status = self.raft.status();
+        if self.is_member() {
+            return status;
+        }
+        let upstream = self.mirror.upstream();
+        RaftStatus {
+            node_id: status.node_id,
+            leader_id: upstream.leader_id,
+            term: upstream.term,
+            commit_index: 0,
+            applied_index: 0,
+            first_log_index: 0,
+            role: Role::Follower,
+            members: upstream.members,
+        }
+    }
+
+    pub fn read_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+        match self.is_member() {
+            true => self.raft.read_state(read),
+            false => self.mirror.read(read),
+        }
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
+        match self.is_member() {
+            true => self.raft.subscribe(),
+            false => self.mirror.subscribe(),
+        }
+    }
+
+    pub fn recent_events(&self) -> Vec<EventRecord> {
+        match self.is_member() {
+            true => self.raft.recent_events(),
+            false => self.mirror.recent_events(),
+        }
+    }
+
+    pub async fn change_membership(&self, change: MembershipChange) -> Result<Applied> {
+        self.raft.change_membership(change).await
+    }
+
+    pub async fn transfer_leadership(&self, to: Option<u64>) -> Result<u64> {
+        self.raft.transfer_leadership(to).await
+    }
+
+    pub async fn propose(&self, command: Command) -> Result<Applied> {
+        if self.is_member() {
+            return self.raft.propose(command).await;
+        }
+        let mut client = self.feed_client().await?;
+        let request = pb::ProposeRequest {
+            command: command.encode(),
+        };
+        let response = client
+            .propose(request)
+            .await
+            .map_err(|s| self.forward_error(s))?
+            .into_inner();
+        let vm = match response.outcome {
+            Some(pb::propose_response::Outcome::Rejection(bytes)) => {
+                let rejection: Rejection =
+                    serde_json::from_slice(&bytes).map_err(|e| Error::Corrupt {
+                        what: "rejection",
+                        detail: e.to_string(),
+                    })?;
+                return Err(Error::Rejected(rejection));
+            }
+            Some(pb::propose_response::Outcome::AppliedVm(bytes)) if !bytes.is_empty() => Some(
+                serde_json::from_slice::<VmRecord>(&bytes).map_err(|e| Error::Corrupt {
+                    what: "VM record",
+                    detail: e.to_string(),
+                })?,
+            ),
+            _ => None,
+        };
+        self.wait_mirror(response.revision).await?;
+        Ok(Applied {
+            revision: response.revision,
+            vm,
+        })
+    }
+
+    /// See [`RaftHandle::read_barrier`]; on workers the mirror catches up
+    /// to a voter's read point.
+    pub async fn read_barrier(&self) -> Result<()> {
+        if self.is_member() {
+            return self.raft.read_barrier().await;
+        }
+        let mut client = self.feed_client().await?;
+        let response = client
+            .barrier(pb::BarrierRequest {})
+            .await
+            .map_err(|s| self.forward_error(s))?
+            .into_inner();
+        self.wait_mirror(response.revision).await
+    }
+
+    async fn wait_mirror(&self, revision: u64) -> Result<()> {
+        match self.mirror.wait_for(revision, self.request_timeout).await {
+            true => Ok(()),
+            false => Err(Error::Timeout {
+                timeout_ms: self.request_timeout.as_millis() as u64,
+            }),
+        }
+    }
+
+    async fn feed_client(&self) -> Result<StateFeedClient<tonic::transport::Channel>> {
+        let Some(address) = self.mirror.upstream().address else {
+            return Err(Error::Unreachable {
+                detail: "this worker is not following any voter yet".into(),
+            });
+        };
+        let channel = mirror::connect(&address)
+            .await
+            .map_err(|detail| Error::Unreachable { detail })?;
+        Ok(StateFeedClient::new(channel))
+    }
+
+    fn forward_error(&self, status: tonic::Status) -> Error {
+        match status.code() {
+            tonic::Code::DeadlineExceeded => Error::Timeout {
+                timeout_ms: self.request_timeout.as_millis() as u64,
+            },
+            tonic::Code::ResourceExhausted => Error::Busy { queued_max: 0 },
+            _ => Error::Unreachable {
+                detail: status.message().to_string(),
+            },
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! A worker's replica of the cluster state, fed by a voter over the
+//! `StateFeed` stream instead of the raft log.
+//!
+//! Invariants: the mirror only moves forward by a snapshot or by the
+//! transition of exactly its revision + 1, so it always equals the state
+//! the voters held at its revision; any gap or mismatch drops the stream
+//! and the next subscription resumes from the mirror's revision (or
+//! starts over from a snapshot when the voter no longer has it).
+
+use std::collections::VecDeque;
+use std::sync::{Mutex, RwLock};
+use std::time::Duration;
+
+use blixard_api::pb;
+use blixard_api::pb::state_feed_client::StateFeedClient;
+use blixard_consensus::{
+    ClusterState, EventRecord, MemberStatus, RaftHandle, StateEvent, Transition, RECENT_EVENTS_MAX,
+    VM_EVENTS_BUFFERED_MAX,
+};
+use tokio::sync::{broadcast, watch};
+use tonic::transport::{Channel, Endpoint};
+
+const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// How long a feed may stay silent before the worker asks again: voters
+/// send nothing while nothing changes, so this is a liveness check of the
+/// voter (by a Status call), not of the stream.
+const UPSTREAM_CHECK_INTERVAL_MS: u64 = 1_000;
+const RESUBSCRIBE_DELAY_MS: u64 = 200;
+
+/// What a worker knows of raft from the voter that feeds it.
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    pub address: Option<String>,
+    pub leader_id: u64,
+    pub term: u64,
+    pub members: Vec<MemberStatus>,
+}
+
+pub struct Mirror {
+    state: RwLock<ClusterState>,
+    events: broadcast::Sender<StateEvent>,
+    recent_events: Mutex<VecDeque<EventRecord>>,
+    revision: watch::Sender<u64>,
+    upstream: Mutex<Upstream>,
+}
+
+impl Default for Mirror {
+    fn default() -> Self {
+        Self {
+            state: RwLock::new(ClusterState::default()),
+            events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
+            recent_events: Mutex::new(VecDeque::new()),
+            revision: watch::channel(0).0,
+            upstream: Mutex::new(Upstream::default()),
+        }
+    }
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Mirror {
+    pub fn read<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+        read(&self.state.read().expect("mirror lock poisoned"))
+    }
+
+    pub fn revision(&self) -> u64 {
+        *self.revision.borrow()
+    }
+
+    pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
+        self.events.subscribe()
+    }
+
+    pub fn recent_events(&self) -> Vec<EventRecord> {
+        let recent = self.recent_events.lock().expect("events lock poisoned");
+        recent.iter().cloned().collect()
+    }
+
+    pub fn upstream(&self) -> Upstream {
+        self.upstream
+            .lock()
+            .expect("upstream lock poisoned")
+            .clone()
+    }
+
+    /// Waits until the mirror holds `revision` (or later).
+    pub async fn wait_for(&self, revision: u64, timeout: Duration) -> bool {
+        let mut watcher = self.revision.subscribe();
+        tokio::time::timeout(timeout, watcher.wait_for(|r| *r >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Applies one feed item; an error means the stream must start over.
+    fn apply(&self, item: pb::FeedItem) -> Result<(), String> {
+        let mut state = self.state.write().expect("mirror lock poisoned");
+        match item.item {
+            Some(pb::feed_item::Item::Snapshot(bytes)) => {
+                let snapshot = ClusterState::decode(&bytes).map_err(|e| e.to_string())?;
+                if snapshot.revision != item.revision {
+                    return Err(format!(
+                        "snapshot claims revision {} but holds {}",
+                        item.revision, snapshot.revision
+                    ));
+                }
+                if snapshot.revision < state.revision {
+                    return Err(format!(
+                        "snapshot at revision {} is older than the mirror's {}",
+                        snapshot.revision, state.revision
+                    ));
+                }
+                tracing::info!(revision = item.revision, "mirror: snapshot");
+                *state = snapshot;
+                let _ = self.events.send(StateEvent::Reset {
+                    revision: item.revision,
+                });
+            }
+            Some(pb::feed_item::Item::Transition(bytes)) => {
+                if item.revision <= state.revision {
+                    return Ok(());
+                }
+                if item.revision != state.revision + 1 {
+                    return Err(format!(
+                        "transition to revision {} after {}",
+                        item.revision, state.revision
+                    ));
+                }
+                let transition: Transition =
+                    serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                let outcome = state.replay(transition);
+                if state.revision != item.revision {
+                    return Err(format!(
+                        "replay reached revision {} instead of {} ({:?})",
+                        state.revision, item.revision, outcome.result
+                    ));
+                }
+                for change in outcome.vm_changes {
+                    let _ = self.events.send(StateEvent::Vm {
+                        change: Box::new(change),
+                        revision: item.revision,
+                    });
+                }
+                let mut recent = self.recent_events.lock().expect("events lock poisoned");
+                for event in outcome.events {
+                    let record = EventRecord {
+                        seq: recent.back().map_or(1, |last| last.seq + 1),
+                        revision: item.revision,
+                        at_unix_ms: unix_ms_now(),
+                        event,
+                    };
+                    if recent.len() == RECENT_EVENTS_MAX {
+                        recent.pop_front();
+                    }
+                    recent.push_back(record.clone());
+                    let _ = self.events.send(StateEvent::Cluster(Box::new(record)));
+                }
+            }
+            None => return Err("empty feed item".into()),
+        }
+        self.revision.send_replace(state.revision);
+        Ok(())
+    }
+}
+
+/// A channel to `address` for node-to-node calls.
+pub async fn connect(address: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .connect()
+        .await
+        .map_err(|e| format!("{address}: {e}"))
+}
+
+/// Completes when `stop` turns true (holding no borrow of it, so the
+/// futures that select on it stay `Send`).
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
+}
+
+/// Whether this node's raft loop holds the state (it is a raft member).
+pub fn is_member(raft: &RaftHandle) -> bool {
+    let status = raft.status();
+    status.members.iter().any(|m| m.node_id == status.node_id)
+}
+
+/// Keeps the mirror following a voter while this node is not a raft
+/// member. `candidates` gives the addresses to try, in order.
+pub async fn run(
+    mirror: std::sync::Arc<Mirror>,
+    raft: RaftHandle,
+    candidates: impl Fn() -> Vec<String>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut attempt = 0usize;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        if !is_member(&raft) {
+            let addresses = candidates();
+            if !addresses.is_empty() {
+                let address = &addresses[attempt % addresses.len()];
+                attempt += 1;
+                follow(&mirror, &raft, address, &mut stop).await;
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_DELAY_MS)) => {}
+            _ = stopped(&mut stop) => return,
+        }
+    }
+}
+
+/// Follows one voter's feed until it fails, this node becomes a member,
+/// or `stop`.
+async fn follow(
+    mirror: &Mirror,
+    raft: &RaftHandle,
+    address: &str,
+    stop: &mut watch::Receiver<bool>,
+) {
+    let channel = match connect(address).await {
+        Ok(channel) => channel,
+        Err(error) => {
+            tracing::debug!(%error, "mirror: cannot reach feed");
+            return;
+        }
+    };
+    let from_revision = mirror.revision();
+    let mut feed = StateFeedClient::new(channel.clone());
+    let mut cluster = pb::cluster_client::ClusterClient::new(channel);
+    let mut stream = match feed.subscribe(pb::FeedRequest { from_revision }).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            tracing::debug!(%address, error = status.message(), "mirror: feed refused");
+            return;
+        }
+    };
+    tracing::info!(%address, from_revision, "mirror: following");
+    let mut check = tokio::time::interval(Duration::from_millis(UPSTREAM_CHECK_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            item = stream.message() => match item {
+                Ok(Some(item)) => {
+                    if let Err(error) = mirror.apply(item) {
+                        tracing::warn!(%error, "mirror: feed out of step; subscribing again");
+                        return;
+                    }
+                }
+                Ok(None) | Err(_) => {
+                    tracing::debug!(%address, "mirror: feed ended");
+                    return;
+                }
+            },
+            _ = check.tick() => {
+                if is_member(raft) {
+                    tracing::info!("now a raft member; the mirror stops following");
+                    return;
+                }
+                let status = tokio::time::timeout(
+                    Duration::from_millis(UPSTREAM_CHECK_INTERVAL_MS),
+                    cluster.status(pb::StatusRequest {}),
+                )
+                .await;
+                let Ok(Ok(status)) = status else {
+                    tracing::debug!(%address, "mirror: feeding node stopped answering");
+                    return;
+                };
+                let status = status.into_inner();
+                *mirror.upstream.lock().expect("upstream lock poisoned") = Upstream {
+                    address: Some(address.to_string()),
+                    leader_id: status.leader_id,
+                    term: status.term,
+                    members: status
+                        .members
+                        .iter()
+                        .map(|m| MemberStatus {
+                            node_id: m.node_id,
+                            address: m.address.clone(),
+                            voter: m.role() == pb::MemberRole::Voter,
+                        })
+                        .collect(),
+                };
+            }
+            _ = stopped(stop) => return,
+        }
+    }
+}

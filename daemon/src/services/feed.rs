@@ -1,0 +1,180 @@
+//! The `StateFeed` service: how a voter (any raft member) feeds workers.
+//!
+//! Invariant: a subscriber receives either a snapshot or the transition
+//! of exactly its revision + 1, in order, so it can check each step.
+
+use std::pin::Pin;
+
+use blixard_api::pb;
+use blixard_consensus::{Command, FeedEvent, RaftHandle, Transition};
+use futures::Stream;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::mirror::is_member;
+use crate::Error;
+
+/// Items buffered per subscriber between the state and its stream.
+const FEED_ITEMS_BUFFERED_MAX: usize = 256;
+
+pub struct FeedService {
+    pub raft: RaftHandle,
+}
+
+type FeedStream = Pin<Box<dyn Stream<Item = Result<pb::FeedItem, Status>> + Send>>;
+
+fn transition_item(revision: u64, transition: &Transition) -> pb::FeedItem {
+    pb::FeedItem {
+        revision,
+        item: Some(pb::feed_item::Item::Transition(
+            serde_json::to_vec(transition).expect("transitions serialize"),
+        )),
+    }
+}
+
+fn snapshot_item(raft: &RaftHandle) -> (u64, pb::FeedItem) {
+    raft.read_state(|state| {
+        let item = pb::FeedItem {
+            revision: state.revision,
+            item: Some(pb::feed_item::Item::Snapshot(state.encode())),
+        };
+        (state.revision, item)
+    })
+}
+
+impl FeedService {
+    fn require_member(&self) -> Result<(), Status> {
+        match is_member(&self.raft) {
+            true => Ok(()),
+            false => Err(Status::failed_precondition(
+                "this node holds no raft log (it is a worker); ask a voter",
+            )),
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl pb::state_feed_server::StateFeed for FeedService {
+    type SubscribeStream = FeedStream;
+
+    async fn subscribe(
+        &self,
+        request: Request<pb::FeedRequest>,
+    ) -> Result<Response<Self::SubscribeStream>, Status> {
+        self.require_member()?;
+        let from_revision = request.into_inner().from_revision;
+        let (retained, mut events) = self.raft.feed();
+        let raft = self.raft.clone();
+        let (tx, rx) = mpsc::channel(FEED_ITEMS_BUFFERED_MAX);
+        tokio::spawn(async move {
+            // Catch up: the retained transitions if they reach back to the
+            // subscriber's revision, a snapshot otherwise.
+            let reaches_back = retained
+                .first()
+                .is_some_and(|(first, _)| *first <= from_revision + 1)
+                && from_revision > 0;
+            let mut sent = if reaches_back {
+                let mut sent = from_revision;
+                for (revision, transition) in retained.iter().filter(|(r, _)| *r > from_revision) {
+                    if tx
+                        .send(Ok(transition_item(*revision, transition)))
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                    sent = *revision;
+                }
+                sent
+            } else {
+                let current = raft.read_state(|s| s.revision);
+                // A subscriber at or ahead of this node (which may lag)
+                // waits for the transitions it lacks.
+                if current <= from_revision && from_revision > 0 {
+                    from_revision
+                } else {
+                    let (revision, item) = snapshot_item(&raft);
+                    if tx.send(Ok(item)).await.is_err() {
+                        return;
+                    }
+                    revision
+                }
+            };
+            loop {
+                let item = match events.recv().await {
+                    Ok(FeedEvent::Transition {
+                        revision,
+                        transition,
+                    }) => {
+                        if revision <= sent {
+                            continue;
+                        }
+                        if revision != sent + 1 {
+                            // A transition fell between the snapshot and
+                            // the subscription: start the follower over.
+                            let (revision, item) = snapshot_item(&raft);
+                            sent = revision;
+                            item
+                        } else {
+                            sent = revision;
+                            transition_item(revision, &transition)
+                        }
+                    }
+                    Ok(FeedEvent::Reset) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let (revision, item) = snapshot_item(&raft);
+                        sent = revision;
+                        item
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                if tx.send(Ok(item)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(
+            Box::pin(ReceiverStream::new(rx)) as FeedStream
+        ))
+    }
+
+    async fn propose(
+        &self,
+        request: Request<pb::ProposeRequest>,
+    ) -> Result<Response<pb::ProposeResponse>, Status> {
+        self.require_member()?;
+        let command = Command::decode(&request.into_inner().command)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let response = match self.raft.propose(command).await {
+            Ok(applied) => pb::ProposeResponse {
+                revision: applied.revision,
+                outcome: Some(pb::propose_response::Outcome::AppliedVm(
+                    applied
+                        .vm
+                        .map(|vm| serde_json::to_vec(&vm).expect("VM records serialize"))
+                        .unwrap_or_default(),
+                )),
+            },
+            Err(blixard_consensus::Error::Rejected(rejection)) => pb::ProposeResponse {
+                revision: 0,
+                outcome: Some(pb::propose_response::Outcome::Rejection(
+                    serde_json::to_vec(&rejection).expect("rejections serialize"),
+                )),
+            },
+            Err(error) => return Err(Error::from(error).into()),
+        };
+        Ok(Response::new(response))
+    }
+
+    async fn barrier(
+        &self,
+        _request: Request<pb::BarrierRequest>,
+    ) -> Result<Response<pb::BarrierResponse>, Status> {
+        self.require_member()?;
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        Ok(Response::new(pb::BarrierResponse {
+            revision: self.raft.read_state(|s| s.revision),
+            leader_id: self.raft.status().leader_id,
+        }))
+    }
+}
