@@ -179,7 +179,8 @@ pub struct HostFacts {
     /// Where the node gossips, so restarted peers can find it again.
     #[serde(default)]
     pub gossip_address: String,
-    /// The node stops its VMs after losing the voters this long.
+    /// Within this long of losing the quorum the node has stopped its VMs
+    /// (its fencing period plus its stop timeout).
     #[serde(default)]
     pub fence_after_ms: u64,
 }

@@ -386,6 +386,16 @@ impl ClusterState {
             }
         }
         let outcome = self.update_vm(name, |vm| {
+            // A placement decided on an older state (a retried or a
+            // deposed leader's proposal) must not move a placed VM: its
+            // node may already run it.
+            if let (Some(new), Some(current)) = (node_id, vm.assigned_node) {
+                if new != current {
+                    return Err(Rejection::Invalid {
+                        detail: format!("VM {name:?} is already placed on node {current}"),
+                    });
+                }
+            }
             vm.assigned_node = node_id;
             vm.evicting = false;
             vm.observed = match (node_id, vm.desired_state) {
@@ -512,11 +522,15 @@ impl ClusterState {
             if vm.assigned_node != Some(node_id) {
                 continue;
             }
-            let active = !matches!(
-                vm.observed.phase,
-                VmPhase::Stopped | VmPhase::Failed | VmPhase::Lost
-            );
-            if active {
+            // Only a VM that should not run and does not is taken off at
+            // once; any other may be running or about to, so its node
+            // stops it first.
+            let idle = vm.desired_state == DesiredState::Stopped
+                && matches!(
+                    vm.observed.phase,
+                    VmPhase::Stopped | VmPhase::Failed | VmPhase::Lost
+                );
+            if !idle {
                 vm.evicting = true;
                 evicting += 1;
             } else {
@@ -978,6 +992,26 @@ mod tests {
             .is_ok());
         assert_eq!(state.nodes[&1].drain, None);
         assert!(!state.nodes[&1].eligible);
+    }
+
+    #[test]
+    fn a_placed_vm_is_not_placed_again_elsewhere() {
+        let mut state = ClusterState::default();
+        state.add_member(1, "a:1".into());
+        state.add_member(2, "b:2".into());
+        running_on(&mut state, "a", 1);
+        let before = state.clone();
+        let again = |node| Command::AssignVm {
+            name: "a".into(),
+            node_id: Some(node),
+            reason: String::new(),
+        };
+        assert!(matches!(
+            state.apply(again(2)).result,
+            Err(Rejection::Invalid { .. })
+        ));
+        assert_eq!(state, before);
+        assert!(state.apply(again(1)).result.is_ok());
     }
 
     #[test]

@@ -36,6 +36,8 @@ const JOIN_PROBE_TIMEOUT_MS: u64 = 3_000;
 const JOIN_ATTEMPTS_MAX: u32 = 60;
 const JOIN_RETRY_DELAY_MS: u64 = 500;
 const JOIN_PROBE_ATTEMPTS_MAX: u32 = 6;
+/// A fencing check's interval plus a reconcile round (see `fencing.rs`).
+const FENCE_SLACK_MS: u64 = 1_500;
 
 /// Holds the data directory's lock for the life of the agent.
 struct DataDirLock {
@@ -300,7 +302,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             gossip_address: membership.gossip_address().to_string(),
             labels: config.cluster.labels.clone(),
             data_dir: data_dir.clone(),
-            fence_after_ms: config.failover.fence_after_ms,
+            // What failover must wait for: the fence, one fencing check,
+            // then a stop that may take its whole timeout.
+            fence_after_ms: config.failover.fence_after_ms
+                + config.agent.stop_timeout_ms
+                + FENCE_SLACK_MS,
         },
         accel_rx,
         stop_rx.clone(),

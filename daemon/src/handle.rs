@@ -192,7 +192,7 @@ impl ClusterHandle {
                 detail: "this worker is not following any voter yet".into(),
             });
         };
-        let channel = mirror::connect(&address)
+        let channel = mirror::connect_for_calls(&address)
             .await
             .map_err(|detail| Error::Unreachable { detail })?;
         Ok(StateFeedClient::new(channel))

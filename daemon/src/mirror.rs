@@ -8,6 +8,7 @@
 //! starts over from a snapshot when the voter no longer has it).
 
 use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
@@ -21,6 +22,11 @@ use tokio::sync::{broadcast, watch};
 use tonic::transport::{Channel, Endpoint};
 
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
+/// Forwarded writes and barriers answer within the voter's own request
+/// timeout; this bounds a call to a voter that went silent.
+const CALL_TIMEOUT_MS: u64 = 15_000;
+const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
+const KEEPALIVE_TIMEOUT_MS: u64 = 1_000;
 /// How long a feed may stay silent before the worker asks again: voters
 /// send nothing while nothing changes, so this is a liveness check of the
 /// voter (by a Status call), not of the stream.
@@ -37,6 +43,9 @@ pub struct Upstream {
 }
 
 pub struct Mirror {
+    /// Set when the mirror must be replaced by a snapshot (its replay went
+    /// out of step): the next subscription asks for revision 0.
+    needs_snapshot: AtomicBool,
     state: RwLock<ClusterState>,
     events: broadcast::Sender<StateEvent>,
     recent_events: Mutex<VecDeque<EventRecord>>,
@@ -47,6 +56,7 @@ pub struct Mirror {
 impl Default for Mirror {
     fn default() -> Self {
         Self {
+            needs_snapshot: AtomicBool::new(false),
             state: RwLock::new(ClusterState::default()),
             events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
             recent_events: Mutex::new(VecDeque::new()),
@@ -80,6 +90,21 @@ impl Mirror {
         recent.iter().cloned().collect()
     }
 
+    /// Replaces the mirror with a member's own state, when this node stops
+    /// being a raft member: the mirror starts where raft left off rather
+    /// than from whatever it held before.
+    pub fn seed(&self, seed: ClusterState) {
+        let mut state = self.state.write().expect("mirror lock poisoned");
+        if seed.revision < state.revision {
+            return;
+        }
+        *state = seed;
+        let _ = self.events.send(StateEvent::Reset {
+            revision: state.revision,
+        });
+        self.revision.send_replace(state.revision);
+    }
+
     pub fn upstream(&self) -> Upstream {
         self.upstream
             .lock()
@@ -107,7 +132,8 @@ impl Mirror {
                         item.revision, snapshot.revision
                     ));
                 }
-                if snapshot.revision < state.revision {
+                let starting_over = self.needs_snapshot.swap(false, Ordering::Relaxed);
+                if snapshot.revision < state.revision && !starting_over {
                     return Err(format!(
                         "snapshot at revision {} is older than the mirror's {}",
                         snapshot.revision, state.revision
@@ -123,7 +149,7 @@ impl Mirror {
                 if item.revision <= state.revision {
                     return Ok(());
                 }
-                if item.revision != state.revision + 1 {
+                if Some(item.revision) != state.revision.checked_add(1) {
                     return Err(format!(
                         "transition to revision {} after {}",
                         item.revision, state.revision
@@ -166,11 +192,26 @@ impl Mirror {
     }
 }
 
-/// A channel to `address` for node-to-node calls.
+/// A channel to `address` for node-to-node calls: bounded connect and
+/// call times, and HTTP/2 pings so a silent peer breaks the channel.
 pub async fn connect(address: &str) -> Result<Channel, String> {
     Endpoint::from_shared(format!("http://{address}"))
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
+        .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
+        .keep_alive_while_idle(true)
+        .connect()
+        .await
+        .map_err(|e| format!("{address}: {e}"))
+}
+
+/// Like [`connect`], with a deadline on every call (not for streams).
+pub async fn connect_for_calls(address: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
         .connect()
         .await
         .map_err(|e| format!("{address}: {e}"))
@@ -197,11 +238,18 @@ pub async fn run(
     mut stop: watch::Receiver<bool>,
 ) {
     let mut attempt = 0usize;
+    let mut was_member = false;
     loop {
         if *stop.borrow() {
             return;
         }
-        if !is_member(&raft) {
+        let member = is_member(&raft);
+        if was_member && !member {
+            tracing::info!("no longer a raft member; following the state as a worker");
+            mirror.seed(raft.read_state(|s| s.clone()));
+        }
+        was_member = member;
+        if !member {
             let addresses = candidates();
             if !addresses.is_empty() {
                 let address = &addresses[attempt % addresses.len()];
@@ -231,13 +279,24 @@ async fn follow(
             return;
         }
     };
-    let from_revision = mirror.revision();
+    let from_revision = match mirror.needs_snapshot.load(Ordering::Relaxed) {
+        true => 0,
+        false => mirror.revision(),
+    };
     let mut feed = StateFeedClient::new(channel.clone());
     let mut cluster = pb::cluster_client::ClusterClient::new(channel);
-    let mut stream = match feed.subscribe(pb::FeedRequest { from_revision }).await {
-        Ok(response) => response.into_inner(),
-        Err(status) => {
+    let subscribe = tokio::time::timeout(
+        Duration::from_millis(UPSTREAM_CHECK_INTERVAL_MS * 3),
+        feed.subscribe(pb::FeedRequest { from_revision }),
+    );
+    let mut stream = match subscribe.await {
+        Ok(Ok(response)) => response.into_inner(),
+        Ok(Err(status)) => {
             tracing::debug!(%address, error = status.message(), "mirror: feed refused");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%address, "mirror: feed did not answer");
             return;
         }
     };
@@ -248,7 +307,10 @@ async fn follow(
             item = stream.message() => match item {
                 Ok(Some(item)) => {
                     if let Err(error) = mirror.apply(item) {
-                        tracing::warn!(%error, "mirror: feed out of step; subscribing again");
+                        // Starting over from a snapshot also heals a mirror
+                        // whose replay disagrees with the voters'.
+                        tracing::warn!(%error, "mirror: feed out of step; starting over from a snapshot");
+                        mirror.needs_snapshot.store(true, Ordering::Relaxed);
                         return;
                     }
                 }
@@ -272,6 +334,12 @@ async fn follow(
                     return;
                 };
                 let status = status.into_inner();
+                // A feeder that lost its quorum (or its membership) sends
+                // nothing and answers nothing useful: find another.
+                if status.leader_id == 0 || status.node_role == "worker" {
+                    tracing::info!(%address, "mirror: feeding node has no leader; switching");
+                    return;
+                }
                 *mirror.upstream.lock().expect("upstream lock poisoned") = Upstream {
                     address: Some(address.to_string()),
                     leader_id: status.leader_id,
@@ -289,5 +357,81 @@ async fn follow(
             }
             _ = stopped(stop) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blixard_consensus::Command;
+
+    fn snapshot(state: &ClusterState) -> pb::FeedItem {
+        pb::FeedItem {
+            revision: state.revision,
+            item: Some(pb::feed_item::Item::Snapshot(state.encode())),
+        }
+    }
+
+    fn transition(revision: u64, transition: &Transition) -> pb::FeedItem {
+        pb::FeedItem {
+            revision,
+            item: Some(pb::feed_item::Item::Transition(
+                serde_json::to_vec(transition).unwrap(),
+            )),
+        }
+    }
+
+    fn added(node_id: u64) -> Transition {
+        Transition::MemberAdded {
+            node_id,
+            address: format!("n{node_id}:1"),
+        }
+    }
+
+    #[test]
+    fn the_mirror_moves_only_by_snapshot_or_the_next_transition() {
+        let mut voter = ClusterState::default();
+        voter.replay(added(1));
+        let mirror = Mirror::default();
+        mirror.apply(snapshot(&voter)).unwrap();
+        assert_eq!(mirror.revision(), 1);
+
+        for id in [2, 3] {
+            voter.replay(added(id));
+            mirror
+                .apply(transition(voter.revision, &added(id)))
+                .unwrap();
+        }
+        assert_eq!(mirror.read(|s| s.clone()), voter);
+        // A repeat is ignored; a gap is refused and changes nothing.
+        mirror.apply(transition(3, &added(3))).unwrap();
+        let gap = mirror.apply(transition(9, &added(9)));
+        assert!(gap
+            .unwrap_err()
+            .contains("transition to revision 9 after 3"));
+        assert_eq!(mirror.read(|s| s.clone()), voter);
+
+        // An older snapshot is refused unless the mirror is starting over.
+        let mut old = ClusterState::default();
+        old.replay(added(1));
+        assert!(mirror.apply(snapshot(&old)).is_err());
+        mirror.needs_snapshot.store(true, Ordering::Relaxed);
+        mirror.apply(snapshot(&old)).unwrap();
+        assert_eq!(mirror.revision(), 1);
+    }
+
+    #[test]
+    fn a_replay_that_disagrees_is_refused() {
+        let mirror = Mirror::default();
+        // Deleting a VM that does not exist is refused by the state
+        // machine, so it cannot be the transition of any revision.
+        let bogus = Transition::Command {
+            command: Box::new(Command::DeleteVm { name: "x".into() }),
+        };
+        let error = mirror.apply(transition(1, &bogus)).unwrap_err();
+        assert!(
+            error.contains("replay reached revision 0 instead of 1"),
+            "{error}"
+        );
     }
 }

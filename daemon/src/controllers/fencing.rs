@@ -23,6 +23,7 @@ pub async fn run(
     let check_interval = Duration::from_millis((fence_after_ms / 5).clamp(100, 1_000));
     let mut last_contact = Instant::now();
     loop {
+        let round_started = Instant::now();
         let barrier = tokio::time::timeout(check_interval, raft.read_barrier());
         let contact = tokio::select! {
             result = barrier => matches!(result, Ok(Ok(()))),
@@ -44,11 +45,11 @@ pub async fn run(
             );
             let _ = fenced.send(true);
         }
-        if contact {
-            tokio::select! {
-                _ = tokio::time::sleep(check_interval) => {}
-                _ = stop.wait_for(|s| *s) => return,
-            }
+        // One check per interval, whether the barrier answered, failed at
+        // once (no voter known yet) or timed out.
+        tokio::select! {
+            _ = tokio::time::sleep_until(round_started + check_interval) => {}
+            _ = stop.wait_for(|s| *s) => return,
         }
     }
 }

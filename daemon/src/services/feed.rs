@@ -72,7 +72,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
             // subscriber's revision, a snapshot otherwise.
             let reaches_back = retained
                 .first()
-                .is_some_and(|(first, _)| *first <= from_revision + 1)
+                .is_some_and(|(first, _)| *first <= from_revision.saturating_add(1))
                 && from_revision > 0;
             let mut sent = if reaches_back {
                 let mut sent = from_revision;
@@ -110,7 +110,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
                         if revision <= sent {
                             continue;
                         }
-                        if revision != sent + 1 {
+                        if Some(revision) != sent.checked_add(1) {
                             // A transition fell between the snapshot and
                             // the subscription: start the follower over.
                             let (revision, item) = snapshot_item(&raft);
