@@ -117,6 +117,11 @@ fn placement(spec: &pb::VmSpec) -> Result<(), ValidationError> {
             ));
         }
     }
+    if !spec.affinity_group.is_empty() {
+        if let Err(ValidationError::VmName { reason, .. }) = vm_name(&spec.affinity_group) {
+            return refuse(format!("affinity group {:?} {reason}", spec.affinity_group));
+        }
+    }
     if !matches!(spec.strategy.as_str(), "" | "spread" | "binpack") {
         return refuse(format!(
             "unknown strategy {:?} (expected spread or binpack)",

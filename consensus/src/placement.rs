@@ -191,6 +191,9 @@ pub struct Placement {
     /// Hard: no two VMs of the same group on one node.
     #[serde(default)]
     pub anti_affinity_group: Option<String>,
+    /// Soft: nodes already running VMs of this group score higher.
+    #[serde(default)]
+    pub affinity_group: Option<String>,
     #[serde(default)]
     pub strategy: Strategy,
 }

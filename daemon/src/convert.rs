@@ -58,6 +58,7 @@ pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationErr
             preferences: rules(&spec.preferences)?,
             anti_affinity_group: (!spec.anti_affinity_group.is_empty())
                 .then_some(spec.anti_affinity_group),
+            affinity_group: (!spec.affinity_group.is_empty()).then_some(spec.affinity_group),
             strategy,
         },
         failover: FailoverPolicy {
@@ -117,6 +118,7 @@ pub fn vm_info_to_pb(vm: &VmRecord) -> pb::VmInfo {
             lost_after_ms: vm.spec.failover.lost_after_ms.unwrap_or(0),
             replace_lost: vm.spec.failover.replace,
             group: vm.spec.group.clone().unwrap_or_default(),
+            affinity_group: vm.spec.placement.affinity_group.clone().unwrap_or_default(),
         }),
         desired_state: desired_state as i32,
         create_revision: vm.create_revision,

@@ -266,6 +266,9 @@ pub struct VmCreateArgs {
     /// Never place two VMs of this group on one node.
     #[arg(long)]
     pub anti_affinity_group: Option<String>,
+    /// Prefer nodes already running VMs of this group.
+    #[arg(long)]
+    pub affinity_group: Option<String>,
     /// spread (default) or binpack.
     #[arg(long)]
     pub strategy: Option<String>,

@@ -26,6 +26,14 @@ pub fn next_change(
         .map(|m| m.node_id)
         .collect();
     let live_learner = status.members.iter().any(|m| !m.voter && alive(m.node_id));
+    // A learner that is alive, or that gossip has not seen dead for long
+    // (it may have just joined), is on its way to becoming a voter.
+    let learner_in_progress = status.members.iter().any(|m| {
+        !m.voter
+            && dead_for_ms
+                .get(&m.node_id)
+                .is_none_or(|ms| *ms < settings.dead_voter_after_ms)
+    });
     let live_worker = workers.iter().find(|(id, _)| alive(*id));
     let spare = live_learner || live_worker.is_some();
     let wanted = settings.voters as usize;
@@ -64,7 +72,7 @@ pub fn next_change(
                 .is_none_or(|ms| *ms < settings.dead_voter_after_ms)
         })
         .count();
-    match (counted_voters < wanted && !live_learner, live_worker) {
+    match (counted_voters < wanted && !learner_in_progress, live_worker) {
         (true, Some((node_id, address))) => Some(MembershipChange::AddLearner {
             node_id: *node_id,
             address: address.clone(),
@@ -154,6 +162,19 @@ mod tests {
                 &workers,
                 &alive,
                 &briefly
+            ),
+            None
+        );
+        // A learner just joined (not yet seen by gossip): nothing more.
+        let unseen = |id: u64| id != 3 && id != 4;
+        let just_joined = BTreeMap::from([(3, settings.dead_voter_after_ms), (4, 10)]);
+        assert_eq!(
+            next_change(
+                &status(&[1, 2], &[3, 4]),
+                &settings,
+                &workers,
+                &unseen,
+                &just_joined
             ),
             None
         );

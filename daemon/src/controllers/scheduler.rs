@@ -58,6 +58,7 @@ struct Load {
     vcpus: u64,
     memory_mib: u64,
     anti_affinity: BTreeMap<String, u32>,
+    affinity: BTreeMap<String, u32>,
     groups: BTreeMap<String, u32>,
 }
 
@@ -67,6 +68,9 @@ impl Load {
         self.memory_mib += vm.spec.memory_mib;
         if let Some(group) = &vm.spec.placement.anti_affinity_group {
             *self.anti_affinity.entry(group.clone()).or_default() += 1;
+        }
+        if let Some(group) = &vm.spec.placement.affinity_group {
+            *self.affinity.entry(group.clone()).or_default() += 1;
         }
         if let Some(group) = &vm.spec.group {
             *self.groups.entry(group.clone()).or_default() += 1;
@@ -223,6 +227,7 @@ fn place_one(
 /// between nodes with similar room.
 const WEIGHT_RESOURCES: f64 = 1.0;
 const WEIGHT_GROUP_SPREAD: f64 = 0.5;
+const WEIGHT_AFFINITY: f64 = 0.4;
 const WEIGHT_PREFERENCES: f64 = 0.3;
 const WEIGHT_LOCALITY: f64 = 0.2;
 const WEIGHT_HARDWARE: f64 = 0.1;
@@ -255,9 +260,15 @@ fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> (f64, S
         true => 0.0,
         false => preferred as f64 / preferences.len() as f64,
     };
+    let together = spec
+        .placement
+        .affinity_group
+        .as_ref()
+        .is_some_and(|group| load.affinity.contains_key(group));
     let local = vm.observed.node == Some(node.node_id);
     let total = WEIGHT_RESOURCES * resources - WEIGHT_GROUP_SPREAD * f64::from(siblings)
         + WEIGHT_PREFERENCES * preference_share
+        + if together { WEIGHT_AFFINITY } else { 0.0 }
         + if local { WEIGHT_LOCALITY } else { 0.0 }
         + if capacity.kvm { WEIGHT_HARDWARE } else { 0.0 };
     let mut why = format!(
@@ -276,6 +287,9 @@ fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> (f64, S
             ", {preferred}/{} preferences met",
             preferences.len()
         ));
+    }
+    if together {
+        why.push_str(", with its affinity group");
     }
     if local {
         why.push_str(", ran here before");
@@ -468,6 +482,23 @@ mod tests {
         assert_eq!(
             placed(&schedule(&state, &all_alive(&state), PARAMS)),
             [("db-1".into(), 1), ("db-2".into(), 2)]
+        );
+    }
+
+    #[test]
+    fn affinity_groups_gather_on_one_node() {
+        let mut state = cluster(&[host(8192, &[]), host(8192, &[])]);
+        for name in ["app", "cache"] {
+            let mut spec = spec(name, 256);
+            spec.placement.affinity_group = Some("shop".into());
+            run(&mut state, spec);
+        }
+        run(&mut state, spec("other", 256));
+        // Spread would put "cache" on the empty node 2; affinity keeps it
+        // with "app", and the unrelated VM goes to the emptier node.
+        assert_eq!(
+            placed(&schedule(&state, &all_alive(&state), PARAMS)),
+            [("app".into(), 1), ("cache".into(), 1), ("other".into(), 2)]
         );
     }
 

@@ -186,6 +186,18 @@ impl pb::cluster_server::Cluster for ClusterService {
                     })
                     .await
                     .map_err(Error::from)?;
+                // The raft status is published after the loop's iteration;
+                // the next join (waiting on the lock) must count this one.
+                for _ in 0..(LEADERSHIP_TRANSFER_TIMEOUT_MS / LEADERSHIP_POLL_INTERVAL_MS) {
+                    let members = self.raft.status().members;
+                    if members.iter().any(|m| m.node_id == request.node_id) {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(
+                        LEADERSHIP_POLL_INTERVAL_MS,
+                    ))
+                    .await;
+                }
                 "learner"
             }
             None => {

@@ -27,6 +27,7 @@ pub struct VmView {
     pub constraints: Vec<String>,
     pub preferences: Vec<String>,
     pub anti_affinity_group: Option<String>,
+    pub affinity_group: Option<String>,
     pub strategy: String,
     /// Being stopped on its node to move elsewhere (drain).
     pub evicting: bool,
@@ -109,6 +110,7 @@ fn view(vm: &pb::VmInfo) -> VmView {
         constraints: spec.constraints,
         preferences: spec.preferences,
         anti_affinity_group: nonzero(spec.anti_affinity_group),
+        affinity_group: nonzero(spec.affinity_group),
         strategy: spec.strategy,
         evicting: vm.evicting,
         create_revision: vm.create_revision,
@@ -168,6 +170,7 @@ fn vm_detail_table(vm: &VmView) -> comfy_table::Table {
             "anti-affinity group",
             optional(vm.anti_affinity_group.clone()),
         ),
+        ("affinity group", optional(vm.affinity_group.clone())),
         ("strategy", vm.strategy.clone()),
         ("revision", vm.mod_revision.to_string()),
     ];
@@ -224,6 +227,7 @@ fn spec(args: VmCreateArgs) -> pb::VmSpec {
         constraints: rules(&args.constraints),
         preferences: rules(&args.preferences),
         anti_affinity_group: args.anti_affinity_group.unwrap_or_default(),
+        affinity_group: args.affinity_group.unwrap_or_default(),
         strategy: args.strategy.unwrap_or_default(),
         lost_after_ms: args.lost_after.unwrap_or(0),
         replace_lost: args.replace_lost,
