@@ -64,6 +64,8 @@ pub enum Command {
     /// Guest images for development and tests.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// Measure: starts a local cluster, runs the benchmarks, prints one table.
+    Bench(BenchArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -139,6 +141,16 @@ pub enum NodeCommand {
         #[arg(long)]
         no_wait: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Seconds, not minutes: small sizes and short runs (what CI runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// How long each closed-loop run lasts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
+    pub duration: u64,
 }
 
 #[derive(Debug, Args)]

@@ -1,6 +1,7 @@
 //! One module per command family; this file only dispatches.
 
 mod agent;
+mod bench;
 mod cluster;
 mod dev;
 mod events;
@@ -14,6 +15,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => agent::run(args).await,
         Command::Dev(args) => dev::run(args, cli.output).await,
+        Command::Bench(args) => bench::run(args, cli.output).await,
         Command::Cluster(command) => cluster::run(command, &cli.addr, cli.output).await,
         Command::Vm(command) => vm::run(command, &cli.addr, cli.output).await,
         Command::Node(command) => node::run(command, &cli.addr, cli.output).await,

@@ -1,0 +1,172 @@
+//! A local cluster of real `blixard agent` processes on 127.0.0.1, for
+//! `blixard dev` and `blixard bench`. Node 1 bootstraps; the others join
+//! through it.
+//!
+//! Invariant: every child started here is stopped (SIGTERM, then SIGKILL
+//! after a grace period) when the cluster is dropped, on success or error.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use blixard_api::pb;
+use indicatif::ProgressBar;
+
+use crate::client;
+
+const STARTUP_DEADLINE_MS: u64 = 30_000;
+const POLL_INTERVAL_MS: u64 = 100;
+const STOP_GRACE_MS: u64 = 10_000;
+/// The voter count a cluster bootstraps with (the daemon's default).
+const VOTERS_DEFAULT: usize = 3;
+
+pub struct LocalNode {
+    pub node_id: u64,
+    pub address: String,
+    pub data_dir: PathBuf,
+    pub log_path: PathBuf,
+    child: Child,
+}
+
+pub struct LocalCluster {
+    pub nodes: Vec<LocalNode>,
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        for node in &self.nodes {
+            // SAFETY: kill(2) on a pid we spawned and have not reaped.
+            unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
+        }
+        let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS);
+        for node in &mut self.nodes {
+            loop {
+                match node.child.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() >= deadline => {
+                        let _ = node.child.kill();
+                        let _ = node.child.wait();
+                        break;
+                    }
+                    Ok(None) => std::thread::sleep(Duration::from_millis(POLL_INTERVAL_MS)),
+                }
+            }
+        }
+    }
+}
+
+fn spawn_agent(
+    dir: &Path,
+    node_id: u64,
+    address: &str,
+    join: Option<&str>,
+    config_text: &str,
+) -> anyhow::Result<LocalNode> {
+    let data_dir = dir.join(format!("node{node_id}"));
+    let log_path = dir.join(format!("node{node_id}.log"));
+    let log = std::fs::File::create(&log_path)
+        .with_context(|| format!("cannot create {}", log_path.display()))?;
+    let config = dir.join(format!("node{node_id}.toml"));
+    std::fs::write(&config, config_text)?;
+    let mut command = Command::new(std::env::current_exe()?);
+    command
+        .arg("agent")
+        .arg("--config")
+        .arg(&config)
+        .args(["--node-id", &node_id.to_string()])
+        .args(["--bind", address])
+        .arg("--data-dir")
+        .arg(&data_dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    if let Some(join) = join {
+        command.args(["--join", join]);
+    }
+    let child = command.spawn().context("cannot start a blixard agent")?;
+    Ok(LocalNode {
+        node_id,
+        address: address.to_string(),
+        data_dir,
+        log_path,
+        child,
+    })
+}
+
+/// Polls until `ready` answers `Some` or the start-up deadline passes.
+async fn wait_until<F, Fut>(what: &str, spinner: &ProgressBar, mut ready: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<()>>,
+{
+    spinner.set_message(format!("waiting for {what}"));
+    let deadline = Instant::now() + Duration::from_millis(STARTUP_DEADLINE_MS);
+    loop {
+        if ready().await.is_some() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            anyhow::bail!("timed out after {STARTUP_DEADLINE_MS} ms waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+    }
+}
+
+impl LocalCluster {
+    /// Starts one agent per address in `dir` with `config_text` as each
+    /// node's config file; returns once the voters are elected and every
+    /// node has reported its host to the cluster.
+    pub async fn start(
+        dir: &Path,
+        addresses: &[String],
+        config_text: &str,
+        spinner: &ProgressBar,
+    ) -> anyhow::Result<Self> {
+        let mut cluster = LocalCluster { nodes: Vec::new() };
+        let first = addresses[0].clone();
+        cluster
+            .nodes
+            .push(spawn_agent(dir, 1, &first, None, config_text)?);
+        wait_until("node 1 to elect itself", spinner, || async {
+            let status = client::cluster(&first)
+                .await
+                .ok()?
+                .status(pb::StatusRequest {})
+                .await
+                .ok()?;
+            (status.get_ref().leader_id == 1).then_some(())
+        })
+        .await?;
+        for (i, address) in addresses.iter().enumerate().skip(1) {
+            let node = spawn_agent(dir, i as u64 + 1, address, Some(&first), config_text)?;
+            cluster.nodes.push(node);
+        }
+        let voters_wanted = addresses.len().min(VOTERS_DEFAULT);
+        let nodes_wanted = addresses.len();
+        wait_until("the voters and every node's report", spinner, || async {
+            let status = client::cluster(&first)
+                .await
+                .ok()?
+                .status(pb::StatusRequest {})
+                .await
+                .ok()?;
+            let voters = status
+                .get_ref()
+                .members
+                .iter()
+                .filter(|m| m.role() == pb::MemberRole::Voter)
+                .count();
+            let nodes = client::node(&first)
+                .await
+                .ok()?
+                .list(pb::ListNodesRequest {})
+                .await
+                .ok()?;
+            let reported = nodes.get_ref().nodes.iter().filter(|n| n.reported).count();
+            (voters == voters_wanted && reported == nodes_wanted).then_some(())
+        })
+        .await?;
+        Ok(cluster)
+    }
+}
