@@ -282,7 +282,14 @@ impl<T: Transport> RaftNode<T> {
                     let _ = reply.send(Err(Error::NoLeader));
                     return;
                 }
-                self.raw.read_index(request_id.to_be_bytes().to_vec());
+                // The leader keys pending reads by this context and drops
+                // a second read with the same one, so it must be unique
+                // across nodes, not just on this one: proposer + id.
+                let context = ProposalTag {
+                    proposer: self.config.node_id,
+                    request_id,
+                };
+                self.raw.read_index(context.encode());
                 self.pending.add_read(request_id, reply, deadline);
             }
             Request::TransferLeader { to, reply } => {
@@ -516,8 +523,9 @@ impl<T: Transport> RaftNode<T> {
 
         // Reads confirmed by this Ready wait for their index to be applied.
         for read_state in ready.take_read_states() {
-            if let Some(request_id) = request_id_of(&read_state.request_ctx) {
-                self.pending.confirm_read(request_id, read_state.index);
+            let tag = ProposalTag::decode(&read_state.request_ctx);
+            if let Some(tag) = tag.filter(|t| t.proposer == self.config.node_id) {
+                self.pending.confirm_read(tag.request_id, read_state.index);
             }
         }
 
@@ -630,8 +638,4 @@ impl<T: Transport> RaftNode<T> {
         };
         *self.shared.status.write().expect("status lock poisoned") = status;
     }
-}
-
-fn request_id_of(context: &[u8]) -> Option<u64> {
-    Some(u64::from_be_bytes(context.try_into().ok()?))
 }
