@@ -16,27 +16,10 @@ use blixard_consensus::{
     Applied, ClusterState, Command, Error, EventRecord, MembershipChange, RaftHandle, RaftStatus,
     Rejection, Result, Role, StateEvent, VmRecord,
 };
+use blixard_membership::NodeRole;
 use tokio::sync::broadcast;
 
 use crate::mirror::{self, Mirror};
-
-/// What this node is in the cluster.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NodeRole {
-    Voter,
-    Learner,
-    Worker,
-}
-
-impl NodeRole {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            NodeRole::Voter => "voter",
-            NodeRole::Learner => "learner",
-            NodeRole::Worker => "worker",
-        }
-    }
-}
 
 #[derive(Clone)]
 pub struct ClusterHandle {

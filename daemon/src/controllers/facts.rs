@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_consensus::{Command, HostFacts, VmPhase};
-use blixard_membership::{Membership, NodeInfo, NodeRole};
+use blixard_membership::{Membership, NodeInfo};
 use tokio::sync::watch;
 
 const FACTS_INTERVAL_MS: u64 = 1_000;
@@ -96,11 +96,7 @@ pub async fn run(
         let info = NodeInfo {
             node_id: identity.node_id,
             api_address: identity.api_address.clone(),
-            role: match raft.node_role() {
-                crate::handle::NodeRole::Voter => NodeRole::Voter,
-                crate::handle::NodeRole::Learner => NodeRole::Learner,
-                crate::handle::NodeRole::Worker => NodeRole::Worker,
-            },
+            role: raft.node_role(),
             vcpus_total: vcpus_total(),
             memory_mib_total,
             memory_mib_free,
