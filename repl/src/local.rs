@@ -113,6 +113,11 @@ where
     }
 }
 
+async fn status(address: &str) -> Option<pb::StatusResponse> {
+    let mut client = client::cluster(address).await.ok()?;
+    Some(client.status(pb::StatusRequest {}).await.ok()?.into_inner())
+}
+
 impl LocalCluster {
     /// Starts one agent per address in `dir` with `config_text` as each
     /// node's config file; returns once the voters are elected and every
@@ -129,13 +134,7 @@ impl LocalCluster {
             .nodes
             .push(spawn_agent(dir, 1, &first, None, config_text)?);
         wait_until("node 1 to elect itself", spinner, || async {
-            let status = client::cluster(&first)
-                .await
-                .ok()?
-                .status(pb::StatusRequest {})
-                .await
-                .ok()?;
-            (status.get_ref().leader_id == 1).then_some(())
+            (status(&first).await?.leader_id == 1).then_some(())
         })
         .await?;
         for (i, address) in addresses.iter().enumerate().skip(1) {
@@ -145,14 +144,8 @@ impl LocalCluster {
         let voters_wanted = addresses.len().min(VOTERS_DEFAULT);
         let nodes_wanted = addresses.len();
         wait_until("the voters and every node's report", spinner, || async {
-            let status = client::cluster(&first)
-                .await
-                .ok()?
-                .status(pb::StatusRequest {})
-                .await
-                .ok()?;
-            let voters = status
-                .get_ref()
+            let voters = status(&first)
+                .await?
                 .members
                 .iter()
                 .filter(|m| m.role() == pb::MemberRole::Voter)

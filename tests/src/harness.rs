@@ -389,12 +389,7 @@ impl TestCluster {
             "every node to report its host facts, and the voters",
             Duration::from_secs(30),
             || async {
-                let status = cluster.status(1).await?;
-                let voting = status
-                    .members
-                    .iter()
-                    .filter(|m| m.role() == pb::MemberRole::Voter)
-                    .count();
+                let voting = cluster.voter_count(1).await?;
                 let mut client = NodeClient::new(cluster.channel(1).await?);
                 let nodes = client
                     .list(pb::ListNodesRequest {})
@@ -615,19 +610,23 @@ impl TestCluster {
         .await
     }
 
+    /// How many voters node `id` reports.
+    pub async fn voter_count(&self, id: u64) -> Option<usize> {
+        let status = self.status(id).await?;
+        Some(
+            status
+                .members
+                .iter()
+                .filter(|m| m.role() == pb::MemberRole::Voter)
+                .count(),
+        )
+    }
+
     pub async fn wait_voters(&self, count: usize) {
         eventually(
             "all nodes to be voters",
             Duration::from_secs(30),
-            || async {
-                let status = self.status(1).await?;
-                let voters = status
-                    .members
-                    .iter()
-                    .filter(|m| m.role() == pb::MemberRole::Voter)
-                    .count();
-                (voters == count).then_some(())
-            },
+            || async { (self.voter_count(1).await? == count).then_some(()) },
         )
         .await
     }
