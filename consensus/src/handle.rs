@@ -23,8 +23,10 @@ pub const REQUESTS_QUEUED_MAX: usize = 4096;
 pub const MESSAGES_QUEUED_MAX: usize = 4096;
 /// How often a request refused for want of a leader is sent again.
 const NO_LEADER_RETRY_INTERVAL: Duration = Duration::from_millis(50);
-/// Watchers that fall this far behind must resynchronise.
-pub const VM_EVENTS_BUFFERED_MAX: usize = 1024;
+/// Watchers that fall this far behind must resynchronise. One leader pass
+/// may commit 4096 placements and one command create 1000 VMs, so a
+/// watcher keeping up must be able to take a couple of such bursts.
+pub const VM_EVENTS_BUFFERED_MAX: usize = 8192;
 /// Cluster events kept in memory for `events` without `--follow`.
 pub const RECENT_EVENTS_MAX: usize = 1024;
 /// Transitions kept for workers that reconnect: one further behind gets a
@@ -208,7 +210,9 @@ impl Shared {
     }
 
     pub(crate) fn record_event(&self, event: Event, revision: u64) {
-        tracing::info!(kind = event.kind.as_str(), revision, "{}", event.message);
+        // Events have their own stream (`blixard events`); at thousands of
+        // writes a second an info line each would drown the log.
+        tracing::debug!(kind = event.kind.as_str(), revision, "{}", event.message);
         // Numbered and sent under the lock so followers see the order of
         // the backlog they read.
         let mut recent = self.recent_events.lock().expect("events lock poisoned");

@@ -18,7 +18,10 @@
 use std::path::Path;
 
 use heed::types::{Bytes, Str, U64};
-use heed::{byteorder::BigEndian, CommitOrAbort, Database, Env, EnvOpenOptions, RwTxn, WithoutTls};
+use heed::{
+    byteorder::BigEndian, CommitOrAbort, Database, Env, EnvFlags, EnvOpenOptions, FlagSetMode,
+    RwTxn, WithoutTls,
+};
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
@@ -277,6 +280,32 @@ impl LogStore {
         }
         self.last_index = entries.last().map_or(self.last_index, |e| e.index);
         Ok(())
+    }
+
+    /// Commits `wtxn`. A durable commit has reached the disk when this
+    /// returns. A non-durable one is for what the log can rebuild (applied
+    /// state, the commit index, compaction): it syncs the data but not the
+    /// meta page (LMDB's NOMETASYNC), so a power loss may undo it, never
+    /// corrupt the store, and the next durable commit syncs it too.
+    pub fn commit(&self, wtxn: RwTxn, durable: bool) -> Result<()> {
+        let mode = if durable {
+            FlagSetMode::Disable
+        } else {
+            FlagSetMode::Enable
+        };
+        // SAFETY: NO_META_SYNC keeps LMDB's integrity (its docs: "preserves
+        // the ACI ... but not D"); flags are only changed here, on the one
+        // thread that writes this environment.
+        unsafe { self.env.set_flags(EnvFlags::NO_META_SYNC, mode)? };
+        wtxn.commit()?;
+        Ok(())
+    }
+
+    /// Whether persisting `hard_state` must be durable: a changed term or
+    /// vote must survive a crash before any vote is sent; the commit index
+    /// need not (raft recovers it).
+    pub fn hard_state_needs_sync(&self, hard_state: &HardState) -> bool {
+        hard_state.term != self.hard_state.term || hard_state.vote != self.hard_state.vote
     }
 
     pub fn set_hard_state(&mut self, wtxn: &mut RwTxn, hard_state: &HardState) -> Result<()> {

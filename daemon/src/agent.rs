@@ -323,10 +323,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             None
         }
     };
-    let mut raft_stop = stop_rx.clone();
-    let raft = tokio::spawn(node.run(async move {
-        let _ = raft_stop.wait_for(|stop| *stop).await;
-    }));
+    let raft = spawn_raft_loop(node, stop_rx.clone())?;
 
     if !initialized && !bootstrap {
         let joined = request_join(&config).await;
@@ -382,6 +379,43 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let _ = server.await;
     }
     outcome
+}
+
+/// Runs the raft loop until `stop`. On a real host it gets a thread of its
+/// own: it blocks in fsync, and on a shared runtime worker that would
+/// stall the network tasks queued behind it. (The simulation has no
+/// threads; there it is a task like any other.)
+fn spawn_raft_loop<T: blixard_consensus::Transport>(
+    node: RaftNode<T>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<blixard_consensus::Result<()>>, Error> {
+    let stopped = async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    };
+    #[cfg(madsim)]
+    {
+        Ok(tokio::spawn(node.run(stopped)))
+    }
+    #[cfg(not(madsim))]
+    {
+        let thread_error = |e: &dyn std::fmt::Display| Error::RaftThread {
+            detail: e.to_string(),
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| thread_error(&e))?;
+        let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+        std::thread::Builder::new()
+            .name("raft".into())
+            .spawn(move || {
+                let _ = done_tx.send(runtime.block_on(node.run(stopped)));
+            })
+            .map_err(|e| thread_error(&e))?;
+        Ok(tokio::spawn(async move {
+            done_rx.await.expect("the raft thread panicked")
+        }))
+    }
 }
 
 /// Probes acceleration, then runs fencing and the agent's reconciler until
@@ -487,7 +521,10 @@ async fn serve(
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .map_err(|e| serve_error(&e))?;
-        let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+        // `serve_with_incoming` ignores the builder's nodelay; without it
+        // Nagle holds small raft messages back for a delayed ACK (~40 ms).
+        let incoming =
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
         router
             .serve_with_incoming_shutdown(incoming, stopped)
             .await

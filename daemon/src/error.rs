@@ -21,6 +21,8 @@ pub enum Error {
     /// None of the join addresses answered.
     #[error("could not join the cluster: {detail}")]
     Join { detail: String },
+    #[error("cannot start the raft thread: {detail}")]
+    RaftThread { detail: String },
     #[error("gRPC server on {bind}: {detail}")]
     Serve { bind: String, detail: String },
     #[error(transparent)]

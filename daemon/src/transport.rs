@@ -41,15 +41,30 @@ pub struct GrpcTransport {
     own_address: String,
     peers: HashMap<u64, Peer>,
     dropped_messages: u64,
+    /// The runtime peer streams run on: the one the transport was made on,
+    /// not the raft loop's own (which blocks in fsync).
+    #[cfg(not(madsim))]
+    runtime: tokio::runtime::Handle,
 }
 
 impl GrpcTransport {
+    /// Must be called on the runtime that should carry the peer streams.
     pub fn new(own_address: String) -> Self {
         Self {
             own_address,
             peers: HashMap::new(),
             dropped_messages: 0,
+            #[cfg(not(madsim))]
+            runtime: tokio::runtime::Handle::current(),
         }
+    }
+
+    fn spawn_peer(&self, to: u64, address: &str, outbound: mpsc::Receiver<pb::RaftMessage>) {
+        let task = run_peer(to, address.to_string(), outbound);
+        #[cfg(not(madsim))]
+        self.runtime.spawn(task);
+        #[cfg(madsim)]
+        tokio::spawn(task);
     }
 }
 
@@ -60,14 +75,16 @@ impl Transport for GrpcTransport {
             // Dropping the old sender ends the old peer task.
             self.peers.remove(&to);
         }
-        let peer = self.peers.entry(to).or_insert_with(|| {
+        if !self.peers.contains_key(&to) {
             let (queue, outbound) = mpsc::channel(PEER_MESSAGES_QUEUED_MAX);
-            tokio::spawn(run_peer(to, address.to_string(), outbound));
-            Peer {
+            self.spawn_peer(to, address, outbound);
+            let peer = Peer {
                 address: address.to_string(),
                 queue,
-            }
-        });
+            };
+            self.peers.insert(to, peer);
+        }
+        let peer = &self.peers[&to];
         let bytes = message
             .write_to_bytes()
             .expect("raft messages always encode");

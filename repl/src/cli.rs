@@ -151,6 +151,31 @@ pub struct BenchArgs {
     /// How long each closed-loop run lasts.
     #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
     pub duration: u64,
+    /// The etcd binary run beside Blixard for comparison (Debian's
+    /// etcd-server); if it cannot run, the table says why.
+    #[arg(long, default_value = "etcd")]
+    pub etcd: String,
+    /// Boots of the test guest for the VM start path (0 skips it).
+    #[arg(long)]
+    pub boots: Option<usize>,
+    /// Run only these parts (repeatable or comma-separated); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<BenchPart>,
+}
+
+/// The parts of `blixard bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPart {
+    /// The pure scheduler over simulated nodes.
+    Scheduler,
+    /// Idle RSS, end-to-end placement, RSS holding the placed VMs.
+    Placement,
+    /// Chitchat convergence, join and failure detection.
+    Gossip,
+    /// Writes and linearizable reads, beside etcd.
+    Consensus,
+    /// Booting the test guest.
+    VmStart,
 }
 
 #[derive(Debug, Args)]

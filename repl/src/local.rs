@@ -29,6 +29,12 @@ pub struct LocalNode {
     child: Child,
 }
 
+impl LocalNode {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
 }

@@ -3,7 +3,9 @@
 //!
 //! Invariants:
 //! - Entries and hard state are durable before any message that depends on
-//!   them (`persisted_messages`) is sent, and before a client is answered.
+//!   them (`persisted_messages`) is sent. A client is answered once its
+//!   entry is committed (durable on a quorum) and applied in memory, which
+//!   may be before this node's fsync of the applied state.
 //! - A committed entry is applied exactly once: its state changes and the
 //!   applied index are written in one transaction.
 //! - Only the node that proposed an entry answers its client, with the
@@ -509,13 +511,20 @@ impl<T: Transport> RaftNode<T> {
         self.raw.mut_store().append(&mut wtxn, ready.entries())?;
 
         // 5. Persist the hard state (term, vote, commit).
+        let mut durable = !ready.entries().is_empty() || !ready.snapshot().is_empty();
         if let Some(hard_state) = ready.hs() {
+            durable |= self.raw.store().hard_state_needs_sync(hard_state);
             self.raw.mut_store().set_hard_state(&mut wtxn, hard_state)?;
         }
 
-        // One fsync for all of the above.
-        wtxn.commit()?;
+        // Clients may hear before the fsync below: a committed entry is
+        // already durable on a quorum, and a restart re-applies it with the
+        // same result (applying is deterministic).
         self.answer(answers);
+
+        // One commit for all of the above, synced fully only when raft
+        // needs it to be (new entries, snapshot, term or vote).
+        self.raw.store().commit(wtxn, durable)?;
 
         // 6. Messages that had to wait for persistence (votes, append acks).
         let persisted = ready.take_persisted_messages();
@@ -529,17 +538,22 @@ impl<T: Transport> RaftNode<T> {
             }
         }
 
-        // 7. Advance, then handle what the LightReady still holds.
+        // 7. Advance, then handle what the LightReady still holds (often
+        //    nothing: then no transaction at all).
         let mut light = self.raw.advance(ready);
-        let mut wtxn = env.write_txn()?;
-        if let Some(commit) = light.commit_index() {
-            self.raw.mut_store().set_commit(&mut wtxn, commit)?;
+        let commit = light.commit_index();
+        let committed = light.take_committed_entries();
+        if commit.is_some() || !committed.is_empty() || self.needs_compaction() {
+            let mut wtxn = env.write_txn()?;
+            if let Some(commit) = commit {
+                self.raw.mut_store().set_commit(&mut wtxn, commit)?;
+            }
+            let mut answers = Vec::new();
+            self.apply_entries(&mut wtxn, committed, &mut answers)?;
+            self.answer(answers);
+            self.maybe_compact(&mut wtxn)?;
+            self.raw.store().commit(wtxn, false)?;
         }
-        let mut answers = Vec::new();
-        self.apply_entries(&mut wtxn, light.take_committed_entries(), &mut answers)?;
-        self.maybe_compact(&mut wtxn)?;
-        wtxn.commit()?;
-        self.answer(answers);
         self.send_messages(light.take_messages());
 
         // 8. Everything committed so far is applied.
@@ -582,13 +596,18 @@ impl<T: Transport> RaftNode<T> {
         Ok(())
     }
 
-    fn maybe_compact(&mut self, wtxn: &mut RwTxn) -> Result<()> {
+    fn needs_compaction(&self) -> bool {
         let store = self.raw.store();
-        let applied = store.applied_index();
-        if applied.saturating_sub(store.snapshot_index()) <= self.config.snapshot_threshold_entries
-        {
+        store.applied_index().saturating_sub(store.snapshot_index())
+            > self.config.snapshot_threshold_entries
+    }
+
+    fn maybe_compact(&mut self, wtxn: &mut RwTxn) -> Result<()> {
+        if !self.needs_compaction() {
             return Ok(());
         }
+        let store = self.raw.store();
+        let applied = store.applied_index();
         tracing::info!(
             compact_to = applied,
             log_entries = store.log_len(),
@@ -598,6 +617,12 @@ impl<T: Transport> RaftNode<T> {
     }
 
     fn answer(&mut self, answers: Vec<(u64, Result<Applied>)>) {
+        if answers.is_empty() {
+            return;
+        }
+        // A client that reads the status after its answer (a membership
+        // change, say) must see the status its entry produced.
+        self.publish_status();
         for (request_id, result) in answers {
             self.pending.answer_proposal(request_id, result);
         }

@@ -1,5 +1,5 @@
 //! The leader's control loop: failover, drains, placement and autopilot,
-//! one pass every `LEADER_PASS_INTERVAL_MS`.
+//! one pass every `LEADER_PASS_INTERVAL_MS`, sooner when the state changes.
 //!
 //! Invariants: only the raft leader acts, and every decision goes through
 //! the log, so a deposed leader's late proposals are refused or harmless;
@@ -14,17 +14,23 @@ use std::time::Duration;
 
 use blixard_consensus::{Command, Role};
 use blixard_membership::Membership;
-use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::controllers::scheduler::{self, Decision, Params};
+use crate::controllers::wake::Wake;
 use crate::controllers::{autopilot, drain, failover};
 use crate::services::vm_node::now_unix_ms;
 
 const LEADER_PASS_INTERVAL_MS: u64 = 200;
+/// A state change (a VM to place) wakes the loop early, at most this often.
+const PASS_SPACING_MS: u64 = 10;
 /// Bound on commands proposed in one pass (the rest wait a pass).
 const COMMANDS_PER_PASS_MAX: usize = 4096;
+/// Enough to fill raft's batches (256 requests per Ready), a quarter of the
+/// node's pending-request bound.
+const PROPOSALS_IN_FLIGHT_MAX: usize = 1024;
 
 /// Which nodes gossip sees alive, and since when the others are dead.
 #[derive(Default)]
@@ -71,13 +77,12 @@ pub async fn run(
 ) {
     let me = raft.status().node_id;
     let mut liveness = Liveness::default();
-    let mut ticker = tokio::time::interval(Duration::from_millis(LEADER_PASS_INTERVAL_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {}
-            _ = stop.wait_for(|s| *s) => return,
-        }
+    let mut wake = Wake::new(
+        &raft,
+        Duration::from_millis(LEADER_PASS_INTERVAL_MS),
+        Duration::from_millis(PASS_SPACING_MS),
+    );
+    while wake.next(&mut stop).await {
         let status = raft.status();
         if status.role != Role::Leader {
             liveness = Liveness::default();
@@ -139,16 +144,18 @@ pub async fn run(
     }
 }
 
-/// Proposes commands concurrently (raft batches them into few entries);
-/// refusals are normal (the state moved on) and retried next pass.
+/// Proposes commands concurrently (raft batches them into few entries),
+/// at most `PROPOSALS_IN_FLIGHT_MAX` at a time so clients' requests keep
+/// room in the node's pending queue; refusals are normal (the state moved
+/// on) and retried next pass.
 async fn propose_all(raft: &ClusterHandle, mut commands: Vec<Command>) {
     commands.truncate(COMMANDS_PER_PASS_MAX);
-    let results = join_all(commands.into_iter().map(|command| async move {
+    let mut results = stream::iter(commands.into_iter().map(|command| async move {
         let described = format!("{command:?}");
         (described, raft.propose(command).await)
     }))
-    .await;
-    for (command, result) in results {
+    .buffer_unordered(PROPOSALS_IN_FLIGHT_MAX);
+    while let Some((command, result)) = results.next().await {
         if let Err(error) = result {
             tracing::debug!(%error, command, "leader command not applied");
         }

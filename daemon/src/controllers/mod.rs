@@ -12,3 +12,4 @@ pub mod fencing;
 pub mod leader;
 pub mod reconciler;
 pub mod scheduler;
+pub mod wake;

@@ -19,9 +19,12 @@ use blixard_consensus::{
 use blixard_nodeagent::{Desired, NodeAgent, Phase, PlanSource, VmPlan, VmReport};
 use tokio::sync::{mpsc, watch};
 
+use crate::controllers::wake::Wake;
 use crate::services::vm_node::now_unix_ms;
 
 const RECONCILE_INTERVAL_MS: u64 = 250;
+/// A state change (a VM placed here) wakes the loop early, at most this often.
+const PASS_SPACING_MS: u64 = 10;
 const RETRY_DELAY_MS: u64 = 200;
 /// A report that cannot be committed after this many tries is dropped
 /// (a newer one supersedes it anyway).
@@ -109,17 +112,15 @@ pub async fn run(
             return;
         }
     }
-    let mut ticker = tokio::time::interval(Duration::from_millis(RECONCILE_INTERVAL_MS));
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = ticker.tick() => {
-                let fenced = *fenced.borrow();
-                let plan = raft.read_state(|state| plan_for(state, node_id, fenced));
-                agent.reconcile(&plan);
-            }
-            _ = stop.wait_for(|s| *s) => break,
-        }
+    let mut wake = Wake::new(
+        &raft,
+        Duration::from_millis(RECONCILE_INTERVAL_MS),
+        Duration::from_millis(PASS_SPACING_MS),
+    );
+    while wake.next(&mut stop).await {
+        let fenced = *fenced.borrow();
+        let plan = raft.read_state(|state| plan_for(state, node_id, fenced));
+        agent.reconcile(&plan);
     }
     if stop_vms_on_shutdown {
         agent

@@ -8,7 +8,7 @@
 //! one anti-affinity group on a node. A VM it cannot place gets the
 //! reason, naming what excluded each node.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use blixard_consensus::{ClusterState, DesiredState, Strategy, VmPhase, VmRecord};
 
@@ -95,21 +95,64 @@ fn waiting(state: &ClusterState) -> Vec<&VmRecord> {
     vms
 }
 
-/// Why nodes were excluded, counted per reason (ordered for stable text).
+/// Why one node cannot take a VM. Kept as data (not text) so that
+/// checking a thousand nodes allocates nothing; turned into text only when
+/// the VM turns out unplaceable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Exclusion {
+    NotPinned,
+    Down,
+    Ineligible,
+    NotReporting,
+    /// Index into the VM's constraints.
+    Constraint(usize),
+    AntiAffinity,
+    Memory,
+    Vcpus,
+}
+
+impl Exclusion {
+    fn describe(self, spec: &blixard_consensus::VmSpec) -> String {
+        match self {
+            Exclusion::NotPinned => "not the pinned node".into(),
+            Exclusion::Down => "down".into(),
+            Exclusion::Ineligible => "ineligible".into(),
+            Exclusion::NotReporting => "not yet reporting resources".into(),
+            Exclusion::Constraint(i) => {
+                format!("excluded by constraint {}", spec.placement.constraints[i])
+            }
+            Exclusion::AntiAffinity => format!(
+                "already run anti-affinity group {}",
+                spec.placement
+                    .anti_affinity_group
+                    .as_deref()
+                    .unwrap_or_default()
+            ),
+            Exclusion::Memory => format!("without {} MiB of memory free", spec.memory_mib),
+            Exclusion::Vcpus => format!("without {} vCPUs free", spec.vcpus),
+        }
+    }
+}
+
+/// Why nodes were excluded, counted per reason.
 #[derive(Default)]
-struct Exclusions(BTreeMap<String, u32>);
+struct Exclusions(BTreeMap<Exclusion, u32>);
 
 impl Exclusions {
-    fn add(&mut self, reason: String) {
-        *self.0.entry(reason).or_default() += 1;
+    fn add(&mut self, exclusion: Exclusion) {
+        *self.0.entry(exclusion).or_default() += 1;
     }
 
-    fn describe(&self, nodes: usize) -> String {
+    fn describe(&self, spec: &blixard_consensus::VmSpec, nodes: usize) -> String {
         if nodes == 0 {
             return "no nodes have joined the cluster".into();
         }
-        let parts: Vec<String> = self
-            .0
+        // Ordered by text so the reason reads the same on every leader.
+        let mut counts: BTreeMap<String, u32> = BTreeMap::new();
+        for (exclusion, count) in &self.0 {
+            *counts.entry(exclusion.describe(spec)).or_default() += count;
+        }
+        let parts: Vec<String> = counts
             .iter()
             .map(|(reason, count)| {
                 let noun = if *count == 1 { "node" } else { "nodes" };
@@ -122,15 +165,19 @@ impl Exclusions {
 
 /// Decides placements for every waiting VM (see the module invariants).
 pub fn schedule(state: &ClusterState, nodes: &[NodeView], params: Params) -> Vec<Decision> {
-    let mut loads: BTreeMap<u64, Load> =
-        nodes.iter().map(|n| (n.node_id, Load::default())).collect();
+    let index: HashMap<u64, usize> = nodes
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (n.node_id, i))
+        .collect();
+    let mut loads = vec![Load::default(); nodes.len()];
     for vm in state.vms.values() {
         let Some(node) = vm.assigned_node else {
             continue;
         };
-        if let Some(load) = loads.get_mut(&node) {
+        if let Some(&i) = index.get(&node) {
             if holds_resources(vm) {
-                load.add(vm);
+                loads[i].add(vm);
             }
         }
     }
@@ -138,87 +185,87 @@ pub fn schedule(state: &ClusterState, nodes: &[NodeView], params: Params) -> Vec
     for vm in waiting(state) {
         let decision = place_one(vm, nodes, &loads, params);
         if let Decision::Place { node_id, .. } = &decision {
-            loads
-                .get_mut(node_id)
-                .expect("placed on a known node")
-                .add(vm);
+            loads[index[node_id]].add(vm);
         }
         decisions.push(decision);
     }
     decisions
 }
 
-fn place_one(
-    vm: &VmRecord,
-    nodes: &[NodeView],
-    loads: &BTreeMap<u64, Load>,
-    params: Params,
-) -> Decision {
+/// The hard filters: why `node` cannot take `vm`, or `None` if it can.
+fn exclusion(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> Option<Exclusion> {
+    let spec = &vm.spec;
+    if spec
+        .pinned_node
+        .is_some_and(|pinned| pinned != node.node_id)
+    {
+        return Some(Exclusion::NotPinned);
+    }
+    if !node.alive {
+        return Some(Exclusion::Down);
+    }
+    if !node.eligible {
+        return Some(Exclusion::Ineligible);
+    }
+    let Some(capacity) = node.capacity else {
+        return Some(Exclusion::NotReporting);
+    };
+    if let Some(i) = spec
+        .placement
+        .constraints
+        .iter()
+        .position(|rule| !rule.matches(&node.attributes))
+    {
+        return Some(Exclusion::Constraint(i));
+    }
+    if spec
+        .placement
+        .anti_affinity_group
+        .as_ref()
+        .is_some_and(|group| load.anti_affinity.contains_key(group))
+    {
+        return Some(Exclusion::AntiAffinity);
+    }
+    let memory_free = capacity.memory_mib.saturating_sub(load.memory_mib);
+    let vcpus_max = u64::from(capacity.vcpus) * u64::from(params.vcpu_overcommit.max(1));
+    if memory_free < spec.memory_mib {
+        return Some(Exclusion::Memory);
+    }
+    if load.vcpus + u64::from(spec.vcpus) > vcpus_max {
+        return Some(Exclusion::Vcpus);
+    }
+    None
+}
+
+fn place_one(vm: &VmRecord, nodes: &[NodeView], loads: &[Load], params: Params) -> Decision {
     let spec = &vm.spec;
     let mut exclusions = Exclusions::default();
-    let mut best: Option<(f64, u64, String)> = None;
-    for node in nodes {
-        let load = &loads[&node.node_id];
-        let excluded = if spec
-            .pinned_node
-            .is_some_and(|pinned| pinned != node.node_id)
-        {
-            Some("not the pinned node".to_string())
-        } else if !node.alive {
-            Some("down".to_string())
-        } else if !node.eligible {
-            Some("ineligible".to_string())
-        } else if node.capacity.is_none() {
-            Some("not yet reporting resources".to_string())
-        } else if let Some(rule) = spec
-            .placement
-            .constraints
-            .iter()
-            .find(|rule| !rule.matches(&node.attributes))
-        {
-            Some(format!("excluded by constraint {rule}"))
-        } else if let Some(group) = spec
-            .placement
-            .anti_affinity_group
-            .as_ref()
-            .filter(|group| load.anti_affinity.contains_key(*group))
-        {
-            Some(format!("already run anti-affinity group {group}"))
-        } else {
-            let capacity = node.capacity.expect("checked above");
-            let memory_free = capacity.memory_mib.saturating_sub(load.memory_mib);
-            let vcpus_max = u64::from(capacity.vcpus) * u64::from(params.vcpu_overcommit.max(1));
-            if memory_free < spec.memory_mib {
-                Some(format!("without {} MiB of memory free", spec.memory_mib))
-            } else if load.vcpus + u64::from(spec.vcpus) > vcpus_max {
-                Some(format!("without {} vCPUs free", spec.vcpus))
-            } else {
-                None
-            }
-        };
-        if let Some(reason) = excluded {
-            exclusions.add(reason);
+    let mut best: Option<(Score, usize)> = None;
+    for (i, node) in nodes.iter().enumerate() {
+        let load = &loads[i];
+        if let Some(exclusion) = exclusion(vm, node, load, params) {
+            exclusions.add(exclusion);
             continue;
         }
-        let (score, why) = score(vm, node, load, params);
+        let score = score(vm, node, load, params);
         let better = match &best {
             None => true,
             // Ties go to the lowest node id (nodes come sorted by id).
-            Some((best_score, _, _)) => score > *best_score + 1e-9,
+            Some((best, _)) => score.total > best.total + 1e-9,
         };
         if better {
-            best = Some((score, node.node_id, why));
+            best = Some((score, i));
         }
     }
     match best {
-        Some((_, node_id, reason)) => Decision::Place {
+        Some((score, i)) => Decision::Place {
             vm: spec.name.clone(),
-            node_id,
-            reason,
+            node_id: nodes[i].node_id,
+            reason: score.explain(vm),
         },
         None => Decision::Unplaceable {
             vm: spec.name.clone(),
-            reason: exclusions.describe(nodes.len()),
+            reason: exclusions.describe(spec, nodes.len()),
         },
     }
 }
@@ -232,8 +279,51 @@ const WEIGHT_PREFERENCES: f64 = 0.3;
 const WEIGHT_LOCALITY: f64 = 0.2;
 const WEIGHT_HARDWARE: f64 = 0.1;
 
-/// Scores a feasible node (higher is better) and says why.
-fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> (f64, String) {
+/// A feasible node's score (higher is better) and the parts that made it.
+#[derive(Debug, Clone, Copy)]
+struct Score {
+    total: f64,
+    used_after: f64,
+    siblings: u32,
+    preferred: usize,
+    together: bool,
+    local: bool,
+}
+
+impl Score {
+    /// Says why the node was chosen; only built for the winner.
+    fn explain(&self, vm: &VmRecord) -> String {
+        let spec = &vm.spec;
+        let mut why = format!(
+            "{} score {:.2}: {:.0}% used after placement",
+            spec.placement.strategy.as_str(),
+            self.total,
+            self.used_after * 100.0
+        );
+        if self.siblings > 0 {
+            why.push_str(&format!(
+                ", {} replica(s) of the group already here",
+                self.siblings
+            ));
+        }
+        let preferences = spec.placement.preferences.len();
+        if preferences > 0 {
+            why.push_str(&format!(
+                ", {}/{preferences} preferences met",
+                self.preferred
+            ));
+        }
+        if self.together {
+            why.push_str(", with its affinity group");
+        }
+        if self.local {
+            why.push_str(", ran here before");
+        }
+        why
+    }
+}
+
+fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> Score {
     let spec = &vm.spec;
     let capacity = node.capacity.expect("feasible nodes have capacity");
     let memory_after =
@@ -271,30 +361,14 @@ fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> (f64, S
         + if together { WEIGHT_AFFINITY } else { 0.0 }
         + if local { WEIGHT_LOCALITY } else { 0.0 }
         + if capacity.kvm { WEIGHT_HARDWARE } else { 0.0 };
-    let mut why = format!(
-        "{} score {:.2}: {:.0}% used after placement",
-        spec.placement.strategy.as_str(),
+    Score {
         total,
-        used_after * 100.0
-    );
-    if siblings > 0 {
-        why.push_str(&format!(
-            ", {siblings} replica(s) of the group already here"
-        ));
+        used_after,
+        siblings,
+        preferred,
+        together,
+        local,
     }
-    if !preferences.is_empty() {
-        why.push_str(&format!(
-            ", {preferred}/{} preferences met",
-            preferences.len()
-        ));
-    }
-    if together {
-        why.push_str(", with its affinity group");
-    }
-    if local {
-        why.push_str(", ran here before");
-    }
-    (total, why)
 }
 
 /// Builds the scheduler's node views from the committed node records and
