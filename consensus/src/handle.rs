@@ -128,13 +128,13 @@ impl Role {
 #[derive(Debug, Clone)]
 pub enum StateEvent {
     Vm {
-        change: Box<VmChange>,
+        change: Arc<VmChange>,
         revision: u64,
     },
     /// The whole state was replaced by a snapshot: re-read everything.
     Reset { revision: u64 },
     /// Something happened to the cluster (placement, loss, drain, ...).
-    Cluster(Box<EventRecord>),
+    Cluster(Arc<EventRecord>),
 }
 
 /// What a voter tells the workers it feeds.
@@ -226,7 +226,7 @@ impl Shared {
             recent.pop_front();
         }
         recent.push_back(record.clone());
-        let _ = self.events.send(StateEvent::Cluster(Box::new(record)));
+        let _ = self.events.send(StateEvent::Cluster(Arc::new(record)));
     }
 }
 

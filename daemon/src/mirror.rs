@@ -9,7 +9,7 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use blixard_api::pb;
@@ -166,7 +166,7 @@ impl Mirror {
                 }
                 for change in outcome.vm_changes {
                     let _ = self.events.send(StateEvent::Vm {
-                        change: Box::new(change),
+                        change: Arc::new(change),
                         revision: item.revision,
                     });
                 }
@@ -182,7 +182,7 @@ impl Mirror {
                         recent.pop_front();
                     }
                     recent.push_back(record.clone());
-                    let _ = self.events.send(StateEvent::Cluster(Box::new(record)));
+                    let _ = self.events.send(StateEvent::Cluster(Arc::new(record)));
                 }
             }
             None => return Err("empty feed item".into()),

@@ -190,7 +190,7 @@ impl<T: Transport> RaftNode<T> {
             .record_applied(wtxn, index, &state, &outcome.touched)?;
         for change in outcome.vm_changes {
             let _ = self.shared.events.send(StateEvent::Vm {
-                change: Box::new(change),
+                change: std::sync::Arc::new(change),
                 revision: state.revision,
             });
         }

@@ -12,14 +12,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use blixard_consensus::{Command, Role};
+use blixard_consensus::{Command, DesiredState, Role, StateEvent};
 use blixard_membership::Membership;
 use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::controllers::scheduler::{self, Decision, Params};
-use crate::controllers::wake::Wake;
+use crate::controllers::wake::{self, Wake};
 use crate::controllers::{autopilot, drain, failover};
 use crate::services::vm_node::now_unix_ms;
 
@@ -81,6 +81,14 @@ pub async fn run(
         &raft,
         Duration::from_millis(LEADER_PASS_INTERVAL_MS),
         Duration::from_millis(PASS_SPACING_MS),
+        // A VM waiting for a node. News about nodes (joins, drains) waits
+        // for the tick: cluster events come with every write.
+        Box::new(|event| match event {
+            StateEvent::Reset { .. } => true,
+            _ => wake::changed_vm(event).is_some_and(|vm| {
+                vm.desired_state == DesiredState::Running && vm.assigned_node.is_none()
+            }),
+        }),
     );
     while wake.next(&mut stop).await {
         let status = raft.status();

@@ -14,12 +14,12 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use blixard_consensus::{
-    ClusterState, Command, DesiredState, Rejection, RunnerSource, VmObserved, VmPhase,
+    ClusterState, Command, DesiredState, Rejection, RunnerSource, StateEvent, VmObserved, VmPhase,
 };
 use blixard_nodeagent::{Desired, NodeAgent, Phase, PlanSource, VmPlan, VmReport};
 use tokio::sync::{mpsc, watch};
 
-use crate::controllers::wake::Wake;
+use crate::controllers::wake::{self, Wake};
 use crate::services::vm_node::now_unix_ms;
 
 const RECONCILE_INTERVAL_MS: u64 = 250;
@@ -116,6 +116,11 @@ pub async fn run(
         &raft,
         Duration::from_millis(RECONCILE_INTERVAL_MS),
         Duration::from_millis(PASS_SPACING_MS),
+        // A VM on this node; a VM moved away is caught by the ticker.
+        Box::new(move |event| match event {
+            StateEvent::Reset { .. } => true,
+            _ => wake::changed_vm(event).is_some_and(|vm| vm.assigned_node == Some(node_id)),
+        }),
     );
     while wake.next(&mut stop).await {
         let fenced = *fenced.borrow();

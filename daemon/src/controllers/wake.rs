@@ -1,55 +1,94 @@
-//! When a control loop runs its next pass: on its ticker, or soon after
-//! the cluster state changes, whichever comes first.
+//! When a control loop runs its next pass: on its ticker, or soon after a
+//! state change it cares about, whichever comes first.
 //!
-//! Invariants: a pass never waits longer than one tick; state changes only
-//! make it sooner, never more often than once per `spacing` (a burst of
-//! thousands of changes wakes it once); the ticker alone keeps the loop
-//! going if the change stream ends.
+//! Invariants: a pass never waits longer than one tick; relevant changes
+//! only make it sooner, never more often than once per `spacing` (a burst
+//! of thousands wakes it once); irrelevant changes (another node's VMs, a
+//! stopped VM being created) never wake it, so a loop's cost does not grow
+//! with the cluster's write rate; the ticker alone keeps the loop going if
+//! the change stream ends.
 
 use std::time::Duration;
 
-use blixard_consensus::StateEvent;
-use tokio::sync::broadcast::{self, error::TryRecvError};
+use blixard_consensus::{StateEvent, VmChange, VmRecord};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 use tokio::sync::watch;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::handle::ClusterHandle;
 
+/// Which state changes wake a loop early.
+pub type Relevant = Box<dyn Fn(&StateEvent) -> bool + Send + Sync>;
+
+/// The VM a change is about, as it is after the change.
+pub fn changed_vm(event: &StateEvent) -> Option<&VmRecord> {
+    match event {
+        StateEvent::Vm { change, .. } => Some(match change.as_ref() {
+            VmChange::Added(vm) | VmChange::Modified(vm) | VmChange::Deleted(vm) => vm,
+        }),
+        StateEvent::Reset { .. } | StateEvent::Cluster(_) => None,
+    }
+}
+
 pub struct Wake {
     ticker: Interval,
     events: Option<broadcast::Receiver<StateEvent>>,
+    relevant: Relevant,
     spacing: Duration,
     last_pass: Option<Instant>,
 }
 
 impl Wake {
-    pub fn new(raft: &ClusterHandle, interval: Duration, spacing: Duration) -> Self {
+    pub fn new(
+        raft: &ClusterHandle,
+        interval: Duration,
+        spacing: Duration,
+        relevant: Relevant,
+    ) -> Self {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Wake {
             ticker,
             events: Some(raft.subscribe()),
+            relevant,
             spacing,
             last_pass: None,
         }
     }
 
+    /// Receives until a relevant change; a lagging receiver counts as one
+    /// (what it missed may have been). `None`: the stream ended.
+    async fn relevant_change(
+        events: &mut broadcast::Receiver<StateEvent>,
+        relevant: &Relevant,
+    ) -> Option<()> {
+        loop {
+            match events.recv().await {
+                Ok(event) if relevant(&event) => return Some(()),
+                Ok(_) => continue,
+                Err(RecvError::Lagged(_)) => return Some(()),
+                Err(RecvError::Closed) => return None,
+            }
+        }
+    }
+
     /// Waits for the next pass; `false` once `stop` turns true.
     pub async fn next(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+        let relevant = &self.relevant;
         let events = &mut self.events;
         let changed = async {
             match events.as_mut() {
-                Some(events) => Some(events.recv().await.err()),
+                Some(events) => Self::relevant_change(events, relevant).await,
                 None => std::future::pending().await,
             }
         };
         let woken_by_change = tokio::select! {
             _ = self.ticker.tick() => None,
-            error = changed => error,
+            changed = changed => Some(changed),
             _ = stop.wait_for(|s| *s) => return false,
         };
-        if let Some(error) = woken_by_change {
-            if let Some(broadcast::error::RecvError::Closed) = error {
+        if let Some(changed) = woken_by_change {
+            if changed.is_none() {
                 self.events = None;
             }
             let since = self.last_pass.map_or(self.spacing, |last| last.elapsed());
