@@ -45,11 +45,20 @@ impl Wake {
         spacing: Duration,
         relevant: Relevant,
     ) -> Self {
+        Self::on(raft.subscribe(), interval, spacing, relevant)
+    }
+
+    fn on(
+        events: broadcast::Receiver<StateEvent>,
+        interval: Duration,
+        spacing: Duration,
+        relevant: Relevant,
+    ) -> Self {
         let mut ticker = tokio::time::interval(interval);
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         Wake {
             ticker,
-            events: Some(raft.subscribe()),
+            events: Some(events),
             relevant,
             spacing,
             last_pass: None,
@@ -114,5 +123,90 @@ impl Wake {
         }
         self.last_pass = Some(Instant::now());
         true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TICK: Duration = Duration::from_secs(3600);
+    const PROMPTLY: Duration = Duration::from_secs(10);
+    /// How long a wake that must not happen is given to happen anyway.
+    const QUIET: Duration = Duration::from_millis(200);
+
+    fn reset(revision: u64) -> StateEvent {
+        StateEvent::Reset { revision }
+    }
+
+    /// Only even revisions matter to the loop under test.
+    fn even_resets() -> Relevant {
+        Box::new(|event| matches!(event, StateEvent::Reset { revision } if revision % 2 == 0))
+    }
+
+    fn runtime() -> tokio::runtime::Runtime {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn relevant_changes_wake_early_and_others_do_not() {
+        runtime().block_on(async {
+            let (events, receiver) = broadcast::channel(16);
+            let (_stop_tx, mut stop) = watch::channel(false);
+            let mut wake = Wake::on(receiver, TICK, Duration::ZERO, even_resets());
+            // The first tick is immediate.
+            assert!(wake.next(&mut stop).await);
+
+            events.send(reset(1)).unwrap();
+            assert!(tokio::time::timeout(QUIET, wake.next(&mut stop))
+                .await
+                .is_err());
+
+            events.send(reset(2)).unwrap();
+            let woke = tokio::time::timeout(PROMPTLY, wake.next(&mut stop)).await;
+            assert_eq!(woke.ok(), Some(true));
+        });
+    }
+
+    #[test]
+    fn a_burst_wakes_once() {
+        runtime().block_on(async {
+            let (events, receiver) = broadcast::channel(16);
+            let (_stop_tx, mut stop) = watch::channel(false);
+            let mut wake = Wake::on(receiver, TICK, Duration::ZERO, even_resets());
+            assert!(wake.next(&mut stop).await);
+            for revision in [2, 4, 6, 8] {
+                events.send(reset(revision)).unwrap();
+            }
+            let woke = tokio::time::timeout(PROMPTLY, wake.next(&mut stop)).await;
+            assert_eq!(woke.ok(), Some(true));
+            assert!(tokio::time::timeout(QUIET, wake.next(&mut stop))
+                .await
+                .is_err());
+        });
+    }
+
+    #[test]
+    fn falling_behind_counts_as_a_change_and_stop_ends_the_loop() {
+        runtime().block_on(async {
+            let (events, receiver) = broadcast::channel(2);
+            let (stop_tx, mut stop) = watch::channel(false);
+            let mut wake = Wake::on(receiver, TICK, Duration::ZERO, even_resets());
+            assert!(wake.next(&mut stop).await);
+            // Irrelevant, but more than the buffer holds: what was missed
+            // might have mattered.
+            for revision in [1, 3, 5, 7] {
+                events.send(reset(revision)).unwrap();
+            }
+            let woke = tokio::time::timeout(PROMPTLY, wake.next(&mut stop)).await;
+            assert_eq!(woke.ok(), Some(true));
+
+            stop_tx.send(true).unwrap();
+            let stopped = tokio::time::timeout(PROMPTLY, wake.next(&mut stop)).await;
+            assert_eq!(stopped.ok(), Some(false));
+        });
     }
 }
