@@ -66,6 +66,8 @@ pub enum Command {
     Image(ImageCommand),
     /// Measure: starts a local cluster, runs the benchmarks, prints one table.
     Bench(BenchArgs),
+    /// The dashboard: nodes, VMs, events, live (k9s keys; `?` lists them).
+    Tui(TuiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -192,6 +194,17 @@ pub struct DevArgs {
     /// Do not build the guest image and boot the sample VM.
     #[arg(long)]
     pub no_vm: bool,
+    /// Do not open the dashboard (it opens when stdin and stdout are a
+    /// terminal); wait for Ctrl-C instead.
+    #[arg(long)]
+    pub no_tui: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct TuiArgs {
+    /// Disable every action that changes the cluster.
+    #[arg(long)]
+    pub readonly: bool,
 }
 
 #[derive(Debug, Subcommand)]

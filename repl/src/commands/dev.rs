@@ -4,6 +4,7 @@
 //! Invariant: every agent started here is stopped before the command
 //! returns, on success or error (see `local.rs`).
 
+use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
 use blixard_api::pb;
@@ -140,7 +141,12 @@ pub async fn run(args: DevArgs, format: OutputFormat) -> anyhow::Result<()> {
     eprintln!(
         "\nLocal cluster is up. Try:\n  export BLIXARD_ADDR={first}\n  blixard cluster status\n  blixard vm list\n{vm_hint}\nCtrl-C stops all nodes and their VMs."
     );
-    let _ = tokio::signal::ctrl_c().await;
+    let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
+    if interactive && !args.no_tui {
+        blixard_tui::terminal::run(addresses.clone(), false).await?;
+    } else {
+        let _ = tokio::signal::ctrl_c().await;
+    }
     eprintln!("stopping the local cluster");
     drop(cluster);
     Ok(())

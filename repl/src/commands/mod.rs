@@ -16,6 +16,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Agent(args) => agent::run(args).await,
         Command::Dev(args) => dev::run(args, cli.output).await,
         Command::Bench(args) => bench::run(args, cli.output).await,
+        Command::Tui(args) => {
+            blixard_tui::terminal::run(vec![cli.addr.clone()], args.readonly).await?;
+            Ok(())
+        }
         Command::Cluster(command) => cluster::run(command, &cli.addr, cli.output).await,
         Command::Vm(command) => vm::run(command, &cli.addr, cli.output).await,
         Command::Node(command) => node::run(command, &cli.addr, cli.output).await,

@@ -1,0 +1,562 @@
+//! The dashboard's state and what each key does to it (k9s conventions:
+//! `:` commands, `/` filter, `?` help, `d` describe, `Esc` back).
+//!
+//! Invariants: keys never touch the network, they only change this state
+//! or return an [`Intent`] for the caller to carry out; a mutating intent
+//! is only returned after a confirmation, and never when read-only; the
+//! selection always points at a shown row (or there are none).
+
+use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+
+use crate::model::{Model, Update};
+use crate::table::{self, Filter, Resource, Row};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum View {
+    Overview,
+    List(Resource),
+}
+
+/// A change to the cluster the operator asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    Start(String),
+    Stop(String),
+    Restart(String),
+    Delete(String),
+    Drain(u64),
+}
+
+impl Action {
+    pub fn describe(&self) -> String {
+        match self {
+            Action::Start(vm) => format!("start VM {vm}"),
+            Action::Stop(vm) => format!("stop VM {vm}"),
+            Action::Restart(vm) => format!("restart VM {vm}"),
+            Action::Delete(vm) => format!("delete VM {vm}"),
+            Action::Drain(node) => format!("drain node {node}"),
+        }
+    }
+}
+
+/// What the caller must do after a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Intent {
+    Quit,
+    Perform(Action),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Command(String),
+    Filter(String),
+    Help,
+    Describe { title: String, text: String },
+    Confirm(Action),
+}
+
+/// The commands `:` takes (completion offers these).
+pub const COMMANDS: &[&str] = &["overview", "nodes", "vms", "events", "vm", "quit", "q"];
+
+/// What the cached rows were built from: the model's generation, the
+/// view, the filter text and the sort.
+type ShownFor = (u64, View, Option<String>, Option<(usize, bool)>);
+
+pub struct App {
+    pub model: Model,
+    pub view: View,
+    pub mode: Mode,
+    pub readonly: bool,
+    /// Where `Esc` goes back to.
+    pub breadcrumbs: Vec<View>,
+    pub filter: Option<Filter>,
+    /// (column, descending) per list.
+    pub sort: Option<(usize, bool)>,
+    pub selected: usize,
+    /// A dismissible line at the bottom: (text, is_error).
+    pub message: Option<(String, bool)>,
+    /// The shown rows, rebuilt only when the data or the view changes.
+    shown: Vec<Row>,
+    shown_for: Option<ShownFor>,
+    now_ms: u64,
+}
+
+impl App {
+    pub fn new(readonly: bool) -> Self {
+        App {
+            model: Model::default(),
+            view: View::List(Resource::Vms),
+            mode: Mode::Normal,
+            readonly,
+            breadcrumbs: Vec::new(),
+            filter: None,
+            sort: None,
+            selected: 0,
+            message: None,
+            shown: Vec::new(),
+            shown_for: None,
+            now_ms: 0,
+        }
+    }
+
+    pub fn on_update(&mut self, update: Update) {
+        if let Update::Notice { text, error } = &update {
+            self.message = Some((text.clone(), *error));
+        }
+        self.model.apply(update);
+    }
+
+    /// The node the data comes from, which also takes the actions.
+    pub fn connected_address(&self) -> Option<String> {
+        match &self.model.connection {
+            crate::model::Connection::Connected(address) => Some(address.clone()),
+            _ => None,
+        }
+    }
+
+    /// The clock the views show ages against.
+    pub fn set_now(&mut self, now_ms: u64) {
+        self.now_ms = now_ms;
+    }
+
+    /// The rows the current list shows, filtered and sorted.
+    pub fn shown(&mut self) -> &[Row] {
+        let View::List(resource) = self.view else {
+            return &[];
+        };
+        let key = (
+            self.model.generation,
+            self.view,
+            self.filter.as_ref().map(|f| f.text.clone()),
+            self.sort,
+        );
+        if self.shown_for.as_ref() != Some(&key) {
+            let mut rows = table::rows(&self.model, resource, self.now_ms);
+            if let Some(filter) = &self.filter {
+                rows.retain(|row| filter.matches(row));
+            }
+            if let Some((column, descending)) = self.sort {
+                table::sort(&mut rows, column, descending);
+            }
+            self.shown = rows;
+            self.shown_for = Some(key);
+        }
+        self.selected = self.selected.min(self.shown.len().saturating_sub(1));
+        &self.shown
+    }
+
+    fn selected_key(&mut self) -> Option<String> {
+        let selected = self.selected;
+        self.shown().get(selected).map(|row| row.key.clone())
+    }
+
+    fn go(&mut self, view: View) {
+        if self.view != view {
+            self.breadcrumbs.push(self.view);
+            self.view = view;
+            self.selected = 0;
+            self.sort = None;
+            self.filter = None;
+        }
+    }
+
+    fn back(&mut self) {
+        if self.filter.take().is_some() {
+            return;
+        }
+        if let Some(view) = self.breadcrumbs.pop() {
+            self.view = view;
+            self.selected = 0;
+            self.sort = None;
+        }
+    }
+
+    fn error(&mut self, text: impl Into<String>) {
+        self.message = Some((text.into(), true));
+    }
+
+    pub fn on_key(&mut self, key: KeyEvent) -> Option<Intent> {
+        if key.modifiers.contains(KeyModifiers::CONTROL) && key.code == KeyCode::Char('c') {
+            return Some(Intent::Quit);
+        }
+        match self.mode.clone() {
+            Mode::Normal => self.on_normal_key(key),
+            Mode::Command(text) => self.on_command_key(key, text),
+            Mode::Filter(text) => {
+                self.on_filter_key(key, text);
+                None
+            }
+            Mode::Help | Mode::Describe { .. } => {
+                if matches!(key.code, KeyCode::Esc | KeyCode::Char('q') | KeyCode::Enter) {
+                    self.mode = Mode::Normal;
+                }
+                None
+            }
+            Mode::Confirm(action) => {
+                self.mode = Mode::Normal;
+                match key.code {
+                    KeyCode::Char('y') | KeyCode::Enter => Some(Intent::Perform(action)),
+                    _ => None,
+                }
+            }
+        }
+    }
+
+    fn on_normal_key(&mut self, key: KeyEvent) -> Option<Intent> {
+        self.message = None;
+        let count = self.shown().len();
+        match key.code {
+            KeyCode::Char('q') => return Some(Intent::Quit),
+            KeyCode::Char(':') => self.mode = Mode::Command(String::new()),
+            KeyCode::Char('/') => self.mode = Mode::Filter(String::new()),
+            KeyCode::Char('?') => self.mode = Mode::Help,
+            KeyCode::Esc => self.back(),
+            KeyCode::Down | KeyCode::Char('j') => {
+                self.selected = (self.selected + 1).min(count.saturating_sub(1))
+            }
+            KeyCode::Up | KeyCode::Char('k') => self.selected = self.selected.saturating_sub(1),
+            KeyCode::PageDown => self.selected = (self.selected + 20).min(count.saturating_sub(1)),
+            KeyCode::PageUp => self.selected = self.selected.saturating_sub(20),
+            KeyCode::Char('g') | KeyCode::Home => self.selected = 0,
+            KeyCode::Char('G') | KeyCode::End => self.selected = count.saturating_sub(1),
+            KeyCode::Tab => self.go(next_view(self.view)),
+            KeyCode::Char(digit @ '1'..='9') => self.sort_by(digit as usize - '1' as usize),
+            KeyCode::Enter => self.drill_down(),
+            KeyCode::Char('d') => self.describe_selected(),
+            KeyCode::Char(c) => return self.action_key(c),
+            _ => {}
+        }
+        None
+    }
+
+    fn sort_by(&mut self, column: usize) {
+        let View::List(resource) = self.view else {
+            return;
+        };
+        if column >= resource.columns().len() {
+            return;
+        }
+        self.sort = match self.sort {
+            Some((current, descending)) if current == column => Some((column, !descending)),
+            _ => Some((column, false)),
+        };
+    }
+
+    fn drill_down(&mut self) {
+        match self.view {
+            View::Overview => self.go(View::List(Resource::Vms)),
+            View::List(Resource::Nodes) => {
+                if let Some(node) = self.selected_key() {
+                    self.go(View::List(Resource::Vms));
+                    // The VMs of that node: its id in the NODE column.
+                    self.filter = Filter::parse(&format!("^{node}$")).ok().flatten();
+                }
+            }
+            View::List(Resource::Vms) => self.describe_selected(),
+            View::List(Resource::Events) => {}
+        }
+    }
+
+    fn describe_selected(&mut self) {
+        let Some(key) = self.selected_key() else {
+            return;
+        };
+        match self.view {
+            View::List(Resource::Vms) => self.describe_vm(&key),
+            View::List(Resource::Nodes) => {
+                let node = self
+                    .model
+                    .nodes
+                    .iter()
+                    .find(|n| n.node_id.to_string() == key);
+                if let Some(node) = node {
+                    self.mode = Mode::Describe {
+                        title: format!("node {key}"),
+                        text: crate::describe::node(node),
+                    };
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn describe_vm(&mut self, name: &str) {
+        match self.model.vms.get(name) {
+            Some(vm) => {
+                self.mode = Mode::Describe {
+                    title: format!("vm {name}"),
+                    text: crate::describe::vm(vm),
+                }
+            }
+            None => self.error(format!("no VM named {name:?}")),
+        }
+    }
+
+    fn action_key(&mut self, key: char) -> Option<Intent> {
+        let View::List(resource) = self.view else {
+            return None;
+        };
+        let target = self.selected_key()?;
+        let action = match (resource, key) {
+            (Resource::Vms, 's') => Action::Start(target),
+            (Resource::Vms, 'x') => Action::Stop(target),
+            (Resource::Vms, 'r') => Action::Restart(target),
+            (Resource::Vms, 'D') => Action::Delete(target),
+            (Resource::Nodes, 'D') => Action::Drain(target.parse().ok()?),
+            _ => return None,
+        };
+        if self.readonly {
+            self.error(format!("read-only: cannot {}", action.describe()));
+            return None;
+        }
+        self.mode = Mode::Confirm(action);
+        None
+    }
+
+    fn on_command_key(&mut self, key: KeyEvent, mut text: String) -> Option<Intent> {
+        match key.code {
+            KeyCode::Esc => self.mode = Mode::Normal,
+            KeyCode::Backspace => {
+                text.pop();
+                self.mode = Mode::Command(text);
+            }
+            KeyCode::Tab => self.mode = Mode::Command(complete(&text, &self.model)),
+            KeyCode::Enter => {
+                self.mode = Mode::Normal;
+                return self.run_command(text.trim());
+            }
+            KeyCode::Char(c) => {
+                text.push(c);
+                self.mode = Mode::Command(text);
+            }
+            _ => {}
+        }
+        None
+    }
+
+    fn run_command(&mut self, command: &str) -> Option<Intent> {
+        let mut words = command.split_whitespace();
+        match (words.next(), words.next()) {
+            (Some("q" | "quit"), _) => return Some(Intent::Quit),
+            (Some("overview"), _) => self.go(View::Overview),
+            (Some("nodes" | "node" | "no"), _) => self.go(View::List(Resource::Nodes)),
+            (Some("vms"), _) | (Some("vm"), None) => self.go(View::List(Resource::Vms)),
+            (Some("vm"), Some(name)) => {
+                self.go(View::List(Resource::Vms));
+                self.describe_vm(name);
+            }
+            (Some("events" | "ev"), _) => self.go(View::List(Resource::Events)),
+            (None, _) => {}
+            (Some(other), _) => self.error(format!(
+                "unknown command {other:?}; try {}",
+                COMMANDS.join(", ")
+            )),
+        }
+        None
+    }
+
+    fn on_filter_key(&mut self, key: KeyEvent, mut text: String) {
+        match key.code {
+            KeyCode::Esc => self.mode = Mode::Normal,
+            KeyCode::Backspace => {
+                text.pop();
+                self.mode = Mode::Filter(text);
+            }
+            KeyCode::Enter => {
+                self.mode = Mode::Normal;
+                match Filter::parse(&text) {
+                    Ok(filter) => {
+                        self.filter = filter;
+                        self.selected = 0;
+                    }
+                    Err(error) => self.error(error),
+                }
+            }
+            KeyCode::Char(c) => {
+                text.push(c);
+                self.mode = Mode::Filter(text);
+            }
+            _ => {}
+        }
+    }
+}
+
+fn next_view(view: View) -> View {
+    match view {
+        View::Overview => View::List(Resource::Nodes),
+        View::List(Resource::Nodes) => View::List(Resource::Vms),
+        View::List(Resource::Vms) => View::List(Resource::Events),
+        View::List(Resource::Events) => View::Overview,
+    }
+}
+
+/// Completes the command word, or a VM name after `vm `, when exactly one
+/// candidate (or a longer common prefix) fits.
+pub fn complete(text: &str, model: &Model) -> String {
+    let (head, word, candidates): (&str, &str, Vec<&str>) = match text.split_once(' ') {
+        Some(("vm", partial)) => (
+            "vm ",
+            partial,
+            model.vms.keys().map(String::as_str).collect(),
+        ),
+        Some(_) => return text.into(),
+        None => ("", text, COMMANDS.to_vec()),
+    };
+    let fitting: Vec<&str> = candidates
+        .into_iter()
+        .filter(|c| c.starts_with(word))
+        .collect();
+    let Some(first) = fitting.first() else {
+        return text.into();
+    };
+    let common = fitting.iter().fold(first.to_string(), |prefix, c| {
+        prefix
+            .chars()
+            .zip(c.chars())
+            .take_while(|(a, b)| a == b)
+            .map(|(a, _)| a)
+            .collect()
+    });
+    format!("{head}{common}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use blixard_api::pb;
+
+    fn key(code: KeyCode) -> KeyEvent {
+        KeyEvent::new(code, KeyModifiers::NONE)
+    }
+
+    fn type_text(app: &mut App, text: &str) {
+        for c in text.chars() {
+            app.on_key(key(KeyCode::Char(c)));
+        }
+    }
+
+    fn app_with_vms(names: &[&str]) -> App {
+        let mut app = App::new(false);
+        for name in names {
+            app.on_update(Update::Vm(Box::new(pb::VmEvent {
+                kind: pb::VmEventKind::Added as i32,
+                vm: Some(pb::VmInfo {
+                    spec: Some(pb::VmSpec {
+                        name: name.to_string(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                revision: 1,
+            })));
+        }
+        app
+    }
+
+    fn shown_names(app: &mut App) -> Vec<String> {
+        app.shown().iter().map(|r| r.key.clone()).collect()
+    }
+
+    #[test]
+    fn filter_narrows_and_esc_clears_it() {
+        let mut app = app_with_vms(&["web-1", "web-2", "db"]);
+        app.on_key(key(KeyCode::Char('/')));
+        type_text(&mut app, "web");
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(shown_names(&mut app), ["web-1", "web-2"]);
+        app.on_key(key(KeyCode::Char('/')));
+        type_text(&mut app, "!web");
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(shown_names(&mut app), ["db"]);
+        app.on_key(key(KeyCode::Esc));
+        assert_eq!(shown_names(&mut app).len(), 3);
+    }
+
+    #[test]
+    fn a_bad_filter_says_why_and_keeps_the_list() {
+        let mut app = app_with_vms(&["a"]);
+        app.on_key(key(KeyCode::Char('/')));
+        type_text(&mut app, "(");
+        app.on_key(key(KeyCode::Enter));
+        assert!(matches!(&app.message, Some((text, true)) if text.contains("bad filter")));
+        assert_eq!(shown_names(&mut app), ["a"]);
+    }
+
+    #[test]
+    fn sorting_a_column_twice_reverses_it() {
+        let mut app = app_with_vms(&["b", "a", "c"]);
+        app.on_key(key(KeyCode::Char('1')));
+        assert_eq!(shown_names(&mut app), ["a", "b", "c"]);
+        app.on_key(key(KeyCode::Char('1')));
+        assert_eq!(shown_names(&mut app), ["c", "b", "a"]);
+    }
+
+    #[test]
+    fn commands_switch_views_complete_and_quit() {
+        let mut app = app_with_vms(&["web-1"]);
+        app.on_key(key(KeyCode::Char(':')));
+        type_text(&mut app, "no");
+        app.on_key(key(KeyCode::Tab));
+        assert_eq!(app.mode, Mode::Command("nodes".into()));
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(app.view, View::List(Resource::Nodes));
+        app.on_key(key(KeyCode::Esc));
+        assert_eq!(app.view, View::List(Resource::Vms));
+
+        app.on_key(key(KeyCode::Char(':')));
+        type_text(&mut app, "vm w");
+        app.on_key(key(KeyCode::Tab));
+        assert_eq!(app.mode, Mode::Command("vm web-1".into()));
+        app.on_key(key(KeyCode::Enter));
+        assert!(matches!(&app.mode, Mode::Describe { title, .. } if title == "vm web-1"));
+        app.on_key(key(KeyCode::Esc));
+
+        app.on_key(key(KeyCode::Char(':')));
+        type_text(&mut app, "bogus");
+        app.on_key(key(KeyCode::Enter));
+        assert!(matches!(&app.message, Some((text, true)) if text.contains("unknown command")));
+        app.on_key(key(KeyCode::Char(':')));
+        type_text(&mut app, "q");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), Some(Intent::Quit));
+    }
+
+    #[test]
+    fn actions_need_confirmation() {
+        let mut app = app_with_vms(&["web-1"]);
+        assert_eq!(app.on_key(key(KeyCode::Char('x'))), None);
+        assert_eq!(app.mode, Mode::Confirm(Action::Stop("web-1".into())));
+        assert_eq!(app.on_key(key(KeyCode::Char('n'))), None);
+        assert_eq!(app.mode, Mode::Normal);
+        app.on_key(key(KeyCode::Char('x')));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('y'))),
+            Some(Intent::Perform(Action::Stop("web-1".into())))
+        );
+    }
+
+    #[test]
+    fn read_only_refuses_every_action() {
+        let mut app = app_with_vms(&["web-1"]);
+        app.readonly = true;
+        for c in ['s', 'x', 'r', 'D'] {
+            assert_eq!(app.on_key(key(KeyCode::Char(c))), None);
+            assert_eq!(app.mode, Mode::Normal);
+            assert!(matches!(&app.message, Some((text, true)) if text.starts_with("read-only")));
+        }
+    }
+
+    #[test]
+    fn the_selection_stays_on_a_shown_row() {
+        let mut app = app_with_vms(&["a", "b", "c"]);
+        app.on_key(key(KeyCode::Char('G')));
+        assert_eq!(app.selected, 2);
+        app.on_key(key(KeyCode::Char('/')));
+        type_text(&mut app, "a");
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(shown_names(&mut app), ["a"]);
+        assert_eq!(app.selected, 0);
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(app.selected, 0);
+    }
+}

@@ -1,0 +1,214 @@
+//! The live data behind the dashboard: the VM watch stream, the event
+//! stream, and the node list and status once a second, from one node at a
+//! time; when that node fails, the next address (with backoff), learning
+//! the other members' addresses from the status.
+//!
+//! Invariants: the UI is never blocked by the network, it only reads the
+//! bounded `updates` channel (a slow UI slows the streams, it does not
+//! lose watch events); reconnect waits grow to `BACKOFF_MAX_MS` and reset
+//! once a connection holds.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use blixard_api::pb;
+use blixard_api::pb::cluster_client::ClusterClient;
+use blixard_api::pb::node_client::NodeClient;
+use blixard_api::pb::vm_client::VmClient;
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::app::Action;
+use crate::model::Update;
+
+const CONNECT_TIMEOUT_MS: u64 = 2_000;
+const POLL_INTERVAL_MS: u64 = 1_000;
+const BACKOFF_START_MS: u64 = 250;
+const BACKOFF_MAX_MS: u64 = 5_000;
+const RECENT_EVENTS: u32 = 200;
+/// Addresses remembered from the cluster, beyond those given.
+const ADDRESSES_MAX: usize = 64;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+pub async fn connect(address: &str) -> Result<Channel, String> {
+    Endpoint::from_shared(format!("http://{address}"))
+        .map_err(|e| format!("bad address {address:?}: {e}"))?
+        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
+        .connect()
+        .await
+        .map_err(|e| format!("cannot connect: {e}"))
+}
+
+/// Feeds `updates` until the receiver goes away.
+pub async fn run(mut addresses: Vec<String>, updates: mpsc::Sender<Update>) {
+    assert!(!addresses.is_empty(), "the dashboard needs an address");
+    let mut next = 0;
+    let mut backoff_ms = BACKOFF_START_MS;
+    loop {
+        let address = addresses[next % addresses.len()].clone();
+        next += 1;
+        let reason = match follow(&address, &updates, &mut addresses).await {
+            Ok(()) => return,
+            Err(Failure::Gone) => return,
+            Err(Failure::Lost { reason, held }) => {
+                if held {
+                    backoff_ms = BACKOFF_START_MS;
+                }
+                reason
+            }
+        };
+        let lost = Update::Disconnected {
+            address: address.clone(),
+            reason,
+        };
+        if updates.send(lost).await.is_err() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+    }
+}
+
+enum Failure {
+    /// The UI went away.
+    Gone,
+    /// The node failed; `held` if the connection had worked for a while.
+    Lost { reason: String, held: bool },
+}
+
+fn lost(reason: impl std::fmt::Display, held: bool) -> Failure {
+    Failure::Lost {
+        reason: reason.to_string(),
+        held,
+    }
+}
+
+async fn send(updates: &mpsc::Sender<Update>, update: Update) -> Result<(), Failure> {
+    updates.send(update).await.map_err(|_| Failure::Gone)
+}
+
+async fn follow(
+    address: &str,
+    updates: &mpsc::Sender<Update>,
+    addresses: &mut Vec<String>,
+) -> Result<(), Failure> {
+    let channel = connect(address).await.map_err(|e| lost(e, false))?;
+    let mut cluster = ClusterClient::new(channel.clone());
+    let status = cluster
+        .status(pb::StatusRequest {})
+        .await
+        .map_err(|e| lost(e.message(), false))?
+        .into_inner();
+    for member in &status.members {
+        if !addresses.contains(&member.address) && addresses.len() < ADDRESSES_MAX {
+            addresses.push(member.address.clone());
+        }
+    }
+    send(updates, Update::Connected(address.to_string())).await?;
+    let mut watch = VmClient::new(channel.clone())
+        .watch(pb::WatchVmsRequest {})
+        .await
+        .map_err(|e| lost(e.message(), true))?
+        .into_inner();
+    send(updates, Update::VmsReset).await?;
+    let mut events = cluster
+        .events(pb::EventsRequest {
+            follow: true,
+            recent_max: RECENT_EVENTS,
+        })
+        .await
+        .map_err(|e| lost(e.message(), true))?
+        .into_inner();
+    let mut nodes = NodeClient::new(channel);
+    let mut poll = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            event = watch.message() => match event {
+                Ok(Some(event)) => send(updates, Update::Vm(Box::new(event))).await?,
+                Ok(None) => return Err(lost("the VM watch ended", true)),
+                Err(status) => return Err(lost(status.message(), true)),
+            },
+            event = events.message() => match event {
+                Ok(Some(event)) => send(updates, Update::Event(event)).await?,
+                Ok(None) => return Err(lost("the event stream ended", true)),
+                Err(status) => return Err(lost(status.message(), true)),
+            },
+            _ = poll.tick() => {
+                let status = cluster
+                    .status(pb::StatusRequest {})
+                    .await
+                    .map_err(|e| lost(e.message(), true))?
+                    .into_inner();
+                send(updates, Update::Status { status: Box::new(status), at_ms: now_ms() }).await?;
+                let listed = nodes
+                    .list(pb::ListNodesRequest {})
+                    .await
+                    .map_err(|e| lost(e.message(), true))?
+                    .into_inner();
+                send(updates, Update::Nodes(listed.nodes)).await?;
+            }
+        }
+    }
+}
+
+const RESTART_DEADLINE_MS: u64 = 60_000;
+
+/// Stops `vm`, waits until its node reports it stopped, starts it again
+/// (flipping the desired state back at once could go unseen by the node).
+async fn restart(vms: &mut VmClient<Channel>, vm: &str) -> Result<(), tonic::Status> {
+    let request = || pb::VmNameRequest { name: vm.into() };
+    vms.stop(request()).await?;
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(RESTART_DEADLINE_MS);
+    loop {
+        let info = vms.get(request()).await?.into_inner();
+        let phase = info
+            .vm
+            .and_then(|vm| vm.observed)
+            .map(|observed| observed.phase());
+        if matches!(
+            phase,
+            Some(pb::VmPhase::Stopped | pb::VmPhase::Failed) | None
+        ) {
+            break;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(tonic::Status::deadline_exceeded(format!(
+                "{vm} did not stop within {RESTART_DEADLINE_MS} ms"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS / 5)).await;
+    }
+    vms.start(request()).await.map(|_| ())
+}
+
+/// Carries out `action` through `address`; the text says what happened.
+pub async fn perform(address: &str, action: &Action) -> Result<String, String> {
+    let channel = connect(address).await?;
+    let mut vms = VmClient::new(channel.clone());
+    let name = |vm: &str| pb::VmNameRequest { name: vm.into() };
+    let result = match action {
+        Action::Start(vm) => vms.start(name(vm)).await.map(|_| ()),
+        Action::Stop(vm) => vms.stop(name(vm)).await.map(|_| ()),
+        Action::Delete(vm) => vms.delete(name(vm)).await.map(|_| ()),
+        Action::Restart(vm) => restart(&mut vms, vm).await,
+        Action::Drain(node) => NodeClient::new(channel)
+            .drain(pb::DrainRequest {
+                node_id: *node,
+                deadline_ms: 0,
+            })
+            .await
+            .map(|_| ()),
+    };
+    match result {
+        Ok(()) => Ok(format!("asked to {}", action.describe())),
+        Err(status) => Err(format!(
+            "cannot {}: {}",
+            action.describe(),
+            status.message()
+        )),
+    }
+}

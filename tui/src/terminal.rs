@@ -1,0 +1,101 @@
+//! The event loop: draw, then wait for whichever comes first of a key, a
+//! data update or the tick; repeat until quit.
+//!
+//! Invariants: the terminal is restored on every exit, panics included
+//! (`ratatui::init` installs the hook); keys are read on their own thread
+//! so a slow network never delays typing; every channel is bounded.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
+use tokio::sync::mpsc;
+
+use crate::app::{App, Intent};
+use crate::model::Update;
+use crate::{source, ui};
+
+const UPDATES_QUEUED_MAX: usize = 1_024;
+const KEYS_QUEUED_MAX: usize = 64;
+/// Updates applied between two frames, so a burst cannot starve drawing.
+const UPDATES_PER_FRAME_MAX: usize = 512;
+const TICK_MS: u64 = 250;
+const KEY_POLL_MS: u64 = 100;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn read_keys(keys: mpsc::Sender<KeyEvent>, stop: Arc<AtomicBool>) {
+    while !stop.load(Ordering::Relaxed) {
+        match event::poll(Duration::from_millis(KEY_POLL_MS)) {
+            Ok(true) => {}
+            Ok(false) => continue,
+            Err(_) => return,
+        }
+        if let Ok(Event::Key(key)) = event::read() {
+            if key.kind == KeyEventKind::Press && keys.blocking_send(key).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// Runs the dashboard against `addresses` until the operator quits.
+pub async fn run(addresses: Vec<String>, readonly: bool) -> std::io::Result<()> {
+    let (updates_tx, mut updates) = mpsc::channel(UPDATES_QUEUED_MAX);
+    let (notices_tx, mut notices) = mpsc::channel::<Update>(KEYS_QUEUED_MAX);
+    let (keys_tx, mut keys) = mpsc::channel(KEYS_QUEUED_MAX);
+    let feed = tokio::spawn(source::run(addresses.clone(), updates_tx));
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let stop = stop.clone();
+        std::thread::spawn(move || read_keys(keys_tx, stop))
+    };
+
+    let mut terminal = ratatui::init();
+    let mut app = App::new(readonly);
+    let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+    let outcome = loop {
+        app.set_now(now_ms());
+        if let Err(error) = terminal.draw(|frame| ui::render(frame, &mut app)) {
+            break Err(error);
+        }
+        tokio::select! {
+            Some(update) = updates.recv() => {
+                app.on_update(update);
+                for _ in 1..UPDATES_PER_FRAME_MAX {
+                    match updates.try_recv() {
+                        Ok(update) => app.on_update(update),
+                        Err(_) => break,
+                    }
+                }
+            }
+            Some(notice) = notices.recv() => app.on_update(notice),
+            Some(key) = keys.recv() => match app.on_key(key) {
+                Some(Intent::Quit) => break Ok(()),
+                Some(Intent::Perform(action)) => {
+                    let address = app.connected_address().unwrap_or_else(|| addresses[0].clone());
+                    let notices = notices_tx.clone();
+                    tokio::spawn(async move {
+                        let notice = match source::perform(&address, &action).await {
+                            Ok(text) => Update::Notice { text, error: false },
+                            Err(text) => Update::Notice { text, error: true },
+                        };
+                        let _ = notices.send(notice).await;
+                    });
+                }
+                None => {}
+            },
+            _ = tick.tick() => {}
+        }
+    };
+    ratatui::restore();
+    stop.store(true, Ordering::Relaxed);
+    feed.abort();
+    let _ = reader.join();
+    outcome
+}

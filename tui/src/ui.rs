@@ -1,0 +1,423 @@
+//! Drawing: one frame from the app state, nothing else.
+//!
+//! Invariants: a frame touches only the rows that fit on the screen;
+//! everything fits down to 80x24 (columns shrink, text is cut, never
+//! wrapped over other widgets); colours are the 16 basic ones.
+
+use ratatui::layout::{Constraint, Layout, Rect};
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap};
+use ratatui::Frame;
+
+use crate::app::{App, Mode, View};
+use crate::model::Connection;
+use crate::table::{Resource, Row as TextRow};
+
+/// Every key, as `?` lists it.
+pub const HELP: &[(&str, &str)] = &[
+    (
+        ":",
+        "command: overview, nodes, vms, events, vm NAME, q (Tab completes)",
+    ),
+    ("/", "filter rows by regex; a leading ! inverts it"),
+    ("?", "this help"),
+    ("Esc", "clear the filter, then go back"),
+    ("Tab", "next view: overview, nodes, vms, events"),
+    ("Enter", "drill down: a node's VMs, a VM's description"),
+    ("d", "describe the selected VM or node (YAML)"),
+    (
+        "j k Up Down",
+        "move; g G Home End first/last; PgUp PgDn by 20",
+    ),
+    ("1-9", "sort by that column; again to reverse"),
+    ("s x r", "start, stop, restart the selected VM (asks first)"),
+    (
+        "D",
+        "delete the selected VM, or drain the selected node (asks first)",
+    ),
+    ("q Ctrl-C", "quit"),
+];
+
+fn phase_style(state: &str) -> Style {
+    let color = match state {
+        "Running" => Color::Green,
+        "Pending" | "Scheduled" | "Starting" | "Stopping" => Color::Yellow,
+        "Failed" | "Lost" => Color::Red,
+        _ => Color::DarkGray,
+    };
+    Style::default().fg(color)
+}
+
+fn header(frame: &mut Frame, app: &App, area: Rect) {
+    let connection = match &app.model.connection {
+        Connection::Connecting => Span::styled("connecting", Style::default().fg(Color::Yellow)),
+        Connection::Connected(address) => Span::styled(
+            format!("connected to {address}"),
+            Style::default().fg(Color::Green),
+        ),
+        Connection::Lost { address, reason } => Span::styled(
+            format!("lost {address}: {reason}; reconnecting"),
+            Style::default().fg(Color::Red),
+        ),
+    };
+    let status = match &app.model.status {
+        Some(status) => format!(
+            "leader {} | term {} | commit {} | applied {} | rev {}",
+            match status.leader_id {
+                0 => "none".to_string(),
+                id => id.to_string(),
+            },
+            status.term,
+            status.commit_index,
+            status.applied_index,
+            status.revision
+        ),
+        None => "no status yet".into(),
+    };
+    let mut lines = vec![Line::from(vec![
+        Span::styled("blixard ", Style::default().add_modifier(Modifier::BOLD)),
+        connection,
+        Span::raw(if app.readonly { "  [read-only]" } else { "" }),
+    ])];
+    lines.push(Line::from(status));
+    frame.render_widget(Paragraph::new(lines), area);
+}
+
+fn footer(frame: &mut Frame, app: &App, area: Rect) {
+    let line = match (&app.mode, &app.message) {
+        (Mode::Command(text), _) => Line::from(format!(":{text}")),
+        (Mode::Filter(text), _) => Line::from(format!("/{text}")),
+        (_, Some((text, true))) => Line::styled(text.clone(), Style::default().fg(Color::Red)),
+        (_, Some((text, false))) => Line::from(text.clone()),
+        _ => Line::styled(
+            "? help  : command  / filter  d describe  Tab next view  q quit",
+            Style::default().fg(Color::DarkGray),
+        ),
+    };
+    frame.render_widget(Paragraph::new(line), area);
+}
+
+fn overview(frame: &mut Frame, app: &App, area: Rect) {
+    let model = &app.model;
+    let [facts, spark] = Layout::vertical([Constraint::Min(6), Constraint::Length(5)]).areas(area);
+    let alive = model.nodes.iter().filter(|n| n.liveness == "alive").count();
+    let voters = model.nodes.iter().filter(|n| n.role == "voter").count();
+    let mut by_state = std::collections::BTreeMap::<&str, usize>::new();
+    for vm in model.vms.values() {
+        *by_state
+            .entry(crate::table::phase_label(crate::table::vm_phase(vm)))
+            .or_default() += 1;
+    }
+    let states: Vec<String> = by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
+    let lines = vec![
+        Line::from(format!(
+            "nodes {} ({alive} alive, {} not), voters {voters}, workers {}",
+            model.nodes.len(),
+            model.nodes.len() - alive,
+            model.nodes.len() - voters
+        )),
+        Line::from(format!("VMs {}: {}", model.vms.len(), states.join(", "))),
+        Line::from(format!("events kept {}", model.events.len())),
+    ];
+    frame.render_widget(
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" overview ")),
+        facts,
+    );
+    let data: Vec<u64> = model.ops_per_s.iter().copied().collect();
+    let latest = data.last().copied().unwrap_or(0);
+    frame.render_widget(
+        Sparkline::default()
+            .block(
+                Block::default()
+                    .borders(Borders::ALL)
+                    .title(format!(" operations/s (now {latest}) ")),
+            )
+            .data(&data)
+            .style(Style::default().fg(Color::Cyan)),
+        spark,
+    );
+}
+
+fn list(frame: &mut Frame, app: &mut App, resource: Resource, area: Rect) {
+    let selected = app.selected;
+    let filter = app.filter.as_ref().map(|f| f.text.clone());
+    let sort = app.sort;
+    let rows: &[TextRow] = app.shown();
+    let total = rows.len();
+    // Borders and the header take three lines.
+    let visible = (area.height as usize).saturating_sub(3).max(1);
+    let offset = selected.saturating_sub(visible - 1);
+    let state_column = resource.columns().iter().position(|c| *c == "STATE");
+    let shown: Vec<Row> = rows
+        .iter()
+        .skip(offset)
+        .take(visible)
+        .map(|row| {
+            let style = state_column.map_or(Style::default(), |i| phase_style(&row.cells[i]));
+            Row::new(row.cells.clone()).style(style)
+        })
+        .collect();
+    let header: Vec<String> = resource
+        .columns()
+        .iter()
+        .enumerate()
+        .map(|(i, name)| match sort {
+            Some((column, descending)) if column == i => {
+                format!("{name}{}", if descending { "v" } else { "^" })
+            }
+            _ => name.to_string(),
+        })
+        .collect();
+    let widths: Vec<Constraint> = resource
+        .columns()
+        .iter()
+        .map(|name| match *name {
+            "NAME" | "MESSAGE" | "LABELS" => Constraint::Fill(2),
+            "CPU" | "MEMORY" if resource == Resource::Nodes => Constraint::Length(17),
+            _ => Constraint::Fill(1),
+        })
+        .collect();
+    let title = match filter {
+        Some(filter) => format!(" {}({total}) /{filter} ", resource.title()),
+        None => format!(" {}({total}) ", resource.title()),
+    };
+    let table = Table::new(shown, widths)
+        .header(Row::new(header).style(Style::default().add_modifier(Modifier::BOLD)))
+        .block(Block::default().borders(Borders::ALL).title(title))
+        .row_highlight_style(Style::default().add_modifier(Modifier::REVERSED));
+    let mut state = TableState::default().with_selected((total > 0).then_some(selected - offset));
+    frame.render_stateful_widget(table, area, &mut state);
+}
+
+fn centered(area: Rect, width: u16, height: u16) -> Rect {
+    let width = width.min(area.width);
+    let height = height.min(area.height);
+    Rect {
+        x: area.x + (area.width - width) / 2,
+        y: area.y + (area.height - height) / 2,
+        width,
+        height,
+    }
+}
+
+fn overlay(frame: &mut Frame, title: &str, lines: Vec<Line>, area: Rect) {
+    let area = centered(area, 76, 20);
+    frame.render_widget(Clear, area);
+    frame.render_widget(
+        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
+            Block::default()
+                .borders(Borders::ALL)
+                .title(format!(" {title} ")),
+        ),
+        area,
+    );
+}
+
+pub fn render(frame: &mut Frame, app: &mut App) {
+    let [top, body, bottom] = Layout::vertical([
+        Constraint::Length(2),
+        Constraint::Min(3),
+        Constraint::Length(1),
+    ])
+    .areas(frame.area());
+    header(frame, app, top);
+    match app.view {
+        View::Overview => overview(frame, app, body),
+        View::List(resource) => list(frame, app, resource, body),
+    }
+    footer(frame, app, bottom);
+    match &app.mode {
+        Mode::Help => {
+            let lines = HELP
+                .iter()
+                .map(|(keys, what)| {
+                    Line::from(vec![
+                        Span::styled(format!("{keys:<12}"), Style::default().fg(Color::Cyan)),
+                        Span::raw(*what),
+                    ])
+                })
+                .collect();
+            overlay(frame, "help (Esc closes)", lines, body);
+        }
+        Mode::Describe { title, text } => {
+            let lines = text.lines().map(|l| Line::from(l.to_string())).collect();
+            overlay(frame, &format!("{title} (Esc closes)"), lines, body);
+        }
+        Mode::Confirm(action) => {
+            let lines = vec![Line::from(format!("{}? y / n", action.describe()))];
+            let area = centered(body, 50, 3);
+            frame.render_widget(Clear, area);
+            frame.render_widget(
+                Paragraph::new(lines)
+                    .block(Block::default().borders(Borders::ALL).title(" confirm ")),
+                area,
+            );
+        }
+        Mode::Normal | Mode::Command(_) | Mode::Filter(_) => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::Update;
+    use blixard_api::pb;
+    use ratatui::backend::TestBackend;
+    use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use ratatui::Terminal;
+
+    fn screen(app: &mut App, width: u16, height: u16) -> String {
+        let mut terminal = Terminal::new(TestBackend::new(width, height)).unwrap();
+        terminal.draw(|frame| render(frame, app)).unwrap();
+        let buffer = terminal.backend().buffer().clone();
+        let mut text = String::new();
+        for y in 0..buffer.area.height {
+            for x in 0..buffer.area.width {
+                text.push_str(buffer[(x, y)].symbol());
+            }
+            text.push('\n');
+        }
+        text
+    }
+
+    fn key(app: &mut App, code: KeyCode) {
+        app.on_key(KeyEvent::new(code, KeyModifiers::NONE));
+    }
+
+    fn vm(name: &str, phase: pb::VmPhase, node: u64) -> Update {
+        Update::Vm(Box::new(pb::VmEvent {
+            kind: pb::VmEventKind::Added as i32,
+            vm: Some(pb::VmInfo {
+                spec: Some(pb::VmSpec {
+                    name: name.into(),
+                    vcpus: 1,
+                    memory_mib: 128,
+                    ..Default::default()
+                }),
+                assigned_node: node,
+                observed: Some(pb::VmObserved {
+                    phase: phase as i32,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            revision: 1,
+        }))
+    }
+
+    fn sample() -> App {
+        let mut app = App::new(false);
+        app.on_update(Update::Connected("127.0.0.1:7001".into()));
+        app.on_update(Update::Status {
+            status: Box::new(pb::StatusResponse {
+                leader_id: 1,
+                term: 3,
+                commit_index: 42,
+                applied_index: 42,
+                revision: 17,
+                ..Default::default()
+            }),
+            at_ms: 1_000,
+        });
+        app.on_update(vm("web-1", pb::VmPhase::Running, 2));
+        app.on_update(vm("db", pb::VmPhase::Failed, 1));
+        app.on_update(Update::Nodes(vec![pb::NodeInfo {
+            node_id: 2,
+            role: "worker".into(),
+            liveness: "alive".into(),
+            vcpus_total: 4,
+            vcpus_allocated: 1,
+            memory_mib_total: 1024,
+            memory_mib_allocated: 128,
+            vms_assigned: 1,
+            accel: "tcg".into(),
+            ..Default::default()
+        }]));
+        app
+    }
+
+    #[test]
+    fn the_vm_list_shows_every_vm_and_the_cluster_line() {
+        let mut app = sample();
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("connected to 127.0.0.1:7001"), "{text}");
+        assert!(text.contains("leader 1 | term 3 | commit 42"), "{text}");
+        assert!(text.contains("vms(2)"), "{text}");
+        assert!(text.contains("web-1") && text.contains("Running"), "{text}");
+        assert!(text.contains("db") && text.contains("Failed"), "{text}");
+    }
+
+    #[test]
+    fn the_node_list_shows_gauges() {
+        let mut app = sample();
+        key(&mut app, KeyCode::Char(':'));
+        for c in "nodes".chars() {
+            key(&mut app, KeyCode::Char(c));
+        }
+        key(&mut app, KeyCode::Enter);
+        let text = screen(&mut app, 100, 24);
+        assert!(text.contains("nodes(1)"), "{text}");
+        assert!(text.contains("[##--------]  25%"), "{text}");
+        assert!(text.contains("worker") && text.contains("alive"), "{text}");
+    }
+
+    #[test]
+    fn help_lists_every_key_and_esc_closes_it() {
+        let mut app = sample();
+        key(&mut app, KeyCode::Char('?'));
+        let text = screen(&mut app, 100, 30);
+        for (keys, _) in HELP {
+            assert!(text.contains(keys), "{keys} missing from help:\n{text}");
+        }
+        key(&mut app, KeyCode::Esc);
+        assert!(!screen(&mut app, 100, 30).contains("help (Esc closes)"));
+    }
+
+    #[test]
+    fn a_filter_shows_in_the_title_and_the_footer_while_typing() {
+        let mut app = sample();
+        key(&mut app, KeyCode::Char('/'));
+        key(&mut app, KeyCode::Char('w'));
+        assert!(screen(&mut app, 80, 24).contains("/w"));
+        key(&mut app, KeyCode::Enter);
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("vms(1) /w"), "{text}");
+        assert!(!text.contains("Failed"), "{text}");
+    }
+
+    #[test]
+    fn the_confirmation_dialog_names_the_action() {
+        let mut app = sample();
+        key(&mut app, KeyCode::Char('x'));
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("stop VM db? y / n"), "{text}");
+    }
+
+    #[test]
+    fn only_the_rows_that_fit_are_drawn_and_the_selection_stays_visible() {
+        let mut app = App::new(false);
+        for i in 0..10_000 {
+            app.on_update(vm(&format!("vm-{i:05}"), pb::VmPhase::Running, 1));
+        }
+        key(&mut app, KeyCode::Char('G'));
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("vms(10000)"), "{text}");
+        assert!(text.contains("vm-09999"), "{text}");
+        assert!(!text.contains("vm-00000"), "{text}");
+    }
+
+    #[test]
+    fn the_overview_counts_nodes_and_vms() {
+        let mut app = sample();
+        key(&mut app, KeyCode::Char(':'));
+        for c in "overview".chars() {
+            key(&mut app, KeyCode::Char(c));
+        }
+        key(&mut app, KeyCode::Enter);
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("nodes 1 (1 alive, 0 not)"), "{text}");
+        assert!(text.contains("VMs 2: Failed 1, Running 1"), "{text}");
+        assert!(text.contains("operations/s"), "{text}");
+    }
+}
