@@ -178,6 +178,8 @@ pub enum BenchPart {
     Consensus,
     /// Booting the test guest.
     VmStart,
+    /// Dashboard frame and filter times at 10,000 VMs.
+    Dashboard,
 }
 
 #[derive(Debug, Args)]

@@ -79,12 +79,13 @@ fn phase(cluster: &TestCluster, name: &str) -> String {
 }
 
 /// Goal: an operator can find a VM in the dashboard, filter to it, read
-/// its description and stop it through the confirmation dialog, and the
+/// its description and its console, and stop it through the confirmation
+/// dialog, and the
 /// dashboard shows the state change. Method: a three-node cluster boots
 /// two real guests; `blixard tui` runs in tmux and is driven by keys; the
 /// CLI confirms what the dashboard shows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dashboard_filters_describes_and_stops_a_vm() {
+async fn the_dashboard_filters_describes_shows_logs_and_stops_a_vm() {
     let cluster = TestCluster::start(3, Timings::default()).await;
     let (kernel, initrd) = guest_image();
     for name in ["web", "db"] {
@@ -127,6 +128,12 @@ async fn the_dashboard_filters_describes_and_stops_a_vm() {
     let screen = tmux.wait_for("vm web (Esc closes)").await;
     assert!(screen.contains("desired_state: running"), "{screen}");
     tmux.keys(&["Escape"]);
+
+    tmux.keys(&["l"]);
+    tmux.wait_for("logs web").await;
+    tmux.wait_for("BLIXARD-GUEST-READY").await;
+    tmux.keys(&["Escape"]);
+    tmux.wait_for("vms(1) /web").await;
 
     tmux.keys(&["x"]);
     tmux.wait_for("stop VM web? y / n").await;

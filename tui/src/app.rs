@@ -8,6 +8,7 @@
 
 use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 
+use crate::logs::LogView;
 use crate::model::{Model, Update};
 use crate::table::{self, Filter, Resource, Row};
 
@@ -15,6 +16,8 @@ use crate::table::{self, Filter, Resource, Row};
 pub enum View {
     Overview,
     List(Resource),
+    /// The console of `App::logs`'s VM.
+    Logs,
 }
 
 /// A change to the cluster the operator asked for.
@@ -44,6 +47,8 @@ impl Action {
 pub enum Intent {
     Quit,
     Perform(Action),
+    /// Stream this VM's console into `Update::Log` (the view is open).
+    FollowLogs(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,7 +62,21 @@ pub enum Mode {
 }
 
 /// The commands `:` takes (completion offers these).
-pub const COMMANDS: &[&str] = &["overview", "nodes", "vms", "events", "vm", "quit", "q"];
+pub const COMMANDS: &[&str] = &[
+    "overview", "nodes", "vms", "events", "vm", "logs", "quit", "q",
+];
+
+/// A view left for another, as it was: `Esc` returns to it.
+#[derive(Debug, Clone)]
+pub struct Crumb {
+    view: View,
+    filter: Option<Filter>,
+    sort: Option<(usize, bool)>,
+    selected: usize,
+}
+
+/// Breadcrumbs kept; going deeper forgets the oldest.
+const BREADCRUMBS_MAX: usize = 16;
 
 /// What the cached rows were built from: the model's generation, the
 /// view, the filter text and the sort.
@@ -69,13 +88,15 @@ pub struct App {
     pub mode: Mode,
     pub readonly: bool,
     /// Where `Esc` goes back to.
-    pub breadcrumbs: Vec<View>,
+    pub breadcrumbs: Vec<Crumb>,
     pub filter: Option<Filter>,
     /// (column, descending) per list.
     pub sort: Option<(usize, bool)>,
     pub selected: usize,
     /// A dismissible line at the bottom: (text, is_error).
     pub message: Option<(String, bool)>,
+    /// The open console, while the view is `Logs`.
+    pub logs: Option<LogView>,
     /// The shown rows, rebuilt only when the data or the view changes.
     shown: Vec<Row>,
     shown_for: Option<ShownFor>,
@@ -94,6 +115,7 @@ impl App {
             sort: None,
             selected: 0,
             message: None,
+            logs: None,
             shown: Vec::new(),
             shown_for: None,
             now_ms: 0,
@@ -101,8 +123,14 @@ impl App {
     }
 
     pub fn on_update(&mut self, update: Update) {
-        if let Update::Notice { text, error } = &update {
-            self.message = Some((text.clone(), *error));
+        match &update {
+            Update::Notice { text, error } => self.message = Some((text.clone(), *error)),
+            Update::Log { vm, data, at_ms } => {
+                if let Some(logs) = self.logs.as_mut().filter(|l| &l.vm == vm) {
+                    logs.push(data, *at_ms);
+                }
+            }
+            _ => {}
         }
         self.model.apply(update);
     }
@@ -153,7 +181,15 @@ impl App {
 
     fn go(&mut self, view: View) {
         if self.view != view {
-            self.breadcrumbs.push(self.view);
+            if self.breadcrumbs.len() == BREADCRUMBS_MAX {
+                self.breadcrumbs.remove(0);
+            }
+            self.breadcrumbs.push(Crumb {
+                view: self.view,
+                filter: self.filter.clone(),
+                sort: self.sort,
+                selected: self.selected,
+            });
             self.view = view;
             self.selected = 0;
             self.sort = None;
@@ -161,14 +197,20 @@ impl App {
         }
     }
 
+    /// Leaves the logs, then clears the filter, then goes back a view
+    /// (restoring its filter, sort and selection).
     fn back(&mut self) {
-        if self.filter.take().is_some() {
+        if self.view != View::Logs && self.filter.take().is_some() {
             return;
         }
-        if let Some(view) = self.breadcrumbs.pop() {
-            self.view = view;
-            self.selected = 0;
-            self.sort = None;
+        if let Some(crumb) = self.breadcrumbs.pop() {
+            if self.view == View::Logs {
+                self.logs = None;
+            }
+            self.view = crumb.view;
+            self.filter = crumb.filter;
+            self.sort = crumb.sort;
+            self.selected = crumb.selected;
         }
     }
 
@@ -205,6 +247,11 @@ impl App {
 
     fn on_normal_key(&mut self, key: KeyEvent) -> Option<Intent> {
         self.message = None;
+        if self.view == View::Logs {
+            if let Some(intent) = self.on_logs_key(key) {
+                return intent;
+            }
+        }
         let count = self.shown().len();
         match key.code {
             KeyCode::Char('q') => return Some(Intent::Quit),
@@ -224,6 +271,10 @@ impl App {
             KeyCode::Char(digit @ '1'..='9') => self.sort_by(digit as usize - '1' as usize),
             KeyCode::Enter => self.drill_down(),
             KeyCode::Char('d') => self.describe_selected(),
+            KeyCode::Char('l') if self.view == View::List(Resource::Vms) => {
+                let vm = self.selected_key()?;
+                return Some(self.open_logs(vm));
+            }
             KeyCode::Char(c) => return self.action_key(c),
             _ => {}
         }
@@ -254,7 +305,7 @@ impl App {
                 }
             }
             View::List(Resource::Vms) => self.describe_selected(),
-            View::List(Resource::Events) => {}
+            View::List(Resource::Events) | View::Logs => {}
         }
     }
 
@@ -347,6 +398,12 @@ impl App {
                 self.describe_vm(name);
             }
             (Some("events" | "ev"), _) => self.go(View::List(Resource::Events)),
+            (Some("logs"), Some(name)) => {
+                if self.model.vms.contains_key(name) {
+                    return Some(self.open_logs(name.to_string()));
+                }
+                self.error(format!("no VM named {name:?}"));
+            }
             (None, _) => {}
             (Some(other), _) => self.error(format!(
                 "unknown command {other:?}; try {}",
@@ -362,6 +419,10 @@ impl App {
             KeyCode::Backspace => {
                 text.pop();
                 self.mode = Mode::Filter(text);
+            }
+            KeyCode::Enter if self.view == View::Logs => {
+                self.mode = Mode::Normal;
+                self.search_logs(&text);
             }
             KeyCode::Enter => {
                 self.mode = Mode::Normal;
@@ -382,12 +443,59 @@ impl App {
     }
 }
 
+impl App {
+    fn open_logs(&mut self, vm: String) -> Intent {
+        self.go(View::Logs);
+        self.logs = Some(LogView::new(vm.clone()));
+        Intent::FollowLogs(vm)
+    }
+
+    fn search_logs(&mut self, text: &str) {
+        let search = match text {
+            "" => Ok(None),
+            text => regex::RegexBuilder::new(text)
+                .case_insensitive(true)
+                .size_limit(1 << 20)
+                .build()
+                .map(Some)
+                .map_err(|e| format!("bad search {text:?}: {e}")),
+        };
+        match search {
+            Ok(search) => {
+                if let Some(logs) = self.logs.as_mut() {
+                    logs.search = search;
+                }
+            }
+            Err(error) => self.error(error),
+        }
+    }
+
+    /// Keys of the logs view; `None` lets the common keys handle it.
+    fn on_logs_key(&mut self, key: KeyEvent) -> Option<Option<Intent>> {
+        let logs = self.logs.as_mut()?;
+        match key.code {
+            KeyCode::Char('w') => logs.wrap = !logs.wrap,
+            KeyCode::Char('t') => logs.timestamps = !logs.timestamps,
+            KeyCode::Char('f') | KeyCode::Char('G') | KeyCode::End => {
+                logs.follow = true;
+                logs.scroll = 0;
+            }
+            KeyCode::Up | KeyCode::Char('k') => logs.scroll_up(1),
+            KeyCode::Down | KeyCode::Char('j') => logs.scroll_down(1),
+            KeyCode::PageUp => logs.scroll_up(20),
+            KeyCode::PageDown => logs.scroll_down(20),
+            _ => return None,
+        }
+        Some(None)
+    }
+}
+
 fn next_view(view: View) -> View {
     match view {
         View::Overview => View::List(Resource::Nodes),
         View::List(Resource::Nodes) => View::List(Resource::Vms),
         View::List(Resource::Vms) => View::List(Resource::Events),
-        View::List(Resource::Events) => View::Overview,
+        View::List(Resource::Events) | View::Logs => View::Overview,
     }
 }
 
@@ -544,6 +652,41 @@ mod tests {
             assert_eq!(app.mode, Mode::Normal);
             assert!(matches!(&app.message, Some((text, true)) if text.starts_with("read-only")));
         }
+    }
+
+    #[test]
+    fn logs_open_on_l_follow_the_stream_and_esc_closes_them() {
+        let mut app = app_with_vms(&["web", "db"]);
+        app.on_key(key(KeyCode::Char('/')));
+        type_text(&mut app, "web");
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('l'))),
+            Some(Intent::FollowLogs("web".into()))
+        );
+        assert_eq!(app.view, View::Logs);
+        app.on_update(Update::Log {
+            vm: "web".into(),
+            data: b"hello\nworld\n".to_vec(),
+            at_ms: 0,
+        });
+        app.on_update(Update::Log {
+            vm: "other".into(),
+            data: b"not ours\n".to_vec(),
+            at_ms: 0,
+        });
+        assert_eq!(app.logs.as_ref().map(|l| l.lines.len()), Some(2));
+        app.on_key(key(KeyCode::Char('w')));
+        assert!(app.logs.as_ref().is_some_and(|l| l.wrap));
+        app.on_key(key(KeyCode::Char('/')));
+        type_text(&mut app, "wor");
+        app.on_key(key(KeyCode::Enter));
+        assert!(app.logs.as_ref().is_some_and(|l| l.search.is_some()));
+        app.on_key(key(KeyCode::Esc));
+        assert_eq!(app.view, View::List(Resource::Vms));
+        assert!(app.logs.is_none());
+        // Back where it was: still filtered.
+        assert_eq!(shown_names(&mut app), ["web"]);
     }
 
     #[test]

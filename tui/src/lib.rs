@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod describe;
+pub mod logs;
 pub mod model;
 pub mod source;
 pub mod table;

@@ -31,6 +31,12 @@ pub enum Update {
         address: String,
         reason: String,
     },
+    /// Console output of the VM whose logs are open.
+    Log {
+        vm: String,
+        data: Vec<u8>,
+        at_ms: u64,
+    },
     /// How an action the operator asked for went (shown, not kept).
     Notice {
         text: String,
@@ -117,7 +123,7 @@ impl Model {
             Update::Disconnected { address, reason } => {
                 self.connection = Connection::Lost { address, reason }
             }
-            Update::Notice { .. } => {}
+            Update::Notice { .. } | Update::Log { .. } => {}
         }
     }
 

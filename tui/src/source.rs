@@ -156,6 +156,46 @@ async fn follow(
 }
 
 const RESTART_DEADLINE_MS: u64 = 60_000;
+/// Console lines fetched when the logs view opens.
+const LOG_TAIL_LINES: u32 = 500;
+
+/// Streams `vm`'s console into `updates` until the stream or the receiver
+/// ends; a failure arrives as a notice.
+pub async fn follow_logs(address: String, vm: String, updates: mpsc::Sender<Update>) {
+    let result = async {
+        let mut stream = VmClient::new(connect(&address).await?)
+            .logs(pb::VmLogsRequest {
+                name: vm.clone(),
+                follow: true,
+                tail_lines: LOG_TAIL_LINES,
+            })
+            .await
+            .map_err(|e| e.message().to_string())?
+            .into_inner();
+        while let Some(chunk) = stream
+            .message()
+            .await
+            .map_err(|e| e.message().to_string())?
+        {
+            let update = Update::Log {
+                vm: vm.clone(),
+                data: chunk.data,
+                at_ms: now_ms(),
+            };
+            if updates.send(update).await.is_err() {
+                return Ok(());
+            }
+        }
+        Ok::<_, String>(())
+    };
+    if let Err(reason) = result.await {
+        let notice = Update::Notice {
+            text: format!("logs of {vm}: {reason}"),
+            error: true,
+        };
+        let _ = updates.send(notice).await;
+    }
+}
 
 /// Stops `vm`, waits until its node reports it stopped, starts it again
 /// (flipping the desired state back at once could go unseen by the node).

@@ -12,12 +12,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 use tokio::sync::mpsc;
 
-use crate::app::{App, Intent};
+use crate::app::{App, Intent, View};
 use crate::model::Update;
 use crate::{source, ui};
 
 const UPDATES_QUEUED_MAX: usize = 1_024;
 const KEYS_QUEUED_MAX: usize = 64;
+/// Console output and action outcomes, beside the main feed.
+const SIDE_UPDATES_QUEUED_MAX: usize = 256;
 /// Updates applied between two frames, so a burst cannot starve drawing.
 const UPDATES_PER_FRAME_MAX: usize = 512;
 const TICK_MS: u64 = 250;
@@ -47,7 +49,7 @@ fn read_keys(keys: mpsc::Sender<KeyEvent>, stop: Arc<AtomicBool>) {
 /// Runs the dashboard against `addresses` until the operator quits.
 pub async fn run(addresses: Vec<String>, readonly: bool) -> std::io::Result<()> {
     let (updates_tx, mut updates) = mpsc::channel(UPDATES_QUEUED_MAX);
-    let (notices_tx, mut notices) = mpsc::channel::<Update>(KEYS_QUEUED_MAX);
+    let (notices_tx, mut notices) = mpsc::channel::<Update>(SIDE_UPDATES_QUEUED_MAX);
     let (keys_tx, mut keys) = mpsc::channel(KEYS_QUEUED_MAX);
     let feed = tokio::spawn(source::run(addresses.clone(), updates_tx));
     let stop = Arc::new(AtomicBool::new(false));
@@ -59,6 +61,7 @@ pub async fn run(addresses: Vec<String>, readonly: bool) -> std::io::Result<()> 
     let mut terminal = ratatui::init();
     let mut app = App::new(readonly);
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
+    let mut console: Option<tokio::task::JoinHandle<()>> = None;
     let outcome = loop {
         app.set_now(now_ms());
         if let Err(error) = terminal.draw(|frame| ui::render(frame, &mut app)) {
@@ -88,9 +91,21 @@ pub async fn run(addresses: Vec<String>, readonly: bool) -> std::io::Result<()> 
                         let _ = notices.send(notice).await;
                     });
                 }
+                Some(Intent::FollowLogs(vm)) => {
+                    let address = app.connected_address().unwrap_or_else(|| addresses[0].clone());
+                    if let Some(previous) = console.take() {
+                        previous.abort();
+                    }
+                    console = Some(tokio::spawn(source::follow_logs(address, vm, notices_tx.clone())));
+                }
                 None => {}
             },
             _ = tick.tick() => {}
+        }
+        if app.view != View::Logs {
+            if let Some(stream) = console.take() {
+                stream.abort();
+            }
         }
     };
     ratatui::restore();

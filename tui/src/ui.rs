@@ -27,6 +27,10 @@ pub const HELP: &[(&str, &str)] = &[
     ("Enter", "drill down: a node's VMs, a VM's description"),
     ("d", "describe the selected VM or node (YAML)"),
     (
+        "l",
+        "the selected VM's console; in it: / search, w wrap, t times, f follow",
+    ),
+    (
         "j k Up Down",
         "move; g G Home End first/last; PgUp PgDn by 20",
     ),
@@ -190,6 +194,68 @@ fn list(frame: &mut Frame, app: &mut App, resource: Resource, area: Rect) {
     frame.render_stateful_widget(table, area, &mut state);
 }
 
+/// One console line, search matches highlighted.
+fn log_line<'a>(text: &'a str, search: Option<&regex::Regex>) -> Vec<Span<'a>> {
+    let Some(search) = search else {
+        return vec![Span::raw(text)];
+    };
+    let mut spans = Vec::new();
+    let mut at = 0;
+    for found in search.find_iter(text).filter(|m| !m.is_empty()) {
+        spans.push(Span::raw(&text[at..found.start()]));
+        spans.push(Span::styled(
+            found.as_str(),
+            Style::default().fg(Color::Black).bg(Color::Yellow),
+        ));
+        at = found.end();
+    }
+    spans.push(Span::raw(&text[at..]));
+    spans
+}
+
+fn logs(frame: &mut Frame, app: &App, area: Rect) {
+    let Some(logs) = &app.logs else {
+        return;
+    };
+    let height = (area.height as usize).saturating_sub(2);
+    let lines: Vec<Line> = logs
+        .visible(height)
+        .map(|(at_ms, text)| {
+            let mut spans = Vec::new();
+            if logs.timestamps {
+                spans.push(Span::styled(
+                    format!("{} ", crate::logs::clock(*at_ms)),
+                    Style::default().fg(Color::DarkGray),
+                ));
+            }
+            spans.extend(log_line(text, logs.search.as_ref()));
+            Line::from(spans)
+        })
+        .collect();
+    let mut flags = Vec::new();
+    if logs.follow {
+        flags.push("follow".to_string());
+    }
+    if logs.wrap {
+        flags.push("wrap".to_string());
+    }
+    if let Some(search) = &logs.search {
+        flags.push(format!("/{}", search.as_str()));
+    }
+    let title = format!(
+        " logs {} ({} lines) [{}] ",
+        logs.vm,
+        logs.lines.len(),
+        flags.join(" ")
+    );
+    let mut paragraph =
+        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(title));
+    if logs.wrap {
+        paragraph = paragraph.wrap(Wrap { trim: false });
+    }
+    frame.render_widget(paragraph, area);
+}
+
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let width = width.min(area.width);
     let height = height.min(area.height);
@@ -225,6 +291,7 @@ pub fn render(frame: &mut Frame, app: &mut App) {
     match app.view {
         View::Overview => overview(frame, app, body),
         View::List(resource) => list(frame, app, resource, body),
+        View::Logs => logs(frame, app, body),
     }
     footer(frame, app, bottom);
     match &app.mode {
@@ -405,6 +472,26 @@ mod tests {
         assert!(text.contains("vms(10000)"), "{text}");
         assert!(text.contains("vm-09999"), "{text}");
         assert!(!text.contains("vm-00000"), "{text}");
+    }
+
+    #[test]
+    fn logs_show_the_console_with_search_and_times() {
+        let mut app = sample();
+        key(&mut app, KeyCode::Char('l'));
+        app.on_update(Update::Log {
+            vm: "db".into(),
+            data: b"booting\nBLIXARD-GUEST-READY\n".to_vec(),
+            at_ms: 3_723_000,
+        });
+        key(&mut app, KeyCode::Char('t'));
+        key(&mut app, KeyCode::Char('/'));
+        for c in "ready".chars() {
+            key(&mut app, KeyCode::Char(c));
+        }
+        key(&mut app, KeyCode::Enter);
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("logs db (2 lines) [follow /ready]"), "{text}");
+        assert!(text.contains("01:02:03 BLIXARD-GUEST-READY"), "{text}");
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! asserted about it (tests never assert timings). Whatever could not run
 //! is listed as skipped, with the reason.
 
+mod dashboard;
 mod etcd;
 mod gossip;
 mod load;
@@ -392,6 +393,10 @@ pub async fn run(args: BenchArgs, format: OutputFormat) -> anyhow::Result<()> {
     }
     if runs(BenchPart::Placement) {
         rows.extend(placement_and_footprint(dir.path(), &sizes, &spinner).await?);
+    }
+    if runs(BenchPart::Dashboard) {
+        spinner.set_message("dashboard frames");
+        rows.extend(dashboard::rows(if args.quick { 1_000 } else { 10_000 })?);
     }
     if runs(BenchPart::Gossip) {
         rows.extend(gossip::rows(sizes.gossip_nodes, sizes.gossip_interval_ms, &spinner).await?);

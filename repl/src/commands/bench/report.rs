@@ -114,6 +114,7 @@ fn ms(value: Option<f64>) -> String {
 
 fn amount(value: f64, unit: Unit) -> String {
     match unit {
+        Unit::Ms if value < 10.0 => format!("{value:.2} {}", unit.as_str()),
         Unit::Ms => format!("{value:.0} {}", unit.as_str()),
         Unit::Mib => format!("{value:.1} {}", unit.as_str()),
         Unit::OpsPerS | Unit::PlacementsPerS => format!("{value:.0} {}", unit.as_str()),
