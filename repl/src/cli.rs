@@ -207,6 +207,13 @@ pub struct TuiArgs {
     /// Disable every action that changes the cluster.
     #[arg(long)]
     pub readonly: bool,
+    /// Colours: `dark` (the terminal's own base) or `light` (black on white).
+    #[arg(long, default_value = "dark", value_parser = parse_skin)]
+    pub skin: blixard_tui::skin::Skin,
+}
+
+fn parse_skin(name: &str) -> Result<blixard_tui::skin::Skin, String> {
+    blixard_tui::skin::Skin::named(name)
 }
 
 #[derive(Debug, Subcommand)]

@@ -87,6 +87,7 @@ pub struct App {
     pub view: View,
     pub mode: Mode,
     pub readonly: bool,
+    pub skin: crate::skin::Skin,
     /// Where `Esc` goes back to.
     pub breadcrumbs: Vec<Crumb>,
     pub filter: Option<Filter>,
@@ -110,6 +111,7 @@ impl App {
             view: View::List(Resource::Vms),
             mode: Mode::Normal,
             readonly,
+            skin: crate::skin::DARK,
             breadcrumbs: Vec::new(),
             filter: None,
             sort: None,

@@ -11,6 +11,7 @@ pub mod app;
 pub mod describe;
 pub mod logs;
 pub mod model;
+pub mod skin;
 pub mod source;
 pub mod table;
 pub mod terminal;

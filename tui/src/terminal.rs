@@ -47,7 +47,11 @@ fn read_keys(keys: mpsc::Sender<KeyEvent>, stop: Arc<AtomicBool>) {
 }
 
 /// Runs the dashboard against `addresses` until the operator quits.
-pub async fn run(addresses: Vec<String>, readonly: bool) -> std::io::Result<()> {
+pub async fn run(
+    addresses: Vec<String>,
+    readonly: bool,
+    skin: crate::skin::Skin,
+) -> std::io::Result<()> {
     let (updates_tx, mut updates) = mpsc::channel(UPDATES_QUEUED_MAX);
     let (notices_tx, mut notices) = mpsc::channel::<Update>(SIDE_UPDATES_QUEUED_MAX);
     let (keys_tx, mut keys) = mpsc::channel(KEYS_QUEUED_MAX);
@@ -60,6 +64,7 @@ pub async fn run(addresses: Vec<String>, readonly: bool) -> std::io::Result<()> 
 
     let mut terminal = ratatui::init();
     let mut app = App::new(readonly);
+    app.skin = skin;
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     let mut console: Option<tokio::task::JoinHandle<()>> = None;
     let outcome = loop {

@@ -5,13 +5,14 @@
 //! wrapped over other widgets); colours are the 16 basic ones.
 
 use ratatui::layout::{Constraint, Layout, Rect};
-use ratatui::style::{Color, Modifier, Style};
+use ratatui::style::{Modifier, Style};
 use ratatui::text::{Line, Span};
 use ratatui::widgets::{Block, Borders, Clear, Paragraph, Row, Sparkline, Table, TableState, Wrap};
 use ratatui::Frame;
 
 use crate::app::{App, Mode, View};
 use crate::model::Connection;
+use crate::skin::Skin;
 use crate::table::{Resource, Row as TextRow};
 
 /// Every key, as `?` lists it.
@@ -40,29 +41,33 @@ pub const HELP: &[(&str, &str)] = &[
         "D",
         "delete the selected VM, or drain the selected node (asks first)",
     ),
-    ("q Ctrl-C", "quit"),
+    (
+        "q Ctrl-C",
+        "quit (blixard tui --skin light for light terminals)",
+    ),
 ];
 
-fn phase_style(state: &str) -> Style {
+fn phase_style(skin: &Skin, state: &str) -> Style {
     let color = match state {
-        "Running" => Color::Green,
-        "Pending" | "Scheduled" | "Starting" | "Stopping" => Color::Yellow,
-        "Failed" | "Lost" => Color::Red,
-        _ => Color::DarkGray,
+        "Running" => skin.ok,
+        "Pending" | "Scheduled" | "Starting" | "Stopping" => skin.busy,
+        "Failed" | "Lost" => skin.bad,
+        _ => skin.muted,
     };
     Style::default().fg(color)
 }
 
 fn header(frame: &mut Frame, app: &App, area: Rect) {
+    let skin = &app.skin;
     let connection = match &app.model.connection {
-        Connection::Connecting => Span::styled("connecting", Style::default().fg(Color::Yellow)),
+        Connection::Connecting => Span::styled("connecting", Style::default().fg(skin.busy)),
         Connection::Connected(address) => Span::styled(
             format!("connected to {address}"),
-            Style::default().fg(Color::Green),
+            Style::default().fg(skin.ok),
         ),
         Connection::Lost { address, reason } => Span::styled(
             format!("lost {address}: {reason}; reconnecting"),
-            Style::default().fg(Color::Red),
+            Style::default().fg(skin.bad),
         ),
     };
     let status = match &app.model.status {
@@ -92,11 +97,11 @@ fn footer(frame: &mut Frame, app: &App, area: Rect) {
     let line = match (&app.mode, &app.message) {
         (Mode::Command(text), _) => Line::from(format!(":{text}")),
         (Mode::Filter(text), _) => Line::from(format!("/{text}")),
-        (_, Some((text, true))) => Line::styled(text.clone(), Style::default().fg(Color::Red)),
+        (_, Some((text, true))) => Line::styled(text.clone(), Style::default().fg(app.skin.bad)),
         (_, Some((text, false))) => Line::from(text.clone()),
         _ => Line::styled(
             "? help  : command  / filter  d describe  Tab next view  q quit",
-            Style::default().fg(Color::DarkGray),
+            Style::default().fg(app.skin.muted),
         ),
     };
     frame.render_widget(Paragraph::new(line), area);
@@ -138,13 +143,14 @@ fn overview(frame: &mut Frame, app: &App, area: Rect) {
                     .title(format!(" operations/s (now {latest}) ")),
             )
             .data(&data)
-            .style(Style::default().fg(Color::Cyan)),
+            .style(Style::default().fg(app.skin.accent)),
         spark,
     );
 }
 
 fn list(frame: &mut Frame, app: &mut App, resource: Resource, area: Rect) {
     let selected = app.selected;
+    let skin = app.skin;
     let filter = app.filter.as_ref().map(|f| f.text.clone());
     let sort = app.sort;
     let rows: &[TextRow] = app.shown();
@@ -158,7 +164,8 @@ fn list(frame: &mut Frame, app: &mut App, resource: Resource, area: Rect) {
         .skip(offset)
         .take(visible)
         .map(|row| {
-            let style = state_column.map_or(Style::default(), |i| phase_style(&row.cells[i]));
+            let style =
+                state_column.map_or(Style::default(), |i| phase_style(&skin, &row.cells[i]));
             Row::new(row.cells.clone()).style(style)
         })
         .collect();
@@ -195,7 +202,7 @@ fn list(frame: &mut Frame, app: &mut App, resource: Resource, area: Rect) {
 }
 
 /// One console line, search matches highlighted.
-fn log_line<'a>(text: &'a str, search: Option<&regex::Regex>) -> Vec<Span<'a>> {
+fn log_line<'a>(text: &'a str, search: Option<&regex::Regex>, mark: Style) -> Vec<Span<'a>> {
     let Some(search) = search else {
         return vec![Span::raw(text)];
     };
@@ -203,10 +210,7 @@ fn log_line<'a>(text: &'a str, search: Option<&regex::Regex>) -> Vec<Span<'a>> {
     let mut at = 0;
     for found in search.find_iter(text).filter(|m| !m.is_empty()) {
         spans.push(Span::raw(&text[at..found.start()]));
-        spans.push(Span::styled(
-            found.as_str(),
-            Style::default().fg(Color::Black).bg(Color::Yellow),
-        ));
+        spans.push(Span::styled(found.as_str(), mark));
         at = found.end();
     }
     spans.push(Span::raw(&text[at..]));
@@ -225,10 +229,10 @@ fn logs(frame: &mut Frame, app: &App, area: Rect) {
             if logs.timestamps {
                 spans.push(Span::styled(
                     format!("{} ", crate::logs::clock(*at_ms)),
-                    Style::default().fg(Color::DarkGray),
+                    Style::default().fg(app.skin.muted),
                 ));
             }
-            spans.extend(log_line(text, logs.search.as_ref()));
+            spans.extend(log_line(text, logs.search.as_ref(), app.skin.mark));
             Line::from(spans)
         })
         .collect();
@@ -281,6 +285,7 @@ fn overlay(frame: &mut Frame, title: &str, lines: Vec<Line>, area: Rect) {
 }
 
 pub fn render(frame: &mut Frame, app: &mut App) {
+    frame.render_widget(Block::default().style(app.skin.base), frame.area());
     let [top, body, bottom] = Layout::vertical([
         Constraint::Length(2),
         Constraint::Min(3),
@@ -300,7 +305,7 @@ pub fn render(frame: &mut Frame, app: &mut App) {
                 .iter()
                 .map(|(keys, what)| {
                     Line::from(vec![
-                        Span::styled(format!("{keys:<12}"), Style::default().fg(Color::Cyan)),
+                        Span::styled(format!("{keys:<12}"), Style::default().fg(app.skin.accent)),
                         Span::raw(*what),
                     ])
                 })
@@ -332,6 +337,7 @@ mod tests {
     use blixard_api::pb;
     use ratatui::backend::TestBackend;
     use ratatui::crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use ratatui::style::Color;
     use ratatui::Terminal;
 
     fn screen(app: &mut App, width: u16, height: u16) -> String {
@@ -492,6 +498,21 @@ mod tests {
         let text = screen(&mut app, 80, 24);
         assert!(text.contains("logs db (2 lines) [follow /ready]"), "{text}");
         assert!(text.contains("01:02:03 BLIXARD-GUEST-READY"), "{text}");
+    }
+
+    #[test]
+    fn the_light_skin_paints_the_screen_and_keeps_state_colours() {
+        let mut app = sample();
+        app.skin = crate::skin::LIGHT;
+        let mut terminal = Terminal::new(TestBackend::new(80, 24)).unwrap();
+        terminal.draw(|frame| render(frame, &mut app)).unwrap();
+        let buffer = terminal.backend().buffer();
+        assert_eq!(buffer[(79, 23)].bg, Color::White);
+        let failed = (0..79u16)
+            .flat_map(|x| (0..24u16).map(move |y| (x, y)))
+            .find(|&(x, y)| buffer[(x, y)].symbol() == "F" && buffer[(x + 1, y)].symbol() == "a")
+            .expect("the Failed VM is on screen");
+        assert_eq!(buffer[failed].fg, Color::Red);
     }
 
     #[test]

@@ -143,7 +143,7 @@ pub async fn run(args: DevArgs, format: OutputFormat) -> anyhow::Result<()> {
     );
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if interactive && !args.no_tui {
-        blixard_tui::terminal::run(addresses.clone(), false).await?;
+        blixard_tui::terminal::run(addresses.clone(), false, blixard_tui::skin::DARK).await?;
     } else {
         let _ = tokio::signal::ctrl_c().await;
     }

@@ -17,7 +17,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev(args) => dev::run(args, cli.output).await,
         Command::Bench(args) => bench::run(args, cli.output).await,
         Command::Tui(args) => {
-            blixard_tui::terminal::run(vec![cli.addr.clone()], args.readonly).await?;
+            blixard_tui::terminal::run(vec![cli.addr.clone()], args.readonly, args.skin).await?;
             Ok(())
         }
         Command::Cluster(command) => cluster::run(command, &cli.addr, cli.output).await,
