@@ -652,6 +652,27 @@ impl TestCluster {
         String::from_utf8(output.stdout).unwrap()
     }
 
+    /// Creates (stopped) a 128 MiB VM `name` of the test guest through
+    /// node `id`, with `extra` arguments for `vm create`.
+    pub fn create_guest(&self, id: u64, name: &str, extra: &[&str]) {
+        let (kernel, initrd) = guest_image();
+        let mut args = vec![
+            "vm",
+            "create",
+            name,
+            "--vcpus",
+            "1",
+            "--memory",
+            "128",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        self.cli_ok(id, &args);
+    }
+
     /// Names of all VMs listed by node `id`, with the list's revision.
     pub async fn vm_names(&self, id: u64) -> Option<(Vec<String>, u64)> {
         let mut client = VmClient::new(self.channel(id).await?);

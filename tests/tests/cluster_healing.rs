@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use blixard_tests::{eventually, guest_image, Network, NodeOptions, TestCluster, Timings};
+use blixard_tests::{eventually, Network, NodeOptions, TestCluster, Timings};
 use serde_json::Value;
 
 const TIMEOUT: Duration = Duration::from_secs(60);
@@ -39,13 +39,6 @@ fn no_agent(labels: Vec<(String, String)>) -> NodeOptions {
         agent: false,
         ..NodeOptions::default()
     }
-}
-
-fn guest_args<'a>(name: &'a str, kernel: &'a str, initrd: &'a str) -> Vec<&'a str> {
-    vec![
-        "vm", "create", name, "--vcpus", "1", "--memory", "128", "--kernel", kernel, "--initrd",
-        initrd,
-    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -270,8 +263,6 @@ where
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn vms_of_a_dead_worker_run_elsewhere() {
-    let (kernel, initrd) = guest_image();
-    let (kernel, initrd) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
     let timings = Timings {
         voters: 3,
         ..Timings::default()
@@ -282,9 +273,7 @@ async fn vms_of_a_dead_worker_run_elsewhere() {
     })
     .await;
     for name in ["edge-a", "edge-b"] {
-        let mut args = guest_args(name, kernel, initrd);
-        args.extend_from_slice(&["--prefer", "tier=edge"]);
-        cluster.cli_ok(1, &args);
+        cluster.create_guest(1, name, &["--prefer", "tier=edge"]);
         cluster.cli_ok(1, &["vm", "start", name]);
     }
     for name in ["edge-a", "edge-b"] {
@@ -362,17 +351,13 @@ async fn autopilot_replaces_a_dead_voter() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_moves_every_vm_off_a_node() {
-    let (kernel, initrd) = guest_image();
-    let (kernel, initrd) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
     let cluster = TestCluster::start_with(3, Timings::default(), Network::Loopback, |_| {
         NodeOptions::default()
     })
     .await;
     for name in ["drain-a", "drain-b"] {
         // Pinned VMs cannot move; these prefer node 2 instead.
-        let mut args = guest_args(name, kernel, initrd);
-        args.extend_from_slice(&["--prefer", "node=2"]);
-        cluster.cli_ok(1, &args);
+        cluster.create_guest(1, name, &["--prefer", "node=2"]);
         cluster.cli_ok(1, &["vm", "start", name]);
     }
     for name in ["drain-a", "drain-b"] {
@@ -421,8 +406,6 @@ async fn drain_moves_every_vm_off_a_node() {
 /// two at once; when the node returns it does not start the VM again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cut_off_node_fences_its_vms() {
-    let (kernel, initrd) = guest_image();
-    let (kernel, initrd) = (kernel.to_str().unwrap(), initrd.to_str().unwrap());
     let timings = Timings {
         voters: 3,
         ..Timings::default()
@@ -432,9 +415,7 @@ async fn a_cut_off_node_fences_its_vms() {
         ..NodeOptions::default()
     })
     .await;
-    let mut args = guest_args("fenced", kernel, initrd);
-    args.extend_from_slice(&["--prefer", "tier=edge"]);
-    cluster.cli_ok(1, &args);
+    cluster.create_guest(1, "fenced", &["--prefer", "tier=edge"]);
     cluster.cli_ok(1, &["vm", "start", "fenced"]);
     eventually("fenced running on node 4", TIMEOUT, || async {
         let status = vm(&cluster, 1, "fenced");

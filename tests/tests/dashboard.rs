@@ -4,7 +4,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use blixard_tests::{blixard_bin, eventually, guest_image, TestCluster, Timings};
+use blixard_tests::{blixard_bin, eventually, TestCluster, Timings};
 use serde_json::Value;
 
 const SCREEN_TIMEOUT: Duration = Duration::from_secs(60);
@@ -87,24 +87,8 @@ fn phase(cluster: &TestCluster, name: &str) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_filters_describes_shows_logs_and_stops_a_vm() {
     let cluster = TestCluster::start(3, Timings::default()).await;
-    let (kernel, initrd) = guest_image();
     for name in ["web", "db"] {
-        cluster.cli_ok(
-            1,
-            &[
-                "vm",
-                "create",
-                name,
-                "--vcpus",
-                "1",
-                "--memory",
-                "128",
-                "--kernel",
-                kernel.to_str().unwrap(),
-                "--initrd",
-                initrd.to_str().unwrap(),
-            ],
-        );
+        cluster.create_guest(1, name, &[]);
         cluster.cli_ok(1, &["vm", "start", name]);
     }
     let command = format!(

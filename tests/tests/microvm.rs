@@ -30,25 +30,6 @@ async fn wait_status(
     .await
 }
 
-fn create_guest(cluster: &TestCluster, node: u64, name: &str, extra: &[&str]) {
-    let (kernel, initrd) = guest_image();
-    let mut args = vec![
-        "vm",
-        "create",
-        name,
-        "--vcpus",
-        "1",
-        "--memory",
-        "128",
-        "--kernel",
-        kernel.to_str().unwrap(),
-        "--initrd",
-        initrd.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    cluster.cli_ok(node, &args);
-}
-
 /// One plain HTTP/1.0 GET of `/` on 127.0.0.1:`port`.
 fn http_get(port: u16) -> Option<String> {
     use std::io::{Read, Write};
@@ -75,12 +56,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
     let cluster = TestCluster::start(3, Timings::default()).await;
     let http_port = free_port();
     let forward = format!("{http_port}:80");
-    create_guest(
-        &cluster,
-        2,
-        "web",
-        &["--port", &forward, "--cmdline", "http=1"],
-    );
+    cluster.create_guest(2, "web", &["--port", &forward, "--cmdline", "http=1"]);
     cluster.cli_ok(2, &["vm", "start", "web"]);
     let vm = wait_status(&cluster, 1, "web", "web to run", is_running).await;
     let node = vm["node"].as_u64().unwrap();
@@ -150,7 +126,7 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
     let mut cluster = TestCluster::start(3, Timings::default()).await;
-    create_guest(&cluster, 1, "db", &["--node", "3"]);
+    cluster.create_guest(1, "db", &["--node", "3"]);
     cluster.cli_ok(1, &["vm", "start", "db"]);
     let vm = wait_status(&cluster, 1, "db", "db to run", is_running).await;
     assert_eq!(vm["node"], 3, "pinned VM placed elsewhere");

@@ -34,21 +34,7 @@ async fn boot_sample_vm(address: &str, spinner: &ProgressBar) -> anyhow::Result<
     spinner.set_message("building the guest image");
     let image = super::image::build(&super::image::default_dir())?;
     let mut client = client::vm(address).await?;
-    let spec = pb::VmSpec {
-        name: SAMPLE_VM.into(),
-        vcpus: 1,
-        memory_mib: 128,
-        pinned_node: 0,
-        runner: Some(pb::RunnerSource {
-            source: Some(pb::runner_source::Source::Kernel(pb::KernelRunner {
-                kernel_path: image.kernel.display().to_string(),
-                initrd_path: image.initrd.display().to_string(),
-                cmdline: String::new(),
-                ports: Vec::new(),
-            })),
-        }),
-        ..pb::VmSpec::default()
-    };
+    let spec = image.vm_spec(SAMPLE_VM, 128);
     client
         .create(pb::CreateVmRequest {
             spec: Some(spec),

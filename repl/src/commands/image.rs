@@ -54,6 +54,27 @@ pub fn build(out: &Path) -> anyhow::Result<GuestImage> {
     })
 }
 
+impl GuestImage {
+    /// A stopped VM of `memory_mib` that boots this image.
+    pub fn vm_spec(&self, name: &str, memory_mib: u64) -> blixard_api::pb::VmSpec {
+        use blixard_api::pb;
+        pb::VmSpec {
+            name: name.into(),
+            vcpus: 1,
+            memory_mib,
+            runner: Some(pb::RunnerSource {
+                source: Some(pb::runner_source::Source::Kernel(pb::KernelRunner {
+                    kernel_path: self.kernel.display().to_string(),
+                    initrd_path: self.initrd.display().to_string(),
+                    cmdline: String::new(),
+                    ports: Vec::new(),
+                })),
+            }),
+            ..pb::VmSpec::default()
+        }
+    }
+}
+
 pub fn build_with_spinner(out: &Path) -> anyhow::Result<GuestImage> {
     let spinner = ProgressBar::new_spinner()
         .with_style(ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")?);

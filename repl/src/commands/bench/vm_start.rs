@@ -110,20 +110,7 @@ pub async fn rows(
 ) -> anyhow::Result<Vec<Row>> {
     let mut vm = client::vm(address).await?;
     vm.create(pb::CreateVmRequest {
-        spec: Some(pb::VmSpec {
-            name: NAME.into(),
-            vcpus: 1,
-            memory_mib: 128,
-            runner: Some(pb::RunnerSource {
-                source: Some(pb::runner_source::Source::Kernel(pb::KernelRunner {
-                    kernel_path: image.kernel.display().to_string(),
-                    initrd_path: image.initrd.display().to_string(),
-                    cmdline: String::new(),
-                    ports: Vec::new(),
-                })),
-            }),
-            ..pb::VmSpec::default()
-        }),
+        spec: Some(image.vm_spec(NAME, 128)),
         replicas: 0,
     })
     .await
