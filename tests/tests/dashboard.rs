@@ -15,8 +15,9 @@ struct Tmux {
 }
 
 impl Tmux {
-    fn start(command: &str) -> Self {
-        let session = format!("blixard-tui-{}", std::process::id());
+    /// `name` tells this test's session from the others running at once.
+    fn start(name: &str, command: &str) -> Self {
+        let session = format!("blixard-tui-{}-{name}", std::process::id());
         let status = Command::new("tmux")
             .args([
                 "new-session",
@@ -96,7 +97,7 @@ async fn the_dashboard_filters_describes_shows_logs_and_stops_a_vm() {
         blixard_bin().display(),
         cluster.address(2)
     );
-    let tmux = Tmux::start(&command);
+    let tmux = Tmux::start("stop", &command);
     tmux.wait_for("vms(2)").await;
     eventually("both guests running", SCREEN_TIMEOUT, || async {
         let screen = tmux.screen();
@@ -135,4 +136,67 @@ async fn the_dashboard_filters_describes_shows_logs_and_stops_a_vm() {
         (!tmux.screen().contains("nodes(3)")).then_some(())
     })
     .await;
+}
+
+/// Goal: when the node the dashboard talks to dies, the dashboard says so,
+/// moves to another member by itself and stays live there; and scaling a
+/// replica group from the dashboard changes the cluster. Method: the
+/// dashboard watches node 2, which is SIGKILLed; the screen must name the
+/// lost node, then a connection to another one, then show a VM created
+/// after the failure; then `S` scales a group from one to two members,
+/// and the CLI sees both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_moves_to_another_node_when_its_node_dies_and_scales_a_group() {
+    let mut cluster = TestCluster::start(3, Timings::default()).await;
+    cluster.create_guest(1, "before", &[]);
+    let lost_address = cluster.address(2).to_string();
+    let command = format!(
+        "{} --addr {lost_address} tui; sleep 60",
+        blixard_bin().display(),
+    );
+    let tmux = Tmux::start("reconnect", &command);
+    tmux.wait_for(&format!("connected to {lost_address}")).await;
+    tmux.wait_for("vms(1)").await;
+
+    cluster.kill(2);
+    tmux.wait_for(&format!("lost {lost_address}")).await;
+    let others = [
+        cluster.address(1).to_string(),
+        cluster.address(3).to_string(),
+    ];
+    let screen = eventually("a connection to another node", SCREEN_TIMEOUT, || async {
+        let screen = tmux.screen();
+        others
+            .iter()
+            .any(|a| screen.contains(&format!("connected to {a}")))
+            .then_some(screen)
+    })
+    .await;
+    assert!(
+        !screen.contains(&format!("connected to {lost_address}")),
+        "{screen}"
+    );
+
+    cluster.create_guest(1, "g", &["--replicas", "1"]);
+    tmux.wait_for("vms(2)").await;
+
+    tmux.keys(&["/", "^", "g", "-", "Enter"]);
+    tmux.wait_for("vms(1) /^g-").await;
+    tmux.keys(&["S"]);
+    tmux.wait_for("scale group g (now 1) to how many replicas?")
+        .await;
+    tmux.keys(&["BSpace", "2", "Enter"]);
+    tmux.wait_for("asked to scale group g to 2").await;
+    tmux.wait_for("vms(2) /^g-").await;
+    let listed = cluster.cli_ok(1, &["vm", "list", "-o", "json"]);
+    let names: Vec<String> = serde_json::from_str::<Value>(&listed).unwrap()["vms"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|vm| vm["name"].as_str().map(str::to_string))
+        .collect();
+    assert!(
+        names.contains(&"g-1".to_string()) && names.contains(&"g-2".to_string()),
+        "{names:?}"
+    );
 }

@@ -27,7 +27,16 @@ pub enum Action {
     Stop(String),
     Restart(String),
     Delete(String),
-    Drain(u64),
+    /// VMs still on the node after `deadline_ms` are taken off regardless.
+    Drain {
+        node: u64,
+        deadline_ms: u64,
+    },
+    /// Gives replica group `group` exactly `replicas` members.
+    Scale {
+        group: String,
+        replicas: u32,
+    },
 }
 
 impl Action {
@@ -37,7 +46,58 @@ impl Action {
             Action::Stop(vm) => format!("stop VM {vm}"),
             Action::Restart(vm) => format!("restart VM {vm}"),
             Action::Delete(vm) => format!("delete VM {vm}"),
-            Action::Drain(node) => format!("drain node {node}"),
+            Action::Drain { node, deadline_ms } => format!(
+                "drain node {node} (deadline {})",
+                humantime::format_duration(std::time::Duration::from_millis(*deadline_ms))
+            ),
+            Action::Scale { group, replicas } => {
+                format!("scale group {group} to {replicas}")
+            }
+        }
+    }
+}
+
+/// An action that needs a value typed in before it can be confirmed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ask {
+    /// How many replicas; `current` is how many the group has now.
+    Scale { group: String, current: u32 },
+    /// How long before the drain takes VMs off regardless.
+    Drain { node: u64 },
+}
+
+/// The drain deadline offered (the cluster's own default).
+pub const DRAIN_DEADLINE_DEFAULT: &str = "5m";
+
+impl Ask {
+    pub fn question(&self) -> String {
+        match self {
+            Ask::Scale { group, current } => {
+                format!("scale group {group} (now {current}) to how many replicas?")
+            }
+            Ask::Drain { node } => format!("drain node {node}: deadline (e.g. 90s, 5m)?"),
+        }
+    }
+
+    /// The action `answer` asks for, or what is wrong with it.
+    pub fn answer(&self, answer: &str) -> Result<Action, String> {
+        let answer = answer.trim();
+        match self {
+            Ask::Scale { group, .. } => match answer.parse::<u32>() {
+                Ok(replicas) => Ok(Action::Scale {
+                    group: group.clone(),
+                    replicas,
+                }),
+                Err(_) => Err(format!("replicas {answer:?} is not a whole number")),
+            },
+            Ask::Drain { node } => match humantime::parse_duration(answer) {
+                Ok(deadline) if !deadline.is_zero() => Ok(Action::Drain {
+                    node: *node,
+                    deadline_ms: deadline.as_millis().min(u128::from(u64::MAX)) as u64,
+                }),
+                Ok(_) => Err("a drain deadline must be above zero".into()),
+                Err(e) => Err(format!("deadline {answer:?}: {e}")),
+            },
         }
     }
 }
@@ -57,13 +117,21 @@ pub enum Mode {
     Command(String),
     Filter(String),
     Help,
-    Describe { title: String, text: String },
+    Describe {
+        title: String,
+        text: String,
+    },
     Confirm(Action),
+    /// A value being typed for `Ask`; Enter performs the action.
+    Ask {
+        ask: Ask,
+        text: String,
+    },
 }
 
 /// The commands `:` takes (completion offers these).
 pub const COMMANDS: &[&str] = &[
-    "overview", "nodes", "vms", "events", "vm", "logs", "quit", "q",
+    "overview", "nodes", "vms", "events", "vm", "logs", "scale", "drain", "quit", "q",
 ];
 
 /// A view left for another, as it was: `Esc` returns to it.
@@ -77,6 +145,8 @@ pub struct Crumb {
 
 /// Breadcrumbs kept; going deeper forgets the oldest.
 const BREADCRUMBS_MAX: usize = 16;
+/// The longest answer a dialog takes.
+const ASK_TEXT_MAX: usize = 32;
 
 /// What the cached rows were built from: the model's generation, the
 /// view, the filter text and the sort.
@@ -244,7 +314,75 @@ impl App {
                     _ => None,
                 }
             }
+            Mode::Ask { ask, text } => self.on_ask_key(key, ask, text),
         }
+    }
+
+    /// The dialog spells out the action, so Enter on a valid answer is the
+    /// confirmation; a bad answer keeps the dialog open and says why.
+    fn on_ask_key(&mut self, key: KeyEvent, ask: Ask, mut text: String) -> Option<Intent> {
+        match key.code {
+            KeyCode::Esc => self.mode = Mode::Normal,
+            KeyCode::Backspace => {
+                text.pop();
+                self.mode = Mode::Ask { ask, text };
+            }
+            KeyCode::Enter => match ask.answer(&text) {
+                Ok(action) => {
+                    self.mode = Mode::Normal;
+                    self.message = None;
+                    return Some(Intent::Perform(action));
+                }
+                Err(error) => self.error(error),
+            },
+            KeyCode::Char(c) if text.len() < ASK_TEXT_MAX => {
+                text.push(c);
+                self.mode = Mode::Ask { ask, text };
+            }
+            _ => {}
+        }
+        None
+    }
+
+    /// Opens the dialog for `ask`, offering `suggested`.
+    fn ask(&mut self, ask: Ask, suggested: String) {
+        if self.readonly {
+            let what = match &ask {
+                Ask::Scale { group, .. } => format!("scale group {group}"),
+                Ask::Drain { node } => format!("drain node {node}"),
+            };
+            self.error(format!("read-only: cannot {what}"));
+            return;
+        }
+        self.mode = Mode::Ask {
+            ask,
+            text: suggested,
+        };
+    }
+
+    /// Asks how many replicas `vm`'s group should have.
+    fn ask_scale(&mut self, vm: &str) {
+        let group = match self.model.vms.get(vm).and_then(|vm| vm.spec.as_ref()) {
+            Some(spec) if !spec.group.is_empty() => spec.group.clone(),
+            Some(_) => {
+                return self.error(format!(
+                    "VM {vm} is in no replica group (create one with vm create --replicas N)"
+                ))
+            }
+            None => return self.error(format!("no VM named {vm:?}")),
+        };
+        let current = self.group_size(&group);
+        self.ask(Ask::Scale { group, current }, current.to_string());
+    }
+
+    fn group_size(&self, group: &str) -> u32 {
+        let members = self
+            .model
+            .vms
+            .values()
+            .filter(|vm| vm.spec.as_ref().is_some_and(|s| s.group == group))
+            .count();
+        u32::try_from(members).unwrap_or(u32::MAX)
     }
 
     fn on_normal_key(&mut self, key: KeyEvent) -> Option<Intent> {
@@ -270,6 +408,7 @@ impl App {
             KeyCode::Char('g') | KeyCode::Home => self.selected = 0,
             KeyCode::Char('G') | KeyCode::End => self.selected = count.saturating_sub(1),
             KeyCode::Tab => self.go(next_view(self.view)),
+            KeyCode::BackTab => self.go(previous_view(self.view)),
             KeyCode::Char(digit @ '1'..='9') => self.sort_by(digit as usize - '1' as usize),
             KeyCode::Enter => self.drill_down(),
             KeyCode::Char('d') => self.describe_selected(),
@@ -356,7 +495,15 @@ impl App {
             (Resource::Vms, 'x') => Action::Stop(target),
             (Resource::Vms, 'r') => Action::Restart(target),
             (Resource::Vms, 'D') => Action::Delete(target),
-            (Resource::Nodes, 'D') => Action::Drain(target.parse().ok()?),
+            (Resource::Vms, 'S') => {
+                self.ask_scale(&target);
+                return None;
+            }
+            (Resource::Nodes, 'D') => {
+                let node = target.parse().ok()?;
+                self.ask(Ask::Drain { node }, DRAIN_DEADLINE_DEFAULT.into());
+                return None;
+            }
             _ => return None,
         };
         if self.readonly {
@@ -400,6 +547,25 @@ impl App {
                 self.describe_vm(name);
             }
             (Some("events" | "ev"), _) => self.go(View::List(Resource::Events)),
+            (Some("scale"), Some(group)) => {
+                let current = self.group_size(group);
+                let ask = Ask::Scale {
+                    group: group.to_string(),
+                    current,
+                };
+                match words.next() {
+                    Some(replicas) => return self.confirm_answer(ask, replicas),
+                    None if current == 0 => self.error(format!("no replica group named {group:?}")),
+                    None => self.ask(ask, current.to_string()),
+                }
+            }
+            (Some("drain"), Some(node)) => match node.parse() {
+                Ok(node) => match words.next() {
+                    Some(deadline) => return self.confirm_answer(Ask::Drain { node }, deadline),
+                    None => self.ask(Ask::Drain { node }, DRAIN_DEADLINE_DEFAULT.into()),
+                },
+                Err(_) => self.error(format!("node {node:?} is not a node id")),
+            },
             (Some("logs"), Some(name)) => {
                 if self.model.vms.contains_key(name) {
                     return Some(self.open_logs(name.to_string()));
@@ -411,6 +577,18 @@ impl App {
                 "unknown command {other:?}; try {}",
                 COMMANDS.join(", ")
             )),
+        }
+        None
+    }
+
+    /// A command that gave the answer up front still asks y/n.
+    fn confirm_answer(&mut self, ask: Ask, answer: &str) -> Option<Intent> {
+        match ask.answer(answer) {
+            Ok(action) if self.readonly => {
+                self.error(format!("read-only: cannot {}", action.describe()))
+            }
+            Ok(action) => self.mode = Mode::Confirm(action),
+            Err(error) => self.error(error),
         }
         None
     }
@@ -492,6 +670,15 @@ impl App {
     }
 }
 
+fn previous_view(view: View) -> View {
+    match view {
+        View::Overview | View::Logs => View::List(Resource::Events),
+        View::List(Resource::Events) => View::List(Resource::Vms),
+        View::List(Resource::Vms) => View::List(Resource::Nodes),
+        View::List(Resource::Nodes) => View::Overview,
+    }
+}
+
 fn next_view(view: View) -> View {
     match view {
         View::Overview => View::List(Resource::Nodes),
@@ -561,6 +748,30 @@ mod tests {
                 revision: 1,
             })));
         }
+        app
+    }
+
+    /// `web-1`, `web-2` in group `web`, and `db` in none.
+    fn app_with_group() -> App {
+        let mut app = App::new(false);
+        for (name, group) in [("web-1", "web"), ("web-2", "web"), ("db", "")] {
+            app.on_update(Update::Vm(Box::new(pb::VmEvent {
+                kind: pb::VmEventKind::Added as i32,
+                vm: Some(pb::VmInfo {
+                    spec: Some(pb::VmSpec {
+                        name: name.into(),
+                        group: group.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                revision: 1,
+            })));
+        }
+        app.on_update(Update::Nodes(vec![pb::NodeInfo {
+            node_id: 3,
+            ..Default::default()
+        }]));
         app
     }
 
@@ -647,13 +858,139 @@ mod tests {
 
     #[test]
     fn read_only_refuses_every_action() {
-        let mut app = app_with_vms(&["web-1"]);
+        let mut app = app_with_group();
         app.readonly = true;
-        for c in ['s', 'x', 'r', 'D'] {
-            assert_eq!(app.on_key(key(KeyCode::Char(c))), None);
+        app.on_key(key(KeyCode::Down));
+        let refused = |app: &mut App| {
             assert_eq!(app.mode, Mode::Normal);
             assert!(matches!(&app.message, Some((text, true)) if text.starts_with("read-only")));
+            app.message = None;
+        };
+        for c in ['s', 'x', 'r', 'D', 'S'] {
+            assert_eq!(app.on_key(key(KeyCode::Char(c))), None);
+            refused(&mut app);
         }
+        for command in ["scale web 3", "scale web", "drain 3", "drain 3 1m"] {
+            app.on_key(key(KeyCode::Char(':')));
+            type_text(&mut app, command);
+            assert_eq!(app.on_key(key(KeyCode::Enter)), None);
+            refused(&mut app);
+        }
+        app.on_key(key(KeyCode::BackTab));
+        assert_eq!(app.view, View::List(Resource::Nodes));
+        app.on_key(key(KeyCode::Char('D')));
+        refused(&mut app);
+    }
+
+    #[test]
+    fn scale_asks_how_many_and_enter_does_it() {
+        let mut app = app_with_group();
+        // db, web-1, web-2: the first is in no group.
+        app.on_key(key(KeyCode::Char('S')));
+        assert!(matches!(&app.message, Some((text, true)) if text.contains("no replica group")));
+        assert_eq!(app.mode, Mode::Normal);
+
+        app.on_key(key(KeyCode::Down));
+        app.on_key(key(KeyCode::Char('S')));
+        let asked = Ask::Scale {
+            group: "web".into(),
+            current: 2,
+        };
+        assert_eq!(
+            app.mode,
+            Mode::Ask {
+                ask: asked.clone(),
+                text: "2".into()
+            }
+        );
+        app.on_key(key(KeyCode::Backspace));
+        type_text(&mut app, "many");
+        assert_eq!(app.on_key(key(KeyCode::Enter)), None);
+        assert!(matches!(&app.message, Some((text, true)) if text.contains("not a whole number")));
+        assert!(matches!(&app.mode, Mode::Ask { ask, .. } if *ask == asked));
+        for _ in 0..4 {
+            app.on_key(key(KeyCode::Backspace));
+        }
+        type_text(&mut app, "5");
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Some(Intent::Perform(Action::Scale {
+                group: "web".into(),
+                replicas: 5
+            }))
+        );
+        assert_eq!(app.mode, Mode::Normal);
+
+        app.on_key(key(KeyCode::Char('S')));
+        assert_eq!(app.on_key(key(KeyCode::Esc)), None);
+        assert_eq!(app.mode, Mode::Normal);
+
+        app.on_key(key(KeyCode::Char(':')));
+        type_text(&mut app, "scale web 1");
+        app.on_key(key(KeyCode::Enter));
+        let action = Action::Scale {
+            group: "web".into(),
+            replicas: 1,
+        };
+        assert_eq!(app.mode, Mode::Confirm(action.clone()));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('y'))),
+            Some(Intent::Perform(action))
+        );
+        app.on_key(key(KeyCode::Char(':')));
+        type_text(&mut app, "scale nothing");
+        app.on_key(key(KeyCode::Enter));
+        assert!(matches!(&app.message, Some((text, true)) if text.contains("no replica group")));
+    }
+
+    #[test]
+    fn drain_asks_for_a_deadline() {
+        let mut app = app_with_group();
+        app.on_key(key(KeyCode::Char(':')));
+        type_text(&mut app, "nodes");
+        app.on_key(key(KeyCode::Enter));
+        app.on_key(key(KeyCode::Char('D')));
+        assert_eq!(
+            app.mode,
+            Mode::Ask {
+                ask: Ask::Drain { node: 3 },
+                text: DRAIN_DEADLINE_DEFAULT.into()
+            }
+        );
+        for (typed, complaint) in [("soon", "deadline \"soon\""), ("0s", "above zero")] {
+            app.on_key(key(KeyCode::Backspace));
+            app.on_key(key(KeyCode::Backspace));
+            app.on_key(key(KeyCode::Backspace));
+            app.on_key(key(KeyCode::Backspace));
+            type_text(&mut app, typed);
+            assert_eq!(app.on_key(key(KeyCode::Enter)), None);
+            assert!(
+                matches!(&app.message, Some((text, true)) if text.contains(complaint)),
+                "{:?}",
+                app.message
+            );
+        }
+        app.on_key(key(KeyCode::Backspace));
+        app.on_key(key(KeyCode::Backspace));
+        type_text(&mut app, "90s");
+        assert_eq!(
+            app.on_key(key(KeyCode::Enter)),
+            Some(Intent::Perform(Action::Drain {
+                node: 3,
+                deadline_ms: 90_000
+            }))
+        );
+
+        app.on_key(key(KeyCode::Char(':')));
+        type_text(&mut app, "drain 3 1m");
+        app.on_key(key(KeyCode::Enter));
+        assert_eq!(
+            app.mode,
+            Mode::Confirm(Action::Drain {
+                node: 3,
+                deadline_ms: 60_000
+            })
+        );
     }
 
     #[test]

@@ -235,10 +235,17 @@ pub async fn perform(address: &str, action: &Action) -> Result<String, String> {
         Action::Stop(vm) => vms.stop(name(vm)).await.map(|_| ()),
         Action::Delete(vm) => vms.delete(name(vm)).await.map(|_| ()),
         Action::Restart(vm) => restart(&mut vms, vm).await,
-        Action::Drain(node) => NodeClient::new(channel)
+        Action::Drain { node, deadline_ms } => NodeClient::new(channel)
             .drain(pb::DrainRequest {
                 node_id: *node,
-                deadline_ms: 0,
+                deadline_ms: *deadline_ms,
+            })
+            .await
+            .map(|_| ()),
+        Action::Scale { group, replicas } => vms
+            .scale(pb::ScaleVmRequest {
+                name: group.clone(),
+                replicas: *replicas,
             })
             .await
             .map(|_| ()),

@@ -43,10 +43,43 @@ impl Resource {
 
 /// One shown line: its cells, and the key that names what it shows (a
 /// VM's name, a node's id).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Row {
     pub key: String,
     pub cells: Vec<String>,
+    /// What each cell sorts by: its value where the text would sort wrong
+    /// (ages, gauges), else the number it starts with, else its text.
+    pub order: Vec<Order>,
+}
+
+/// A cell's place in a sort: every number before every text, so the
+/// order is total (a sort may panic on one that is not).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Order {
+    Number(f64),
+    Text,
+}
+
+impl Row {
+    /// A row whose cells sort by the numbers they start with.
+    pub fn new(key: String, cells: Vec<String>) -> Row {
+        let order = cells.iter().map(|cell| leading_number(cell)).collect();
+        Row { key, cells, order }
+    }
+
+    /// Sorts `column` by `value` instead of by its text.
+    fn order_by(mut self, column: usize, value: Option<f64>) -> Row {
+        self.order[column] = value.map_or(Order::Text, Order::Number);
+        self
+    }
+}
+
+fn leading_number(cell: &str) -> Order {
+    let digits: String = cell
+        .chars()
+        .take_while(|c| c.is_ascii_digit() || *c == '.')
+        .collect();
+    digits.parse().map_or(Order::Text, Order::Number)
 }
 
 pub fn phase_label(phase: pb::VmPhase) -> &'static str {
@@ -101,9 +134,11 @@ fn vm_row(vm: &pb::VmInfo, now_ms: u64) -> Row {
     let spec = vm.spec.clone().unwrap_or_default();
     let observed = vm.observed.clone().unwrap_or_default();
     let running = vm_phase(vm) == pb::VmPhase::Running;
-    Row {
-        key: spec.name.clone(),
-        cells: vec![
+    let up_ms = (running && observed.observed_at_unix_ms > 0)
+        .then(|| now_ms.saturating_sub(observed.observed_at_unix_ms) as f64);
+    Row::new(
+        spec.name.clone(),
+        vec![
             spec.name,
             phase_label(vm_phase(vm)).into(),
             match vm.assigned_node {
@@ -118,7 +153,8 @@ fn vm_row(vm: &pb::VmInfo, now_ms: u64) -> Row {
             },
             observed.restarts.to_string(),
         ],
-    }
+    )
+    .order_by(5, up_ms)
 }
 
 fn node_row(node: &pb::NodeInfo) -> Row {
@@ -127,9 +163,10 @@ fn node_row(node: &pb::NodeInfo) -> Row {
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
-    Row {
-        key: node.node_id.to_string(),
-        cells: vec![
+    let share = |used: u64, total: u64| (total > 0).then(|| used as f64 / total as f64);
+    Row::new(
+        node.node_id.to_string(),
+        vec![
             node.node_id.to_string(),
             node.role.clone(),
             node.liveness.clone(),
@@ -146,13 +183,18 @@ fn node_row(node: &pb::NodeInfo) -> Row {
             },
             labels.join(","),
         ],
-    }
+    )
+    .order_by(
+        3,
+        share(u64::from(node.vcpus_allocated), u64::from(node.vcpus_total)),
+    )
+    .order_by(4, share(node.memory_mib_allocated, node.memory_mib_total))
 }
 
 fn event_row(event: &pb::ClusterEvent) -> Row {
-    Row {
-        key: event.revision.to_string(),
-        cells: vec![
+    Row::new(
+        event.revision.to_string(),
+        vec![
             event.revision.to_string(),
             event.kind.clone(),
             if event.vm.is_empty() {
@@ -166,7 +208,7 @@ fn event_row(event: &pb::ClusterEvent) -> Row {
             },
             event.message.clone(),
         ],
-    }
+    )
 }
 
 /// Every row of `resource`, in the model's order.
@@ -215,20 +257,15 @@ impl Filter {
     }
 }
 
-/// Sorts by one column: numbers (leading digits) as numbers, text as text.
+/// Sorts by one column's [`Order`]: numbers first and by value, then
+/// text by text; ties keep their order.
 pub fn sort(rows: &mut [Row], column: usize, descending: bool) {
-    fn number(cell: &str) -> Option<f64> {
-        let digits: String = cell
-            .chars()
-            .take_while(|c| c.is_ascii_digit() || *c == '.')
-            .collect();
-        digits.parse().ok()
-    }
     rows.sort_by(|a, b| {
-        let (x, y) = (&a.cells[column], &b.cells[column]);
-        let order = match (number(x), number(y)) {
-            (Some(x), Some(y)) => x.partial_cmp(&y).unwrap_or(Ordering::Equal),
-            _ => x.cmp(y),
+        let order = match (&a.order[column], &b.order[column]) {
+            (Order::Number(x), Order::Number(y)) => x.total_cmp(y),
+            (Order::Number(_), Order::Text) => Ordering::Less,
+            (Order::Text, Order::Number(_)) => Ordering::Greater,
+            (Order::Text, Order::Text) => a.cells[column].cmp(&b.cells[column]),
         };
         if descending {
             order.reverse()
@@ -243,10 +280,10 @@ mod tests {
     use super::*;
 
     fn row(cells: &[&str]) -> Row {
-        Row {
-            key: cells[0].into(),
-            cells: cells.iter().map(|c| c.to_string()).collect(),
-        }
+        Row::new(
+            cells[0].into(),
+            cells.iter().map(|c| c.to_string()).collect(),
+        )
     }
 
     #[test]
@@ -269,6 +306,53 @@ mod tests {
         assert_eq!(order, ["9", "10", "100", "a"]);
         sort(&mut rows, 0, true);
         assert_eq!(rows[0].key, "a");
+    }
+
+    #[test]
+    fn ages_and_gauges_sort_by_their_values_not_their_text() {
+        let mut model = Model::default();
+        let now_ms = 10_000_000;
+        for (name, up_ms) in [("short", 9_000u64), ("long", 3_700_000), ("mid", 90_000)] {
+            let vm = pb::VmInfo {
+                spec: Some(pb::VmSpec {
+                    name: name.into(),
+                    ..Default::default()
+                }),
+                observed: Some(pb::VmObserved {
+                    phase: pb::VmPhase::Running as i32,
+                    observed_at_unix_ms: now_ms - up_ms,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            };
+            model.vms.insert(name.into(), vm);
+        }
+        let off = pb::VmInfo {
+            spec: Some(pb::VmSpec {
+                name: "off".into(),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        model.vms.insert("off".into(), off);
+        let mut vms = rows(&model, Resource::Vms, now_ms);
+        // As text "1h1m" < "1m30s" < "9s"; by value it is the reverse.
+        sort(&mut vms, 5, false);
+        let order: Vec<_> = vms.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(order, ["short", "mid", "long", "off"]);
+
+        for (id, used, total) in [(1, 2u32, 4u32), (2, 9, 10), (3, 1, 10)] {
+            model.nodes.push(pb::NodeInfo {
+                node_id: id,
+                vcpus_allocated: used,
+                vcpus_total: total,
+                ..Default::default()
+            });
+        }
+        let mut nodes = rows(&model, Resource::Nodes, now_ms);
+        sort(&mut nodes, 3, true);
+        let order: Vec<_> = nodes.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(order, ["2", "1", "3"]);
     }
 
     #[test]

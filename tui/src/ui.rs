@@ -19,12 +19,15 @@ use crate::table::{Resource, Row as TextRow};
 pub const HELP: &[(&str, &str)] = &[
     (
         ":",
-        "command: overview, nodes, vms, events, vm NAME, q (Tab completes)",
+        "command: overview nodes vms events; vm|logs NAME; scale GROUP N; drain NODE [5m]; q",
     ),
     ("/", "filter rows by regex; a leading ! inverts it"),
     ("?", "this help"),
     ("Esc", "clear the filter, then go back"),
-    ("Tab", "next view: overview, nodes, vms, events"),
+    (
+        "Tab S-Tab",
+        "next / previous view: overview, nodes, vms, events",
+    ),
     ("Enter", "drill down: a node's VMs, a VM's description"),
     ("d", "describe the selected VM or node (YAML)"),
     (
@@ -37,9 +40,10 @@ pub const HELP: &[(&str, &str)] = &[
     ),
     ("1-9", "sort by that column; again to reverse"),
     ("s x r", "start, stop, restart the selected VM (asks first)"),
+    ("S", "scale the selected VM's replica group (asks how many)"),
     (
         "D",
-        "delete the selected VM, or drain the selected node (asks first)",
+        "delete the selected VM, or drain the selected node (asks the deadline)",
     ),
     (
         "q Ctrl-C",
@@ -107,43 +111,153 @@ fn footer(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(Paragraph::new(line), area);
 }
 
+fn bordered(title: String) -> Block<'static> {
+    Block::default().borders(Borders::ALL).title(title)
+}
+
+/// Health, consensus position and counts, the VMs by state, the nodes,
+/// the latest events and the throughput, each in its own pane.
 fn overview(frame: &mut Frame, app: &App, area: Rect) {
     let model = &app.model;
-    let [facts, spark] = Layout::vertical([Constraint::Min(6), Constraint::Length(5)]).areas(area);
+    let skin = &app.skin;
+    let [top, middle, spark] = Layout::vertical([
+        Constraint::Length(8),
+        Constraint::Min(4),
+        Constraint::Length(5),
+    ])
+    .areas(area);
+    let halves = [Constraint::Percentage(50), Constraint::Percentage(50)];
+    let [facts, states] = Layout::horizontal(halves).areas(top);
+    let [nodes, events] = Layout::horizontal(halves).areas(middle);
+
     let alive = model.nodes.iter().filter(|n| n.liveness == "alive").count();
-    let voters = model.nodes.iter().filter(|n| n.role == "voter").count();
+    let voters: Vec<_> = model.nodes.iter().filter(|n| n.role == "voter").collect();
+    let voters_alive = voters.iter().filter(|n| n.liveness == "alive").count();
+    let quorum = voters.len() / 2 + 1;
+    let leader = model.status.as_ref().map_or(0, |s| s.leader_id);
+    let (health, health_colour) = match (leader, voters_alive >= quorum) {
+        _ if voters.is_empty() => ("no voters known yet".to_string(), skin.muted),
+        (0, _) => ("no leader".to_string(), skin.bad),
+        (_, false) => (
+            format!("no quorum: {voters_alive}/{} voters up", voters.len()),
+            skin.bad,
+        ),
+        (_, true) if voters_alive < voters.len() || alive < model.nodes.len() => (
+            format!("degraded: {} node(s) down", model.nodes.len() - alive),
+            skin.busy,
+        ),
+        (_, true) => ("healthy".to_string(), skin.ok),
+    };
+    let mut lines = vec![Line::from(vec![
+        Span::raw("health    "),
+        Span::styled(health, Style::default().fg(health_colour)),
+    ])];
+    if let Some(status) = &model.status {
+        lines.push(Line::from(format!(
+            "leader    {}   term {}",
+            match status.leader_id {
+                0 => "none".into(),
+                id => id.to_string(),
+            },
+            status.term
+        )));
+        lines.push(Line::from(format!(
+            "commit    {}   applied {}",
+            status.commit_index, status.applied_index
+        )));
+    }
+    lines.push(Line::from(format!(
+        "voters    {} (quorum {quorum})   workers {}",
+        voters.len(),
+        model.nodes.len() - voters.len()
+    )));
+    lines.push(Line::from(format!(
+        "nodes {} ({alive} alive, {} not)",
+        model.nodes.len(),
+        model.nodes.len() - alive,
+    )));
+    frame.render_widget(
+        Paragraph::new(lines).block(bordered(" cluster ".into())),
+        facts,
+    );
+
     let mut by_state = std::collections::BTreeMap::<&str, usize>::new();
     for vm in model.vms.values() {
         *by_state
             .entry(crate::table::phase_label(crate::table::vm_phase(vm)))
             .or_default() += 1;
     }
-    let states: Vec<String> = by_state.iter().map(|(s, n)| format!("{s} {n}")).collect();
-    let lines = vec![
-        Line::from(format!(
-            "nodes {} ({alive} alive, {} not), voters {voters}, workers {}",
-            model.nodes.len(),
-            model.nodes.len() - alive,
-            model.nodes.len() - voters
-        )),
-        Line::from(format!("VMs {}: {}", model.vms.len(), states.join(", "))),
-        Line::from(format!("events kept {}", model.events.len())),
-    ];
+    let total = model.vms.len().max(1) as u64;
+    let lines: Vec<Line> = by_state
+        .iter()
+        .map(|(state, count)| {
+            Line::from(vec![
+                Span::styled(format!("{state:<10}"), phase_style(skin, state)),
+                Span::raw(format!("{count:>6} ")),
+                Span::styled(
+                    "#".repeat((*count as u64 * 12 / total) as usize),
+                    phase_style(skin, state),
+                ),
+            ])
+        })
+        .collect();
+    let states_title = format!(" VMs {} ", model.vms.len());
+    frame.render_widget(Paragraph::new(lines).block(bordered(states_title)), states);
+
+    let lines: Vec<Line> = model
+        .nodes
+        .iter()
+        .take(nodes.height.saturating_sub(2) as usize)
+        .map(|node| {
+            let liveness = match node.liveness.as_str() {
+                "alive" => skin.ok,
+                "dead" => skin.bad,
+                _ => skin.muted,
+            };
+            Line::from(vec![
+                Span::raw(format!("{:<4} {:<7} ", node.node_id, node.role)),
+                Span::styled(
+                    format!("{:<6}", node.liveness),
+                    Style::default().fg(liveness),
+                ),
+                Span::raw(format!(" {} VMs", node.vms_assigned)),
+            ])
+        })
+        .collect();
     frame.render_widget(
-        Paragraph::new(lines).block(Block::default().borders(Borders::ALL).title(" overview ")),
-        facts,
+        Paragraph::new(lines).block(bordered(format!(" nodes {} ", model.nodes.len()))),
+        nodes,
     );
+
+    let lines: Vec<Line> = model
+        .events
+        .iter()
+        .rev()
+        .take(events.height.saturating_sub(2) as usize)
+        .map(|event| {
+            let subject = if event.vm.is_empty() {
+                String::new()
+            } else {
+                format!("{} ", event.vm)
+            };
+            Line::from(vec![
+                Span::styled(format!("{} ", event.kind), Style::default().fg(skin.accent)),
+                Span::raw(format!("{subject}{}", event.message)),
+            ])
+        })
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(bordered(" latest events ".into())),
+        events,
+    );
+
     let data: Vec<u64> = model.ops_per_s.iter().copied().collect();
     let latest = data.last().copied().unwrap_or(0);
     frame.render_widget(
         Sparkline::default()
-            .block(
-                Block::default()
-                    .borders(Borders::ALL)
-                    .title(format!(" operations/s (now {latest}) ")),
-            )
+            .block(bordered(format!(" operations/s (now {latest}) ")))
             .data(&data)
-            .style(Style::default().fg(app.skin.accent)),
+            .style(Style::default().fg(skin.accent)),
         spark,
     );
 }
@@ -260,6 +374,8 @@ fn logs(frame: &mut Frame, app: &App, area: Rect) {
     frame.render_widget(paragraph, area);
 }
 
+const OVERLAY_WIDTH: u16 = 96;
+
 fn centered(area: Rect, width: u16, height: u16) -> Rect {
     let width = width.min(area.width);
     let height = height.min(area.height);
@@ -271,8 +387,13 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
     }
 }
 
+/// A box over the view, as tall as its wrapped lines (up to the view's
+/// height).
 fn overlay(frame: &mut Frame, title: &str, lines: Vec<Line>, area: Rect) {
-    let area = centered(area, 76, 20);
+    let inner = usize::from(area.width.min(OVERLAY_WIDTH).saturating_sub(2)).max(1);
+    let rows: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
+    let height = u16::try_from(rows + 2).unwrap_or(u16::MAX);
+    let area = centered(area, OVERLAY_WIDTH, height);
     frame.render_widget(Clear, area);
     frame.render_widget(
         Paragraph::new(lines).wrap(Wrap { trim: false }).block(
@@ -319,6 +440,27 @@ pub fn render(frame: &mut Frame, app: &mut App) {
         Mode::Confirm(action) => {
             let lines = vec![Line::from(format!("{}? y / n", action.describe()))];
             let area = centered(body, 50, 3);
+            frame.render_widget(Clear, area);
+            frame.render_widget(
+                Paragraph::new(lines)
+                    .block(Block::default().borders(Borders::ALL).title(" confirm ")),
+                area,
+            );
+        }
+        Mode::Ask { ask, text } => {
+            let lines = vec![
+                Line::from(ask.question()),
+                Line::from(vec![
+                    Span::styled("> ", Style::default().fg(app.skin.accent)),
+                    Span::raw(text.as_str()),
+                    Span::styled("_", Style::default().add_modifier(Modifier::SLOW_BLINK)),
+                ]),
+                Line::styled(
+                    "Enter does it, Esc cancels",
+                    Style::default().fg(app.skin.muted),
+                ),
+            ];
+            let area = centered(body, 64, 5);
             frame.render_widget(Clear, area);
             frame.render_widget(
                 Paragraph::new(lines)
@@ -468,6 +610,22 @@ mod tests {
     }
 
     #[test]
+    fn the_drain_dialog_asks_for_the_deadline_and_shows_what_is_typed() {
+        let mut app = sample();
+        key(&mut app, KeyCode::BackTab);
+        key(&mut app, KeyCode::Char('D'));
+        key(&mut app, KeyCode::Backspace);
+        key(&mut app, KeyCode::Char('2'));
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("drain node 2: deadline"), "{text}");
+        assert!(text.contains("> 52_"), "{text}");
+        key(&mut app, KeyCode::Char('x'));
+        key(&mut app, KeyCode::Enter);
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("deadline \"52x\""), "{text}");
+    }
+
+    #[test]
     fn only_the_rows_that_fit_are_drawn_and_the_selection_stays_visible() {
         let mut app = App::new(false);
         for i in 0..10_000 {
@@ -525,7 +683,37 @@ mod tests {
         key(&mut app, KeyCode::Enter);
         let text = screen(&mut app, 80, 24);
         assert!(text.contains("nodes 1 (1 alive, 0 not)"), "{text}");
-        assert!(text.contains("VMs 2: Failed 1, Running 1"), "{text}");
+        assert!(text.contains("VMs 2"), "{text}");
+        assert!(text.contains("Failed         1"), "{text}");
+        assert!(text.contains("Running        1"), "{text}");
+        assert!(text.contains("leader    1   term 3"), "{text}");
+        assert!(text.contains("2    worker  alive  1 VMs"), "{text}");
         assert!(text.contains("operations/s"), "{text}");
+        assert!(text.contains("no voters known yet"), "{text}");
+
+        let node = |id, role: &str, liveness: &str| pb::NodeInfo {
+            node_id: id,
+            role: role.into(),
+            liveness: liveness.into(),
+            ..Default::default()
+        };
+        let health = |app: &mut App, nodes| {
+            app.on_update(Update::Nodes(nodes));
+            let text = screen(app, 80, 24);
+            let line = text.lines().find(|l| l.contains("health")).unwrap_or("");
+            let after = line.split_once("health ").map_or("", |(_, rest)| rest);
+            after.trim_end_matches(['│', ' ']).trim().to_string()
+        };
+        let healthy = vec![node(1, "voter", "alive"), node(2, "worker", "alive")];
+        let said = health(&mut app, healthy);
+        assert!(said.starts_with("healthy"), "{said:?}");
+        let worker_down = vec![node(1, "voter", "alive"), node(2, "worker", "dead")];
+        assert!(health(&mut app, worker_down).starts_with("degraded: 1 node(s) down"));
+        let voters_down = vec![
+            node(1, "voter", "alive"),
+            node(2, "voter", "dead"),
+            node(3, "voter", "dead"),
+        ];
+        assert!(health(&mut app, voters_down).starts_with("no quorum: 1/3 voters up"));
     }
 }
