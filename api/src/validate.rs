@@ -56,6 +56,17 @@ pub enum ValidationError {
     /// A replica count out of range.
     #[error("invalid replicas {replicas}: must be between 1 and {max}", max = limits::REPLICAS_MAX)]
     Replicas { replicas: u32 },
+    /// A platform (document) name that is not a DNS label.
+    #[error("invalid platform name {name:?}: {reason}")]
+    Platform { name: String, reason: &'static str },
+}
+
+/// Checks a platform document's name: a DNS label, like a VM name.
+pub fn platform_name(name: &str) -> Result<(), ValidationError> {
+    vm_name(name).map_err(|e| match e {
+        ValidationError::VmName { name, reason } => ValidationError::Platform { name, reason },
+        other => other,
+    })
 }
 
 /// Checks that `name` is a DNS label: 1-63 of `[a-z0-9-]`, not starting or
@@ -121,6 +132,9 @@ fn placement(spec: &pb::VmSpec) -> Result<(), ValidationError> {
         if let Err(ValidationError::VmName { reason, .. }) = vm_name(&spec.affinity_group) {
             return refuse(format!("affinity group {:?} {reason}", spec.affinity_group));
         }
+    }
+    if !spec.platform.is_empty() {
+        platform_name(&spec.platform)?;
     }
     if !matches!(spec.strategy.as_str(), "" | "spread" | "binpack") {
         return refuse(format!(

@@ -59,6 +59,9 @@ pub struct VmSpec {
     /// The replica group (`vm create NAME --replicas N` makes NAME-1..N).
     #[serde(default)]
     pub group: Option<String>,
+    /// The platform document managing the VM (`blixard apply`).
+    #[serde(default)]
+    pub platform: Option<String>,
 }
 
 /// Where a VM is in its life, as its node last reported (or the scheduler

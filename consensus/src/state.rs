@@ -772,6 +772,7 @@ mod tests {
             placement: Default::default(),
             failover: Default::default(),
             group: None,
+            platform: None,
         }
     }
 

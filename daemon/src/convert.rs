@@ -67,6 +67,7 @@ pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationErr
         },
         // Groups are the cluster's to assign (through replicas).
         group: None,
+        platform: (!spec.platform.is_empty()).then_some(spec.platform),
     })
 }
 
@@ -118,6 +119,7 @@ pub fn vm_info_to_pb(vm: &VmRecord) -> pb::VmInfo {
             lost_after_ms: vm.spec.failover.lost_after_ms.unwrap_or(0),
             replace_lost: vm.spec.failover.replace,
             group: vm.spec.group.clone().unwrap_or_default(),
+            platform: vm.spec.platform.clone().unwrap_or_default(),
             affinity_group: vm.spec.placement.affinity_group.clone().unwrap_or_default(),
         }),
         desired_state: desired_state as i32,

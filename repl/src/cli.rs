@@ -1,4 +1,7 @@
-//! The command grammar, shared by one-shot commands (and later the REPL).
+//! The command grammar, shared by one-shot commands and the REPL: each
+//! REPL line is parsed by the same `Cli` as the shell's arguments, and the
+//! REPL's completion and highlighting read this grammar, so the two cannot
+//! drift.
 
 use std::path::PathBuf;
 
@@ -11,17 +14,32 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
     about = "MicroVM orchestration for NixOS clusters"
 )]
 pub struct Cli {
-    /// gRPC address of any cluster node (followers forward to the leader).
-    #[arg(long, global = true, env = "BLIXARD_ADDR", default_value = blixard_api::DEFAULT_ADDR)]
-    pub addr: String,
+    /// gRPC address of any cluster node (followers forward to the leader)
+    /// [default: `addr` in the client config, else 127.0.0.1:7001].
+    #[arg(long, global = true, env = "BLIXARD_ADDR")]
+    pub addr: Option<String>,
+    /// Bearer token sent with every request [default: `token` in the
+    /// client config].
+    #[arg(long, global = true, env = "BLIXARD_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Client config file (TOML: addr, token, edit_mode)
+    /// [default: $XDG_CONFIG_HOME/blixard/client.toml].
+    #[arg(
+        long,
+        global = true,
+        env = "BLIXARD_CLIENT_CONFIG",
+        value_name = "PATH"
+    )]
+    pub client_config: Option<PathBuf>,
     /// How results are printed.
     #[arg(long, short = 'o', global = true, value_enum, default_value_t = OutputFormat::Table)]
     pub output: OutputFormat,
     /// Log format (logs go to stderr).
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+    /// Without one, `blixard` on a terminal opens the REPL.
     #[command(subcommand)]
-    pub command: Command,
+    pub command: Option<Command>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -68,6 +86,83 @@ pub enum Command {
     Bench(BenchArgs),
     /// The dashboard: nodes, VMs, events, live (k9s keys; `?` lists them).
     Tui(TuiArgs),
+    /// The interactive shell: these same commands, with completion from
+    /// the live cluster, hints and history.
+    Repl(ReplArgs),
+    /// Make the cluster match a platform document (shows the plan first).
+    Apply(ApplyArgs),
+    /// Show what `apply` would change, and change nothing.
+    Diff(DiffArgs),
+    /// Print the cluster's VMs as a platform document.
+    Export(ExportArgs),
+    /// Print a shell completion script, e.g. `blixard completions bash > /etc/bash_completion.d/blixard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// The JSON Schema of a command's `--output json` (all commands without one).
+    Schema {
+        /// The command's words, e.g. `vm list`.
+        command: Vec<String>,
+    },
+    /// Write man pages for blixard and every subcommand into a directory.
+    Man {
+        /// Output directory (created if missing).
+        #[arg(long, default_value = "man")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ReplArgs {
+    /// Key bindings [default: `edit_mode` in the client config, else emacs].
+    #[arg(long, value_enum)]
+    pub edit_mode: Option<crate::settings::EditMode>,
+}
+
+#[derive(Debug, Args)]
+pub struct ApplyArgs {
+    /// The platform document (YAML); `-` reads standard input.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: PathBuf,
+    /// Apply without asking (asking needs a terminal; piped runs apply).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    #[command(flatten)]
+    pub wait: WaitArgs,
+    /// The document's text, when the REPL was given it inline (a here-document).
+    #[arg(skip)]
+    pub document: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The platform document (YAML); `-` reads standard input.
+    #[arg(long, short = 'f', value_name = "FILE")]
+    pub file: PathBuf,
+    /// The document's text, when the REPL was given it inline.
+    #[arg(skip)]
+    pub document: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// Export only the VMs this platform document manages (its
+    /// metadata.name); without it, every VM, as a document named `cluster`.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+/// `--wait`: block until the change has happened (or failed).
+#[derive(Debug, Clone, Copy, Args)]
+pub struct WaitArgs {
+    /// Block until the desired state is reached (a spinner shows progress
+    /// on a terminal); fails if a VM fails or the timeout passes.
+    #[arg(long)]
+    pub wait: bool,
+    /// How long `--wait` waits.
+    #[arg(long, default_value = "2m", value_parser = parse_duration_ms, requires = "wait", value_name = "DURATION")]
+    pub timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]
@@ -257,16 +352,30 @@ pub enum VmCommand {
     /// Show one VM.
     Status { name: String },
     /// Ask for a VM to run.
-    Start { name: String },
+    Start {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Ask for a VM to stop.
-    Stop { name: String },
+    Stop {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Delete a VM's definition (its node stops it and removes its state).
-    Delete { name: String },
+    Delete {
+        name: String,
+        #[command(flatten)]
+        wait: WaitArgs,
+    },
     /// Grow or shrink a replica group (made by `vm create --replicas`).
     Scale {
         name: String,
         #[arg(long)]
         replicas: u32,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Print the VM's serial console, from whichever node runs it.
     Logs {
@@ -337,6 +446,8 @@ pub struct VmCreateArgs {
     /// Whether a lost VM starts on another node (default: the cluster's).
     #[arg(long)]
     pub replace_lost: Option<bool>,
+    #[command(flatten)]
+    pub wait: WaitArgs,
 }
 
 fn parse_port_forward(text: &str) -> Result<(u16, u16), String> {
@@ -351,4 +462,80 @@ fn parse_port_forward(text: &str) -> Result<(u16, u16), String> {
             .ok_or_else(|| format!("{value:?} is not a port between 1 and 65535"))
     };
     Ok((port(host)?, port(guest)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_grammar_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    /// Every `blixard ...` command in the README's shell blocks, with
+    /// continuation lines joined and comments dropped.
+    fn documented_commands() -> Vec<Vec<String>> {
+        let readme = include_str!("../../README.md");
+        let mut commands = Vec::new();
+        let mut in_shell = false;
+        let mut pending = String::new();
+        for line in readme.lines() {
+            if line.starts_with("```") {
+                in_shell = line == "```sh";
+                continue;
+            }
+            if !in_shell {
+                continue;
+            }
+            if pending.is_empty() && !line.starts_with("blixard ") {
+                continue;
+            }
+            let code = match line.find(" #") {
+                Some(at) => &line[..at],
+                None => line,
+            };
+            match code.trim_end().strip_suffix('\\') {
+                Some(start) => pending.push_str(start),
+                None => {
+                    pending.push_str(code);
+                    let command = std::mem::take(&mut pending);
+                    // A redirection ends the command.
+                    let command = command.split(" > ").next().unwrap_or_default();
+                    commands.push(shlex::split(command).expect("README quotes balance"));
+                }
+            }
+        }
+        commands
+    }
+
+    #[test]
+    fn every_command_the_readme_documents_parses() {
+        let commands = documented_commands();
+        assert!(commands.len() > 30, "found only {}", commands.len());
+        for words in commands {
+            if let Err(e) = Cli::try_parse_from(&words) {
+                panic!("README: {}: {e}", words.join(" "));
+            }
+        }
+    }
+
+    #[test]
+    fn bad_arguments_are_usage_errors() {
+        for words in [
+            &["blixard", "vm", "lsit"][..],
+            &[
+                "blixard", "vm", "create", "x", "--vcpus", "one", "--memory", "1", "--flake", "a#b",
+            ],
+            &["blixard", "vm", "start"],
+            &["blixard", "vm", "start", "x", "--timeout", "5s"],
+            &["blixard", "apply"],
+            &["blixard", "-o", "xml", "vm", "list"],
+            &["blixard", "completions", "tcsh"],
+        ] {
+            let error = Cli::try_parse_from(words).expect_err(&words.join(" "));
+            assert_eq!(error.exit_code(), 2, "{}", words.join(" "));
+        }
+    }
 }

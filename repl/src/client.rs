@@ -1,42 +1,97 @@
-//! Connecting to a node's gRPC API.
+//! Connecting to a node's gRPC API, with the bearer token (if any) on
+//! every request.
+//!
+//! Invariant: the token is set once, before the first request, from the
+//! resolved connection settings (`settings.rs`); a failure to connect is
+//! classified as "cluster unavailable" (exit 4).
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
-use anyhow::Context;
 use blixard_api::pb::{
     cluster_client::ClusterClient, node_client::NodeClient, vm_client::VmClient,
 };
+use tonic::metadata::MetadataValue;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::{Channel, Endpoint};
+
+use crate::exit::{self, Exit, StatusError};
 
 const CONNECT_TIMEOUT_MS: u64 = 3_000;
 const REQUEST_TIMEOUT_MS: u64 = 30_000;
 
+static TOKEN: OnceLock<Option<MetadataValue<tonic::metadata::Ascii>>> = OnceLock::new();
+
+/// Sets the token every request carries (`authorization: Bearer TOKEN`).
+/// Agents do not check tokens yet; the client already sends them.
+pub fn set_token(token: Option<&str>) -> anyhow::Result<()> {
+    let value = match token {
+        Some(token) => Some(
+            format!("Bearer {token}")
+                .parse()
+                .map_err(|_| exit::error(Exit::Usage, "the token must be printable ASCII"))?,
+        ),
+        None => None,
+    };
+    let _ = TOKEN.set(value);
+    Ok(())
+}
+
+/// Adds the token to a request.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Auth;
+
+impl tonic::service::Interceptor for Auth {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(Some(value)) = TOKEN.get() {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A connection whose requests carry the token.
+pub type Conn = InterceptedService<Channel, Auth>;
+
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     blixard_api::validate::address(addr)?;
     let endpoint = Endpoint::from_shared(format!("http://{addr}"))
-        .with_context(|| format!("invalid address {addr:?}"))?
+        .map_err(|e| exit::error(Exit::Usage, format!("invalid address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
-    endpoint.connect().await.with_context(|| {
-        format!(
-            "cannot reach blixard at {addr}; is the agent running? (set --addr or BLIXARD_ADDR)"
+    endpoint.connect().await.map_err(|e| {
+        exit::error(
+            Exit::Unavailable,
+            format!(
+                "cannot reach blixard at {addr} ({e}); is the agent running? (set --addr or BLIXARD_ADDR)"
+            ),
         )
     })
 }
 
-pub async fn cluster(addr: &str) -> anyhow::Result<ClusterClient<Channel>> {
-    Ok(ClusterClient::new(channel(addr).await?))
+async fn conn(addr: &str) -> anyhow::Result<Conn> {
+    Ok(InterceptedService::new(channel(addr).await?, Auth))
 }
 
-pub async fn node(addr: &str) -> anyhow::Result<NodeClient<Channel>> {
-    Ok(NodeClient::new(channel(addr).await?))
+pub async fn cluster(addr: &str) -> anyhow::Result<ClusterClient<Conn>> {
+    Ok(ClusterClient::new(conn(addr).await?))
 }
 
-pub async fn vm(addr: &str) -> anyhow::Result<VmClient<Channel>> {
-    Ok(VmClient::new(channel(addr).await?))
+pub async fn node(addr: &str) -> anyhow::Result<NodeClient<Conn>> {
+    Ok(NodeClient::new(conn(addr).await?))
 }
 
-/// Turns a gRPC status into an error that reads well on a terminal.
+pub async fn vm(addr: &str) -> anyhow::Result<VmClient<Conn>> {
+    Ok(VmClient::new(conn(addr).await?))
+}
+
+/// Turns a gRPC status into an error that reads well on a terminal and
+/// keeps its code for the exit status.
 pub fn status_error(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{} ({:?})", status.message(), status.code())
+    anyhow::Error::new(StatusError(status))
 }

@@ -1,17 +1,24 @@
 //! `blixard`: the one binary. `blixard agent` runs a node; every other
-//! subcommand is a client of a node's gRPC API.
+//! subcommand is a client of a node's gRPC API; `blixard repl` (or
+//! `blixard` alone on a terminal) takes the same commands interactively.
+//! Exit codes are in `exit.rs`.
 
 mod cli;
 mod client;
 mod commands;
+mod exit;
 mod local;
 mod output;
+mod platform;
+mod repl;
+mod settings;
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, LogFormat};
+use crate::cli::{Cli, Command, LogFormat, ReplArgs};
 
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLIXARD_LOG")
@@ -26,8 +33,16 @@ fn init_logging(format: LogFormat, default_level: &str) {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let is_agent = matches!(cli.command, Command::Agent(_));
+    let mut cli = Cli::parse();
+    if cli.command.is_none() {
+        if std::io::stdin().is_terminal() && std::io::stdout().is_terminal() {
+            cli.command = Some(Command::Repl(ReplArgs { edit_mode: None }));
+        } else {
+            let _ = Cli::command().write_help(&mut std::io::stderr());
+            return exit::Exit::Usage.into();
+        }
+    }
+    let is_agent = matches!(cli.command, Some(Command::Agent(_)));
     // raft-rs logs every election step at info (through slog); keep warnings.
     init_logging(
         cli.log_format,
@@ -47,7 +62,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
-            ExitCode::FAILURE
+            exit::classify(&error).into()
         }
     }
 }

@@ -1,6 +1,6 @@
 //! Printing results as a table (for people) or JSON/YAML (for scripts).
 
-use comfy_table::{presets::UTF8_BORDERS_ONLY, Table};
+use comfy_table::{presets::UTF8_BORDERS_ONLY, ContentArrangement, Table};
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
@@ -22,8 +22,10 @@ pub fn print<T: Serialize>(
 /// A table with a header row in the house style.
 pub fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
+    // Dynamic: on a terminal, wrap cells so the table fits its width.
     table
         .load_preset(UTF8_BORDERS_ONLY)
+        .set_content_arrangement(ContentArrangement::Dynamic)
         .set_header(header.to_vec());
     table
 }
@@ -37,4 +39,13 @@ pub fn spinner(message: &str) -> indicatif::ProgressBar {
     spinner.set_message(message.to_string());
     spinner.enable_steady_tick(std::time::Duration::from_millis(100));
     spinner
+}
+
+/// A progress bar on stderr for `total` steps (hidden when not a terminal).
+pub fn bar(total: u64, message: &str) -> indicatif::ProgressBar {
+    let style = indicatif::ProgressStyle::with_template("{bar:30} {pos}/{len} {msg}")
+        .expect("the template is valid");
+    let bar = indicatif::ProgressBar::new(total).with_style(style);
+    bar.set_message(message.to_string());
+    bar
 }

@@ -9,6 +9,10 @@ use blixard_api::pb;
 mod harness;
 #[cfg(not(madsim))]
 pub use harness::*;
+#[cfg(not(madsim))]
+mod tmux;
+#[cfg(not(madsim))]
+pub use tmux::{Tmux, SCREEN_TIMEOUT};
 
 /// A VM spec with a flake runner (nothing boots in these tests).
 pub fn flake_spec(name: &str) -> pb::VmSpec {

@@ -104,7 +104,8 @@ fn bad_cli_arguments_name_the_problem() {
         "vm",
         "list",
     ]);
-    assert_eq!(no_node.status.code(), Some(1));
+    // Exit 4: the cluster is unavailable.
+    assert_eq!(no_node.status.code(), Some(4));
     assert!(
         stderr(&no_node).contains("cannot reach blixard"),
         "{}",
@@ -161,24 +162,28 @@ async fn bad_requests_change_no_state() {
     );
     assert!(ok.status.success(), "{}", stderr(&ok));
     let before = cluster.vm_names(1).await.unwrap();
-    let cases: [(&[&str], &str); 6] = [
+    // Exit codes: 1 the operation failed, 2 bad input, 3 not found.
+    let cases: [(&[&str], &str, i32); 6] = [
         (
             &[
                 "vm", "create", "web", "--vcpus", "1", "--memory", "128", "--flake", "x#y",
             ],
             "already exists",
+            1,
         ),
         (
             &[
                 "vm", "create", "Web_1", "--vcpus", "1", "--memory", "128", "--flake", "x#y",
             ],
             "invalid VM name",
+            2,
         ),
         (
             &[
                 "vm", "create", "zero", "--vcpus", "0", "--memory", "128", "--flake", "x#y",
             ],
             "invalid vcpus 0",
+            2,
         ),
         (
             &[
@@ -193,13 +198,19 @@ async fn bad_requests_change_no_state() {
                 "x#y",
             ],
             "invalid memory",
+            2,
         ),
-        (&["vm", "start", "missing"], "no VM named"),
-        (&["cluster", "remove-node", "9"], "not a member"),
+        (&["vm", "start", "missing"], "no VM named", 3),
+        (&["cluster", "remove-node", "9"], "not a member", 3),
     ];
-    for (args, expected) in cases {
+    for (args, expected, code) in cases {
         let output = cluster.cli(1, args);
-        assert_eq!(output.status.code(), Some(1), "{args:?} succeeded");
+        assert_eq!(
+            output.status.code(),
+            Some(code),
+            "{args:?}: {}",
+            stderr(&output)
+        );
         assert!(
             stderr(&output).contains(expected),
             "{args:?}: {}",

@@ -79,7 +79,8 @@ async fn vm_lifecycle_through_the_cli_on_different_nodes() {
     assert_eq!(desired(2), "stopped");
     run(1, &["vm", "delete", "webapp"]);
     let gone = cluster.cli(2, &["vm", "status", "webapp"]);
-    assert_eq!(gone.status.code(), Some(1));
+    // Exit 3: not found.
+    assert_eq!(gone.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&gone.stderr).contains("no VM named"));
 }
 

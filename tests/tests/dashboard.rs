@@ -1,77 +1,8 @@
 //! The dashboard end to end: the real `blixard tui` in tmux, against a
 //! real cluster whose agents boot real guests (qemu, TCG).
 
-use std::process::Command;
-use std::time::Duration;
-
-use blixard_tests::{blixard_bin, eventually, TestCluster, Timings};
+use blixard_tests::{blixard_bin, eventually, TestCluster, Timings, Tmux, SCREEN_TIMEOUT};
 use serde_json::Value;
-
-const SCREEN_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A detached tmux session, killed when dropped.
-struct Tmux {
-    session: String,
-}
-
-impl Tmux {
-    /// `name` tells this test's session from the others running at once.
-    fn start(name: &str, command: &str) -> Self {
-        let session = format!("blixard-tui-{}-{name}", std::process::id());
-        let status = Command::new("tmux")
-            .args([
-                "new-session",
-                "-d",
-                "-s",
-                &session,
-                "-x",
-                "120",
-                "-y",
-                "32",
-                command,
-            ])
-            .status()
-            .expect("tmux runs (Debian package tmux)");
-        assert!(status.success(), "tmux new-session failed");
-        Tmux { session }
-    }
-
-    fn keys(&self, keys: &[&str]) {
-        let mut args = vec!["send-keys", "-t", &self.session];
-        args.extend_from_slice(keys);
-        let status = Command::new("tmux").args(&args).status().unwrap();
-        assert!(status.success(), "tmux send-keys {keys:?} failed");
-    }
-
-    fn screen(&self) -> String {
-        let output = Command::new("tmux")
-            .args(["capture-pane", "-p", "-t", &self.session])
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&output.stdout).into_owned()
-    }
-
-    /// Waits until the screen shows `text`; returns the screen.
-    async fn wait_for(&self, text: &str) -> String {
-        eventually(
-            &format!("{text:?} on the dashboard"),
-            SCREEN_TIMEOUT,
-            || async {
-                let screen = self.screen();
-                screen.contains(text).then_some(screen)
-            },
-        )
-        .await
-    }
-}
-
-impl Drop for Tmux {
-    fn drop(&mut self) {
-        let _ = Command::new("tmux")
-            .args(["kill-session", "-t", &self.session])
-            .status();
-    }
-}
 
 fn phase(cluster: &TestCluster, name: &str) -> String {
     let vm: Value =

@@ -55,6 +55,7 @@ mod tests {
                 placement: Default::default(),
                 failover: Default::default(),
                 group: None,
+                platform: None,
             },
             created_at_unix_ms: 0,
         });

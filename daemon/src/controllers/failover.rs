@@ -96,6 +96,7 @@ mod tests {
                         replace: None,
                     },
                     group: None,
+                    platform: None,
                 },
                 created_at_unix_ms: 0,
             });

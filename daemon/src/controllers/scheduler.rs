@@ -437,6 +437,7 @@ mod tests {
             placement: Placement::default(),
             failover: Default::default(),
             group: None,
+            platform: None,
         }
     }
 

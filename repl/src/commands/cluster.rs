@@ -7,7 +7,7 @@ use crate::cli::{ClusterCommand, OutputFormat};
 use crate::client::{self, status_error};
 use crate::output;
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct MemberView {
     pub node_id: u64,
     pub address: String,
@@ -17,7 +17,7 @@ pub struct MemberView {
     pub memory_mib_total: Option<u64>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct StatusView {
     pub node_id: u64,
     pub raft_role: String,
@@ -163,8 +163,8 @@ pub async fn run(command: ClusterCommand, addr: &str, format: OutputFormat) -> a
     }
 }
 
-#[derive(Serialize)]
-struct SettingsView {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct SettingsView {
     voters: u32,
     dead_voter_after_ms: u64,
     lost_after_ms: u64,

@@ -18,8 +18,8 @@ use crate::output;
 
 const POLL_INTERVAL_MS: u64 = 100;
 
-#[derive(Serialize)]
-struct DevNodeView {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct DevNodeView {
     node_id: u64,
     address: String,
     data_dir: String,

@@ -8,8 +8,8 @@ use serde::Serialize;
 use crate::cli::OutputFormat;
 use crate::client::{self, status_error};
 
-#[derive(Serialize)]
-struct EventView {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct EventView {
     revision: u64,
     at_unix_ms: u64,
     kind: String,

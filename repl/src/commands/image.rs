@@ -16,7 +16,7 @@ use crate::output;
 const BUILD_SCRIPT: &str = include_str!("../../../nix/guest/build-image.sh");
 const GUEST_INIT: &str = include_str!("../../../nix/guest/init");
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct GuestImage {
     pub kernel: PathBuf,
     pub initrd: PathBuf,

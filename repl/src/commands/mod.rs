@@ -1,31 +1,69 @@
 //! One module per command family; this file only dispatches.
 
 mod agent;
+mod apply;
 mod bench;
 mod cluster;
+mod completions;
 mod dev;
 mod events;
 mod image;
 mod node;
+mod schema;
 mod vm;
+pub mod wait;
 
-use crate::cli::{Cli, Command, ImageCommand};
+use crate::cli::{Cli, Command, ImageCommand, OutputFormat};
+use crate::{client, settings};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
+    let command = cli
+        .command
+        .expect("main turns a missing command into the REPL or a usage error");
+    match command {
         Command::Agent(args) => agent::run(args).await,
         Command::Dev(args) => dev::run(args, cli.output).await,
         Command::Bench(args) => bench::run(args, cli.output).await,
+        Command::Image(ImageCommand::Build { out }) => image::run(out, cli.output),
+        Command::Completions { shell } => completions::script(shell),
+        Command::Man { out } => completions::man(&out, cli.output),
+        Command::Schema { command } => schema::run(&command, cli.output),
+        command => {
+            let settings = settings::resolve(cli.addr, cli.token, cli.client_config)?;
+            client::set_token(settings.token.as_deref())?;
+            match command {
+                Command::Repl(args) => crate::repl::run(settings, args).await,
+                command => on_cluster(command, &settings.addr, cli.output).await,
+            }
+        }
+    }
+}
+
+/// Runs a command that talks to the cluster through `addr` (the REPL runs
+/// its lines through here too).
+pub async fn on_cluster(command: Command, addr: &str, output: OutputFormat) -> anyhow::Result<()> {
+    match command {
         Command::Tui(args) => {
-            blixard_tui::terminal::run(vec![cli.addr.clone()], args.readonly, args.skin).await?;
+            blixard_tui::terminal::run(vec![addr.to_string()], args.readonly, args.skin).await?;
             Ok(())
         }
-        Command::Cluster(command) => cluster::run(command, &cli.addr, cli.output).await,
-        Command::Vm(command) => vm::run(command, &cli.addr, cli.output).await,
-        Command::Node(command) => node::run(command, &cli.addr, cli.output).await,
-        Command::Events { follow, recent } => {
-            events::run(&cli.addr, cli.output, follow, recent).await
-        }
-        Command::Image(ImageCommand::Build { out }) => image::run(out, cli.output),
+        Command::Cluster(command) => cluster::run(command, addr, output).await,
+        Command::Vm(command) => vm::run(command, addr, output).await,
+        Command::Node(command) => node::run(command, addr, output).await,
+        Command::Events { follow, recent } => events::run(addr, output, follow, recent).await,
+        Command::Apply(args) => apply::apply(args, addr, output).await,
+        Command::Diff(args) => apply::diff(args, addr, output).await,
+        Command::Export(args) => apply::export(args, addr, output).await,
+        Command::Image(ImageCommand::Build { out }) => image::run(out, output),
+        Command::Completions { shell } => completions::script(shell),
+        Command::Schema { command } => schema::run(&command, output),
+        Command::Agent(_)
+        | Command::Dev(_)
+        | Command::Bench(_)
+        | Command::Repl(_)
+        | Command::Man { .. } => Err(crate::exit::error(
+            crate::exit::Exit::Usage,
+            "this command runs from the shell, not inside the REPL",
+        )),
     }
 }

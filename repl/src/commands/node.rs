@@ -13,7 +13,7 @@ use crate::output;
 /// How often a waiting drain polls the node.
 const DRAIN_POLL_INTERVAL_MS: u64 = 250;
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct NodeView {
     pub node_id: u64,
     pub address: String,
@@ -38,7 +38,7 @@ pub struct NodeView {
     pub problem: String,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct NodeListView {
     pub revision: u64,
     pub nodes: Vec<NodeView>,

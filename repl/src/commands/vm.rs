@@ -5,9 +5,10 @@ use serde::Serialize;
 
 use crate::cli::{OutputFormat, VmCommand, VmCreateArgs};
 use crate::client::{self, status_error};
+use crate::commands::wait::{self, Goal};
 use crate::output;
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct VmView {
     pub name: String,
     pub vcpus: u32,
@@ -39,7 +40,7 @@ pub struct VmView {
     pub stats: Option<StatsView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct StatsView {
     pub cpu_ms: u64,
     pub rss_bytes: u64,
@@ -64,13 +65,13 @@ fn nonzero<T: Default + PartialEq>(value: T) -> Option<T> {
     (value != T::default()).then_some(value)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct VmListView {
     pub revision: u64,
     pub vms: Vec<VmView>,
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, schemars::JsonSchema)]
 pub struct DeletedView {
     pub name: String,
     pub deleted: bool,
@@ -232,6 +233,7 @@ fn spec(args: VmCreateArgs) -> pb::VmSpec {
         lost_after_ms: args.lost_after.unwrap_or(0),
         replace_lost: args.replace_lost,
         group: String::new(),
+        platform: String::new(),
     }
 }
 
@@ -267,6 +269,7 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
     match command {
         VmCommand::Create(args) => {
             let replicas = args.replicas.unwrap_or(0);
+            let wait = args.wait;
             let spec = spec(*args);
             // Refuse bad input before touching the network.
             validate::vm_spec(&spec)?;
@@ -282,8 +285,15 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                 })
                 .await
                 .map_err(status_error)?;
+            // One VM is created stopped: there is nothing to wait for.
             if replicas == 0 {
                 return print_one(format, response.into_inner());
+            }
+            if wait.wait {
+                let goals = (1..=replicas)
+                    .map(|i| (format!("{group}-{i}"), Goal::Running))
+                    .collect();
+                wait::vms(addr, goals, wait.timeout).await?;
             }
             let list = client
                 .list(pb::ListVmsRequest {})
@@ -292,10 +302,14 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                 .into_inner();
             print_group(format, &group, list.vms, list.revision)
         }
-        VmCommand::Scale { name, replicas } => {
+        VmCommand::Scale {
+            name,
+            replicas,
+            wait,
+        } => {
             validate::vm_name(&name)?;
-            let response = client::vm(addr)
-                .await?
+            let mut client = client::vm(addr).await?;
+            let mut response = client
                 .scale(pb::ScaleVmRequest {
                     name: name.clone(),
                     replicas,
@@ -303,6 +317,22 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if wait.wait {
+                let goals = response
+                    .vms
+                    .iter()
+                    .filter_map(|vm| vm.spec.as_ref())
+                    .map(|spec| (spec.name.clone(), Goal::Running))
+                    .collect();
+                wait::vms(addr, goals, wait.timeout).await?;
+                let list = client
+                    .list(pb::ListVmsRequest {})
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                response.vms = list.vms;
+                response.revision = list.revision;
+            }
             print_group(format, &name, response.vms, response.revision)
         }
         VmCommand::List => {
@@ -345,19 +375,28 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
             output::print(format, &vm, vm_detail_table)
         }
         VmCommand::Logs { name, follow, tail } => logs(addr, name, follow, tail).await,
-        VmCommand::Start { name } | VmCommand::Stop { name } => {
+        VmCommand::Start { name, wait } | VmCommand::Stop { name, wait } => {
             validate::vm_name(&name)?;
             let mut client = client::vm(addr).await?;
-            let request = pb::VmNameRequest { name };
-            let response = if is_start {
-                client.start(request).await
+            let request = pb::VmNameRequest { name: name.clone() };
+            let (response, goal) = if is_start {
+                (client.start(request).await, Goal::Running)
             } else {
-                client.stop(request).await
+                (client.stop(request).await, Goal::Stopped)
             };
-            print_one(format, response.map_err(status_error)?.into_inner())
+            let mut response = response.map_err(status_error)?.into_inner();
+            if wait.wait {
+                wait::vms(addr, vec![(name.clone(), goal)], wait.timeout).await?;
+                response = client
+                    .get(pb::VmNameRequest { name })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+            }
+            print_one(format, response)
         }
         VmCommand::Watch { max_events } => watch(addr, format, max_events).await,
-        VmCommand::Delete { name } => {
+        VmCommand::Delete { name, wait } => {
             validate::vm_name(&name)?;
             let response = client::vm(addr)
                 .await?
@@ -365,6 +404,9 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            if wait.wait {
+                wait::vms(addr, vec![(name.clone(), Goal::Gone)], wait.timeout).await?;
+            }
             let deleted = DeletedView {
                 name,
                 deleted: true,
@@ -379,8 +421,8 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
     }
 }
 
-#[derive(Serialize)]
-struct VmEventView {
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct VmEventView {
     event: &'static str,
     revision: u64,
     vm: VmView,

@@ -62,6 +62,7 @@ pub fn pure_row(nodes: u64, vms: u64) -> Row {
                 placement: Default::default(),
                 failover: Default::default(),
                 group: None,
+                platform: None,
             },
             created_at_unix_ms: 0,
         });

@@ -1,0 +1,252 @@
+//! What the REPL knows of the cluster, kept fresh in the background: the
+//! connected node's role and health (for the prompt), and the VM, group,
+//! node and label names (for completion and highlighting).
+//!
+//! Invariants: the VM names follow the watch stream (refreshed on every
+//! change, not on a timer); the snapshot is only ever written here, and
+//! readers (completer, highlighter, prompt) never wait on the network;
+//! when the node fails, the next known member is tried, with backoff, and
+//! the snapshot says which node commands go to.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use blixard_api::pb;
+use tokio::sync::watch;
+
+use crate::client::{self, status_error};
+
+const POLL_INTERVAL_MS: u64 = 2_000;
+const BACKOFF_START_MS: u64 = 250;
+const BACKOFF_MAX_MS: u64 = 5_000;
+/// Member addresses remembered to fail over to.
+const ADDRESSES_MAX: usize = 64;
+
+/// One VM as completion describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmBrief {
+    pub phase: String,
+    pub node: u64,
+    pub group: String,
+}
+
+/// One node as completion describes it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeBrief {
+    pub role: String,
+    pub liveness: String,
+    pub address: String,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Snapshot {
+    /// Where commands go.
+    pub addr: String,
+    /// Why the node cannot be reached (`None` while it answers).
+    pub lost: Option<String>,
+    pub node_id: u64,
+    /// voter, learner or worker.
+    pub role: String,
+    pub leader_id: u64,
+    pub vms: BTreeMap<String, VmBrief>,
+    pub nodes: BTreeMap<u64, NodeBrief>,
+    /// `key=value` of every node label.
+    pub labels: BTreeSet<String>,
+}
+
+impl Snapshot {
+    pub fn groups(&self) -> BTreeSet<String> {
+        self.vms
+            .values()
+            .filter(|vm| !vm.group.is_empty())
+            .map(|vm| vm.group.clone())
+            .collect()
+    }
+}
+
+pub type Shared = Arc<RwLock<Snapshot>>;
+
+/// Asks the line editor to redraw the prompt in place (reedline's repaint
+/// signal; its type is not exported, so it travels as a closure).
+pub type Repaint = Arc<dyn Fn() + Send + Sync>;
+
+/// Reads the snapshot; a writer that panicked leaves the last good one.
+pub fn read(shared: &Shared) -> std::sync::RwLockReadGuard<'_, Snapshot> {
+    shared.read().unwrap_or_else(|e| e.into_inner())
+}
+
+fn write(shared: &Shared) -> std::sync::RwLockWriteGuard<'_, Snapshot> {
+    shared.write().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Applies `change`; if the prompt now reads differently, asks reedline
+/// to redraw it in place (the operator may be mid-line).
+fn update(shared: &Shared, repaint: &Repaint, change: impl FnOnce(&mut Snapshot)) {
+    let mut snapshot = write(shared);
+    let before = super::prompt::describe(&snapshot);
+    change(&mut snapshot);
+    if super::prompt::describe(&snapshot) != before {
+        repaint();
+    }
+}
+
+fn phase(vm: &pb::VmInfo) -> String {
+    vm.observed
+        .as_ref()
+        .map(|o| {
+            o.phase()
+                .as_str_name()
+                .trim_start_matches("VM_PHASE_")
+                .to_lowercase()
+        })
+        .unwrap_or_else(|| "pending".into())
+}
+
+/// Keeps `shared` fresh, following `target` (which `connect` changes),
+/// until `target`'s sender is dropped; `repaint` redraws the prompt.
+pub async fn follow(shared: Shared, mut target: watch::Receiver<String>, repaint: Repaint) {
+    let mut addresses: Vec<String> = vec![target.borrow_and_update().clone()];
+    let mut next = 0;
+    let mut backoff_ms = BACKOFF_START_MS;
+    loop {
+        let addr = addresses[next % addresses.len()].clone();
+        update(&shared, &repaint, |s| s.addr = addr.clone());
+        let outcome = tokio::select! {
+            outcome = session(&shared, &repaint, &addr, &mut addresses) => outcome,
+            changed = target.changed() => match changed {
+                Ok(()) => {
+                    // `connect ADDR`: start over from that node.
+                    addresses = vec![target.borrow_and_update().clone()];
+                    next = 0;
+                    backoff_ms = BACKOFF_START_MS;
+                    update(&shared, &repaint, |s| s.lost = None);
+                    continue;
+                }
+                Err(_) => return,
+            },
+        };
+        let held = outcome.held;
+        update(&shared, &repaint, |snapshot| {
+            snapshot.lost = Some(outcome.reason);
+            snapshot.role.clear();
+        });
+        if held {
+            backoff_ms = BACKOFF_START_MS;
+        }
+        next += 1;
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+            changed = target.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                addresses = vec![target.borrow_and_update().clone()];
+                next = 0;
+            }
+        }
+        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+    }
+}
+
+struct Ended {
+    reason: String,
+    /// Whether the session had worked (resets the backoff).
+    held: bool,
+}
+
+fn ended(reason: impl std::fmt::Display, held: bool) -> Ended {
+    Ended {
+        reason: reason.to_string(),
+        held,
+    }
+}
+
+/// Follows one node until it fails.
+async fn session(
+    shared: &Shared,
+    repaint: &Repaint,
+    addr: &str,
+    addresses: &mut Vec<String>,
+) -> Ended {
+    let mut cluster = match client::cluster(addr).await {
+        Ok(cluster) => cluster,
+        Err(e) => return ended(format!("{e:#}"), false),
+    };
+    let mut vms = match client::vm(addr).await {
+        Ok(vms) => vms,
+        Err(e) => return ended(format!("{e:#}"), false),
+    };
+    let mut nodes = match client::node(addr).await {
+        Ok(nodes) => nodes,
+        Err(e) => return ended(format!("{e:#}"), false),
+    };
+    let mut watch = match vms.watch(pb::WatchVmsRequest {}).await {
+        Ok(watch) => watch.into_inner(),
+        Err(status) => return ended(status_error(status), false),
+    };
+    update(shared, repaint, |snapshot| {
+        snapshot.vms.clear();
+        snapshot.lost = None;
+    });
+    let mut poll = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
+    loop {
+        tokio::select! {
+            event = watch.message() => {
+                let event = match event {
+                    Ok(Some(event)) => event,
+                    Ok(None) => return ended("the VM watch ended", true),
+                    Err(status) => return ended(status_error(status), true),
+                };
+                let kind = event.kind();
+                let Some(vm) = event.vm else { continue };
+                let Some(spec) = vm.spec.as_ref() else { continue };
+                let mut snapshot = write(shared);
+                if kind == pb::VmEventKind::Deleted {
+                    snapshot.vms.remove(&spec.name);
+                } else {
+                    let brief = VmBrief {
+                        phase: phase(&vm),
+                        node: vm.assigned_node,
+                        group: spec.group.clone(),
+                    };
+                    snapshot.vms.insert(spec.name.clone(), brief);
+                }
+            }
+            _ = poll.tick() => {
+                let status = match cluster.status(pb::StatusRequest {}).await {
+                    Ok(status) => status.into_inner(),
+                    Err(status) => return ended(status_error(status), true),
+                };
+                for member in &status.members {
+                    if !addresses.contains(&member.address) && addresses.len() < ADDRESSES_MAX {
+                        addresses.push(member.address.clone());
+                    }
+                }
+                let listed = match nodes.list(pb::ListNodesRequest {}).await {
+                    Ok(listed) => listed.into_inner().nodes,
+                    Err(status) => return ended(status_error(status), true),
+                };
+                update(shared, repaint, |snapshot| {
+                snapshot.node_id = status.node_id;
+                snapshot.role = status.node_role.clone();
+                snapshot.leader_id = status.leader_id;
+                snapshot.nodes = listed
+                    .iter()
+                    .map(|n| {
+                        (n.node_id, NodeBrief {
+                            role: n.role.clone(),
+                            liveness: n.liveness.clone(),
+                            address: n.address.clone(),
+                        })
+                    })
+                    .collect();
+                snapshot.labels = listed
+                    .iter()
+                    .flat_map(|n| n.labels.iter().map(|(k, v)| format!("{k}={v}")))
+                    .collect();
+                });
+            }
+        }
+    }
+}
