@@ -15,7 +15,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 )]
 pub struct Cli {
     /// gRPC address of any cluster node (followers forward to the leader)
-    /// [default: `addr` in the client config, else 127.0.0.1:7001].
+    /// [default: `addr` in the client config, else 127.0.0.1:7000].
     #[arg(long, global = true, env = "BLIXARD_ADDR")]
     pub addr: Option<String>,
     /// Bearer token sent with every request [default: `token` in the
@@ -40,6 +40,22 @@ pub struct Cli {
     /// Without one, `blixard` on a terminal opens the REPL.
     #[command(subcommand)]
     pub command: Option<Command>,
+}
+
+impl Cli {
+    /// Parses words that come from inside blixard (a REPL line, `watch`'s
+    /// command): flags only, because the environment was read once, at
+    /// start, and `connect` or a failover may since have moved on from it.
+    pub fn parse_words(words: impl IntoIterator<Item = String>) -> Result<Cli, clap::Error> {
+        use clap::{CommandFactory, FromArgMatches};
+        let without_env = |arg: clap::Arg| arg.env(None::<&'static str>);
+        let command = Cli::command()
+            .mut_arg("addr", without_env)
+            .mut_arg("token", without_env)
+            .mut_arg("client_config", without_env);
+        let words = std::iter::once("blixard".to_string()).chain(words);
+        Cli::from_arg_matches(&command.try_get_matches_from(words)?)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -89,6 +105,9 @@ pub enum Command {
     /// The interactive shell: these same commands, with completion from
     /// the live cluster, hints and history.
     Repl(ReplArgs),
+    /// Run a reading command again each time the cluster changes, until
+    /// Ctrl-C, e.g. `blixard watch vm list`.
+    Watch(WatchArgs),
     /// Make the cluster match a platform document (shows the plan first).
     Apply(ApplyArgs),
     /// Show what `apply` would change, and change nothing.
@@ -118,6 +137,22 @@ pub struct ReplArgs {
     /// Key bindings [default: `edit_mode` in the client config, else emacs].
     #[arg(long, value_enum)]
     pub edit_mode: Option<crate::settings::EditMode>,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// Run again at least this often, changes or not (liveness and
+    /// resources change without an event).
+    #[arg(long, default_value = "5s", value_parser = parse_duration_ms, value_name = "DURATION")]
+    pub interval: u64,
+    /// The command and its arguments, e.g. `vm list -o json`.
+    #[arg(
+        required = true,
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "COMMAND"
+    )]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]

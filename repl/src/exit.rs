@@ -3,10 +3,10 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the operation failed |
+//! | 1 | the operation failed (a VM failed, a conflict, `--wait` ran out of time) |
 //! | 2 | usage error: bad arguments or input (clap also exits 2) |
 //! | 3 | not found: no such VM, node or replica group |
-//! | 4 | cluster unavailable: no node reachable, no leader, timed out |
+//! | 4 | cluster unavailable: no node reachable, no leader, a request timed out |
 //!
 //! Invariant: every error a command returns maps to exactly one code,
 //! found by walking its causes for a gRPC status, a validation error, a

@@ -691,6 +691,7 @@ pub async fn create_vm(client: &mut VmClient<Channel>, name: &str) -> Result<u64
         .create(pb::CreateVmRequest {
             spec: Some(flake_spec(name)),
             replicas: 0,
+            stopped: false,
         })
         .await?;
     Ok(response.into_inner().revision)

@@ -231,6 +231,7 @@ async fn bad_requests_change_no_state() {
         .create(blixard_api::pb::CreateVmRequest {
             spec: Some(spec),
             replicas: 0,
+            stopped: false,
         })
         .await
         .unwrap_err();

@@ -52,6 +52,85 @@ fn check(cluster: &TestCluster, schema_of: &str, args: &[&str]) -> Vec<Value> {
     values
 }
 
+/// Goal: `watch` runs a reading command again when the cluster changes.
+/// Method: `blixard watch vm list -o json` with an hour-long interval
+/// runs as a child; a VM created meanwhile shows up in its output, which
+/// only a change can have triggered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_runs_the_command_again_on_a_change() {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let cluster = TestCluster::start(1, Timings::default()).await;
+    let create = |name: &str| {
+        cluster.cli_ok(
+            1,
+            &[
+                "vm",
+                "create",
+                name,
+                "--vcpus",
+                "1",
+                "--memory",
+                "128",
+                "--flake",
+                "/etc/vms#x",
+            ],
+        );
+    };
+    create("first");
+    let mut child = std::process::Command::new(blixard_tests::blixard_bin())
+        .args([
+            "--addr",
+            cluster.address(1),
+            "watch",
+            "--interval",
+            "1h",
+            "vm",
+            "list",
+            "-o",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let seen = Arc::new(Mutex::new(String::new()));
+    let mut stdout = child.stdout.take().unwrap();
+    let sink = seen.clone();
+    std::thread::spawn(move || {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = stdout.read(&mut buffer) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buffer[..n]));
+        }
+    });
+    let shows = |name: &'static str| {
+        let seen = seen.clone();
+        move || {
+            let seen = seen.clone();
+            async move { seen.lock().unwrap().contains(name).then_some(()) }
+        }
+    };
+    blixard_tests::eventually(
+        "the first run",
+        blixard_tests::SCREEN_TIMEOUT,
+        shows("\"first\""),
+    )
+    .await;
+    create("second");
+    blixard_tests::eventually(
+        "a run after the change",
+        blixard_tests::SCREEN_TIMEOUT,
+        shows("\"second\""),
+    )
+    .await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 fn platform_document(replicas: u32) -> String {
     let (kernel, initrd) = guest_image();
     format!(
@@ -254,7 +333,34 @@ async fn apply_export_diff_round_trip() {
         serde_json::from_str(&cluster.cli_ok(1, &["diff", "-f", doc, "-o", "json"])).unwrap();
     assert_eq!(after["changes"], Value::Array(vec![]));
 
-    // A VM made by hand with a name the document wants is a conflict.
+    // A VM made by hand, or by another document, is never taken over.
+    cluster.cli_ok(
+        1,
+        &[
+            "vm",
+            "create",
+            "hand",
+            "--vcpus",
+            "1",
+            "--memory",
+            "128",
+            "--flake",
+            "/etc/vms#x",
+        ],
+    );
+    let mut hand = std::fs::read_to_string(&path).unwrap();
+    hand.push_str(
+        "    - {name: hand, config: /etc/vms#x, vcpus: 1, memory: 128, state: stopped}\n",
+    );
+    std::fs::write(&path, hand).unwrap();
+    let refused = cluster.cli(1, &["diff", "-f", doc]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("VM hand exists and is made by hand"),
+        "{}",
+        stderr(&refused)
+    );
+    std::fs::write(&path, platform_document(3)).unwrap();
     let (kernel, initrd) = guest_image();
     let taken = "apiVersion: blixard.dev/v1\nkind: Platform\nmetadata: {name: other}\nspec:\n  vms:\n    - {name: db, kernel: K, initrd: I, vcpus: 1, memory: 128}\n"
         .replace('K', kernel.to_str().unwrap())

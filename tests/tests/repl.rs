@@ -18,9 +18,9 @@ fn current_line(tmux: &Tmux) -> String {
         .to_string()
 }
 
-/// Whether the cursor's line comes to satisfy `wanted` within two seconds.
-async fn line_soon(tmux: &Tmux, wanted: impl Fn(&str) -> bool) -> bool {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+/// Whether the cursor's line comes to satisfy `wanted` within `within`.
+async fn line_soon(tmux: &Tmux, within: Duration, wanted: impl Fn(&str) -> bool) -> bool {
+    let deadline = tokio::time::Instant::now() + within;
     while tokio::time::Instant::now() < deadline {
         if wanted(&current_line(tmux)) {
             return true;
@@ -29,6 +29,10 @@ async fn line_soon(tmux: &Tmux, wanted: impl Fn(&str) -> bool) -> bool {
     }
     false
 }
+
+/// How long one completion attempt waits for the screen before retrying
+/// (the VM may not have reached the REPL's live view yet).
+const ATTEMPT: Duration = Duration::from_secs(2);
 
 fn create(cluster: &TestCluster, name: &str) {
     cluster.cli_ok(
@@ -73,7 +77,7 @@ async fn the_repl_completes_live_names_recalls_history_and_survives_ctrl_c() {
     let completed = || async {
         tmux.keys(&["C-c"]);
         tmux.keys(&["vm status ap", "Tab"]);
-        let done = line_soon(&tmux, |line| line.ends_with("> vm status api-9")).await;
+        let done = line_soon(&tmux, ATTEMPT, |line| line.ends_with("> vm status api-9")).await;
         done.then_some(())
     };
     eventually(
@@ -88,10 +92,13 @@ async fn the_repl_completes_live_names_recalls_history_and_survives_ctrl_c() {
     tmux.keys(&["vm list", "Enter"]);
     tmux.wait_for("web-7").await;
     tmux.keys(&["Up"]);
-    let recalled = line_soon(&tmux, |line| line.ends_with("> vm list")).await;
+    let recalled = line_soon(&tmux, SCREEN_TIMEOUT, |line| line.ends_with("> vm list")).await;
     assert!(recalled, "{}", tmux.screen());
     tmux.keys(&["Up"]);
-    let recalled = line_soon(&tmux, |line| line.ends_with("> vm status api-9")).await;
+    let recalled = line_soon(&tmux, SCREEN_TIMEOUT, |line| {
+        line.ends_with("> vm status api-9")
+    })
+    .await;
     assert!(recalled, "{}", tmux.screen());
     tmux.keys(&["C-c"]);
 

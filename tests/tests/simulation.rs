@@ -138,6 +138,7 @@ async fn create(id: u64, name: String) -> Result<(), tonic::Status> {
         .create(pb::CreateVmRequest {
             spec: Some(spec),
             replicas: 0,
+            stopped: false,
         })
         .await?;
     Ok(())
@@ -309,6 +310,7 @@ async fn failover_and_autopilot_heal_the_cluster() {
                     .create(pb::CreateVmRequest {
                         spec: Some(blixard_tests::flake_spec(&name)),
                         replicas: 0,
+                        stopped: false,
                     })
                     .await
                     .unwrap();

@@ -246,6 +246,7 @@ pub async fn perform(address: &str, action: &Action) -> Result<String, String> {
             .scale(pb::ScaleVmRequest {
                 name: group.clone(),
                 replicas: *replicas,
+                stopped: false,
             })
             .await
             .map(|_| ()),

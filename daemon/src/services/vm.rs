@@ -75,7 +75,7 @@ impl pb::vm_server::Vm for VmService {
                 .propose(Command::SetReplicas {
                     template: spec,
                     replicas: request.replicas,
-                    start: true,
+                    start: !request.stopped,
                     created_at_unix_ms: now_unix_ms(),
                 })
                 .await
@@ -133,7 +133,7 @@ impl pb::vm_server::Vm for VmService {
             .propose(Command::SetReplicas {
                 template,
                 replicas: request.replicas,
-                start: true,
+                start: !request.stopped,
                 created_at_unix_ms: now_unix_ms(),
             })
             .await

@@ -2,6 +2,7 @@
 //! platform document against the cluster (the pure parts are in
 //! `platform/`).
 
+use std::collections::BTreeSet;
 use std::io::{IsTerminal, Read, Write};
 
 use blixard_api::pb;
@@ -11,7 +12,7 @@ use crate::client::{self, status_error, Conn};
 use crate::commands::wait::{self, Goal};
 use crate::exit::{self, Exit};
 use crate::output;
-use crate::platform::plan::{plan, Change, Plan};
+use crate::platform::plan::{check_nodes, plan, Change, Conflict, Plan};
 use crate::platform::{self, Document};
 
 type Vms = pb::vm_client::VmClient<Conn>;
@@ -51,8 +52,22 @@ async fn current(vms: &mut Vms) -> anyhow::Result<Vec<pb::VmInfo>> {
         .vms)
 }
 
-fn make_plan(document: &Document, current: &[pb::VmInfo]) -> anyhow::Result<Plan> {
-    plan(document, current).map_err(|c| exit::error(Exit::Failed, c.to_string()))
+/// The plan, once the document's pinned nodes are known to be members.
+async fn make_plan(addr: &str, document: &Document, vms: &mut Vms) -> anyhow::Result<Plan> {
+    let members: BTreeSet<u64> = client::node(addr)
+        .await?
+        .list(pb::ListNodesRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .nodes
+        .iter()
+        .filter(|node| node.member)
+        .map(|node| node.node_id)
+        .collect();
+    let conflict = |c: Conflict| exit::error(Exit::Failed, c.to_string());
+    check_nodes(document, &members).map_err(conflict)?;
+    plan(document, &current(vms).await?).map_err(conflict)
 }
 
 fn plan_table(plan: &Plan) -> comfy_table::Table {
@@ -95,7 +110,7 @@ fn print_plan(format: OutputFormat, plan: &Plan) -> anyhow::Result<()> {
 pub async fn diff(args: DiffArgs, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
     let document = parse(&args.file, args.document)?;
     let mut vms = client::vm(addr).await?;
-    let plan = make_plan(&document, &current(&mut vms).await?)?;
+    let plan = make_plan(addr, &document, &mut vms).await?;
     print_plan(format, &plan)
 }
 
@@ -134,23 +149,17 @@ async fn create(
     vms.create(pb::CreateVmRequest {
         spec: Some(spec.clone()),
         replicas: replicas.unwrap_or(0),
+        stopped: !start,
     })
     .await
     .map_err(status_error)?;
-    let name = |vm: &str| pb::VmNameRequest { name: vm.into() };
-    match (replicas, start) {
-        // One VM is created stopped; a group is created started.
-        (None, true) => {
-            vms.start(name(&spec.name)).await.map_err(status_error)?;
-        }
-        (Some(n), false) => {
-            for i in 1..=n {
-                vms.stop(name(&format!("{}-{i}", spec.name)))
-                    .await
-                    .map_err(status_error)?;
-            }
-        }
-        _ => {}
+    // One VM is created stopped; a group as asked.
+    if replicas.is_none() && start {
+        vms.start(pb::VmNameRequest {
+            name: spec.name.clone(),
+        })
+        .await
+        .map_err(status_error)?;
     }
     Ok(())
 }
@@ -177,11 +186,15 @@ async fn carry_out(vms: &mut Vms, change: &Change) -> anyhow::Result<()> {
             create(vms, spec, *replicas, *start).await
         }
         Change::Scale {
-            name: group, to, ..
+            name: group,
+            to,
+            start,
+            ..
         } => {
             vms.scale(pb::ScaleVmRequest {
                 name: group.clone(),
                 replicas: *to,
+                stopped: !start,
             })
             .await
             .map_err(status_error)?;
@@ -241,7 +254,7 @@ fn goals(document: &Document, plan: &Plan) -> Vec<(String, Goal)> {
 pub async fn apply(args: ApplyArgs, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
     let document = parse(&args.file, args.document)?;
     let mut vms = client::vm(addr).await?;
-    let plan = make_plan(&document, &current(&mut vms).await?)?;
+    let plan = make_plan(addr, &document, &mut vms).await?;
     print_plan(format, &plan)?;
     if plan.changes.is_empty() {
         return Ok(());

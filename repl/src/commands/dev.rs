@@ -39,6 +39,7 @@ async fn boot_sample_vm(address: &str, spinner: &ProgressBar) -> anyhow::Result<
         .create(pb::CreateVmRequest {
             spec: Some(spec),
             replicas: 0,
+            stopped: false,
         })
         .await
         .map_err(client::status_error)?;

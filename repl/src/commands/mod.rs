@@ -12,6 +12,7 @@ mod node;
 mod schema;
 mod vm;
 pub mod wait;
+mod watch;
 
 use crate::cli::{Cli, Command, ImageCommand, OutputFormat};
 use crate::{client, settings};
@@ -54,6 +55,7 @@ pub async fn on_cluster(command: Command, addr: &str, output: OutputFormat) -> a
         Command::Apply(args) => apply::apply(args, addr, output).await,
         Command::Diff(args) => apply::diff(args, addr, output).await,
         Command::Export(args) => apply::export(args, addr, output).await,
+        Command::Watch(args) => watch::run(args, addr, output).await,
         Command::Image(ImageCommand::Build { out }) => image::run(out, output),
         Command::Completions { shell } => completions::script(shell),
         Command::Schema { command } => schema::run(&command, output),

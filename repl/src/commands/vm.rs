@@ -282,6 +282,7 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                 .create(pb::CreateVmRequest {
                     spec: Some(spec),
                     replicas,
+                    stopped: false,
                 })
                 .await
                 .map_err(status_error)?;
@@ -313,16 +314,23 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                 .scale(pb::ScaleVmRequest {
                     name: name.clone(),
                     replicas,
+                    stopped: false,
                 })
                 .await
                 .map_err(status_error)?
                 .into_inner();
             if wait.wait {
+                // Members stopped on purpose are waited on to be stopped.
                 let goals = response
                     .vms
                     .iter()
-                    .filter_map(|vm| vm.spec.as_ref())
-                    .map(|spec| (spec.name.clone(), Goal::Running))
+                    .filter_map(|vm| {
+                        let goal = match vm.desired_state() {
+                            pb::DesiredState::Stopped => Goal::Stopped,
+                            _ => Goal::Running,
+                        };
+                        vm.spec.as_ref().map(|spec| (spec.name.clone(), goal))
+                    })
                     .collect();
                 wait::vms(addr, goals, wait.timeout).await?;
                 let list = client

@@ -34,11 +34,14 @@ pub enum Change {
         #[serde(skip)]
         spec: pb::VmSpec,
     },
-    /// Only the number of members changes.
+    /// Only the members change: how many, or which (a gap is filled).
     Scale {
         name: String,
         from: u32,
         to: u32,
+        /// Whether members it adds run (the entry's state).
+        #[serde(skip)]
+        start: bool,
     },
     /// The spec changed: the VMs are deleted and made again (they restart).
     Replace {
@@ -89,7 +92,7 @@ impl Change {
                     if *start { "" } else { ", stopped" }
                 ),
             ),
-            Change::Scale { name, from, to } => {
+            Change::Scale { name, from, to, .. } => {
                 ("~", "scale", format!("{name}: replicas {from} -> {to}"))
             }
             Change::Replace { name, fields, .. } => {
@@ -249,6 +252,20 @@ fn desired_state(state: RunState) -> pb::DesiredState {
     }
 }
 
+/// Refuses a document pinning a VM to a node that is not a member:
+/// checked before anything changes, because a replacement deletes first.
+pub fn check_nodes(document: &Document, members: &BTreeSet<u64>) -> Result<(), Conflict> {
+    for entry in &document.spec.vms {
+        if let Some(node) = entry.placement.node.filter(|node| !members.contains(node)) {
+            return Err(Conflict(format!(
+                "{}: placement.node {node} is not a member of the cluster",
+                entry.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// What `apply` must do to make `current` (every VM of the cluster) match
 /// `document`. The document has been checked by `parse`.
 pub fn plan(document: &Document, current: &[pb::VmInfo]) -> Result<Plan, Conflict> {
@@ -319,22 +336,27 @@ pub fn plan(document: &Document, current: &[pb::VmInfo]) -> Result<Plan, Conflic
             continue;
         }
         let mut same = true;
+        let wanted: BTreeSet<String> = member_names(entry).into_iter().collect();
         if let Some(to) = entry.replicas {
-            let from = existing.len() as u32;
-            if from != to {
+            let have: BTreeSet<String> = names(&existing).into_iter().collect();
+            if have != wanted {
                 changes.push(Change::Scale {
                     name: entry.name.clone(),
-                    from,
+                    from: existing.len() as u32,
                     to,
+                    start,
                 });
                 same = false;
             }
         }
+        // Members the scale removes are not started or stopped first; those
+        // it adds get the entry's state from the scale itself.
         let want = desired_state(entry.state);
         let wrong: Vec<String> = existing
             .iter()
             .filter(|vm| vm.desired_state() != want)
             .filter_map(|vm| vm.spec.as_ref().map(|s| s.name.clone()))
+            .filter(|name| wanted.contains(name))
             .collect();
         if !wrong.is_empty() {
             same = false;
@@ -426,7 +448,8 @@ mod tests {
             [Change::Scale {
                 name: "web".into(),
                 from: 3,
-                to: 5
+                to: 5,
+                start: true
             }]
         );
         assert_eq!(plan.unchanged, 1);
@@ -501,6 +524,75 @@ mod tests {
         };
         let plan = plan(&other, &stored(&document)).unwrap();
         assert_eq!(plan.changes, []);
+    }
+
+    #[test]
+    fn scaling_down_never_starts_or_stops_the_members_it_removes() {
+        let document = shop();
+        let mut current = stored(&document);
+        // web-3 was stopped by hand; the document now wants two members.
+        let web_3 = current
+            .iter_mut()
+            .find(|vm| vm.spec.as_ref().unwrap().name == "web-3")
+            .unwrap();
+        web_3.desired_state = pb::DesiredState::Stopped as i32;
+        let mut wanted = document.clone();
+        wanted.spec.vms[0].replicas = Some(2);
+        let plan = plan(&wanted, &current).unwrap();
+        assert_eq!(
+            plan.changes,
+            [Change::Scale {
+                name: "web".into(),
+                from: 3,
+                to: 2,
+                start: true
+            }]
+        );
+    }
+
+    #[test]
+    fn a_stopped_group_scales_up_stopped_and_gaps_are_filled() {
+        let mut document = shop();
+        document.spec.vms[0].state = RunState::Stopped;
+        let current = stored(&document);
+        let mut wanted = document.clone();
+        wanted.spec.vms[0].replicas = Some(4);
+        let plan = plan(&wanted, &current).unwrap();
+        assert_eq!(
+            plan.changes,
+            [Change::Scale {
+                name: "web".into(),
+                from: 3,
+                to: 4,
+                start: false
+            }]
+        );
+        // web-1, web-3, web-4 is three members but not web-1..3.
+        let mut gappy = stored(&document);
+        gappy.retain(|vm| vm.spec.as_ref().unwrap().name != "web-2");
+        let mut web_4 = gappy[1].clone();
+        web_4.spec.as_mut().unwrap().name = "web-4".into();
+        gappy.push(web_4);
+        let filled = super::plan(&document, &gappy).unwrap();
+        assert!(
+            matches!(
+                filled.changes.as_slice(),
+                [Change::Scale { from: 3, to: 3, .. }]
+            ),
+            "{:?}",
+            filled.changes
+        );
+    }
+
+    #[test]
+    fn pinning_to_a_node_that_is_not_a_member_is_refused_before_any_change() {
+        let mut document = shop();
+        document.spec.vms[1].placement.node = Some(9);
+        let members: BTreeSet<u64> = [1, 2, 3].into();
+        let refused = check_nodes(&document, &members).unwrap_err();
+        assert!(refused.0.contains("placement.node 9"), "{refused}");
+        document.spec.vms[1].placement.node = Some(2);
+        assert!(check_nodes(&document, &members).is_ok());
     }
 
     #[test]

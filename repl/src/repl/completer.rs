@@ -151,6 +151,8 @@ impl Completer {
                 words
             }
             Expect::Help(command) => words_of(command, false),
+            Expect::Watch { watch, .. } if prefix.starts_with('-') => flags_of(watch),
+            Expect::Watch { root, .. } => words_of(root, false),
             Expect::Value(kind) => values(&kind, &self.live),
             Expect::Nothing => Vec::new(),
         };
@@ -215,6 +217,9 @@ mod tests {
         assert_eq!(values("conn"), ["connect"]);
         assert_eq!(values("connect "), ["127.0.0.1:7002"]);
         assert_eq!(values("help v"), ["vm"]);
+        assert_eq!(values("watch v"), ["vm"]);
+        assert_eq!(values("watch vm status w"), ["web-1", "web-2"]);
+        assert!(values("watch --").contains(&"--interval".to_string()));
         assert!(values("vm bogus ").is_empty());
     }
 

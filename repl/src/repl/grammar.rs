@@ -92,6 +92,11 @@ pub enum Expect<'a> {
     Value(Values),
     /// After `help`: command names, under `command`.
     Help(&'a Command),
+    /// After `watch`: its flags, or a command to watch.
+    Watch {
+        watch: &'a Command,
+        root: &'a Command,
+    },
     /// Nothing the grammar knows of (after an unknown word).
     Nothing,
 }
@@ -212,6 +217,24 @@ pub fn read<'a>(root: &'a Command, words: &[&str]) -> (Vec<Role>, Expect<'a>) {
             }
             continue;
         }
+        if path == ["watch"] {
+            // `watch [--interval D] COMMAND...`: the command is read as a
+            // line of its own.
+            path.clear();
+            match root.find_subcommand(word) {
+                Some(sub) => {
+                    roles.push(Role::Command);
+                    path.push(sub.get_name().to_string());
+                    command = sub;
+                    positionals = 0;
+                }
+                None => {
+                    roles.push(Role::Unknown);
+                    lost = true;
+                }
+            }
+            continue;
+        }
         let arg = command
             .get_arguments()
             .filter(|a| a.is_positional())
@@ -226,6 +249,11 @@ pub fn read<'a>(root: &'a Command, words: &[&str]) -> (Vec<Role>, Expect<'a>) {
         Expect::Nothing
     } else if let Some(arg) = pending {
         Expect::Value(values_for(&path, arg))
+    } else if path == ["watch"] {
+        Expect::Watch {
+            watch: command,
+            root,
+        }
     } else if help {
         Expect::Help(command)
     } else if !command.has_subcommands() {
@@ -297,5 +325,13 @@ mod tests {
 
         let (_, expect) = read(&root, &["connect"]);
         assert!(matches!(expect, Expect::Value(Values::Address)));
+
+        let (roles, expect) = read(&root, &["watch", "--interval", "2s", "vm", "status"]);
+        assert_eq!(roles.len(), 5);
+        assert_eq!(roles[1], Role::Flag);
+        assert_eq!(roles[3..], [Role::Command, Role::Command]);
+        assert!(matches!(expect, Expect::Value(Values::VmName)));
+        let (_, expect) = read(&root, &["watch"]);
+        assert!(matches!(expect, Expect::Watch { .. }));
     }
 }

@@ -20,7 +20,7 @@ mod validator;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
 
-use clap::{CommandFactory, Parser};
+use clap::CommandFactory;
 use reedline::{
     default_emacs_keybindings, default_vi_insert_keybindings, default_vi_normal_keybindings,
     default_vi_visual_keybindings, DefaultHinter, DescriptionMode, EditMode, Emacs,
@@ -143,7 +143,7 @@ fn parse_line(input: &str) -> Line {
         }
         _ => {}
     }
-    let parsed = Cli::try_parse_from(std::iter::once("blixard".to_string()).chain(words));
+    let parsed = Cli::parse_words(words);
     match parsed {
         Ok(mut cli) => {
             match (&mut cli.command, document) {

@@ -148,6 +148,7 @@ fn create_request(clients: usize, task: usize, i: u64) -> pb::CreateVmRequest {
     pb::CreateVmRequest {
         spec: Some(vm_spec(format!("w{clients}-{task}-{i}"))),
         replicas: 0,
+        stopped: false,
     }
 }
 

@@ -217,6 +217,7 @@ pub async fn end_to_end_row(
         vm.create(pb::CreateVmRequest {
             spec: Some(super::vm_spec(format!("place-{group}"))),
             replicas: per_group,
+            stopped: false,
         })
         .await
         .map_err(client::status_error)?;

@@ -112,6 +112,7 @@ pub async fn rows(
     vm.create(pb::CreateVmRequest {
         spec: Some(image.vm_spec(NAME, 128)),
         replicas: 0,
+        stopped: false,
     })
     .await
     .map_err(client::status_error)?;
