@@ -49,6 +49,7 @@ pub struct Membership {
     handle: ChitchatHandle,
     node_id: u64,
     gossip_address: SocketAddr,
+    cluster_name: String,
 }
 
 impl Membership {
@@ -99,11 +100,17 @@ impl Membership {
             handle,
             node_id: config.node_id,
             gossip_address: config.gossip_advertise,
+            cluster_name: config.cluster_name,
         })
     }
 
     pub fn gossip_address(&self) -> SocketAddr {
         self.gossip_address
+    }
+
+    /// The cluster this node gossips within.
+    pub fn cluster_name(&self) -> &str {
+        &self.cluster_name
     }
 
     /// Replaces this node's advertised info (a no-op if unchanged).

@@ -70,7 +70,7 @@ async fn the_repl_completes_live_names_recalls_history_and_survives_ctrl_c() {
     );
     let tmux = Tmux::start("repl", &command);
     // The prompt is redrawn in place once the node's status is in.
-    tmux.wait_for(&format!("blixard {address} (n2 ")).await;
+    tmux.wait_for(&format!("blixard@{address} (n2 ")).await;
 
     // Created after the REPL started: completion learns it from the watch.
     create(&cluster, "api-9");
@@ -125,7 +125,7 @@ async fn the_repl_completes_live_names_recalls_history_and_survives_ctrl_c() {
             let line = current_line(&tmux);
             let moved = others
                 .iter()
-                .any(|a| line.starts_with(&format!("blixard {a} (n")));
+                .any(|a| line.starts_with(&format!("blixard@{a} (n")));
             moved.then_some(())
         },
     )

@@ -237,6 +237,7 @@ fn fixture() -> App {
                 raft_role: "leader".into(),
                 revision,
                 node_role: "voter".into(),
+                cluster_name: "prod".into(),
                 ..Default::default()
             }),
             at_ms: NOW_MS - 40_000 + i as u64 * 1_000,

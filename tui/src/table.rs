@@ -158,11 +158,14 @@ fn vm_row(vm: &pb::VmInfo, now_ms: u64) -> Row {
 }
 
 fn node_row(node: &pb::NodeInfo) -> Row {
-    let labels: Vec<String> = node
+    // Sorted: the wire map has no order, and a row must not change
+    // between frames when nothing did.
+    let mut labels: Vec<String> = node
         .labels
         .iter()
         .map(|(k, v)| format!("{k}={v}"))
         .collect();
+    labels.sort();
     let share = |used: u64, total: u64| (total > 0).then(|| used as f64 / total as f64);
     Row::new(
         node.node_id.to_string(),

@@ -176,8 +176,12 @@ fn overview(frame: &mut Frame, app: &App, area: Rect) {
         model.nodes.len(),
         model.nodes.len() - alive,
     )));
+    let name = model
+        .status
+        .as_ref()
+        .map_or(String::new(), |s| s.cluster_name.clone());
     frame.render_widget(
-        Paragraph::new(lines).block(bordered(" cluster ".into())),
+        Paragraph::new(lines).block(bordered(format!(" cluster {name} "))),
         facts,
     );
 

@@ -139,6 +139,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 true => String::new(),
                 false => self.raft.mirror().upstream().address.unwrap_or_default(),
             },
+            cluster_name: self.membership.cluster_name().to_string(),
         }))
     }
 

@@ -43,6 +43,8 @@ pub struct NodeBrief {
 pub struct Snapshot {
     /// Where commands go.
     pub addr: String,
+    /// The cluster's name, once a node has said it.
+    pub cluster: String,
     /// Why the node cannot be reached (`None` while it answers).
     pub lost: Option<String>,
     pub node_id: u64,
@@ -229,6 +231,7 @@ async fn session(
                 };
                 update(shared, repaint, |snapshot| {
                 snapshot.node_id = status.node_id;
+                snapshot.cluster = status.cluster_name.clone();
                 snapshot.role = status.node_role.clone();
                 snapshot.leader_id = status.leader_id;
                 snapshot.nodes = listed

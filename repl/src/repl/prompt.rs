@@ -18,21 +18,28 @@ impl Prompt {
     }
 }
 
-/// `blixard 127.0.0.1:7001 (n1 voter, leader 1)`, or why the node is lost.
+/// `prod@127.0.0.1:7001 (n1 voter, leader 1)`: the cluster, the node
+/// commands go to, its role and the leader; or why the node is lost.
 pub fn describe(snapshot: &live::Snapshot) -> String {
+    let cluster = match snapshot.cluster.as_str() {
+        "" => "blixard",
+        name => name,
+    };
     if let Some(reason) = &snapshot.lost {
-        let reason: String = reason.chars().take(60).collect();
-        return format!("blixard {} (lost: {reason})", snapshot.addr);
+        // The first clause: the prompt is one line.
+        let first = reason.split(';').next().unwrap_or_default();
+        let reason: String = first.chars().take(60).collect();
+        return format!("{cluster}@{} (lost: {reason})", snapshot.addr);
     }
     if snapshot.role.is_empty() {
-        return format!("blixard {} (connecting)", snapshot.addr);
+        return format!("{cluster}@{} (connecting)", snapshot.addr);
     }
     let leader = match snapshot.leader_id {
         0 => "no leader".to_string(),
         id => format!("leader {id}"),
     };
     format!(
-        "blixard {} (n{} {}, {leader})",
+        "{cluster}@{} (n{} {}, {leader})",
         snapshot.addr, snapshot.node_id, snapshot.role
     )
 }
@@ -76,20 +83,21 @@ mod tests {
             addr: "127.0.0.1:7001".into(),
             ..Default::default()
         };
-        assert_eq!(describe(&snapshot), "blixard 127.0.0.1:7001 (connecting)");
+        assert_eq!(describe(&snapshot), "blixard@127.0.0.1:7001 (connecting)");
+        snapshot.cluster = "prod".into();
         snapshot.node_id = 1;
         snapshot.role = "voter".into();
         snapshot.leader_id = 2;
         assert_eq!(
             describe(&snapshot),
-            "blixard 127.0.0.1:7001 (n1 voter, leader 2)"
+            "prod@127.0.0.1:7001 (n1 voter, leader 2)"
         );
         snapshot.leader_id = 0;
         assert!(describe(&snapshot).ends_with("no leader)"));
         snapshot.lost = Some("connection refused".into());
         assert_eq!(
             describe(&snapshot),
-            "blixard 127.0.0.1:7001 (lost: connection refused)"
+            "prod@127.0.0.1:7001 (lost: connection refused)"
         );
     }
 }
