@@ -168,6 +168,9 @@ pub struct App {
     pub message: Option<(String, bool)>,
     /// The open console, while the view is `Logs`.
     pub logs: Option<LogView>,
+    /// The first line shown of the help or description overlay (the
+    /// renderer keeps it within the text).
+    pub overlay_scroll: usize,
     /// The shown rows, rebuilt only when the data or the view changes.
     shown: Vec<Row>,
     shown_for: Option<ShownFor>,
@@ -188,6 +191,7 @@ impl App {
             selected: 0,
             message: None,
             logs: None,
+            overlay_scroll: 0,
             shown: Vec::new(),
             shown_for: None,
             now_ms: 0,
@@ -302,8 +306,18 @@ impl App {
                 None
             }
             Mode::Help | Mode::Describe { .. } => {
-                if matches!(key.code, KeyCode::Esc | KeyCode::Char('q') | KeyCode::Enter) {
-                    self.mode = Mode::Normal;
+                let scroll = self.overlay_scroll;
+                match key.code {
+                    KeyCode::Esc | KeyCode::Char('q') | KeyCode::Enter => self.mode = Mode::Normal,
+                    KeyCode::Down | KeyCode::Char('j') => self.overlay_scroll = scroll + 1,
+                    KeyCode::Up | KeyCode::Char('k') => {
+                        self.overlay_scroll = scroll.saturating_sub(1)
+                    }
+                    KeyCode::PageDown => self.overlay_scroll = scroll + 10,
+                    KeyCode::PageUp => self.overlay_scroll = scroll.saturating_sub(10),
+                    KeyCode::Char('g') | KeyCode::Home => self.overlay_scroll = 0,
+                    KeyCode::Char('G') | KeyCode::End => self.overlay_scroll = usize::MAX,
+                    _ => {}
                 }
                 None
             }
@@ -397,7 +411,10 @@ impl App {
             KeyCode::Char('q') => return Some(Intent::Quit),
             KeyCode::Char(':') => self.mode = Mode::Command(String::new()),
             KeyCode::Char('/') => self.mode = Mode::Filter(String::new()),
-            KeyCode::Char('?') => self.mode = Mode::Help,
+            KeyCode::Char('?') => {
+                self.overlay_scroll = 0;
+                self.mode = Mode::Help;
+            }
             KeyCode::Esc => self.back(),
             KeyCode::Down | KeyCode::Char('j') => {
                 self.selected = (self.selected + 1).min(count.saturating_sub(1))
@@ -463,6 +480,7 @@ impl App {
                     .iter()
                     .find(|n| n.node_id.to_string() == key);
                 if let Some(node) = node {
+                    self.overlay_scroll = 0;
                     self.mode = Mode::Describe {
                         title: format!("node {key}"),
                         text: crate::describe::node(node),
@@ -476,6 +494,7 @@ impl App {
     fn describe_vm(&mut self, name: &str) {
         match self.model.vms.get(name) {
             Some(vm) => {
+                self.overlay_scroll = 0;
                 self.mode = Mode::Describe {
                     title: format!("vm {name}"),
                     text: crate::describe::vm(vm),

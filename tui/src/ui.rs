@@ -29,7 +29,10 @@ pub const HELP: &[(&str, &str)] = &[
         "next / previous view: overview, nodes, vms, events",
     ),
     ("Enter", "drill down: a node's VMs, a VM's description"),
-    ("d", "describe the selected VM or node (YAML)"),
+    (
+        "d",
+        "describe the selected VM or node (YAML; j/k g/G scroll it)",
+    ),
     (
         "l",
         "the selected VM's console; in it: / search, w wrap, t times, f follow",
@@ -392,21 +395,32 @@ fn centered(area: Rect, width: u16, height: u16) -> Rect {
 }
 
 /// A box over the view, as tall as its wrapped lines (up to the view's
-/// height).
-fn overlay(frame: &mut Frame, title: &str, lines: Vec<Line>, area: Rect) {
+/// height), showing them from `scroll`; returns `scroll` kept within the
+/// text, and the title says which lines show when not all fit.
+fn overlay(frame: &mut Frame, title: &str, lines: Vec<Line>, area: Rect, scroll: usize) -> usize {
     let inner = usize::from(area.width.min(OVERLAY_WIDTH).saturating_sub(2)).max(1);
     let rows: usize = lines.iter().map(|l| l.width().div_ceil(inner).max(1)).sum();
     let height = u16::try_from(rows + 2).unwrap_or(u16::MAX);
     let area = centered(area, OVERLAY_WIDTH, height);
+    let visible = usize::from(area.height.saturating_sub(2)).max(1);
+    let scroll = scroll.min(rows.saturating_sub(visible));
+    let title = match rows > visible {
+        true => format!(
+            " {title} [{}-{} of {rows}, j/k scroll] ",
+            scroll + 1,
+            (scroll + visible).min(rows)
+        ),
+        false => format!(" {title} "),
+    };
     frame.render_widget(Clear, area);
     frame.render_widget(
-        Paragraph::new(lines).wrap(Wrap { trim: false }).block(
-            Block::default()
-                .borders(Borders::ALL)
-                .title(format!(" {title} ")),
-        ),
+        Paragraph::new(lines)
+            .wrap(Wrap { trim: false })
+            .scroll((u16::try_from(scroll).unwrap_or(u16::MAX), 0))
+            .block(Block::default().borders(Borders::ALL).title(title)),
         area,
     );
+    scroll
 }
 
 pub fn render(frame: &mut Frame, app: &mut App) {
@@ -424,6 +438,8 @@ pub fn render(frame: &mut Frame, app: &mut App) {
         View::Logs => logs(frame, app, body),
     }
     footer(frame, app, bottom);
+    let scroll = app.overlay_scroll;
+    let mut scrolled = None;
     match &app.mode {
         Mode::Help => {
             let lines = HELP
@@ -435,11 +451,12 @@ pub fn render(frame: &mut Frame, app: &mut App) {
                     ])
                 })
                 .collect();
-            overlay(frame, "help (Esc closes)", lines, body);
+            scrolled = Some(overlay(frame, "help (Esc closes)", lines, body, scroll));
         }
         Mode::Describe { title, text } => {
             let lines = text.lines().map(|l| Line::from(l.to_string())).collect();
-            overlay(frame, &format!("{title} (Esc closes)"), lines, body);
+            let title = format!("{title} (Esc closes)");
+            scrolled = Some(overlay(frame, &title, lines, body, scroll));
         }
         Mode::Confirm(action) => {
             let lines = vec![Line::from(format!("{}? y / n", action.describe()))];
@@ -473,6 +490,9 @@ pub fn render(frame: &mut Frame, app: &mut App) {
             );
         }
         Mode::Normal | Mode::Command(_) | Mode::Filter(_) => {}
+    }
+    if let Some(scroll) = scrolled {
+        app.overlay_scroll = scroll;
     }
 }
 
@@ -611,6 +631,32 @@ mod tests {
         key(&mut app, KeyCode::Char('x'));
         let text = screen(&mut app, 80, 24);
         assert!(text.contains("stop VM db? y / n"), "{text}");
+    }
+
+    #[test]
+    fn a_description_taller_than_80x24_scrolls_and_says_which_lines_show() {
+        let mut app = sample();
+        key(&mut app, KeyCode::Char('d'));
+        let text = screen(&mut app, 80, 24);
+        assert!(text.contains("name: db"), "{text}");
+        let total = match &app.mode {
+            Mode::Describe { text, .. } => text.lines().count(),
+            other => panic!("{other:?}"),
+        };
+        assert!(text.contains(&format!("of {total}, j/k scroll]")), "{text}");
+        key(&mut app, KeyCode::Char('G'));
+        let text = screen(&mut app, 80, 24);
+        assert!(
+            !text.contains("name: db"),
+            "the end shows, not the start:\n{text}"
+        );
+        assert!(text.contains(&format!("-{total} of {total}")), "{text}");
+        // Kept within the text: one step up leaves the last page.
+        key(&mut app, KeyCode::Char('k'));
+        let text = screen(&mut app, 80, 24);
+        assert!(!text.contains(&format!("-{total} of {total}")), "{text}");
+        key(&mut app, KeyCode::Char('g'));
+        assert!(screen(&mut app, 80, 24).contains("name: db"));
     }
 
     #[test]
