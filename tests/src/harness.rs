@@ -652,25 +652,32 @@ impl TestCluster {
         String::from_utf8(output.stdout).unwrap()
     }
 
-    /// Creates (stopped) a 128 MiB VM `name` of the test guest through
-    /// node `id`, with `extra` arguments for `vm create`.
+    /// Creates (stopped) a 1-vCPU, 128 MiB VM `name` through node `id`
+    /// with `runner` (and `extra`) as its `vm create` arguments.
+    fn create_with(&self, id: u64, name: &str, runner: &[&str], extra: &[&str]) {
+        let mut args = vec!["vm", "create", name, "--vcpus", "1", "--memory", "128"];
+        args.extend_from_slice(runner);
+        args.extend_from_slice(extra);
+        self.cli_ok(id, &args);
+    }
+
+    /// Creates (stopped) a VM `name` with a flake runner through node
+    /// `id`: a VM that exists but is never started.
+    pub fn create_flake(&self, id: u64, name: &str) {
+        self.create_with(id, name, &["--flake", "/etc/vms#x"], &[]);
+    }
+
+    /// Creates (stopped) a VM `name` of the test guest through node `id`,
+    /// with `extra` arguments for `vm create`.
     pub fn create_guest(&self, id: u64, name: &str, extra: &[&str]) {
         let (kernel, initrd) = guest_image();
-        let mut args = vec![
-            "vm",
-            "create",
-            name,
-            "--vcpus",
-            "1",
-            "--memory",
-            "128",
+        let runner = [
             "--kernel",
             kernel.to_str().unwrap(),
             "--initrd",
             initrd.to_str().unwrap(),
         ];
-        args.extend_from_slice(extra);
-        self.cli_ok(id, &args);
+        self.create_with(id, name, &runner, extra);
     }
 
     /// Names of all VMs listed by node `id`, with the list's revision.

@@ -61,23 +61,7 @@ async fn watch_runs_the_command_again_on_a_change() {
     use std::io::Read;
     use std::sync::{Arc, Mutex};
     let cluster = TestCluster::start(1, Timings::default()).await;
-    let create = |name: &str| {
-        cluster.cli_ok(
-            1,
-            &[
-                "vm",
-                "create",
-                name,
-                "--vcpus",
-                "1",
-                "--memory",
-                "128",
-                "--flake",
-                "/etc/vms#x",
-            ],
-        );
-    };
-    create("first");
+    cluster.create_flake(1, "first");
     let mut child = std::process::Command::new(blixard_tests::blixard_bin())
         .args([
             "--addr",
@@ -120,7 +104,7 @@ async fn watch_runs_the_command_again_on_a_change() {
         shows("\"first\""),
     )
     .await;
-    create("second");
+    cluster.create_flake(1, "second");
     blixard_tests::eventually(
         "a run after the change",
         blixard_tests::SCREEN_TIMEOUT,
@@ -334,20 +318,7 @@ async fn apply_export_diff_round_trip() {
     assert_eq!(after["changes"], Value::Array(vec![]));
 
     // A VM made by hand, or by another document, is never taken over.
-    cluster.cli_ok(
-        1,
-        &[
-            "vm",
-            "create",
-            "hand",
-            "--vcpus",
-            "1",
-            "--memory",
-            "128",
-            "--flake",
-            "/etc/vms#x",
-        ],
-    );
+    cluster.create_flake(1, "hand");
     let mut hand = std::fs::read_to_string(&path).unwrap();
     hand.push_str(
         "    - {name: hand, config: /etc/vms#x, vcpus: 1, memory: 128, state: stopped}\n",

@@ -34,23 +34,6 @@ async fn line_soon(tmux: &Tmux, within: Duration, wanted: impl Fn(&str) -> bool)
 /// (the VM may not have reached the REPL's live view yet).
 const ATTEMPT: Duration = Duration::from_secs(2);
 
-fn create(cluster: &TestCluster, name: &str) {
-    cluster.cli_ok(
-        1,
-        &[
-            "vm",
-            "create",
-            name,
-            "--vcpus",
-            "1",
-            "--memory",
-            "128",
-            "--flake",
-            "/etc/vms#x",
-        ],
-    );
-}
-
 /// Goal: the REPL completes names the cluster has now, recalls history,
 /// survives Ctrl-C in a streaming command, keeps its history in a file,
 /// and moves to another node when its node dies, saying so in the prompt.
@@ -60,7 +43,7 @@ fn create(cluster: &TestCluster, name: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_repl_completes_live_names_recalls_history_and_survives_ctrl_c() {
     let mut cluster = TestCluster::start(3, Timings::default()).await;
-    create(&cluster, "web-7");
+    cluster.create_flake(1, "web-7");
     let home = tempfile::tempdir().unwrap();
     let address = cluster.address(2).to_string();
     let command = format!(
@@ -73,7 +56,7 @@ async fn the_repl_completes_live_names_recalls_history_and_survives_ctrl_c() {
     tmux.wait_for(&format!("blixard@{address} (n2 ")).await;
 
     // Created after the REPL started: completion learns it from the watch.
-    create(&cluster, "api-9");
+    cluster.create_flake(1, "api-9");
     let completed = || async {
         tmux.keys(&["C-c"]);
         tmux.keys(&["vm status ap", "Tab"]);
@@ -130,7 +113,7 @@ async fn the_repl_completes_live_names_recalls_history_and_survives_ctrl_c() {
         },
     )
     .await;
-    create(&cluster, "db-3");
+    cluster.create_flake(1, "db-3");
     tmux.keys(&["vm list", "Enter"]);
     tmux.wait_for("db-3").await;
 

@@ -1,10 +1,11 @@
 //! `blixard vm create | list | status | start | stop | delete`.
 
+use blixard_api::pb::vm_client::VmClient;
 use blixard_api::{pb, validate};
 use serde::Serialize;
 
 use crate::cli::{OutputFormat, VmCommand, VmCreateArgs};
-use crate::client::{self, status_error};
+use crate::client::{self, status_error, Conn};
 use crate::commands::wait::{self, Goal};
 use crate::output;
 
@@ -237,6 +238,11 @@ fn spec(args: VmCreateArgs) -> pb::VmSpec {
     }
 }
 
+async fn list(client: &mut VmClient<Conn>) -> anyhow::Result<pb::ListVmsResponse> {
+    let list = client.list(pb::ListVmsRequest {}).await;
+    Ok(list.map_err(status_error)?.into_inner())
+}
+
 /// Prints the members of replica group `group` among `vms`.
 fn print_group(
     format: OutputFormat,
@@ -296,11 +302,7 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                     .collect();
                 wait::vms(addr, goals, wait.timeout).await?;
             }
-            let list = client
-                .list(pb::ListVmsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let list = list(&mut client).await?;
             print_group(format, &group, list.vms, list.revision)
         }
         VmCommand::Scale {
@@ -333,23 +335,14 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                     })
                     .collect();
                 wait::vms(addr, goals, wait.timeout).await?;
-                let list = client
-                    .list(pb::ListVmsRequest {})
-                    .await
-                    .map_err(status_error)?
-                    .into_inner();
+                let list = list(&mut client).await?;
                 response.vms = list.vms;
                 response.revision = list.revision;
             }
             print_group(format, &name, response.vms, response.revision)
         }
         VmCommand::List => {
-            let response = client::vm(addr)
-                .await?
-                .list(pb::ListVmsRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let response = list(&mut client::vm(addr).await?).await?;
             let list = VmListView {
                 revision: response.revision,
                 vms: response.vms.iter().map(view).collect(),

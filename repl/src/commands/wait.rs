@@ -59,17 +59,15 @@ fn progress(goal: Goal, vm: Option<&pb::VmInfo>) -> Progress {
     }
 }
 
-/// Waits until each `(name, goal)` holds, through `addr`.
-pub async fn vms(addr: &str, goals: Vec<(String, Goal)>, timeout_ms: u64) -> anyhow::Result<()> {
-    if goals.is_empty() {
-        return Ok(());
-    }
-    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+/// The VM watch stream and the list, such that every change the list
+/// lacks comes in the stream with a higher revision than the list's: the
+/// watch has taken its snapshot once it answers, and the list is read
+/// after it.
+pub async fn watch_after_list(
+    addr: &str,
+) -> anyhow::Result<(tonic::Streaming<pb::VmEvent>, pb::ListVmsResponse)> {
     let mut client = client::vm(addr).await?;
-    // The watch has taken its snapshot once it answers; the list is read
-    // after it, so every change the list lacks comes later in the stream
-    // with a higher revision.
-    let mut stream = client
+    let stream = client
         .watch(pb::WatchVmsRequest {})
         .await
         .map_err(status_error)?
@@ -79,6 +77,16 @@ pub async fn vms(addr: &str, goals: Vec<(String, Goal)>, timeout_ms: u64) -> any
         .await
         .map_err(status_error)?
         .into_inner();
+    Ok((stream, list))
+}
+
+/// Waits until each `(name, goal)` holds, through `addr`.
+pub async fn vms(addr: &str, goals: Vec<(String, Goal)>, timeout_ms: u64) -> anyhow::Result<()> {
+    if goals.is_empty() {
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
+    let (mut stream, list) = watch_after_list(addr).await?;
     let mut vms: BTreeMap<String, pb::VmInfo> = list
         .vms
         .into_iter()

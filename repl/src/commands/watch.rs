@@ -65,20 +65,8 @@ struct Changes {
 
 impl Changes {
     async fn open(addr: &str) -> anyhow::Result<Changes> {
-        let mut client = client::vm(addr).await?;
-        // The watch takes its snapshot before answering; the list read
-        // after it tells which of its events are the snapshot.
-        let vms = client
-            .watch(pb::WatchVmsRequest {})
-            .await
-            .map_err(status_error)?
-            .into_inner();
-        let seen_revision = client
-            .list(pb::ListVmsRequest {})
-            .await
-            .map_err(status_error)?
-            .into_inner()
-            .revision;
+        let (vms, list) = super::wait::watch_after_list(addr).await?;
+        let seen_revision = list.revision;
         let events = client::cluster(addr)
             .await?
             .events(pb::EventsRequest {

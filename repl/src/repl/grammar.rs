@@ -202,6 +202,12 @@ pub fn read<'a>(root: &'a Command, words: &[&str]) -> (Vec<Role>, Expect<'a>) {
             }
             continue;
         }
+        if path == ["watch"] {
+            // `watch [--interval D] COMMAND...`: the command is read as a
+            // line of its own.
+            path.clear();
+            command = root;
+        }
         if command.has_subcommands() {
             match command.find_subcommand(word) {
                 Some(sub) => {
@@ -213,24 +219,6 @@ pub fn read<'a>(root: &'a Command, words: &[&str]) -> (Vec<Role>, Expect<'a>) {
                 None => {
                     roles.push(Role::Unknown);
                     lost = !help;
-                }
-            }
-            continue;
-        }
-        if path == ["watch"] {
-            // `watch [--interval D] COMMAND...`: the command is read as a
-            // line of its own.
-            path.clear();
-            match root.find_subcommand(word) {
-                Some(sub) => {
-                    roles.push(Role::Command);
-                    path.push(sub.get_name().to_string());
-                    command = sub;
-                    positionals = 0;
-                }
-                None => {
-                    roles.push(Role::Unknown);
-                    lost = true;
                 }
             }
             continue;
