@@ -27,14 +27,16 @@ fn read_document(
     if let Some(text) = inline {
         return Ok((text, "the here-document".into()));
     }
-    let text = if name == "-" {
-        let mut text = String::new();
-        std::io::stdin().read_to_string(&mut text)?;
-        text
-    } else {
-        std::fs::read_to_string(file)
-            .map_err(|e| exit::error(Exit::Usage, format!("{name}: {e}")))?
-    };
+    // Standard input may wait on a person or a pipe: off the async workers.
+    let text = tokio::task::block_in_place(|| {
+        if name == "-" {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text).map(|_| text)
+        } else {
+            std::fs::read_to_string(file)
+        }
+    })
+    .map_err(|e| exit::error(Exit::Usage, format!("{name}: {e}")))?;
     Ok((text, name))
 }
 
@@ -136,7 +138,8 @@ fn confirmed(yes: bool) -> anyhow::Result<bool> {
     eprint!("Apply these changes? [y/N] ");
     std::io::stderr().flush()?;
     let mut answer = String::new();
-    std::io::stdin().read_line(&mut answer)?;
+    // The answer waits on a person: off the async workers.
+    tokio::task::block_in_place(|| std::io::stdin().read_line(&mut answer))?;
     Ok(matches!(answer.trim(), "y" | "Y" | "yes"))
 }
 
