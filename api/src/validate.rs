@@ -20,13 +20,37 @@ pub mod limits {
     pub const REPLICAS_MAX: u32 = 1000;
     /// Constraints plus preferences on one VM.
     pub const PLACEMENT_RULES_MAX: usize = 32;
+    /// The x86 kernel's `COMMAND_LINE_SIZE`: a longer command line is cut.
+    pub const CMDLINE_LEN_MAX: usize = 2048;
+    /// Free text a node or controller attaches (reasons, exit statuses).
+    pub const TEXT_LEN_MAX: usize = 4096;
+    /// Labels one node may carry.
+    pub const LABELS_MAX: usize = 64;
+    /// Bytes of a label key or value.
+    pub const LABEL_LEN_MAX: usize = 253;
+    /// Bytes of bad input an error message repeats.
+    pub const ECHO_LEN_MAX: usize = 64;
+}
+
+/// At most [`limits::ECHO_LEN_MAX`] bytes of `input`, for error messages:
+/// a refused value is named, never repeated whole (a 64 KiB name would not
+/// fit in a gRPC status).
+pub fn echo(input: &str) -> String {
+    if input.len() <= limits::ECHO_LEN_MAX {
+        return input.to_string();
+    }
+    let mut end = limits::ECHO_LEN_MAX;
+    while !input.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes)", &input[..end], input.len())
 }
 
 /// Why a request was refused before reaching the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ValidationError {
     /// The VM name is not a DNS label.
-    #[error("invalid VM name {name:?}: {reason}")]
+    #[error("invalid VM name {:?}: {reason}", echo(name))]
     VmName { name: String, reason: &'static str },
     /// vCPU count outside `1..=VCPUS_MAX`.
     #[error("invalid vcpus {vcpus}: must be between 1 and {max}", max = limits::VCPUS_MAX)]
@@ -48,7 +72,7 @@ pub enum ValidationError {
     #[error("invalid node id 0: node ids start at 1")]
     NodeIdZero,
     /// A network address that is not HOST:PORT.
-    #[error("invalid address {address:?}: expected HOST:PORT")]
+    #[error("invalid address {:?}: expected HOST:PORT", echo(address))]
     Address { address: String },
     /// A placement rule, group or strategy that makes no sense.
     #[error("invalid placement: {reason}")]
@@ -57,8 +81,12 @@ pub enum ValidationError {
     #[error("invalid replicas {replicas}: must be between 1 and {max}", max = limits::REPLICAS_MAX)]
     Replicas { replicas: u32 },
     /// A platform (document) name that is not a DNS label.
-    #[error("invalid platform name {name:?}: {reason}")]
+    #[error("invalid platform name {:?}: {reason}", echo(name))]
     Platform { name: String, reason: &'static str },
+    /// Free text (a path, a command line, a label) out of bounds or
+    /// holding control characters.
+    #[error("invalid {field}: {reason}")]
+    Text { field: &'static str, reason: String },
 }
 
 /// Checks a platform document's name: a DNS label, like a VM name.
@@ -171,23 +199,108 @@ fn runner(runner: Option<&pb::RunnerSource>) -> Result<(), ValidationError> {
             if k.kernel_path.is_empty() || k.initrd_path.is_empty() {
                 return refuse("a kernel runner needs both a kernel path and an initrd path");
             }
-            if k.kernel_path.len() > limits::PATH_LEN_MAX
-                || k.initrd_path.len() > limits::PATH_LEN_MAX
-            {
-                return refuse("path longer than 4096 bytes");
-            }
+            path("kernel path", &k.kernel_path)?;
+            path("initrd path", &k.initrd_path)?;
+            cmdline(&k.cmdline)?;
             ports(&k.ports)
         }
         Some(pb::runner_source::Source::Flake(f)) => {
             if f.flake_ref.trim().is_empty() {
                 return refuse("the flake reference is empty");
             }
-            if f.flake_ref.len() > limits::PATH_LEN_MAX {
-                return refuse("flake reference longer than 4096 bytes");
-            }
-            Ok(())
+            flake_ref(&f.flake_ref)
         }
     }
+}
+
+/// `text` made acceptable to [`text`]: control characters become spaces
+/// and it is cut to at most `len_max` bytes. For text Blixard writes
+/// itself from outside sources (a failed build's output, a reason), which
+/// must never make its own report invalid.
+pub fn clip(text: &str, len_max: usize) -> String {
+    let mut clipped = String::with_capacity(text.len().min(len_max));
+    for c in text.chars() {
+        let c = if c.is_control() { ' ' } else { c };
+        if clipped.len() + c.len_utf8() > len_max {
+            break;
+        }
+        clipped.push(c);
+    }
+    clipped
+}
+
+/// Refuses text longer than `len_max` bytes or holding control
+/// characters (a newline or NUL would end a line in a script, a unit file
+/// or a log).
+pub fn text(field: &'static str, value: &str, len_max: usize) -> Result<(), ValidationError> {
+    let refuse = |reason: String| Err(ValidationError::Text { field, reason });
+    if value.len() > len_max {
+        return refuse(format!("{} bytes, at most {len_max}", value.len()));
+    }
+    if let Some(c) = value.chars().find(|c| c.is_control()) {
+        return refuse(format!("control character {c:?} in {:?}", echo(value)));
+    }
+    Ok(())
+}
+
+/// A host path the node agent opens (kernel, initrd).
+pub fn path(field: &'static str, value: &str) -> Result<(), ValidationError> {
+    if value.is_empty() {
+        return Err(ValidationError::Text {
+            field,
+            reason: "empty".into(),
+        });
+    }
+    text(field, value, limits::PATH_LEN_MAX)
+}
+
+/// The guest kernel's command line: what the x86 kernel takes, one line.
+pub fn cmdline(value: &str) -> Result<(), ValidationError> {
+    text("kernel command line", value, limits::CMDLINE_LEN_MAX)
+}
+
+/// A flake reference, passed to `nix build` as one argument: never empty,
+/// never an option (`-...`), no white space.
+pub fn flake_ref(value: &str) -> Result<(), ValidationError> {
+    let field = "flake reference";
+    text(field, value, limits::PATH_LEN_MAX)?;
+    let refuse = |reason: &str| {
+        Err(ValidationError::Text {
+            field,
+            reason: format!("{reason}: {:?}", echo(value)),
+        })
+    };
+    if value.is_empty() {
+        return refuse("empty");
+    }
+    if value.starts_with('-') {
+        return refuse("must not start with '-'");
+    }
+    if value.chars().any(char::is_whitespace) {
+        return refuse("must not contain white space");
+    }
+    Ok(())
+}
+
+/// A node label (`zone=a`): bounded key and value, the key a DNS-ish name.
+pub fn label(key: &str, value: &str) -> Result<(), ValidationError> {
+    let field = "label";
+    let key_ok = !key.is_empty()
+        && key.len() <= limits::LABEL_LEN_MAX
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./".contains(&b));
+    if !key_ok {
+        return Err(ValidationError::Text {
+            field,
+            reason: format!(
+                "key {:?} must be 1-{} of letters, digits, '-', '_', '.', '/'",
+                echo(key),
+                limits::LABEL_LEN_MAX
+            ),
+        });
+    }
+    text(field, value, limits::LABEL_LEN_MAX)
 }
 
 fn ports(ports: &[pb::PortForward]) -> Result<(), ValidationError> {
@@ -223,6 +336,10 @@ pub fn address(address: &str) -> Result<(), ValidationError> {
         return refuse();
     };
     if host.is_empty() || port.parse::<u16>().map_or(true, |p| p == 0) {
+        return refuse();
+    }
+    // Host names are at most 253 bytes (RFC 1035), IPv6 literals less.
+    if address.len() > 260 || address.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return refuse();
     }
     Ok(())
@@ -327,8 +444,49 @@ mod tests {
     fn addresses_need_host_and_port() {
         assert_eq!(address("127.0.0.1:7000"), Ok(()));
         assert_eq!(address("[::1]:7000"), Ok(()));
-        for bad in ["127.0.0.1", ":7000", "h:0", "h:99999", "h:x"] {
+        for bad in [
+            "127.0.0.1",
+            ":7000",
+            "h:0",
+            "h:99999",
+            "h:x",
+            "h\n:7000",
+            "h :7000",
+        ] {
             assert!(address(bad).is_err(), "{bad}");
         }
+        assert!(address(&format!("{}:7000", "h".repeat(300))).is_err());
+    }
+
+    #[test]
+    fn text_that_reaches_scripts_and_commands_is_one_bounded_line() {
+        assert_eq!(cmdline("console=ttyS0 http=1"), Ok(()));
+        assert!(cmdline("a\nb").is_err());
+        assert!(cmdline("a\0b").is_err());
+        assert!(cmdline(&"x".repeat(limits::CMDLINE_LEN_MAX + 1)).is_err());
+        assert_eq!(flake_ref("/etc/vms#web"), Ok(()));
+        for bad in ["", "--impure", "/etc/vms #x", "a\nb"] {
+            assert!(flake_ref(bad).is_err(), "{bad:?}");
+        }
+        assert!(path("kernel path", "/boot/vmlinuz\n").is_err());
+        assert_eq!(label("zone", "a"), Ok(()));
+        assert!(label("", "a").is_err());
+        assert!(label("a b", "a").is_err());
+    }
+
+    #[test]
+    fn clipped_text_always_passes() {
+        let clipped = clip(&"é\n".repeat(5000), limits::TEXT_LEN_MAX);
+        assert_eq!(text("reason", &clipped, limits::TEXT_LEN_MAX), Ok(()));
+        assert_eq!(clip("exit code 1", 100), "exit code 1");
+    }
+
+    #[test]
+    fn errors_echo_a_short_prefix_of_bad_input() {
+        let long = "A".repeat(65_536);
+        let message = vm_name(&long).unwrap_err().to_string();
+        assert!(message.len() < 200, "{} bytes", message.len());
+        assert!(message.contains("65536 bytes"), "{message}");
+        assert!(echo("é".repeat(40).as_str()).len() < 90);
     }
 }

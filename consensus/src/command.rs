@@ -332,6 +332,28 @@ pub enum Transition {
 }
 
 impl Command {
+    /// The command's name as it is encoded (`create_vm`, ...).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Command::CreateVm { .. } => "create_vm",
+            Command::SetVmDesiredState { .. } => "set_vm_desired_state",
+            Command::DeleteVm { .. } => "delete_vm",
+            Command::SetNodeAddress { .. } => "set_node_address",
+            Command::SetHostFacts { .. } => "set_host_facts",
+            Command::AssignVm { .. } => "assign_vm",
+            Command::MarkUnplaceable { .. } => "mark_unplaceable",
+            Command::MarkVmLost { .. } => "mark_vm_lost",
+            Command::SetReplicas { .. } => "set_replicas",
+            Command::SetNodeEligibility { .. } => "set_node_eligibility",
+            Command::DrainNode { .. } => "drain_node",
+            Command::FinishDrain { .. } => "finish_drain",
+            Command::SetSettings { .. } => "set_settings",
+            Command::RegisterWorker { .. } => "register_worker",
+            Command::UnregisterWorker { .. } => "unregister_worker",
+            Command::ReportVm { .. } => "report_vm",
+        }
+    }
+
     pub fn encode(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("commands always serialize")
     }
@@ -376,6 +398,18 @@ pub enum Rejection {
     NoSuchGroup { group: String },
     #[error("{detail}")]
     Invalid { detail: String },
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_the_encoded_tags() {
+        let command = Command::UnregisterWorker { node_id: 4 };
+        let encoded: serde_json::Value = serde_json::from_slice(&command.encode()).unwrap();
+        assert_eq!(encoded["type"], command.kind());
+    }
 }
 
 /// Something that happened to the cluster, for `events` and the TUI.

@@ -12,6 +12,7 @@ mod pending;
 pub mod placement;
 pub mod state;
 pub mod storage;
+pub mod validate;
 
 pub use command::{
     validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,

@@ -62,7 +62,7 @@ impl Default for Outcome {
 }
 
 impl Outcome {
-    fn rejected(rejection: Rejection) -> Self {
+    pub(crate) fn rejected(rejection: Rejection) -> Self {
         Self {
             result: Err(rejection),
             ..Self::default()
@@ -102,7 +102,23 @@ impl ClusterState {
     /// Applies one command (see the module invariants).
     pub fn apply(&mut self, command: Command) -> Outcome {
         let revision_before = self.revision;
-        let outcome = match command {
+        let outcome = match crate::validate::command(&command) {
+            Ok(()) => self.apply_valid(command),
+            Err(rejection) => Outcome::rejected(rejection),
+        };
+        match &outcome.result {
+            Ok(applied) => assert_eq!(applied.revision, revision_before + 1),
+            Err(_) => {
+                assert_eq!(self.revision, revision_before);
+                assert!(outcome.touched.is_empty() && outcome.events.is_empty());
+            }
+        }
+        outcome
+    }
+
+    /// Applies a command whose values passed [`crate::validate::command`].
+    fn apply_valid(&mut self, command: Command) -> Outcome {
+        match command {
             Command::CreateVm {
                 spec,
                 created_at_unix_ms,
@@ -120,7 +136,12 @@ impl ClusterState {
                 Ok(())
             }),
             Command::DeleteVm { name } => self.delete_vm(&name),
-            Command::SetNodeAddress { node_id, address } => self.set_node(node_id, address),
+            // Only a known node moves; new nodes arrive by configuration
+            // change or as registered workers.
+            Command::SetNodeAddress { node_id, address } => self.update_node(node_id, |node| {
+                node.address = address;
+                Ok(())
+            }),
             Command::SetHostFacts { node_id, facts } => self.set_host_facts(node_id, facts),
             Command::AssignVm {
                 name,
@@ -167,6 +188,18 @@ impl ClusterState {
             Command::FinishDrain { node_id, force } => self.finish_drain(node_id, force),
             Command::SetSettings { settings } => self.set_settings(settings),
             Command::RegisterWorker { node_id, address } => {
+                // Registering again (a worker retrying its join) is a
+                // no-op change; taking over another node's id is not.
+                if let Some(known) = self.nodes.get(&node_id) {
+                    if known.address != address {
+                        return Outcome::rejected(Rejection::Invalid {
+                            detail: format!(
+                                "node {node_id} is already registered at {}",
+                                known.address
+                            ),
+                        });
+                    }
+                }
                 let new = !self.nodes.contains_key(&node_id);
                 let outcome = self.set_node(node_id, address.clone());
                 match new {
@@ -183,15 +216,7 @@ impl ClusterState {
                 true => self.remove_member(node_id),
                 false => Outcome::rejected(Rejection::NoSuchNode { node_id }),
             },
-        };
-        match &outcome.result {
-            Ok(applied) => assert_eq!(applied.revision, revision_before + 1),
-            Err(_) => {
-                assert_eq!(self.revision, revision_before);
-                assert!(outcome.touched.is_empty() && outcome.events.is_empty());
-            }
         }
-        outcome
     }
 
     /// Replays one transition a voter applied (see [`Transition`]).

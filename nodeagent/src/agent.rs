@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::paths;
 use crate::supervisor::{supervise, Desired, Settings, VmReport};
 
 /// Reports buffered between supervisors and the daemon.
@@ -74,6 +75,10 @@ impl NodeAgent {
     }
 
     fn set(&mut self, name: &str, desired: Desired) {
+        if let Err(error) = paths::vm_state_dir(&self.settings.state_root, name) {
+            tracing::error!(%error, "refusing to supervise a VM with this name");
+            return;
+        }
         if let Some(supervised) = self.supervisors.get(name) {
             supervised.desired.send_if_modified(|current| {
                 let changed = *current != desired;
@@ -106,6 +111,8 @@ impl NodeAgent {
             .filter_map(|entry| entry.ok())
             .filter(|entry| entry.path().is_dir())
             .filter_map(|entry| entry.file_name().into_string().ok())
+            // Only directories a VM could own: others are not ours to remove.
+            .filter(|name| paths::vm_state_dir(&self.settings.state_root, name).is_ok())
             .collect()
     }
 

@@ -9,6 +9,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use crate::error::{Error, Result};
@@ -22,9 +23,11 @@ pub fn path(state_dir: &Path) -> PathBuf {
 /// Opens the log for a new hypervisor (append, created if missing).
 pub fn open_for_hypervisor(state_dir: &Path) -> Result<File> {
     let path = path(state_dir);
+    // Guests print secrets to their consoles too: private to the agent.
     OpenOptions::new()
         .create(true)
         .append(true)
+        .mode(0o600)
         .open(&path)
         .map_err(|e| Error::io(format!("open {}", path.display()), e))
 }

@@ -11,6 +11,7 @@ pub mod accel;
 pub mod agent;
 pub mod console;
 mod error;
+pub mod paths;
 pub mod process;
 pub mod qmp;
 pub mod runner;

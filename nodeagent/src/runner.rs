@@ -114,10 +114,12 @@ impl QemuRunner {
     fn script(&self) -> Result<String> {
         let quoted = shlex::try_join(self.command_line().iter().map(String::as_str))
             .map_err(|e| Error::Runner(format!("cannot quote the qemu command line: {e}")))?;
+        // Every interpolation is quoted; the name appears nowhere else.
+        let process_name = process_name(&self.name);
+        let argv0 = shlex::try_quote(&process_name)
+            .map_err(|e| Error::Runner(format!("cannot quote the process name: {e}")))?;
         Ok(format!(
-            "#!/usr/bin/env bash\n# Written by blixard for VM {name}: the microvm.nix runner layout.\nset -eu\nexec -a {argv0} {quoted}\n",
-            name = self.name,
-            argv0 = process_name(&self.name),
+            "#!/usr/bin/env bash\n# Written by blixard: the microvm.nix runner layout.\nset -eu\nexec -a {argv0} {quoted}\n"
         ))
     }
 }

@@ -20,6 +20,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::accel::Accel;
 use crate::console;
+use crate::paths;
 use crate::process::{self, is_vm_process};
 use crate::qmp;
 use crate::runner::{self, FlakeRunner, QemuRunner, RunnerSource};
@@ -196,8 +197,15 @@ pub async fn supervise(
     mut desired: watch::Receiver<Desired>,
     reports: mpsc::Sender<VmReport>,
 ) {
+    let state_dir = match paths::vm_state_dir(&settings.state_root, &name) {
+        Ok(dir) => dir,
+        Err(error) => {
+            tracing::error!(%error, "refusing to supervise a VM with this name");
+            return;
+        }
+    };
     let mut vm = Supervisor {
-        state_dir: settings.state_root.join(&name),
+        state_dir,
         name,
         settings,
         reports,
@@ -382,8 +390,7 @@ impl Supervisor {
     /// Prepares the runner and starts it; waits until the guest runs.
     /// Returns the boot time when the hypervisor could tell it.
     async fn spawn(&mut self, plan: &VmPlan) -> Result<Option<u64>, String> {
-        std::fs::create_dir_all(&self.state_dir)
-            .map_err(|e| format!("cannot create {}: {e}", self.state_dir.display()))?;
+        paths::create_private_dir(&self.state_dir).map_err(|e| e.to_string())?;
         let settings = &self.settings;
         let prepared = match &plan.source {
             PlanSource::Kernel {

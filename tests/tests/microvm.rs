@@ -111,6 +111,17 @@ async fn vm_boots_logs_stops_starts_and_deletes() {
 
     let state_dir = cluster.nodes[&node].data_dir.join("vms").join("web");
     assert!(state_dir.join("web.sock").exists());
+    // The console holds whatever the guest prints: the agent's alone.
+    let mode = |path: &std::path::Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    };
+    assert_eq!(mode(&state_dir), 0o700, "state directory mode");
+    assert_eq!(
+        mode(&state_dir.join("console.log")),
+        0o600,
+        "console log mode"
+    );
     cluster.cli_ok(2, &["vm", "delete", "web"]);
     eventually("the VM to be gone from its node", BOOT_TIMEOUT, || async {
         (cluster.vm_processes("web").is_empty() && !state_dir.exists()).then_some(())

@@ -33,23 +33,17 @@ impl<T: Transport> RaftNode<T> {
             let tag = ProposalTag::decode(&entry.context);
             let result = match entry.get_entry_type() {
                 EntryType::EntryNormal => self.apply_normal(wtxn, &entry)?,
-                EntryType::EntryConfChange => {
-                    let change =
-                        ConfChange::parse_from_bytes(&entry.data).map_err(|e| Error::Corrupt {
-                            what: "conf change",
-                            detail: e.to_string(),
-                        })?;
-                    self.apply_conf_change(wtxn, &entry, &change)?
-                }
-                EntryType::EntryConfChangeV2 => {
-                    let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| {
-                        Error::Corrupt {
-                            what: "conf change",
-                            detail: e.to_string(),
-                        }
-                    })?;
-                    self.apply_conf_change(wtxn, &entry, &change)?
-                }
+                // A conf change that does not decode came from a peer (ours
+                // always do): the same bytes are refused alike everywhere,
+                // rather than stopping every node that applies them.
+                EntryType::EntryConfChange => match ConfChange::parse_from_bytes(&entry.data) {
+                    Ok(change) => self.apply_conf_change(wtxn, &entry, &change)?,
+                    Err(error) => self.refuse_entry(wtxn, &entry, error)?,
+                },
+                EntryType::EntryConfChangeV2 => match ConfChangeV2::parse_from_bytes(&entry.data) {
+                    Ok(change) => self.apply_conf_change(wtxn, &entry, &change)?,
+                    Err(error) => self.refuse_entry(wtxn, &entry, error)?,
+                },
             };
             if let Some(tag) = tag.filter(|t| t.proposer == self.config.node_id) {
                 answers.push((tag.request_id, result));
@@ -71,9 +65,23 @@ impl<T: Transport> RaftNode<T> {
             }));
         }
         let mut transitions = Vec::new();
+        let proposer = ProposalTag::decode(&entry.context).map(|tag| tag.proposer);
+        let conf_state = self.raw.store().conf_state();
+        let members: Vec<u64> = conf_state
+            .voters
+            .iter()
+            .chain(&conf_state.learners)
+            .copied()
+            .collect();
         let outcome = match Command::decode(&entry.data) {
             Ok(command) => {
-                let outcome = self.write_state(|state| state.apply(command.clone()));
+                // Who may propose what is decided here, where the entry's
+                // proposer and this point's membership are known; the
+                // same on every node.
+                let outcome = match crate::validate::authorize(&command, proposer, &members) {
+                    Ok(()) => self.write_state(|state| state.apply(command.clone())),
+                    Err(rejection) => Outcome::rejected(rejection),
+                };
                 if let Ok(applied) = &outcome.result {
                     transitions.push((
                         applied.revision,
@@ -96,6 +104,24 @@ impl<T: Transport> RaftNode<T> {
             }
         };
         self.record(wtxn, entry.index, outcome, transitions)
+    }
+
+    /// Records an undecodable entry as applied, changing nothing.
+    fn refuse_entry(
+        &mut self,
+        wtxn: &mut RwTxn,
+        entry: &Entry,
+        error: protobuf::ProtobufError,
+    ) -> Result<Result<Applied>> {
+        tracing::error!(index = entry.index, %error, "undecodable conf change in log");
+        let state = self.shared.state.read().expect("state lock poisoned");
+        self.raw
+            .mut_store()
+            .record_applied(wtxn, entry.index, &state, &[])?;
+        Ok(Err(Rejection::Undecodable {
+            detail: error.to_string(),
+        }
+        .into()))
     }
 
     fn apply_conf_change(

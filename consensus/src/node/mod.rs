@@ -30,6 +30,7 @@ use crate::handle::{
     MESSAGES_QUEUED_MAX, REQUESTS_QUEUED_MAX,
 };
 mod apply;
+mod guard;
 
 use crate::pending::Pending;
 use crate::state::ClusterState;
@@ -97,6 +98,9 @@ pub struct RaftNode<T: Transport> {
     ticks: u64,
     /// The tick at which each peer was last heard from.
     last_heard_tick: HashMap<u64, u64>,
+    /// Peer messages the guard refused since start.
+    messages_refused: u64,
+    refusal_logged_tick: Option<u64>,
 }
 
 fn raft_logger() -> slog::Logger {
@@ -153,6 +157,8 @@ impl<T: Transport> RaftNode<T> {
             next_request_id: 1,
             ticks: 0,
             last_heard_tick: HashMap::new(),
+            messages_refused: 0,
+            refusal_logged_tick: None,
         };
         node.publish_status();
         Ok((node, handle))
@@ -202,6 +208,21 @@ impl<T: Transport> RaftNode<T> {
     }
 
     fn step(&mut self, message: Message, from_address: String) {
+        // Peer input is checked before raft-rs, which trusts its peers,
+        // sees it, and before anything is learned from it.
+        if let Err(refused) = guard::check(&message, &self.raw.raft) {
+            self.messages_refused += 1;
+            // One line per tick at most: a flood must not flood the log.
+            if self.refusal_logged_tick != Some(self.ticks) {
+                self.refusal_logged_tick = Some(self.ticks);
+                tracing::warn!(
+                    %refused,
+                    refused_total = self.messages_refused,
+                    "refused a raft message from a peer"
+                );
+            }
+            return;
+        }
         self.last_heard_tick.insert(message.from, self.ticks);
         if !from_address.is_empty()
             && self.learned_addresses.get(&message.from) != Some(&from_address)
@@ -473,7 +494,13 @@ impl<T: Transport> RaftNode<T> {
             node_id: id,
             address: self.config.address.clone(),
         };
-        if let Err(error) = self.raw.propose(Vec::new(), command.encode()) {
+        // Tagged with this node as proposer: the state machine lets only a
+        // node itself change its address. No client waits for request 0.
+        let tag = ProposalTag {
+            proposer: id,
+            request_id: 0,
+        };
+        if let Err(error) = self.raw.propose(tag.encode(), command.encode()) {
             tracing::debug!(%error, "could not propose this node's address yet");
         }
     }

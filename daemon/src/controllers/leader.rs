@@ -12,6 +12,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use blixard_api::limits;
+use blixard_api::validate::clip;
 use blixard_consensus::{Command, DesiredState, Role, StateEvent};
 use blixard_membership::Membership;
 use futures::stream::{self, StreamExt};
@@ -120,10 +122,11 @@ pub async fn run(
                     } => Some(Command::AssignVm {
                         name: vm,
                         node_id: Some(node_id),
-                        reason,
+                        reason: clip(&reason, limits::TEXT_LEN_MAX),
                     }),
                     // Only a changed reason is worth a log entry.
                     Decision::Unplaceable { vm, reason } => {
+                        let reason = clip(&reason, limits::TEXT_LEN_MAX);
                         let known = state.vms.get(&vm).map(|v| v.observed.reason.as_str());
                         (known != Some(reason.as_str()))
                             .then_some(Command::MarkUnplaceable { name: vm, reason })

@@ -13,6 +13,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use blixard_api::limits;
+use blixard_api::validate::clip;
 use blixard_consensus::{
     ClusterState, Command, DesiredState, Rejection, RunnerSource, StateEvent, VmObserved, VmPhase,
 };
@@ -82,9 +84,13 @@ fn observed(report: VmReport) -> VmObserved {
         node: None,
         pid: report.pid,
         boot_ms: report.boot_ms,
-        exit_status: report.exit_status,
+        // A failed build's output or an exit status is outside text: cut
+        // to what the state machine accepts, so the report is never refused.
+        exit_status: report
+            .exit_status
+            .map(|status| clip(&status, limits::TEXT_LEN_MAX)),
         restarts: report.restarts,
-        reason: report.reason,
+        reason: clip(&report.reason, limits::TEXT_LEN_MAX),
         observed_at_unix_ms: now_unix_ms(),
     }
 }

@@ -54,6 +54,41 @@ impl FeedService {
     }
 }
 
+/// Whether a worker may forward `command`: the client writes a worker's
+/// services make and the two reports a worker makes about itself. The
+/// leader's decisions (placement, loss, drains ending) and membership
+/// are never forwarded; node reports may not speak for a raft member,
+/// which proposes its own.
+fn forwardable(command: &Command, members: &[u64]) -> Result<(), String> {
+    match command {
+        Command::CreateVm { .. }
+        | Command::SetVmDesiredState { .. }
+        | Command::DeleteVm { .. }
+        | Command::SetReplicas { .. }
+        | Command::SetNodeEligibility { .. }
+        | Command::DrainNode { .. }
+        | Command::SetSettings { .. } => Ok(()),
+        Command::SetHostFacts { node_id, .. } | Command::ReportVm { node_id, .. } => {
+            match members.contains(node_id) {
+                true => Err(format!(
+                    "node {node_id} is a raft member: it reports for itself"
+                )),
+                false => Ok(()),
+            }
+        }
+        Command::SetNodeAddress { .. }
+        | Command::AssignVm { .. }
+        | Command::MarkUnplaceable { .. }
+        | Command::MarkVmLost { .. }
+        | Command::FinishDrain { .. }
+        | Command::RegisterWorker { .. }
+        | Command::UnregisterWorker { .. } => Err(format!(
+            "{} is decided by the cluster's members, never forwarded by a worker",
+            command.kind()
+        )),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::state_feed_server::StateFeed for FeedService {
     type SubscribeStream = FeedStream;
@@ -145,6 +180,16 @@ impl pb::state_feed_server::StateFeed for FeedService {
         self.require_member()?;
         let command = Command::decode(&request.into_inner().command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let members: Vec<u64> = self
+            .raft
+            .status()
+            .members
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
+        forwardable(&command, &members).map_err(Status::permission_denied)?;
+        blixard_consensus::validate::command(&command)
+            .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
         let response = match self.raft.propose(command).await {
             Ok(applied) => pb::ProposeResponse {
                 revision: applied.revision,

@@ -77,7 +77,8 @@ impl VmNode {
         let root = self.vm_state_dir.as_ref().ok_or_else(|| {
             Status::failed_precondition(format!("node {} runs no agent", self.node_id))
         })?;
-        Ok(root.join(name))
+        blixard_nodeagent::paths::vm_state_dir(root, name)
+            .map_err(|e| Status::invalid_argument(e.to_string()))
     }
 
     pub async fn logs(&self, request: Request<pb::VmLogsRequest>) -> Result<LogStream, Status> {

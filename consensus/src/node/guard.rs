@@ -1,0 +1,279 @@
+//! The door between the network and `RawNode::step`: every raft message a
+//! peer sends is checked here first.
+//!
+//! Invariant: a message that passes [`check`] cannot make raft-rs panic
+//! and comes from a current member (or, to a node that holds no
+//! configuration yet, is one of the leader's messages that bring it one).
+//! raft-rs trusts its peers: it `fatal!`s on an empty proposal, a commit
+//! index past the log, an append that conflicts with committed entries or
+//! a snapshot whose configuration cannot be restored, and applies any
+//! proposal from anyone. Those are programmer errors among honest peers
+//! and an attack from anyone else, so they are refused here, with the
+//! reason, and never stepped. What this cannot tell is whether a member
+//! is who it claims to be: that is the transport's authentication.
+
+use protobuf::Message as _;
+use raft::prelude::{
+    ConfChangeType, ConfChangeV2, ConfState, Entry, EntryType, Message, MessageType,
+};
+use raft::{Raft, Storage};
+
+use crate::command::{Command, ProposalTag};
+use crate::state::ClusterState;
+
+/// No real log reaches this index (a billion entries a second for a
+/// century is 2^62); anything larger is refused before raft-rs adds to it.
+const INDEX_MAX: u64 = 1 << 62;
+/// Entries one forwarded proposal may carry (raft forwards one at a time).
+const PROPOSAL_ENTRIES_MAX: usize = 256;
+
+/// Why a peer's message was not stepped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind:?} from {from}: {reason}")]
+pub struct Refused {
+    pub kind: MessageType,
+    pub from: u64,
+    pub reason: String,
+}
+
+/// Checks `message` against this node's raft state (see the module
+/// invariant).
+pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refused> {
+    let refuse = |reason: String| {
+        Err(Refused {
+            kind: message.get_msg_type(),
+            from: message.from,
+            reason,
+        })
+    };
+    if message.to != raft.id {
+        return refuse(format!("addressed to node {}", message.to));
+    }
+    if message.from == raft::INVALID_ID || message.from == raft.id {
+        return refuse("not from a peer".into());
+    }
+    // raft-rs adds to indexes without checking for overflow.
+    let indexes = [
+        message.index,
+        message.commit,
+        message.reject_hint,
+        message.request_snapshot,
+        message.get_snapshot().get_metadata().index,
+    ];
+    if indexes
+        .into_iter()
+        .chain(message.entries.iter().map(|e| e.index))
+        .any(|index| index > INDEX_MAX)
+    {
+        return refuse(format!("an index beyond {INDEX_MAX}"));
+    }
+    let kind = message.get_msg_type();
+    if is_local(kind) {
+        return refuse("a node's message to itself".into());
+    }
+    // raft-rs forwards proposals and read requests without a term (it
+    // asserts so when it forwards them on) and stamps every other message
+    // with one (a message without a term counts as local).
+    let forwarded = matches!(kind, MessageType::MsgPropose | MessageType::MsgReadIndex);
+    if forwarded != (message.term == 0) {
+        return refuse(format!("term {} on this kind of message", message.term));
+    }
+    let conf = raft.prs().conf().to_conf_state();
+    let configured = !conf.voters.is_empty();
+    if configured && !is_member(&conf, message.from) {
+        return refuse("the sender is not a member".into());
+    }
+    if !configured
+        && !matches!(
+            kind,
+            MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
+        )
+    {
+        return refuse("this node has no configuration yet".into());
+    }
+    let log = &raft.raft_log;
+    match kind {
+        MessageType::MsgPropose => proposal(message).or_else(refuse),
+        MessageType::MsgHeartbeat if message.commit > log.last_index() => refuse(format!(
+            "commit {} is past this log's last index {}",
+            message.commit,
+            log.last_index()
+        )),
+        // A follower forwards a transfer request to its leader with the
+        // term raft-rs stamped on it; forwarding it again would trip
+        // raft-rs's own assertion, so only a leader takes one.
+        MessageType::MsgTransferLeader if raft.state != raft::StateRole::Leader => {
+            refuse("this node is not the leader".into())
+        }
+        MessageType::MsgAppend => append(message, raft).or_else(refuse),
+        MessageType::MsgSnapshot => snapshot(message).or_else(refuse),
+        MessageType::MsgAppendResponse if !message.reject && message.index > log.last_index() => {
+            refuse(format!(
+                "acknowledges index {} past this log's last index {}",
+                message.index,
+                log.last_index()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Messages raft-rs makes for its own node; never sent between nodes.
+fn is_local(kind: MessageType) -> bool {
+    matches!(
+        kind,
+        MessageType::MsgHup
+            | MessageType::MsgBeat
+            | MessageType::MsgUnreachable
+            | MessageType::MsgSnapStatus
+            | MessageType::MsgCheckQuorum
+    )
+}
+
+fn is_member(conf: &ConfState, node_id: u64) -> bool {
+    conf.voters
+        .iter()
+        .chain(&conf.learners)
+        .chain(&conf.voters_outgoing)
+        .chain(&conf.learners_next)
+        .any(|id| *id == node_id)
+}
+
+/// A forwarded proposal: entries this cluster's nodes make, each tagged
+/// with the forwarding node as its proposer (the state machine trusts
+/// that tag for who may change what).
+fn proposal(message: &Message) -> Result<(), String> {
+    if message.entries.is_empty() {
+        return Err("an empty proposal".into());
+    }
+    if message.entries.len() > PROPOSAL_ENTRIES_MAX {
+        return Err(format!("{} entries in one proposal", message.entries.len()));
+    }
+    for entry in message.entries.iter() {
+        let tag = ProposalTag::decode(&entry.context);
+        if tag.map(|t| t.proposer) != Some(message.from) {
+            return Err(format!(
+                "an entry proposed for node {:?}, not by its sender",
+                tag.map(|t| t.proposer)
+            ));
+        }
+        proposed_entry(entry)?;
+    }
+    Ok(())
+}
+
+fn proposed_entry(entry: &Entry) -> Result<(), String> {
+    match entry.get_entry_type() {
+        EntryType::EntryNormal => {
+            let command = Command::decode(&entry.data).map_err(|e| e.to_string())?;
+            crate::validate::command(&command).map_err(|e| e.to_string())
+        }
+        EntryType::EntryConfChangeV2 => {
+            let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+            if change.changes.is_empty() {
+                return Err("an empty configuration change".into());
+            }
+            if change.changes.iter().any(|c| c.node_id == raft::INVALID_ID) {
+                return Err("a configuration change of node 0".into());
+            }
+            let adds = change
+                .changes
+                .iter()
+                .any(|c| c.get_change_type() != ConfChangeType::RemoveNode);
+            let address = std::str::from_utf8(&change.context).map_err(|e| e.to_string())?;
+            if adds && !address.is_empty() {
+                blixard_api::validate::address(address).map_err(|e| e.to_string())?;
+            }
+            Ok(())
+        }
+        // Blixard proposes only version 2 configuration changes.
+        EntryType::EntryConfChange => Err("a version 1 configuration change".into()),
+    }
+}
+
+/// An append a legitimate leader could send: entries contiguous after the
+/// one it anchors on, terms never decreasing and never above its own,
+/// and nothing that contradicts what this node knows to be committed.
+fn append<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), String> {
+    let log = &raft.raft_log;
+    // Only the empty log's position 0 has term 0; raft-rs reads any index
+    // past its log as term 0, so such an anchor would "match" there.
+    if message.index > 0 && message.log_term == 0 {
+        return Err(format!("anchor index {} with term 0", message.index));
+    }
+    let mut previous_term = message.log_term;
+    for (offset, entry) in message.entries.iter().enumerate() {
+        if Some(entry.index) != message.index.checked_add(offset as u64 + 1) {
+            return Err(format!(
+                "entry {} out of place after index {}",
+                entry.index, message.index
+            ));
+        }
+        // Every real entry has a term (raft-rs reads missing ones as 0).
+        if entry.term == 0 || entry.term < previous_term || entry.term > message.term {
+            return Err(format!("entry {} has term {}", entry.index, entry.term));
+        }
+        previous_term = entry.term;
+        if entry.index <= log.committed {
+            if let Ok(term) = log.term(entry.index) {
+                if term != entry.term {
+                    return Err(format!(
+                        "entry {} contradicts the committed log (term {} here, {} sent)",
+                        entry.index, term, entry.term
+                    ));
+                }
+            }
+        }
+    }
+    // The leader holds every committed entry and terms only grow along a
+    // log, so the entry it anchors on at or past this node's commit index
+    // has at least the committed entry's term (raft-rs's conflict search
+    // would otherwise walk into the compacted part of the log).
+    if message.index >= log.committed {
+        if let Ok(committed_term) = log.term(log.committed) {
+            if message.log_term < committed_term {
+                return Err(format!(
+                    "anchor term {} is below the committed term {committed_term}",
+                    message.log_term
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A snapshot this node can install: its state decodes and its
+/// configuration is one raft-rs can restore.
+fn snapshot(message: &Message) -> Result<(), String> {
+    let snapshot = message.get_snapshot();
+    let metadata = snapshot.get_metadata();
+    let conf = metadata.get_conf_state();
+    if conf.voters.is_empty() {
+        return Err("a snapshot without voters".into());
+    }
+    if !conf.voters_outgoing.is_empty() || !conf.learners_next.is_empty() {
+        return Err("a snapshot in a joint configuration".into());
+    }
+    let voters: std::collections::BTreeSet<u64> = conf.voters.iter().copied().collect();
+    let learners: std::collections::BTreeSet<u64> = conf.learners.iter().copied().collect();
+    if voters.contains(&raft::INVALID_ID)
+        || learners.contains(&raft::INVALID_ID)
+        || !voters.is_disjoint(&learners)
+        || voters.len() != conf.voters.len()
+        || learners.len() != conf.learners.len()
+    {
+        return Err("a snapshot with an impossible configuration".into());
+    }
+    if metadata.index == 0 || metadata.term == 0 || metadata.term > message.term {
+        return Err(format!(
+            "a snapshot at index {} term {}",
+            metadata.index, metadata.term
+        ));
+    }
+    ClusterState::decode(&snapshot.data)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests;
