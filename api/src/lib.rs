@@ -6,6 +6,8 @@
 //! before proposing anything, so the replicated log never holds a spec that
 //! fails these checks.
 
+pub mod connect;
+pub mod tls;
 pub mod validate;
 
 /// Generated protobuf messages, gRPC clients and servers.

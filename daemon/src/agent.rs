@@ -17,7 +17,6 @@ use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_consensus::{LogStore, RaftConfig, RaftNode};
 use blixard_membership::{Membership, MembershipConfig, NodeInfo, NodeRole};
 use tokio::sync::watch;
-use tonic::transport::Endpoint;
 
 use blixard_nodeagent::{accel, NodeAgent, Settings};
 
@@ -25,6 +24,7 @@ use crate::config::Config;
 use crate::controllers;
 use crate::handle::ClusterHandle;
 use crate::mirror::{self, Mirror};
+use crate::security::NodeTls;
 use crate::services::{
     self, cluster::ClusterService, feed::FeedService, node::NodeService, raft::RaftService,
     vm::VmService,
@@ -152,7 +152,7 @@ async fn start_membership(config: &Config, store: &LogStore) -> Result<Membershi
 async fn connect_cluster(
     address: &str,
 ) -> Result<ClusterClient<tonic::transport::Channel>, String> {
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+    let endpoint = blixard_api::connect::endpoint(address)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(JOIN_PROBE_TIMEOUT_MS))
         .timeout(Duration::from_millis(JOIN_PROBE_TIMEOUT_MS));
@@ -221,6 +221,11 @@ async fn request_join(config: &Config) -> Result<String, Error> {
 /// fails or the raft loop stops on a storage failure.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
+    let node_tls = NodeTls::load(&config)?;
+    // Every connection this node opens, from the join probe on, proves it
+    // is this node (a simulation runs several nodes in one process; they
+    // are all insecure, so the first install serves them all).
+    blixard_api::connect::install(node_tls.dial());
     let data_dir = config.cluster.data_dir.clone();
     let has_data = data_dir.join("data.mdb").exists();
     if !has_data && !config.cluster.join.is_empty() {
@@ -280,6 +285,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let server = tokio::spawn(serve(
         config.clone(),
+        node_tls,
         handle.clone(),
         membership.clone(),
         stop_rx.clone(),
@@ -465,6 +471,7 @@ async fn start_node_agent(
 
 async fn serve(
     config: Config,
+    node_tls: NodeTls,
     raft: ClusterHandle,
     membership: Arc<Membership>,
     mut stop: watch::Receiver<bool>,
@@ -501,8 +508,19 @@ async fn serve(
             vm_state_dir: config.agent.enabled.then(|| config.vm_state_dir()),
         },
     });
-    let router = tonic::transport::Server::builder()
-        .layer(tonic::service::InterceptorLayer::new(services::authorize))
+    let mut server = tonic::transport::Server::builder();
+    #[cfg(not(madsim))]
+    if let NodeTls::Tls { ca_pem, node } = &node_tls {
+        server = server
+            .tls_config(blixard_api::connect::server_config(ca_pem, node))
+            .map_err(|e| Error::Tls {
+                detail: e.to_string(),
+            })?;
+    }
+    let router = server
+        .layer(tonic::service::InterceptorLayer::new(services::Authorize {
+            tls: node_tls.is_tls(),
+        }))
         .add_service(raft_service)
         .add_service(feed_service)
         .add_service(cluster_service)

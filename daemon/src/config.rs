@@ -32,6 +32,36 @@ pub struct Config {
     pub autopilot: AutopilotSection,
     #[serde(default)]
     pub scheduler: SchedulerSection,
+    #[serde(default)]
+    pub tls: TlsSection,
+    #[serde(default)]
+    pub security: SecuritySection,
+}
+
+/// The node's certificates (`blixard tls cert create` writes them). Each
+/// path defaults to its file in `DATA_DIR/tls/`.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSection {
+    /// The cluster CA's certificate: peers and servers must chain to it.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// This node's certificate, naming its node id.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// This node's private key.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+/// Turning security off takes this, and the node says so at every start.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct SecuritySection {
+    /// Plain-text gRPC with no peer authentication: anyone who reaches the
+    /// port can change the cluster. For throwaway clusters only.
+    #[serde(default)]
+    pub insecure: bool,
 }
 
 /// Gossip (chitchat over UDP).
@@ -525,6 +555,19 @@ impl Config {
     }
 
     /// Where VM state directories live.
+    /// Where the node's CA certificate, certificate and key are read from.
+    pub fn tls_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+        let dir = self.cluster.data_dir.join("tls");
+        let or_default =
+            |path: &Option<PathBuf>, name: &str| path.clone().unwrap_or_else(|| dir.join(name));
+        use blixard_api::tls::{CA_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
+        (
+            or_default(&self.tls.ca_file, CA_FILE),
+            or_default(&self.tls.cert_file, NODE_CERT_FILE),
+            or_default(&self.tls.key_file, NODE_KEY_FILE),
+        )
+    }
+
     pub fn vm_state_dir(&self) -> PathBuf {
         self.agent
             .state_dir

@@ -25,6 +25,9 @@ pub enum Error {
     RaftThread { detail: String },
     #[error("gRPC server on {bind}: {detail}")]
     Serve { bind: String, detail: String },
+    /// The node's certificates are missing, unreadable or not its own.
+    #[error("TLS: {detail}")]
+    Tls { detail: String },
     #[error(transparent)]
     Consensus(#[from] blixard_consensus::Error),
     #[error(transparent)]

@@ -1,7 +1,7 @@
 //! The blixard daemon: configuration, the agent's wiring, gRPC services and
 //! the Raft peer transport.
 //!
-//! Invariant: every RPC enters through [`services::authorize`] and every
+//! Invariant: every RPC enters through [`services::Authorize`] and every
 //! write reaches the cluster state only through the raft log.
 
 pub mod agent;
@@ -11,6 +11,7 @@ mod convert;
 mod error;
 pub mod handle;
 pub mod mirror;
+pub mod security;
 pub mod services;
 pub mod transport;
 

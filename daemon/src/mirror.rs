@@ -19,7 +19,7 @@ use blixard_consensus::{
     VM_EVENTS_BUFFERED_MAX,
 };
 use tokio::sync::{broadcast, watch};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Forwarded writes and barriers answer within the voter's own request
@@ -195,7 +195,7 @@ impl Mirror {
 /// A channel to `address` for node-to-node calls: bounded connect and
 /// call times, and HTTP/2 pings so a silent peer breaks the channel.
 pub async fn connect(address: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
+    blixard_api::connect::endpoint(address)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
@@ -208,7 +208,7 @@ pub async fn connect(address: &str) -> Result<Channel, String> {
 
 /// Like [`connect`], with a deadline on every call (not for streams).
 pub async fn connect_for_calls(address: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
+    blixard_api::connect::endpoint(address)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(CALL_TIMEOUT_MS))

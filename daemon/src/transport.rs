@@ -14,7 +14,6 @@ use blixard_consensus::{RaftMessage, Transport};
 use protobuf::Message as _;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::transport::Endpoint;
 
 /// Messages queued for one peer before new ones are dropped.
 const PEER_MESSAGES_QUEUED_MAX: usize = 1024;
@@ -141,7 +140,7 @@ async fn stream_to_peer(
     first: pb::RaftMessage,
     outbound: &mut mpsc::Receiver<pb::RaftMessage>,
 ) -> StreamEnd {
-    let endpoint = match Endpoint::from_shared(format!("http://{address}")) {
+    let endpoint = match blixard_api::connect::endpoint(address) {
         Ok(endpoint) => endpoint
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))

@@ -22,7 +22,12 @@ pub struct Cli {
     /// client config].
     #[arg(long, global = true, env = "BLIXARD_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Client config file (TOML: addr, token, edit_mode)
+    /// The cluster CA certificate: connect over TLS and verify the node
+    /// against it [default: `ca_file` in the client config; without one,
+    /// plain text, for clusters with security off].
+    #[arg(long, global = true, env = "BLIXARD_CA_FILE", value_name = "PATH")]
+    pub ca_file: Option<PathBuf>,
+    /// Client config file (TOML: addr, token, ca_file, edit_mode)
     /// [default: $XDG_CONFIG_HOME/blixard/client.toml].
     #[arg(
         long,
@@ -52,6 +57,7 @@ impl Cli {
         let command = Cli::command()
             .mut_arg("addr", without_env)
             .mut_arg("token", without_env)
+            .mut_arg("ca_file", without_env)
             .mut_arg("client_config", without_env);
         let words = std::iter::once("blixard".to_string()).chain(words);
         Cli::from_arg_matches(&command.try_get_matches_from(words)?)
@@ -98,6 +104,9 @@ pub enum Command {
     /// Guest images for development and tests.
     #[command(subcommand)]
     Image(ImageCommand),
+    /// The cluster CA and node certificates (mTLS between nodes).
+    #[command(subcommand)]
+    Tls(TlsCommand),
     /// Measure: starts a local cluster, runs the benchmarks, prints one table.
     Bench(BenchArgs),
     /// The dashboard: nodes, VMs, events, live (k9s keys; `?` lists them).
@@ -198,6 +207,47 @@ pub struct WaitArgs {
     /// How long `--wait` waits.
     #[arg(long, default_value = "2m", value_parser = parse_duration_ms, requires = "wait", value_name = "DURATION")]
     pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCommand {
+    /// Create the cluster CA (once per cluster): DIR/ca.pem and DIR/ca-key.pem
+    /// (keep the key off the nodes).
+    #[command(subcommand)]
+    Ca(TlsCaCommand),
+    /// Issue node certificates.
+    #[command(subcommand)]
+    Cert(TlsCertCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCaCommand {
+    /// Write a new CA into a directory (refuses to overwrite one).
+    Create {
+        /// Directory to write ca.pem and ca-key.pem into.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+        /// The cluster's name, written into the CA's subject.
+        #[arg(long, default_value = "blixard")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TlsCertCommand {
+    /// Issue node N's certificate: OUT/ca.pem, OUT/node.pem, OUT/node-key.pem
+    /// (use DATA_DIR/tls, where the agent looks by default).
+    Create {
+        /// Directory holding the CA (from `tls ca create`).
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
+        /// The node the certificate names; it must match the node's node_id.
+        #[arg(long)]
+        node_id: u64,
+        /// Directory to write into (refuses to overwrite).
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -13,7 +13,7 @@ use blixard_api::pb::{
 };
 use tonic::metadata::MetadataValue;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::exit::{self, Exit, StatusError};
 
@@ -34,6 +34,18 @@ pub fn set_token(token: Option<&str>) -> anyhow::Result<()> {
         None => None,
     };
     let _ = TOKEN.set(value);
+    Ok(())
+}
+
+/// Connects over TLS, trusting the cluster CA in `ca_file`, from here on
+/// (without one: plain text, for clusters with security off).
+pub fn set_ca_file(ca_file: Option<&std::path::Path>) -> anyhow::Result<()> {
+    let Some(path) = ca_file else {
+        return Ok(());
+    };
+    let ca_pem =
+        blixard_api::tls::read(path).map_err(|e| exit::error(Exit::Usage, e.to_string()))?;
+    blixard_api::connect::install(blixard_api::connect::Security::client(&ca_pem));
     Ok(())
 }
 
@@ -60,7 +72,7 @@ pub type Conn = InterceptedService<Channel, Auth>;
 
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     blixard_api::validate::address(addr)?;
-    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+    let endpoint = blixard_api::connect::endpoint(addr)
         .map_err(|e| exit::error(Exit::Usage, format!("invalid address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
@@ -68,7 +80,8 @@ pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
         exit::error(
             Exit::Unavailable,
             format!(
-                "cannot reach blixard at {addr} ({e}); is the agent running? (set --addr or BLIXARD_ADDR)"
+                "cannot reach blixard at {addr} ({e}); is the agent running? (set --addr or \
+                 BLIXARD_ADDR; a cluster with TLS needs --ca-file or BLIXARD_CA_FILE)"
             ),
         )
     })

@@ -2,6 +2,8 @@
 //! `blixard dev` and `blixard bench`. Node 1 bootstraps; the others join
 //! through it.
 //!
+//! The cluster runs with TLS: a CA of its own, a certificate per node.
+//!
 //! Invariant: every child started here is stopped (SIGTERM, then SIGKILL
 //! after a grace period) when the cluster is dropped, on success or error.
 
@@ -10,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use blixard_api::pb;
+use blixard_api::{pb, tls};
 use indicatif::ProgressBar;
 
 use crate::client;
@@ -37,6 +39,8 @@ impl LocalNode {
 
 pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
+    /// The cluster CA certificate clients verify the nodes against.
+    pub ca_file: PathBuf,
 }
 
 impl Drop for LocalCluster {
@@ -62,6 +66,29 @@ impl Drop for LocalCluster {
     }
 }
 
+/// Makes the cluster's CA in `dir/ca` and each node's certificates in
+/// its `DATA_DIR/tls` (where the agent looks), reusing those a kept
+/// directory already holds; installs the CA for this process's clients.
+fn prepare_tls(dir: &Path, nodes: u64) -> anyhow::Result<PathBuf> {
+    let ca_dir = dir.join("ca");
+    if !ca_dir.join(tls::CA_FILE).exists() {
+        tls::write_ca(&ca_dir, &tls::create_ca("dev")?)?;
+    }
+    let ca = tls::read_ca(&ca_dir)?;
+    for node_id in 1..=nodes {
+        let node_dir = data_dir(dir, node_id).join("tls");
+        if !node_dir.join(tls::NODE_CERT_FILE).exists() {
+            tls::write_node(&node_dir, &ca, &tls::issue_node_cert(&ca, node_id)?)?;
+        }
+    }
+    blixard_api::connect::install(blixard_api::connect::Security::client(&ca.cert_pem));
+    Ok(ca_dir.join(tls::CA_FILE))
+}
+
+fn data_dir(dir: &Path, node_id: u64) -> PathBuf {
+    dir.join(format!("node{node_id}"))
+}
+
 fn spawn_agent(
     dir: &Path,
     node_id: u64,
@@ -69,7 +96,7 @@ fn spawn_agent(
     join: Option<&str>,
     config_text: &str,
 ) -> anyhow::Result<LocalNode> {
-    let data_dir = dir.join(format!("node{node_id}"));
+    let data_dir = data_dir(dir, node_id);
     let log_path = dir.join(format!("node{node_id}.log"));
     let log = std::fs::File::create(&log_path)
         .with_context(|| format!("cannot create {}", log_path.display()))?;
@@ -134,7 +161,11 @@ impl LocalCluster {
         config_text: &str,
         spinner: &ProgressBar,
     ) -> anyhow::Result<Self> {
-        let mut cluster = LocalCluster { nodes: Vec::new() };
+        let ca_file = prepare_tls(dir, addresses.len() as u64)?;
+        let mut cluster = LocalCluster {
+            nodes: Vec::new(),
+            ca_file,
+        };
         let first = addresses[0].clone();
         cluster
             .nodes

@@ -1,5 +1,6 @@
 //! Where the client connects and with which token, from (first wins):
-//! flags, the environment (`BLIXARD_ADDR`, `BLIXARD_TOKEN`; clap reads
+//! flags, the environment (`BLIXARD_ADDR`, `BLIXARD_TOKEN`,
+//! `BLIXARD_CA_FILE`; clap reads
 //! both), the client config file, the defaults.
 //!
 //! Invariant: a config file named explicitly must exist and parse; the
@@ -20,6 +21,8 @@ struct ClientFile {
     addr: Option<String>,
     /// Bearer token sent with every request.
     token: Option<String>,
+    /// The cluster CA certificate (PEM): connect over TLS.
+    ca_file: Option<PathBuf>,
     /// The REPL's key bindings: "emacs" (default) or "vi".
     edit_mode: Option<EditMode>,
 }
@@ -36,6 +39,7 @@ pub enum EditMode {
 pub struct Settings {
     pub addr: String,
     pub token: Option<String>,
+    pub ca_file: Option<PathBuf>,
     pub edit_mode: EditMode,
 }
 
@@ -79,6 +83,7 @@ fn read(path: &Path, explicit: bool) -> anyhow::Result<ClientFile> {
 pub fn resolve(
     addr: Option<String>,
     token: Option<String>,
+    ca_file: Option<PathBuf>,
     file: Option<PathBuf>,
 ) -> anyhow::Result<Settings> {
     let from_file = match (&file, default_path()) {
@@ -91,6 +96,7 @@ pub fn resolve(
             .or(from_file.addr)
             .unwrap_or_else(|| blixard_api::DEFAULT_ADDR.to_string()),
         token: token.or(from_file.token),
+        ca_file: ca_file.or(from_file.ca_file),
         edit_mode: from_file.edit_mode.unwrap_or_default(),
     })
 }
@@ -108,11 +114,11 @@ mod tests {
             "addr = \"10.0.0.1:7001\"\ntoken = \"s3cret\"\nedit_mode = \"vi\"\n",
         )
         .unwrap();
-        let settings = resolve(None, None, Some(path.clone())).unwrap();
+        let settings = resolve(None, None, None, Some(path.clone())).unwrap();
         assert_eq!(settings.addr, "10.0.0.1:7001");
         assert_eq!(settings.token.as_deref(), Some("s3cret"));
         assert_eq!(settings.edit_mode, EditMode::Vi);
-        let settings = resolve(Some("10.0.0.2:7001".into()), None, Some(path)).unwrap();
+        let settings = resolve(Some("10.0.0.2:7001".into()), None, None, Some(path)).unwrap();
         assert_eq!(settings.addr, "10.0.0.2:7001");
     }
 
@@ -121,7 +127,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("client.toml");
         std::fs::write(&path, "addr = \"a:1\"\nport = 7\n").unwrap();
-        let error = resolve(None, None, Some(path.clone())).unwrap_err();
+        let error = resolve(None, None, None, Some(path.clone())).unwrap_err();
         let text = format!("{error:#}");
         assert!(
             text.contains("client.toml") && text.contains("line 2"),
@@ -130,7 +136,7 @@ mod tests {
         assert!(text.contains("unknown field `port`"), "{text}");
         assert_eq!(exit::classify(&error), Exit::Usage);
 
-        let missing = resolve(None, None, Some(dir.path().join("nope.toml"))).unwrap_err();
+        let missing = resolve(None, None, None, Some(dir.path().join("nope.toml"))).unwrap_err();
         assert_eq!(exit::classify(&missing), Exit::Usage);
     }
 }

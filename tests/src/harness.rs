@@ -12,11 +12,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use blixard_api::connect::Security;
 use blixard_api::pb;
 use blixard_api::pb::{
     cluster_client::ClusterClient, node_client::NodeClient, vm_client::VmClient,
 };
-use tonic::transport::{Channel, Endpoint};
+use blixard_api::tls;
+use tonic::transport::Channel;
 
 use crate::flake_spec;
 
@@ -42,6 +44,29 @@ pub fn blixard_bin() -> &'static Path {
             .unwrap_or_else(|_| workspace.join("target"));
         target.join("debug").join("blixard")
     })
+}
+
+/// The CA every test cluster of this process uses, made once per
+/// process; this process's own clients trust it from then on.
+pub fn test_ca() -> &'static (PathBuf, tls::CertifiedKey) {
+    static CA: OnceLock<(PathBuf, tls::CertifiedKey)> = OnceLock::new();
+    CA.get_or_init(|| {
+        // Kept for the whole test process (CLI runs read the file).
+        let dir = tempfile::Builder::new()
+            .prefix("blixard-test-ca-")
+            .tempdir()
+            .unwrap()
+            .keep();
+        let ca = tls::create_ca("test").unwrap();
+        tls::write_ca(&dir, &ca).unwrap();
+        blixard_api::connect::install(Security::client(&ca.cert_pem));
+        (dir.join(tls::CA_FILE), ca)
+    })
+}
+
+/// The CA certificate file: give it to every CLI run (`--ca-file`).
+pub fn ca_file() -> &'static Path {
+    &test_ca().0
 }
 
 /// A free TCP port on 127.0.0.1 (the listener is closed before use).
@@ -354,6 +379,7 @@ impl TestCluster {
 
     /// An empty cluster (no nodes yet) on `network`.
     pub fn empty(timings: Timings, network: Network) -> Self {
+        test_ca();
         Self {
             dir: tempfile::Builder::new()
                 .prefix("blixard-test-")
@@ -478,6 +504,12 @@ impl TestCluster {
             ),
         )
         .unwrap();
+        // A test may have put other certificates there on purpose.
+        let ca = &test_ca().1;
+        let tls_dir = data_dir.join("tls");
+        if !tls_dir.join(tls::NODE_CERT_FILE).exists() {
+            tls::write_node(&tls_dir, ca, &tls::issue_node_cert(ca, id).unwrap()).unwrap();
+        }
         let node = TestNode {
             id,
             address,
@@ -512,6 +544,12 @@ impl TestCluster {
             .spawn()
             .unwrap();
         node.child = Some(child);
+    }
+
+    /// How node `id`'s process ended, once it has (`None` while it runs).
+    pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
+        let child = self.nodes.get_mut(&id)?.child.as_mut()?;
+        child.try_wait().ok().flatten()
     }
 
     /// SIGKILLs node `id` and reaps it.
@@ -572,8 +610,24 @@ impl TestCluster {
         std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
     }
 
+    /// A client's channel to node `id` (TLS, no client certificate).
     pub async fn channel(&self, id: u64) -> Option<Channel> {
-        Endpoint::from_shared(format!("http://{}", self.address(id)))
+        test_ca();
+        self.channel_as(id, blixard_api::connect::installed()).await
+    }
+
+    /// A channel to node `id` from a process holding the certificate of
+    /// node `as_node` (an authenticated peer, for attack tests).
+    pub async fn peer_channel(&self, id: u64, as_node: u64) -> Option<Channel> {
+        let ca = &test_ca().1;
+        let node = tls::issue_node_cert(ca, as_node).unwrap();
+        self.channel_as(id, &Security::node(&ca.cert_pem, &node))
+            .await
+    }
+
+    async fn channel_as(&self, id: u64, security: &Security) -> Option<Channel> {
+        security
+            .endpoint(self.address(id))
             .unwrap()
             .connect_timeout(Duration::from_millis(500))
             .timeout(Duration::from_secs(15))
@@ -636,6 +690,8 @@ impl TestCluster {
         Command::new(blixard_bin())
             .arg("--addr")
             .arg(self.address(id))
+            .arg("--ca-file")
+            .arg(ca_file())
             .args(args)
             .output()
             .unwrap()

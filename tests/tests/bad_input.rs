@@ -113,24 +113,55 @@ fn bad_cli_arguments_name_the_problem() {
     );
 }
 
-/// Goal: a join address that does not answer stops the agent before it
-/// writes anything. Method: point --join at a closed port.
+/// Goal: a node without its certificates, or whose join address does not
+/// answer, stops before it writes anything. Method: start it without
+/// certificates; then with certificates (outside the data directory,
+/// named by `[tls]`) and --join at a closed port.
 #[test]
-fn unreachable_join_address_fails_without_writing_data() {
+fn missing_certificates_or_unreachable_join_address_fail_without_writing_data() {
     let dir = tempfile::tempdir().unwrap();
     let data_dir = dir.path().join("data");
     let dead = format!("127.0.0.1:{}", free_port());
-    let output = blixard(&[
-        "agent",
-        "--node-id",
-        "2",
-        "--bind",
-        &format!("127.0.0.1:{}", free_port()),
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-        "--join",
-        &dead,
-    ]);
+    let bind = format!("127.0.0.1:{}", free_port());
+    let agent = |config: &Path| {
+        blixard(&[
+            "agent",
+            "--config",
+            config.to_str().unwrap(),
+            "--node-id",
+            "2",
+            "--bind",
+            &bind,
+            "--data-dir",
+            data_dir.to_str().unwrap(),
+            "--join",
+            &dead,
+        ])
+    };
+    let config = dir.path().join("config.toml");
+    std::fs::write(&config, "").unwrap();
+    let output = agent(&config);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("TLS") && message.contains("blixard tls cert create"),
+        "{message}"
+    );
+    assert!(!data_dir.exists(), "data directory created");
+
+    let certs = dir.path().join("certs");
+    let ca = &blixard_tests::test_ca().1;
+    let node = blixard_api::tls::issue_node_cert(ca, 2).unwrap();
+    blixard_api::tls::write_node(&certs, ca, &node).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "[tls]\nca_file = \"{0}/ca.pem\"\ncert_file = \"{0}/node.pem\"\nkey_file = \"{0}/node-key.pem\"\n",
+            certs.display()
+        ),
+    )
+    .unwrap();
+    let output = agent(&config);
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(

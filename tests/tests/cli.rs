@@ -63,6 +63,8 @@ async fn watch_runs_the_command_again_on_a_change() {
     let cluster = TestCluster::start(1, Timings::default()).await;
     cluster.create_flake(1, "first");
     let mut child = std::process::Command::new(blixard_tests::blixard_bin())
+        .arg("--ca-file")
+        .arg(blixard_tests::ca_file())
         .args([
             "--addr",
             cluster.address(1),

@@ -1,7 +1,7 @@
 //! The dashboard end to end: the real `blixard tui` in tmux, against a
 //! real cluster whose agents boot real guests (qemu, TCG).
 
-use blixard_tests::{blixard_bin, eventually, TestCluster, Timings, Tmux, SCREEN_TIMEOUT};
+use blixard_tests::{blixard_bin, ca_file, eventually, TestCluster, Timings, Tmux, SCREEN_TIMEOUT};
 use serde_json::Value;
 
 fn phase(cluster: &TestCluster, name: &str) -> String {
@@ -24,8 +24,9 @@ async fn the_dashboard_filters_describes_shows_logs_and_stops_a_vm() {
         cluster.cli_ok(1, &["vm", "start", name]);
     }
     let command = format!(
-        "{} --addr {} tui; sleep 60",
+        "{} --ca-file {} --addr {} tui; sleep 60",
         blixard_bin().display(),
+        ca_file().display(),
         cluster.address(2)
     );
     let tmux = Tmux::start("stop", &command);
@@ -82,8 +83,9 @@ async fn the_dashboard_moves_to_another_node_when_its_node_dies_and_scales_a_gro
     cluster.create_guest(1, "before", &[]);
     let lost_address = cluster.address(2).to_string();
     let command = format!(
-        "{} --addr {lost_address} tui; sleep 60",
+        "{} --ca-file {} --addr {lost_address} tui; sleep 60",
         blixard_bin().display(),
+        ca_file().display(),
     );
     let tmux = Tmux::start("reconnect", &command);
     tmux.wait_for(&format!("connected to {lost_address}")).await;

@@ -54,6 +54,8 @@ fn config(id: u64, data_dir: PathBuf, election_timeout_ms: u64) -> Config {
     // Hypervisor processes cannot run inside the simulation; everything
     // else (consensus, storage, transport, scheduler) is the real code.
     config.agent.enabled = false;
+    // The simulated network carries no TLS (madsim-tonic ignores it).
+    config.security.insecure = true;
     config.consensus.heartbeat_interval_ms = 100;
     // One election timeout per node, drawn from the simulation's seed, so
     // raft-rs's own randomness cannot make runs differ.

@@ -15,7 +15,7 @@ use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_api::pb::node_client::NodeClient;
 use blixard_api::pb::vm_client::VmClient;
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::app::Action;
 use crate::model::Update;
@@ -35,7 +35,7 @@ fn now_ms() -> u64 {
 }
 
 pub async fn connect(address: &str) -> Result<Channel, String> {
-    Endpoint::from_shared(format!("http://{address}"))
+    blixard_api::connect::endpoint(address)
         .map_err(|e| format!("bad address {address:?}: {e}"))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .connect()

@@ -147,9 +147,21 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
+        let caller = super::require_node(&request, "Cluster.Join")?;
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         validate::address(&request.address).map_err(Error::from)?;
+        // A node joins as itself; only a node already in the cluster (a
+        // worker forwarding a join to its voter) may ask for another.
+        if let Some(caller) = caller.filter(|caller| *caller != request.node_id) {
+            let known = self.raft.read_state(|s| s.nodes.contains_key(&caller));
+            if !known {
+                return Err(Status::permission_denied(format!(
+                    "node {caller}'s certificate cannot join the cluster as node {}",
+                    request.node_id
+                )));
+            }
+        }
         if !self.raft.is_member() {
             return self.forward_join(request).await;
         }

@@ -97,6 +97,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
         &self,
         request: Request<pb::FeedRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
+        super::require_node(&request, "StateFeed.Subscribe")?;
         self.require_member()?;
         let from_revision = request.into_inner().from_revision;
         let (retained, mut events) = self.raft.feed();
@@ -177,9 +178,22 @@ impl pb::state_feed_server::StateFeed for FeedService {
         &self,
         request: Request<pb::ProposeRequest>,
     ) -> Result<Response<pb::ProposeResponse>, Status> {
+        let caller = super::require_node(&request, "StateFeed.Propose")?;
         self.require_member()?;
         let command = Command::decode(&request.into_inner().command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // A worker reports only about itself.
+        if let (
+            Some(caller),
+            Command::SetHostFacts { node_id, .. } | Command::ReportVm { node_id, .. },
+        ) = (caller, &command)
+        {
+            if *node_id != caller {
+                return Err(Status::permission_denied(format!(
+                    "node {caller} cannot report for node {node_id}"
+                )));
+            }
+        }
         let members: Vec<u64> = self
             .raft
             .status()
@@ -213,8 +227,9 @@ impl pb::state_feed_server::StateFeed for FeedService {
 
     async fn barrier(
         &self,
-        _request: Request<pb::BarrierRequest>,
+        request: Request<pb::BarrierRequest>,
     ) -> Result<Response<pb::BarrierResponse>, Status> {
+        super::require_node(&request, "StateFeed.Barrier")?;
         self.require_member()?;
         self.raft.read_barrier().await.map_err(Error::from)?;
         Ok(Response::new(pb::BarrierResponse {

@@ -1,4 +1,8 @@
 //! The receiving side of the Raft peer transport.
+//!
+//! Invariant: with TLS on, only messages whose `from` is the node the
+//! connection's certificate names reach the raft loop (which checks the
+//! rest of each message before raft-rs sees it).
 
 use blixard_api::pb;
 use blixard_consensus::{RaftHandle, RaftMessage};
@@ -16,10 +20,18 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         &self,
         request: Request<Streaming<pb::RaftMessage>>,
     ) -> Result<Response<pb::RaftStreamAck>, Status> {
+        let peer = super::require_node(&request, "RaftTransport.Stream")?;
         let mut stream = request.into_inner();
         while let Some(item) = stream.message().await? {
             let message = RaftMessage::parse_from_bytes(&item.message)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
+            // A node speaks only for itself: its certificate names it.
+            if let Some(peer) = peer.filter(|peer| *peer != message.from) {
+                return Err(Status::permission_denied(format!(
+                    "node {peer} sent a raft message as node {}",
+                    message.from
+                )));
+            }
             if message.to != self.node_id {
                 return Err(Status::invalid_argument(format!(
                     "raft message for node {} reached node {}",

@@ -10,6 +10,7 @@ mod events;
 mod image;
 mod node;
 mod schema;
+pub(crate) mod tls;
 mod vm;
 pub mod wait;
 mod watch;
@@ -29,9 +30,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => completions::script(shell),
         Command::Man { out } => completions::man(&out, cli.output),
         Command::Schema { command } => schema::run(&command, cli.output),
+        Command::Tls(command) => tls::run(command, cli.output),
         command => {
-            let settings = settings::resolve(cli.addr, cli.token, cli.client_config)?;
+            let settings = settings::resolve(cli.addr, cli.token, cli.ca_file, cli.client_config)?;
             client::set_token(settings.token.as_deref())?;
+            client::set_ca_file(settings.ca_file.as_deref())?;
             match command {
                 Command::Repl(args) => crate::repl::run(settings, args).await,
                 command => on_cluster(command, &settings.addr, cli.output).await,
@@ -59,6 +62,7 @@ pub async fn on_cluster(command: Command, addr: &str, output: OutputFormat) -> a
         Command::Image(ImageCommand::Build { out }) => image::run(out, output),
         Command::Completions { shell } => completions::script(shell),
         Command::Schema { command } => schema::run(&command, output),
+        Command::Tls(command) => tls::run(command, output),
         Command::Agent(_)
         | Command::Dev(_)
         | Command::Bench(_)

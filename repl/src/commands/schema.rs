@@ -12,7 +12,7 @@ use schemars::{generate::SchemaSettings, JsonSchema, Schema};
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
-use crate::commands::{cluster, completions, dev, events, image, node, vm};
+use crate::commands::{cluster, completions, dev, events, image, node, tls, vm};
 use crate::exit::{self, Exit};
 use crate::platform::{plan::Plan, Document};
 
@@ -64,6 +64,8 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("diff", of::<Plan>()),
         ("export", of::<Document>()),
         ("image build", of::<image::GuestImage>()),
+        ("tls ca create", of::<tls::Written>()),
+        ("tls cert create", of::<tls::Written>()),
         ("man", of::<completions::ManView>()),
         ("dev", of::<Vec<dev::DevNodeView>>()),
     ]

@@ -1,0 +1,220 @@
+//! The cluster's certificates, and the TLS settings built from them.
+//!
+//! Invariants:
+//! - A node certificate is signed by the cluster CA and names the node in
+//!   exactly one URI SAN, `spiffe://blixard/node/ID`; that SAN is the only
+//!   place a peer's node id is ever read from ([`node_id_of`]).
+//! - Every certificate the CA signs carries the DNS name [`SERVER_NAME`],
+//!   and every client verifies that name rather than an address, so a node
+//!   keeps its certificate when it moves to a new address.
+//! - Private keys are written 0600 and never overwritten by these helpers.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+/// The name every node certificate holds and every client checks.
+pub const SERVER_NAME: &str = "blixard";
+const NODE_URI_PREFIX: &str = "spiffe://blixard/node/";
+
+/// File names in a TLS directory (`blixard tls ...`, `DATA_DIR/tls`).
+pub const CA_FILE: &str = "ca.pem";
+pub const CA_KEY_FILE: &str = "ca-key.pem";
+pub const NODE_CERT_FILE: &str = "node.pem";
+pub const NODE_KEY_FILE: &str = "node-key.pem";
+
+/// Why certificates could not be made, read or used.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// rcgen refused the parameters or the key.
+    #[error("certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// A PEM file holds no certificate, or not one Blixard made.
+    #[error("{path}: {reason}")]
+    Invalid { path: PathBuf, reason: String },
+}
+
+/// A certificate and its private key, PEM-encoded.
+#[derive(Clone)]
+pub struct CertifiedKey {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for CertifiedKey {
+    // Never print a private key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CertifiedKey").finish_non_exhaustive()
+    }
+}
+
+/// Creates a new cluster CA named after the cluster.
+pub fn create_ca(cluster_name: &str) -> Result<CertifiedKey, TlsError> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let mut name = DistinguishedName::new();
+    name.push(
+        DnType::CommonName,
+        format!("Blixard cluster CA ({cluster_name})"),
+    );
+    params.distinguished_name = name;
+    let key = KeyPair::generate()?;
+    let cert = params.self_signed(&key)?;
+    Ok(CertifiedKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// Issues the certificate of node `node_id` (server and client use).
+pub fn issue_node_cert(ca: &CertifiedKey, node_id: u64) -> Result<CertifiedKey, TlsError> {
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+    params.subject_alt_names.push(SanType::URI(
+        format!("{NODE_URI_PREFIX}{node_id}").try_into()?,
+    ));
+    let mut name = DistinguishedName::new();
+    name.push(DnType::CommonName, format!("blixard node {node_id}"));
+    params.distinguished_name = name;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &issuer)?;
+    Ok(CertifiedKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The node id a certificate (DER) names, if it names exactly one.
+pub fn node_id_of(cert_der: &[u8]) -> Option<u64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(cert_der).ok()?;
+    let names = cert.subject_alternative_name().ok()??;
+    let mut ids = names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::URI(uri) => uri.strip_prefix(NODE_URI_PREFIX),
+            _ => None,
+        });
+    let id = ids.next()?.parse::<u64>().ok().filter(|id| *id != 0)?;
+    ids.next().is_none().then_some(id)
+}
+
+/// The node id of the first certificate in a PEM file's text.
+pub fn node_id_of_pem(path: &Path, pem_text: &str) -> Result<u64, TlsError> {
+    let invalid = |reason: &str| TlsError::Invalid {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    };
+    let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
+        .map_err(|_| invalid("no PEM certificate in it"))?;
+    node_id_of(&pem.contents).ok_or_else(|| invalid("not a Blixard node certificate (no node id)"))
+}
+
+/// Reads a PEM file, naming it in the error.
+pub fn read(path: &Path) -> Result<String, TlsError> {
+    std::fs::read_to_string(path).map_err(|source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
+/// Writes `text` to a new file (never over an existing one), with `mode`.
+pub fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
+    let io = |source| TlsError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .and_then(|mut file| file.write_all(text.as_bytes()))
+        .map_err(io)
+}
+
+/// Writes a CA into `dir` (`ca.pem`, `ca-key.pem`).
+pub fn write_ca(dir: &Path, ca: &CertifiedKey) -> Result<(), TlsError> {
+    write_new(&dir.join(CA_FILE), &ca.cert_pem, 0o644)?;
+    write_new(&dir.join(CA_KEY_FILE), &ca.key_pem, 0o600)
+}
+
+/// Reads the CA written by [`write_ca`].
+pub fn read_ca(dir: &Path) -> Result<CertifiedKey, TlsError> {
+    Ok(CertifiedKey {
+        cert_pem: read(&dir.join(CA_FILE))?,
+        key_pem: read(&dir.join(CA_KEY_FILE))?,
+    })
+}
+
+/// Writes what node `node_id` needs into `dir`: the CA certificate (not
+/// its key), the node's certificate and key.
+pub fn write_node(dir: &Path, ca: &CertifiedKey, node: &CertifiedKey) -> Result<(), TlsError> {
+    write_new(&dir.join(CA_FILE), &ca.cert_pem, 0o644)?;
+    write_new(&dir.join(NODE_CERT_FILE), &node.cert_pem, 0o644)?;
+    write_new(&dir.join(NODE_KEY_FILE), &node.key_pem, 0o600)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn der(pem_text: &str) -> Vec<u8> {
+        x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
+            .unwrap()
+            .1
+            .contents
+    }
+
+    #[test]
+    fn node_certificates_carry_exactly_their_node_id() {
+        let ca = create_ca("test").unwrap();
+        let node = issue_node_cert(&ca, 7).unwrap();
+        assert_eq!(node_id_of(&der(&node.cert_pem)), Some(7));
+        assert_eq!(node_id_of(&der(&ca.cert_pem)), None, "the CA is no node");
+        assert_eq!(node_id_of(b"garbage"), None);
+        assert!(!format!("{node:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn keys_are_private_and_never_overwritten() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let ca = create_ca("test").unwrap();
+        write_ca(dir.path(), &ca).unwrap();
+        let key = dir.path().join(CA_KEY_FILE);
+        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert!(write_ca(dir.path(), &create_ca("other").unwrap()).is_err());
+        assert_eq!(read_ca(dir.path()).unwrap().cert_pem, ca.cert_pem);
+    }
+}

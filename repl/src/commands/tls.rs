@@ -1,0 +1,70 @@
+//! `blixard tls ca create` and `blixard tls cert create`: the cluster CA
+//! and node certificates, as `nomad tls` makes them. The files land where
+//! an agent looks by default (`DATA_DIR/tls`) when `--out` says so.
+
+use std::path::{Path, PathBuf};
+
+use blixard_api::tls;
+use serde::Serialize;
+
+use crate::cli::{OutputFormat, TlsCaCommand, TlsCertCommand, TlsCommand};
+use crate::exit::{self, Exit};
+use crate::output;
+
+/// The files a `tls` command wrote.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Written {
+    pub files: Vec<PathBuf>,
+}
+
+pub fn run(command: TlsCommand, format: OutputFormat) -> anyhow::Result<()> {
+    let written = match command {
+        TlsCommand::Ca(TlsCaCommand::Create { out, name }) => create_ca(&out, &name)?,
+        TlsCommand::Cert(TlsCertCommand::Create {
+            ca_dir,
+            node_id,
+            out,
+        }) => create_node(&ca_dir, node_id, &out)?,
+    };
+    output::print(format, &written, |written| {
+        let mut table = output::table(&["WRITTEN"]);
+        for file in &written.files {
+            table.add_row(vec![file.display().to_string()]);
+        }
+        table
+    })
+}
+
+fn failed(error: tls::TlsError) -> anyhow::Error {
+    let exit = match &error {
+        tls::TlsError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists => {
+            Exit::Usage
+        }
+        tls::TlsError::Invalid { .. } => Exit::Usage,
+        _ => Exit::Failed,
+    };
+    exit::error(exit, error.to_string())
+}
+
+/// Writes a new CA into `out`.
+pub fn create_ca(out: &Path, name: &str) -> anyhow::Result<Written> {
+    let ca = tls::create_ca(name).map_err(failed)?;
+    tls::write_ca(out, &ca).map_err(failed)?;
+    Ok(Written {
+        files: vec![out.join(tls::CA_FILE), out.join(tls::CA_KEY_FILE)],
+    })
+}
+
+/// Writes node `node_id`'s certificate, key and the CA certificate into `out`.
+pub fn create_node(ca_dir: &Path, node_id: u64, out: &Path) -> anyhow::Result<Written> {
+    blixard_api::validate::node_id(node_id)?;
+    let ca = tls::read_ca(ca_dir).map_err(failed)?;
+    let node = tls::issue_node_cert(&ca, node_id).map_err(failed)?;
+    tls::write_node(out, &ca, &node).map_err(failed)?;
+    Ok(Written {
+        files: [tls::CA_FILE, tls::NODE_CERT_FILE, tls::NODE_KEY_FILE]
+            .iter()
+            .map(|name| out.join(name))
+            .collect(),
+    })
+}
