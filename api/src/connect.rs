@@ -11,7 +11,7 @@
 
 use std::sync::OnceLock;
 
-use tonic::transport::Endpoint;
+use tonic::transport::{Channel, Endpoint};
 
 use crate::tls::CertifiedKey;
 
@@ -105,4 +105,60 @@ pub fn installed() -> &'static Security {
 /// An endpoint for `address` under the installed security.
 pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
     installed().endpoint(address)
+}
+
+/// Adds `authorization: Bearer TOKEN` to every request (nothing without
+/// a token).
+#[derive(Debug, Clone, Default)]
+pub struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+/// A token that cannot travel in an HTTP header.
+#[derive(Debug, thiserror::Error)]
+#[error("the token must be printable ASCII")]
+pub struct InvalidToken;
+
+impl Bearer {
+    pub fn new(token: Option<&str>) -> Result<Self, InvalidToken> {
+        match token {
+            None => Ok(Self(None)),
+            Some(token) => format!("Bearer {token}")
+                .parse()
+                .map(|value| Self(Some(value)))
+                .map_err(|_| InvalidToken),
+        }
+    }
+
+    /// The process's token ([`install_token`]), if any.
+    pub fn installed() -> Self {
+        INSTALLED_TOKEN.get().cloned().unwrap_or_default()
+    }
+}
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(
+        &mut self,
+        mut request: tonic::Request<()>,
+    ) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(value) = &self.0 {
+            request
+                .metadata_mut()
+                .insert("authorization", value.clone());
+        }
+        Ok(request)
+    }
+}
+
+/// A channel whose requests carry a token.
+pub type Connection = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+static INSTALLED_TOKEN: OnceLock<Bearer> = OnceLock::new();
+
+/// Sets the token this process's clients send, once, at start-up.
+pub fn install_token(bearer: Bearer) -> bool {
+    INSTALLED_TOKEN.set(bearer).is_ok()
+}
+
+/// `channel` with the process's token on every request.
+pub fn with_token(channel: Channel) -> Connection {
+    Connection::new(channel, Bearer::installed())
 }

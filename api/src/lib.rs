@@ -18,5 +18,9 @@ pub mod pb {
 
 pub use validate::{limits, ValidationError};
 
+/// The file in its data directory where the node that founded a cluster
+/// left the first (management) token's secret.
+pub const MANAGEMENT_TOKEN_FILE: &str = "management-token";
+
 /// Default gRPC address of a local `blixard agent`.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7000";

@@ -243,12 +243,16 @@ pub fn text(field: &'static str, value: &str, len_max: usize) -> Result<(), Vali
     Ok(())
 }
 
-/// A host path the node agent opens (kernel, initrd).
+/// A host path the node agent opens (kernel, initrd): absolute, since it
+/// names a file on the VM's node, not the client's.
 pub fn path(field: &'static str, value: &str) -> Result<(), ValidationError> {
-    if value.is_empty() {
+    if !value.starts_with('/') {
         return Err(ValidationError::Text {
             field,
-            reason: "empty".into(),
+            reason: format!(
+                "{:?} must be an absolute path (on the VM's node)",
+                echo(value)
+            ),
         });
     }
     text(field, value, limits::PATH_LEN_MAX)

@@ -188,6 +188,20 @@ pub struct HostFacts {
     pub fence_after_ms: u64,
 }
 
+/// A client token. The cluster keeps only the SHA-256 of its secret, so
+/// the state (which every node and every snapshot holds) gives no token
+/// away; the secret is shown once, when the token is made.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Token {
+    /// Public id (hex), for listing and revoking.
+    pub accessor: String,
+    /// What the operator called it (`ci`, `alice`).
+    pub name: String,
+    /// SHA-256 of the secret, lowercase hex.
+    pub secret_sha256: String,
+    pub created_at_unix_ms: u64,
+}
+
 /// Cluster-wide settings, changed through the log like everything else.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Settings {
@@ -316,6 +330,12 @@ pub enum Command {
         node_id: u64,
         observed: VmObserved,
     },
+    CreateToken {
+        token: Token,
+    },
+    RevokeToken {
+        accessor: String,
+    },
 }
 
 /// One change of the cluster state, as workers replay it: every accepted
@@ -351,6 +371,8 @@ impl Command {
             Command::RegisterWorker { .. } => "register_worker",
             Command::UnregisterWorker { .. } => "unregister_worker",
             Command::ReportVm { .. } => "report_vm",
+            Command::CreateToken { .. } => "create_token",
+            Command::RevokeToken { .. } => "revoke_token",
         }
     }
 
@@ -396,6 +418,8 @@ pub enum Rejection {
     NoSuchNode { node_id: u64 },
     #[error("no replica group named {group:?}")]
     NoSuchGroup { group: String },
+    #[error("no token with accessor {accessor:?}")]
+    NoSuchToken { accessor: String },
     #[error("{detail}")]
     Invalid { detail: String },
 }
@@ -437,6 +461,8 @@ pub enum EventKind {
     DrainStarted,
     DrainFinished,
     SettingsChanged,
+    TokenCreated,
+    TokenRevoked,
 }
 
 impl EventKind {
@@ -455,6 +481,8 @@ impl EventKind {
             EventKind::DrainStarted => "drain_started",
             EventKind::DrainFinished => "drain_finished",
             EventKind::SettingsChanged => "settings_changed",
+            EventKind::TokenCreated => "token_created",
+            EventKind::TokenRevoked => "token_revoked",
         }
     }
 }

@@ -14,7 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{
     validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
-    NodeRecord, Rejection, Settings, Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
+    NodeRecord, Rejection, Settings, Token, Transition, VmChange, VmObserved, VmPhase, VmRecord,
+    VmSpec,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -23,6 +24,7 @@ pub enum Touched {
     Vm(String),
     Node(u64),
     Settings,
+    Tokens,
 }
 
 /// Everything the cluster agrees on.
@@ -34,7 +36,13 @@ pub struct ClusterState {
     pub nodes: BTreeMap<u64, NodeRecord>,
     #[serde(default)]
     pub settings: Settings,
+    /// Client tokens by accessor (secrets only as hashes).
+    #[serde(default)]
+    pub tokens: BTreeMap<String, Token>,
 }
+
+/// Tokens the cluster holds at most (each request scans them).
+pub const TOKENS_MAX: usize = 1024;
 
 /// The outcome of applying one command.
 #[derive(Debug)]
@@ -216,6 +224,58 @@ impl ClusterState {
                 true => self.remove_member(node_id),
                 false => Outcome::rejected(Rejection::NoSuchNode { node_id }),
             },
+            Command::CreateToken { token } => self.create_token(token),
+            Command::RevokeToken { accessor } => self.revoke_token(&accessor),
+        }
+    }
+
+    /// The token whose secret hashes to `secret_sha256`.
+    pub fn token_by_secret_hash(&self, secret_sha256: &str) -> Option<&Token> {
+        self.tokens
+            .values()
+            .find(|token| token.secret_sha256 == secret_sha256)
+    }
+
+    fn create_token(&mut self, token: Token) -> Outcome {
+        let refuse = |detail: String| Outcome::rejected(Rejection::Invalid { detail });
+        if self.tokens.contains_key(&token.accessor) {
+            return refuse(format!("a token with accessor {} exists", token.accessor));
+        }
+        if self.token_by_secret_hash(&token.secret_sha256).is_some() {
+            return refuse("a token with this secret exists".into());
+        }
+        if self.tokens.len() >= TOKENS_MAX {
+            return refuse(format!(
+                "the cluster holds {TOKENS_MAX} tokens; revoke some first"
+            ));
+        }
+        self.revision += 1;
+        let message = format!("token {} ({}) created", token.name, token.accessor);
+        self.tokens.insert(token.accessor.clone(), token);
+        self.tokens_changed()
+            .event(EventKind::TokenCreated, None, None, message)
+    }
+
+    fn revoke_token(&mut self, accessor: &str) -> Outcome {
+        let Some(token) = self.tokens.remove(accessor) else {
+            return Outcome::rejected(Rejection::NoSuchToken {
+                accessor: accessor.into(),
+            });
+        };
+        self.revision += 1;
+        let message = format!("token {} ({accessor}) revoked", token.name);
+        self.tokens_changed()
+            .event(EventKind::TokenRevoked, None, None, message)
+    }
+
+    fn tokens_changed(&self) -> Outcome {
+        Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            touched: vec![Touched::Tokens],
+            ..Outcome::default()
         }
     }
 

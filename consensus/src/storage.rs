@@ -25,7 +25,7 @@ use heed::{
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use crate::command::{NodeRecord, Settings, VmRecord};
+use crate::command::{NodeRecord, Settings, Token, VmRecord};
 use crate::state::{ClusterState, Touched};
 use crate::{Error, Result};
 
@@ -41,6 +41,8 @@ const KEY_SNAPSHOT_META: &str = "snapshot_metadata";
 const KEY_APPLIED_INDEX: &str = "applied_index";
 const KEY_REVISION: &str = "revision";
 const KEY_SETTINGS: &str = "settings";
+/// All tokens as one row: they are few (`TOKENS_MAX`) and change rarely.
+const KEY_TOKENS: &str = "tokens";
 
 /// Raft storage plus the state machine's tables.
 pub struct LogStore {
@@ -204,7 +206,15 @@ impl LogStore {
     /// Starts a new single-voter cluster: the log begins after a snapshot at
     /// index 1 (term 1) whose state already names this node, so every node
     /// that joins later receives that snapshot and learns the first voter.
-    pub fn bootstrap(&mut self, node_id: u64, address: &str, settings: &Settings) -> Result<()> {
+    /// Makes this store a new one-node cluster holding `tokens` (the
+    /// management token the bootstrapping node hands its operator).
+    pub fn bootstrap(
+        &mut self,
+        node_id: u64,
+        address: &str,
+        settings: &Settings,
+        tokens: &[Token],
+    ) -> Result<()> {
         assert!(!self.is_initialized(), "bootstrap of an initialized store");
         let env = self.env();
         let mut wtxn = env.write_txn()?;
@@ -218,6 +228,10 @@ impl LogStore {
         snapshot.mut_metadata().set_conf_state(conf_state);
         let mut state = ClusterState {
             settings: settings.clone(),
+            tokens: tokens
+                .iter()
+                .map(|t| (t.accessor.clone(), t.clone()))
+                .collect(),
             ..ClusterState::default()
         };
         state.add_member(node_id, address.to_string());
@@ -246,6 +260,9 @@ impl LogStore {
         }
         if let Some(bytes) = self.meta.get(rtxn, KEY_SETTINGS)? {
             state.settings = serde_json::from_slice(bytes).map_err(|e| corrupt("settings", e))?;
+        }
+        if let Some(bytes) = self.meta.get(rtxn, KEY_TOKENS)? {
+            state.tokens = serde_json::from_slice(bytes).map_err(|e| corrupt("tokens", e))?;
         }
         for item in self.vms.iter(rtxn)? {
             let (name, bytes) = item?;
@@ -377,6 +394,10 @@ impl LogStore {
                 let bytes = serde_json::to_vec(&state.settings).expect("settings serialize");
                 self.meta.put(wtxn, KEY_SETTINGS, &bytes)?;
             }
+            Touched::Tokens => {
+                let bytes = serde_json::to_vec(&state.tokens).expect("tokens serialize");
+                self.meta.put(wtxn, KEY_TOKENS, &bytes)?;
+            }
         }
         Ok(())
     }
@@ -405,6 +426,8 @@ impl LogStore {
             .put(wtxn, KEY_REVISION, &state.revision.to_be_bytes())?;
         let settings = serde_json::to_vec(&state.settings).expect("settings serialize");
         self.meta.put(wtxn, KEY_SETTINGS, &settings)?;
+        let tokens = serde_json::to_vec(&state.tokens).expect("tokens serialize");
+        self.meta.put(wtxn, KEY_TOKENS, &tokens)?;
         self.meta
             .put(wtxn, KEY_APPLIED_INDEX, &metadata.index.to_be_bytes())?;
         self.meta
@@ -578,7 +601,7 @@ mod tests {
         {
             let mut store = LogStore::open(dir.path()).unwrap();
             store
-                .bootstrap(1, "127.0.0.1:1", &Settings::default())
+                .bootstrap(1, "127.0.0.1:1", &Settings::default(), &[])
                 .unwrap();
             let env = store.env();
             let mut wtxn = env.write_txn().unwrap();
@@ -605,7 +628,9 @@ mod tests {
     fn compaction_moves_first_index_and_snapshot_carries_state() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = LogStore::open(dir.path()).unwrap();
-        store.bootstrap(1, "a:1", &Settings::default()).unwrap();
+        store
+            .bootstrap(1, "a:1", &Settings::default(), &[])
+            .unwrap();
         let env = store.env();
         let mut wtxn = env.write_txn().unwrap();
         store

@@ -24,8 +24,9 @@ use crate::Rejection;
 /// Longest period a setting or a VM's failover may name: a week. Longer
 /// is a typo, and sums of periods must not overflow.
 pub const PERIOD_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
-/// Largest host a node may report (vCPUs); beyond is a lie or a typo.
+/// Largest host a node may report; beyond is a lie or a typo.
 const HOST_VCPUS_MAX: u32 = 65_536;
+const HOST_MEMORY_MIB_MAX: u64 = 256 * 1024 * 1024;
 
 fn invalid(error: ValidationError) -> Rejection {
     Rejection::Invalid {
@@ -114,6 +115,17 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             }
             Ok(())
         }
+        Command::CreateToken { token } => {
+            hex("accessor", &token.accessor, 16..=32)?;
+            hex("secret hash", &token.secret_sha256, 64..=64)?;
+            api::vm_name(&token.name).map_err(|_| {
+                refuse(format!(
+                    "token name {:?} must be a DNS label (lowercase letters, digits, '-')",
+                    api::echo(&token.name)
+                ))
+            })
+        }
+        Command::RevokeToken { accessor } => hex("accessor", accessor, 16..=32),
         Command::SetSettings { settings } => {
             validate_settings(settings).map_err(refuse)?;
             if settings.dead_voter_after_ms > PERIOD_MS_MAX
@@ -125,6 +137,23 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             }
             Ok(())
         }
+    }
+}
+
+/// Lowercase hex of a length in `len`.
+fn hex(field: &str, value: &str, len: std::ops::RangeInclusive<usize>) -> Result<(), Rejection> {
+    let ok = len.contains(&value.len())
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    match ok {
+        true => Ok(()),
+        false => Err(refuse(format!(
+            "{field} {:?} is not {}-{} lowercase hex digits",
+            api::echo(value),
+            len.start(),
+            len.end()
+        ))),
     }
 }
 
@@ -222,7 +251,7 @@ pub fn vm_spec(spec: &VmSpec) -> Result<(), Rejection> {
 }
 
 fn host_facts(facts: &HostFacts) -> Result<(), Rejection> {
-    if facts.vcpus_total > HOST_VCPUS_MAX || facts.memory_mib_total > limits::MEMORY_MIB_MAX {
+    if facts.vcpus_total > HOST_VCPUS_MAX || facts.memory_mib_total > HOST_MEMORY_MIB_MAX {
         return Err(refuse(format!(
             "host of {} vCPUs and {} MiB is beyond any real host",
             facts.vcpus_total, facts.memory_mib_total
@@ -368,7 +397,7 @@ mod tests {
         })
         .is_err());
         let mut facts = HostFacts {
-            memory_mib_total: 100_000_000,
+            memory_mib_total: 1 << 40,
             vcpus_total: 4,
             accel: "tcg".into(),
             labels: Default::default(),

@@ -25,10 +25,12 @@ use crate::controllers;
 use crate::handle::ClusterHandle;
 use crate::mirror::{self, Mirror};
 use crate::security::NodeTls;
+use crate::services::vm_node::now_unix_ms;
 use crate::services::{
     self, cluster::ClusterService, feed::FeedService, node::NodeService, raft::RaftService,
     vm::VmService,
 };
+use crate::tokens;
 use crate::transport::{GrpcTransport, RAFT_MESSAGE_BYTES_MAX};
 use crate::Error;
 
@@ -79,6 +81,7 @@ fn raft_config(config: &Config) -> RaftConfig {
         snapshot_threshold_entries: consensus.snapshot_threshold,
         request_timeout_ms: consensus.request_timeout_ms,
         initial_settings: config.initial_settings(),
+        initial_tokens: Vec::new(),
     }
 }
 
@@ -239,8 +242,17 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if initialized && !bootstrap {
         tracing::info!("data directory holds raft state; ignoring join addresses");
     }
+    let mut raft_config = raft_config(&config);
+    if bootstrap && !initialized {
+        // The founding node makes the first (management) token; its
+        // operator reads the secret from the file and makes the others.
+        let management = tokens::generate("management", now_unix_ms());
+        let path = tokens::write_management_token(&data_dir, &management.secret)?;
+        tracing::info!(path = %path.display(), "wrote the management token");
+        raft_config.initial_tokens.push(management.token);
+    }
     let (node, raft_handle) = RaftNode::new(
-        raft_config(&config),
+        raft_config,
         store,
         bootstrap,
         GrpcTransport::new(config.api.bind.clone()),
@@ -454,6 +466,7 @@ async fn start_node_agent(
         console_log_bytes_max: agent_config.console_log_bytes_max,
         supervision: agent_config.supervision,
         systemctl_binary: agent_config.systemctl.clone(),
+        private_dirs: vec![config.cluster.data_dir.clone()],
     };
     let (agent, reports) = NodeAgent::new(settings);
     controllers::reconciler::run(
@@ -500,6 +513,12 @@ async fn serve(
         raft: raft.clone(),
         membership,
     });
+    let acl_service =
+        pb::acl_server::AclServer::new(services::acl::AclService { raft: raft.clone() });
+    let authorize = services::Authorize {
+        tls: node_tls.is_tls(),
+        state: raft.clone(),
+    };
     let vm_service = VmServer::new(VmService {
         raft: raft.clone(),
         node: services::VmNode {
@@ -518,13 +537,12 @@ async fn serve(
             })?;
     }
     let router = server
-        .layer(tonic::service::InterceptorLayer::new(services::Authorize {
-            tls: node_tls.is_tls(),
-        }))
+        .layer(tonic::service::InterceptorLayer::new(authorize))
         .add_service(raft_service)
         .add_service(feed_service)
         .add_service(cluster_service)
         .add_service(node_service)
+        .add_service(acl_service)
         .add_service(vm_service);
     let bind = config.bind_addr();
     let stopped = async move {

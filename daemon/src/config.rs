@@ -500,8 +500,18 @@ impl Config {
                 self.cluster.name
             ));
         }
+        if self.cluster.labels.len() > blixard_api::limits::LABELS_MAX {
+            return invalid(format!(
+                "cluster.labels: at most {} labels",
+                blixard_api::limits::LABELS_MAX
+            ));
+        }
         for (key, value) in &self.cluster.labels {
             if let Err(error) = format!("{key}={value}").parse::<blixard_consensus::Rule>() {
+                return invalid(format!("cluster.labels: {error}"));
+            }
+            // What the node reports must pass the state machine's checks.
+            if let Err(error) = blixard_api::validate::label(key, value) {
                 return invalid(format!("cluster.labels: {error}"));
             }
         }
@@ -525,15 +535,23 @@ impl Config {
                 membership.phi_threshold
             ));
         }
-        if self.failover.fence_after_ms < 1_000 {
+        // The node reports its fence period plus its stop timeout; the
+        // state machine takes at most a week of it.
+        let period_ms_max = blixard_consensus::validate::PERIOD_MS_MAX / 2;
+        if !(1_000..=period_ms_max).contains(&self.failover.fence_after_ms)
+            || self.agent.stop_timeout_ms > period_ms_max
+        {
             return invalid(format!(
-                "failover.fence_after_ms {} must be at least 1000",
-                self.failover.fence_after_ms
+                "failover.fence_after_ms {} must be between 1000 and {period_ms_max}, and \
+                 agent.stop_timeout_ms {} at most {period_ms_max}",
+                self.failover.fence_after_ms, self.agent.stop_timeout_ms
             ));
         }
-        let settings = self.initial_settings();
-        if let Err(detail) = blixard_consensus::validate_settings(&settings) {
-            return invalid(format!("autopilot/failover: {detail}"));
+        let settings = blixard_consensus::Command::SetSettings {
+            settings: self.initial_settings(),
+        };
+        if let Err(rejection) = blixard_consensus::validate::command(&settings) {
+            return invalid(format!("autopilot/failover: {rejection}"));
         }
         if self.scheduler.vcpu_overcommit == 0 || self.scheduler.vcpu_overcommit > 64 {
             return invalid(format!(
@@ -554,7 +572,6 @@ impl Config {
         }
     }
 
-    /// Where VM state directories live.
     /// Where the node's CA certificate, certificate and key are read from.
     pub fn tls_files(&self) -> (PathBuf, PathBuf, PathBuf) {
         let dir = self.cluster.data_dir.join("tls");
@@ -568,6 +585,7 @@ impl Config {
         )
     }
 
+    /// Where VM state directories live.
     pub fn vm_state_dir(&self) -> PathBuf {
         self.agent
             .state_dir

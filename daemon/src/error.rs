@@ -43,9 +43,9 @@ impl From<Error> for Status {
             Error::Validation(_) => Code::InvalidArgument,
             Error::Consensus(C::Rejected(R::VmExists { .. })) => Code::AlreadyExists,
             Error::Consensus(C::Rejected(R::VmNotFound { .. })) => Code::NotFound,
-            Error::Consensus(C::Rejected(R::NoSuchNode { .. } | R::NoSuchGroup { .. })) => {
-                Code::NotFound
-            }
+            Error::Consensus(C::Rejected(
+                R::NoSuchNode { .. } | R::NoSuchGroup { .. } | R::NoSuchToken { .. },
+            )) => Code::NotFound,
             Error::Consensus(C::Rejected(R::Invalid { .. } | R::NotAssigned { .. })) => {
                 Code::FailedPrecondition
             }

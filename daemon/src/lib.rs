@@ -13,6 +13,7 @@ pub mod handle;
 pub mod mirror;
 pub mod security;
 pub mod services;
+pub mod tokens;
 pub mod transport;
 
 pub use config::{Config, Overrides};

@@ -37,6 +37,33 @@ pub fn create_private_dir(dir: &Path) -> Result<()> {
         .map_err(|e| Error::io(format!("create {}", dir.display()), e))
 }
 
+/// `path` as a file a guest may be given: an absolute path that, with
+/// every link resolved, lies outside each of `private_dirs` (the agent's
+/// data directory: its keys, tokens and raft store). Returns the resolved
+/// path, which is what the hypervisor is then told to open.
+pub fn guest_file(path: &Path, private_dirs: &[PathBuf]) -> Result<PathBuf> {
+    let refuse = |reason: String| Err(Error::Runner(format!("{} {reason}", path.display())));
+    if !path.is_absolute() {
+        return refuse("is not an absolute path".into());
+    }
+    let Ok(resolved) = path.canonicalize() else {
+        return refuse("does not exist".into());
+    };
+    if !resolved.is_file() {
+        return refuse("is not a file".into());
+    }
+    for private in private_dirs {
+        let private = private.canonicalize().unwrap_or_else(|_| private.clone());
+        if resolved.starts_with(&private) {
+            return refuse(format!(
+                "lies in {}, whose files are never given to a guest",
+                private.display()
+            ));
+        }
+    }
+    Ok(resolved)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -49,6 +76,27 @@ mod tests {
         for bad in ["/srv/data", "..", "a/b", "a\nid>x;#", "", "A"] {
             assert!(vm_state_dir(root, bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    #[test]
+    fn guests_get_no_file_from_the_agents_own_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        std::fs::create_dir_all(data.join("tls")).unwrap();
+        std::fs::write(data.join("tls/node-key.pem"), "secret").unwrap();
+        let kernel = dir.path().join("vmlinuz");
+        std::fs::write(&kernel, "kernel").unwrap();
+        let link = dir.path().join("initrd");
+        std::os::unix::fs::symlink(data.join("tls/node-key.pem"), &link).unwrap();
+        let private = [data.clone()];
+        assert_eq!(
+            guest_file(&kernel, &private).unwrap(),
+            kernel.canonicalize().unwrap()
+        );
+        assert!(guest_file(&data.join("tls/node-key.pem"), &private).is_err());
+        assert!(guest_file(&link, &private).is_err(), "a link into it");
+        assert!(guest_file(Path::new("vmlinuz"), &private).is_err());
+        assert!(guest_file(&dir.path().join("missing"), &private).is_err());
     }
 
     #[test]

@@ -106,6 +106,9 @@ pub struct Settings {
     pub console_log_bytes_max: u64,
     pub supervision: Supervision,
     pub systemctl_binary: String,
+    /// Directories whose files are never given to a guest as its kernel
+    /// or initrd (the agent's data directory).
+    pub private_dirs: Vec<PathBuf>,
 }
 
 const POLL_INTERVAL_MS: u64 = 50;
@@ -399,12 +402,16 @@ impl Supervisor {
                 cmdline,
                 ports,
             } => {
+                let kernel = paths::guest_file(kernel, &settings.private_dirs)
+                    .map_err(|e| format!("kernel {e}"))?;
+                let initrd = paths::guest_file(initrd, &settings.private_dirs)
+                    .map_err(|e| format!("initrd {e}"))?;
                 QemuRunner {
                     name: plan.name.clone(),
                     vcpus: plan.vcpus,
                     memory_mib: plan.memory_mib,
-                    kernel: kernel.clone(),
-                    initrd: initrd.clone(),
+                    kernel,
+                    initrd,
                     cmdline: cmdline.clone(),
                     ports: ports.clone(),
                     accel: settings.accel,

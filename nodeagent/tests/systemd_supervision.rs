@@ -53,6 +53,7 @@ async fn systemd_mode_starts_and_stops_the_microvm_unit() {
         console_log_bytes_max: 1 << 20,
         supervision: Supervision::Systemd,
         systemctl_binary: systemctl.display().to_string(),
+        private_dirs: Vec::new(),
     });
     let plan = VmPlan {
         name: "web".into(),

@@ -107,6 +107,9 @@ pub enum Command {
     /// The cluster CA and node certificates (mTLS between nodes).
     #[command(subcommand)]
     Tls(TlsCommand),
+    /// Client tokens.
+    #[command(subcommand)]
+    Acl(AclCommand),
     /// Measure: starts a local cluster, runs the benchmarks, prints one table.
     Bench(BenchArgs),
     /// The dashboard: nodes, VMs, events, live (k9s keys; `?` lists them).
@@ -207,6 +210,30 @@ pub struct WaitArgs {
     /// How long `--wait` waits.
     #[arg(long, default_value = "2m", value_parser = parse_duration_ms, requires = "wait", value_name = "DURATION")]
     pub timeout: u64,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclCommand {
+    /// Make, list and revoke client tokens.
+    #[command(subcommand)]
+    Token(AclTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclTokenCommand {
+    /// Make a token; its secret is printed once, here.
+    Create {
+        /// What to call it (a DNS label, e.g. `ci`).
+        #[arg(long)]
+        name: String,
+    },
+    /// Every token: accessor, name, age (never a secret).
+    List,
+    /// Revoke a token by its accessor; it stops working at once.
+    Revoke {
+        /// The accessor `acl token list` shows.
+        accessor: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]

@@ -5,14 +5,13 @@
 //! resolved connection settings (`settings.rs`); a failure to connect is
 //! classified as "cluster unavailable" (exit 4).
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
+use blixard_api::connect::{self, Bearer};
 use blixard_api::pb::{
-    cluster_client::ClusterClient, node_client::NodeClient, vm_client::VmClient,
+    acl_client::AclClient, cluster_client::ClusterClient, node_client::NodeClient,
+    vm_client::VmClient,
 };
-use tonic::metadata::MetadataValue;
-use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Channel;
 
 use crate::exit::{self, Exit, StatusError};
@@ -20,20 +19,10 @@ use crate::exit::{self, Exit, StatusError};
 const CONNECT_TIMEOUT_MS: u64 = 3_000;
 const REQUEST_TIMEOUT_MS: u64 = 30_000;
 
-static TOKEN: OnceLock<Option<MetadataValue<tonic::metadata::Ascii>>> = OnceLock::new();
-
 /// Sets the token every request carries (`authorization: Bearer TOKEN`).
-/// Agents do not check tokens yet; the client already sends them.
 pub fn set_token(token: Option<&str>) -> anyhow::Result<()> {
-    let value = match token {
-        Some(token) => Some(
-            format!("Bearer {token}")
-                .parse()
-                .map_err(|_| exit::error(Exit::Usage, "the token must be printable ASCII"))?,
-        ),
-        None => None,
-    };
-    let _ = TOKEN.set(value);
+    let bearer = Bearer::new(token).map_err(|e| exit::error(Exit::Usage, e.to_string()))?;
+    connect::install_token(bearer);
     Ok(())
 }
 
@@ -49,26 +38,8 @@ pub fn set_ca_file(ca_file: Option<&std::path::Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Adds the token to a request.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct Auth;
-
-impl tonic::service::Interceptor for Auth {
-    fn call(
-        &mut self,
-        mut request: tonic::Request<()>,
-    ) -> Result<tonic::Request<()>, tonic::Status> {
-        if let Some(Some(value)) = TOKEN.get() {
-            request
-                .metadata_mut()
-                .insert("authorization", value.clone());
-        }
-        Ok(request)
-    }
-}
-
 /// A connection whose requests carry the token.
-pub type Conn = InterceptedService<Channel, Auth>;
+pub type Conn = connect::Connection;
 
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     blixard_api::validate::address(addr)?;
@@ -88,7 +59,7 @@ pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
 }
 
 async fn conn(addr: &str) -> anyhow::Result<Conn> {
-    Ok(InterceptedService::new(channel(addr).await?, Auth))
+    Ok(connect::with_token(channel(addr).await?))
 }
 
 pub async fn cluster(addr: &str) -> anyhow::Result<ClusterClient<Conn>> {
@@ -101,6 +72,10 @@ pub async fn node(addr: &str) -> anyhow::Result<NodeClient<Conn>> {
 
 pub async fn vm(addr: &str) -> anyhow::Result<VmClient<Conn>> {
     Ok(VmClient::new(conn(addr).await?))
+}
+
+pub async fn acl(addr: &str) -> anyhow::Result<AclClient<Conn>> {
+    Ok(AclClient::new(conn(addr).await?))
 }
 
 /// Turns a gRPC status into an error that reads well on a terminal and

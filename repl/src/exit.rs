@@ -7,6 +7,8 @@
 //! | 2 | usage error: bad arguments or input (clap also exits 2) |
 //! | 3 | not found: no such VM, node or replica group |
 //! | 4 | cluster unavailable: no node reachable, no leader, a request timed out |
+//! | 5 | not authenticated: no token, or one the cluster does not hold |
+//! | 6 | permission denied: the credentials do not allow this |
 //!
 //! Invariant: every error a command returns maps to exactly one code,
 //! found by walking its causes for a gRPC status, a validation error, a
@@ -20,6 +22,8 @@ pub enum Exit {
     Usage = 2,
     NotFound = 3,
     Unavailable = 4,
+    Unauthenticated = 5,
+    PermissionDenied = 6,
 }
 
 impl From<Exit> for ExitCode {
@@ -55,6 +59,8 @@ fn from_code(code: tonic::Code) -> Exit {
         Code::NotFound => Exit::NotFound,
         Code::InvalidArgument | Code::OutOfRange => Exit::Usage,
         Code::Unavailable | Code::DeadlineExceeded => Exit::Unavailable,
+        Code::Unauthenticated => Exit::Unauthenticated,
+        Code::PermissionDenied => Exit::PermissionDenied,
         _ => Exit::Failed,
     }
 }
@@ -101,6 +107,10 @@ mod tests {
         assert_eq!(classify(&bad), Exit::Usage);
         let refused = anyhow::Error::new(StatusError(tonic::Status::failed_precondition("x")));
         assert_eq!(classify(&refused), Exit::Failed);
+        let no_token = anyhow::Error::new(StatusError(tonic::Status::unauthenticated("token")));
+        assert_eq!(classify(&no_token), Exit::Unauthenticated);
+        let peer_only = anyhow::Error::new(StatusError(tonic::Status::permission_denied("peer")));
+        assert_eq!(classify(&peer_only), Exit::PermissionDenied);
         let invalid = blixard_api::validate::vm_name("Not A Name").unwrap_err();
         assert_eq!(classify(&anyhow::Error::new(invalid)), Exit::Usage);
         let explicit = Err::<(), _>(error(Exit::Unavailable, "every node refused"))

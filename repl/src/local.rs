@@ -41,6 +41,8 @@ pub struct LocalCluster {
     pub nodes: Vec<LocalNode>,
     /// The cluster CA certificate clients verify the nodes against.
     pub ca_file: PathBuf,
+    /// The management token node 1 wrote when it founded the cluster.
+    pub token: String,
 }
 
 impl Drop for LocalCluster {
@@ -165,11 +167,20 @@ impl LocalCluster {
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             ca_file,
+            token: String::new(),
         };
         let first = addresses[0].clone();
         cluster
             .nodes
             .push(spawn_agent(dir, 1, &first, None, config_text)?);
+        let token_file = data_dir(dir, 1).join(blixard_api::MANAGEMENT_TOKEN_FILE);
+        wait_until("node 1 to write its management token", spinner, || async {
+            let text = std::fs::read_to_string(&token_file).ok()?;
+            (!text.trim().is_empty()).then_some(())
+        })
+        .await?;
+        cluster.token = std::fs::read_to_string(&token_file)?.trim().to_string();
+        client::set_token(Some(&cluster.token))?;
         wait_until("node 1 to elect itself", spinner, || async {
             (status(&first).await?.leader_id == 1).then_some(())
         })

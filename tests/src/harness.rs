@@ -12,12 +12,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
-use blixard_api::connect::Security;
+use blixard_api::connect::{Bearer, Connection, Security};
 use blixard_api::pb;
 use blixard_api::pb::{
     cluster_client::ClusterClient, node_client::NodeClient, vm_client::VmClient,
 };
 use blixard_api::tls;
+use blixard_api::MANAGEMENT_TOKEN_FILE;
 use tonic::transport::Channel;
 
 use crate::flake_spec;
@@ -610,19 +611,40 @@ impl TestCluster {
         std::fs::read_to_string(&self.nodes[&id].log_path).unwrap_or_default()
     }
 
-    /// A client's channel to node `id` (TLS, no client certificate).
-    pub async fn channel(&self, id: u64) -> Option<Channel> {
-        test_ca();
-        self.channel_as(id, blixard_api::connect::installed()).await
+    /// The management token the founding node wrote (once it has).
+    pub fn token(&self) -> Option<String> {
+        self.nodes.values().find_map(|node| {
+            let path = node.data_dir.join(MANAGEMENT_TOKEN_FILE);
+            let text = std::fs::read_to_string(path).ok()?;
+            Some(text.trim().to_string()).filter(|t| !t.is_empty())
+        })
     }
 
-    /// A channel to node `id` from a process holding the certificate of
-    /// node `as_node` (an authenticated peer, for attack tests).
-    pub async fn peer_channel(&self, id: u64, as_node: u64) -> Option<Channel> {
+    /// A client's connection to node `id` (TLS, no client certificate),
+    /// with the cluster's management token.
+    pub async fn channel(&self, id: u64) -> Option<Connection> {
+        self.channel_with(id, self.token().as_deref()).await
+    }
+
+    /// A client's connection to node `id` sending `token` (or none).
+    pub async fn channel_with(&self, id: u64, token: Option<&str>) -> Option<Connection> {
+        test_ca();
+        let channel = self
+            .channel_as(id, blixard_api::connect::installed())
+            .await?;
+        Some(Connection::new(channel, Bearer::new(token).unwrap()))
+    }
+
+    /// A connection to node `id` from a process holding the certificate
+    /// of node `as_node` (an authenticated peer, for attack tests); no
+    /// token.
+    pub async fn peer_channel(&self, id: u64, as_node: u64) -> Option<Connection> {
         let ca = &test_ca().1;
         let node = tls::issue_node_cert(ca, as_node).unwrap();
-        self.channel_as(id, &Security::node(&ca.cert_pem, &node))
-            .await
+        let channel = self
+            .channel_as(id, &Security::node(&ca.cert_pem, &node))
+            .await?;
+        Some(Connection::new(channel, Bearer::default()))
     }
 
     async fn channel_as(&self, id: u64, security: &Security) -> Option<Channel> {
@@ -636,7 +658,7 @@ impl TestCluster {
             .ok()
     }
 
-    pub async fn vm_client(&self, id: u64) -> VmClient<Channel> {
+    pub async fn vm_client(&self, id: u64) -> VmClient<Connection> {
         let channel =
             eventually("a connection", Duration::from_secs(10), || self.channel(id)).await;
         VmClient::new(channel)
@@ -687,7 +709,11 @@ impl TestCluster {
 
     /// Runs the real CLI against node `id`.
     pub fn cli(&self, id: u64, args: &[&str]) -> Output {
-        Command::new(blixard_bin())
+        let mut command = Command::new(blixard_bin());
+        if let Some(token) = self.token() {
+            command.arg("--token").arg(token);
+        }
+        command
             .arg("--addr")
             .arg(self.address(id))
             .arg("--ca-file")
@@ -749,7 +775,10 @@ impl TestCluster {
     }
 }
 
-pub async fn create_vm(client: &mut VmClient<Channel>, name: &str) -> Result<u64, tonic::Status> {
+pub async fn create_vm(
+    client: &mut VmClient<Connection>,
+    name: &str,
+) -> Result<u64, tonic::Status> {
     let response = client
         .create(pb::CreateVmRequest {
             spec: Some(flake_spec(name)),

@@ -13,15 +13,16 @@
 
 use std::time::Duration;
 
+use blixard_api::connect::Connection;
 use blixard_api::pb;
 use blixard_api::pb::raft_transport_client::RaftTransportClient;
 use blixard_api::pb::state_feed_client::StateFeedClient;
+use blixard_api::pb::vm_client::VmClient;
 use blixard_consensus::command::ProposalTag;
 use blixard_consensus::{Command, HostFacts, RaftMessage, RunnerSource, VmSpec};
 use blixard_tests::{create_vm, eventually, TestCluster, Timings};
 use protobuf::Message as _;
 use raft_proto::eraftpb::{Entry, MessageType, Snapshot};
-use tonic::transport::Channel;
 
 fn spec(name: &str) -> VmSpec {
     VmSpec {
@@ -39,7 +40,7 @@ fn spec(name: &str) -> VmSpec {
     }
 }
 
-async fn propose(channel: Channel, command: &Command) -> Result<(), tonic::Status> {
+async fn propose(channel: Connection, command: &Command) -> Result<(), tonic::Status> {
     let response = StateFeedClient::new(channel)
         .propose(pb::ProposeRequest {
             command: command.encode(),
@@ -56,7 +57,7 @@ async fn propose(channel: Channel, command: &Command) -> Result<(), tonic::Statu
 
 /// Sends raw raft messages over a peer transport stream; the node's
 /// answer when the stream ends.
-async fn send_raft(channel: Channel, messages: Vec<RaftMessage>) -> Result<(), tonic::Status> {
+async fn send_raft(channel: Connection, messages: Vec<RaftMessage>) -> Result<(), tonic::Status> {
     let items: Vec<pb::RaftMessage> = messages
         .into_iter()
         .map(|message| pb::RaftMessage {
@@ -291,11 +292,12 @@ async fn raw_raft_messages_cannot_panic_nodes_or_commit_foreign_entries() {
     );
 }
 
-/// Goal: without a node certificate nobody reaches the peer services,
-/// and a node certificate speaks only for its own node. Method: every
-/// peer-only RPC as a client (TLS, no certificate); raft messages under
-/// the leader's id from a follower's certificate (the review's forged
-/// appends and term-raising heartbeats); a join as another node.
+/// Goal: without a node certificate nobody reaches the peer services
+/// (a client token is not enough), and a node certificate speaks only
+/// for its own node. Method: every peer-only RPC as a client holding the
+/// management token; raft messages under the leader's id from a
+/// follower's certificate (the review's forged appends and term-raising
+/// heartbeats); a join as another node.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peer_services_need_the_callers_own_node_certificate() {
     let cluster = TestCluster::start(3, Timings::default()).await;
@@ -401,4 +403,76 @@ async fn nodes_without_the_clusters_certificate_cannot_join() {
     }
     let members = cluster.status(1).await.unwrap().members;
     assert_eq!(members.len(), 3, "{members:?}");
+}
+
+/// Goal: every client request needs a token the cluster holds; tokens
+/// are made, listed and revoked through the CLI, and a revoked token
+/// stops working on every node. Method: requests with no token and a
+/// made-up token are refused with Unauthenticated (CLI exit 5); a token
+/// made with `acl token create` works through every node, shows in `acl
+/// token list` without its secret, and after `acl token revoke` is
+/// refused everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_requests_need_a_token_the_cluster_holds() {
+    let cluster = TestCluster::start(3, Timings::default()).await;
+    let list = |channel: Connection| async move {
+        VmClient::new(channel)
+            .list(pb::ListVmsRequest {})
+            .await
+            .map(|_| ())
+    };
+    for token in [None, Some("blx_made-up")] {
+        let channel = cluster.channel_with(2, token).await.unwrap();
+        let refused = list(channel)
+            .await
+            .expect_err("listed without a valid token");
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    }
+    let no_token = std::process::Command::new(blixard_tests::blixard_bin())
+        .args(["--addr", cluster.address(2), "--ca-file"])
+        .arg(blixard_tests::ca_file())
+        .args(["vm", "list"])
+        .output()
+        .unwrap();
+    assert_eq!(no_token.status.code(), Some(5), "{no_token:?}");
+    assert!(String::from_utf8_lossy(&no_token.stderr).contains("token"));
+
+    let created: serde_json::Value = serde_json::from_str(
+        &cluster.cli_ok(1, &["acl", "token", "create", "--name", "ci", "-o", "json"]),
+    )
+    .unwrap();
+    let secret = created["secret"].as_str().unwrap().to_string();
+    let accessor = created["accessor"].as_str().unwrap().to_string();
+    for id in 1..=3 {
+        let channel = eventually(
+            "the new token to reach the node",
+            Duration::from_secs(10),
+            || async {
+                let channel = cluster.channel_with(id, Some(&secret)).await?;
+                list(channel.clone()).await.ok().map(|_| channel)
+            },
+        )
+        .await;
+        drop(channel);
+    }
+    let listed = cluster.cli_ok(3, &["acl", "token", "list", "-o", "json"]);
+    assert!(
+        listed.contains("\"ci\"") && listed.contains(&accessor),
+        "{listed}"
+    );
+    assert!(!listed.contains(&secret), "the list shows a secret");
+
+    cluster.cli_ok(2, &["acl", "token", "revoke", &accessor]);
+    for id in 1..=3 {
+        eventually(
+            "the revoked token to be refused",
+            Duration::from_secs(10),
+            || async {
+                let channel = cluster.channel_with(id, Some(&secret)).await?;
+                let refused = list(channel).await.err()?;
+                (refused.code() == tonic::Code::Unauthenticated).then_some(())
+            },
+        )
+        .await;
+    }
 }

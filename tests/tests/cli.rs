@@ -65,6 +65,8 @@ async fn watch_runs_the_command_again_on_a_change() {
     let mut child = std::process::Command::new(blixard_tests::blixard_bin())
         .arg("--ca-file")
         .arg(blixard_tests::ca_file())
+        .arg("--token")
+        .arg(cluster.token().unwrap())
         .args([
             "--addr",
             cluster.address(1),

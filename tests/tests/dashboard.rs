@@ -24,9 +24,10 @@ async fn the_dashboard_filters_describes_shows_logs_and_stops_a_vm() {
         cluster.cli_ok(1, &["vm", "start", name]);
     }
     let command = format!(
-        "{} --ca-file {} --addr {} tui; sleep 60",
+        "{} --ca-file {} --token {} --addr {} tui; sleep 60",
         blixard_bin().display(),
         ca_file().display(),
+        cluster.token().unwrap(),
         cluster.address(2)
     );
     let tmux = Tmux::start("stop", &command);
@@ -83,9 +84,10 @@ async fn the_dashboard_moves_to_another_node_when_its_node_dies_and_scales_a_gro
     cluster.create_guest(1, "before", &[]);
     let lost_address = cluster.address(2).to_string();
     let command = format!(
-        "{} --ca-file {} --addr {lost_address} tui; sleep 60",
+        "{} --ca-file {} --token {} --addr {lost_address} tui; sleep 60",
         blixard_bin().display(),
         ca_file().display(),
+        cluster.token().unwrap(),
     );
     let tmux = Tmux::start("reconnect", &command);
     tmux.wait_for(&format!("connected to {lost_address}")).await;

@@ -47,10 +47,11 @@ async fn the_repl_completes_live_names_recalls_history_and_survives_ctrl_c() {
     let home = tempfile::tempdir().unwrap();
     let address = cluster.address(2).to_string();
     let command = format!(
-        "env XDG_DATA_HOME={home} XDG_CONFIG_HOME={home} {bin} --ca-file {ca} --addr {address} repl; sleep 60",
+        "env XDG_DATA_HOME={home} XDG_CONFIG_HOME={home} {bin} --ca-file {ca} --token {token} --addr {address} repl; sleep 60",
         home = home.path().display(),
         bin = blixard_bin().display(),
         ca = blixard_tests::ca_file().display(),
+        token = cluster.token().unwrap(),
     );
     let tmux = Tmux::start("repl", &command);
     // The prompt is redrawn in place once the node's status is in.

@@ -40,6 +40,8 @@ async fn watch_streams_existing_vms_then_changes_in_order() {
     let mut watcher = Command::new(blixard_bin())
         .arg("--ca-file")
         .arg(blixard_tests::ca_file())
+        .arg("--token")
+        .arg(cluster.token().unwrap())
         .args(["--addr", cluster.address(2), "vm", "watch", "-o", "json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

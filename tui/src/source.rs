@@ -10,12 +10,12 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use blixard_api::connect::Connection;
 use blixard_api::pb;
 use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_api::pb::node_client::NodeClient;
 use blixard_api::pb::vm_client::VmClient;
 use tokio::sync::mpsc;
-use tonic::transport::Channel;
 
 use crate::app::Action;
 use crate::model::Update;
@@ -34,13 +34,15 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-pub async fn connect(address: &str) -> Result<Channel, String> {
-    blixard_api::connect::endpoint(address)
+/// A connection to `address` carrying the process's token.
+pub async fn connect(address: &str) -> Result<Connection, String> {
+    let channel = blixard_api::connect::endpoint(address)
         .map_err(|e| format!("bad address {address:?}: {e}"))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .connect()
         .await
-        .map_err(|e| format!("cannot connect: {e}"))
+        .map_err(|e| format!("cannot connect: {e}"))?;
+    Ok(blixard_api::connect::with_token(channel))
 }
 
 /// Feeds `updates` until the receiver goes away.
@@ -199,7 +201,7 @@ pub async fn follow_logs(address: String, vm: String, updates: mpsc::Sender<Upda
 
 /// Stops `vm`, waits until its node reports it stopped, starts it again
 /// (flipping the desired state back at once could go unseen by the node).
-async fn restart(vms: &mut VmClient<Channel>, vm: &str) -> Result<(), tonic::Status> {
+async fn restart(vms: &mut VmClient<Connection>, vm: &str) -> Result<(), tonic::Status> {
     let request = || pb::VmNameRequest { name: vm.into() };
     vms.stop(request()).await?;
     let deadline = tokio::time::Instant::now() + Duration::from_millis(RESTART_DEADLINE_MS);

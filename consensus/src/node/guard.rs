@@ -80,8 +80,20 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
     }
     let conf = raft.prs().conf().to_conf_state();
     let configured = !conf.voters.is_empty();
-    if configured && !is_member(&conf, message.from) {
-        return refuse("the sender is not a member".into());
+    let is_leader = raft.state == raft::StateRole::Leader;
+    if forwarded {
+        // Only a leader acts on these; a follower would forward them on
+        // under the original sender, which its own certificate does not
+        // name. And only members' proposals and reads count: this is the
+        // one place membership is checked against the applied
+        // configuration, since a lagging node must still hear a leader
+        // its configuration does not know yet.
+        if !is_leader {
+            return refuse("this node is not the leader".into());
+        }
+        if !is_member(&conf, message.from) {
+            return refuse("the sender is not a member".into());
+        }
     }
     if !configured
         && !matches!(
@@ -91,9 +103,33 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
     {
         return refuse("this node has no configuration yet".into());
     }
+    // In the leader's term only the leader sends what a leader sends:
+    // another member could otherwise commit entries no quorum holds.
+    let leader_only = matches!(
+        kind,
+        MessageType::MsgAppend
+            | MessageType::MsgHeartbeat
+            | MessageType::MsgSnapshot
+            | MessageType::MsgReadIndexResp
+            | MessageType::MsgTimeoutNow
+    );
+    if leader_only
+        && message.term == raft.term
+        && raft.leader_id != raft::INVALID_ID
+        && message.from != raft.leader_id
+    {
+        return refuse(format!(
+            "node {} is not the leader of term {}",
+            message.from, raft.term
+        ));
+    }
     let log = &raft.raft_log;
     match kind {
         MessageType::MsgPropose => proposal(message).or_else(refuse),
+        MessageType::MsgReadIndex => read_request(message).or_else(refuse),
+        MessageType::MsgReadIndexResp if message.entries.len() != 1 => {
+            refuse("a read answer must carry exactly its request's context".into())
+        }
         MessageType::MsgHeartbeat if message.commit > log.last_index() => refuse(format!(
             "commit {} is past this log's last index {}",
             message.commit,
@@ -102,7 +138,7 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
         // A follower forwards a transfer request to its leader with the
         // term raft-rs stamped on it; forwarding it again would trip
         // raft-rs's own assertion, so only a leader takes one.
-        MessageType::MsgTransferLeader if raft.state != raft::StateRole::Leader => {
+        MessageType::MsgTransferLeader if !is_leader => {
             refuse("this node is not the leader".into())
         }
         MessageType::MsgAppend => append(message, raft).or_else(refuse),
@@ -139,6 +175,22 @@ fn is_member(conf: &ConfState, node_id: u64) -> bool {
         .any(|id| *id == node_id)
 }
 
+/// A read request carries one entry: the reading node's context, tagged
+/// with that node (raft-rs reads `entries[0]`; contexts must not collide
+/// across nodes).
+fn read_request(message: &Message) -> Result<(), String> {
+    let [entry] = message.entries.as_slice() else {
+        return Err(format!(
+            "a read request with {} entries",
+            message.entries.len()
+        ));
+    };
+    match ProposalTag::decode(&entry.data).map(|tag| tag.proposer) {
+        Some(proposer) if proposer == message.from => Ok(()),
+        other => Err(format!("a read context of node {other:?}")),
+    }
+}
+
 /// A forwarded proposal: entries this cluster's nodes make, each tagged
 /// with the forwarding node as its proposer (the state machine trusts
 /// that tag for who may change what).
@@ -170,8 +222,12 @@ fn proposed_entry(entry: &Entry) -> Result<(), String> {
         }
         EntryType::EntryConfChangeV2 => {
             let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
-            if change.changes.is_empty() {
-                return Err("an empty configuration change".into());
+            // Blixard changes one node at a time and never enters a joint
+            // configuration (which its snapshots could not carry).
+            if change.changes.len() != 1
+                || change.get_transition() != raft::prelude::ConfChangeTransition::Auto
+            {
+                return Err("a configuration change of other than one node".into());
             }
             if change.changes.iter().any(|c| c.node_id == raft::INVALID_ID) {
                 return Err("a configuration change of node 0".into());

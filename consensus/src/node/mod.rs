@@ -69,6 +69,8 @@ pub struct RaftConfig {
     /// Cluster settings of a cluster this node bootstraps (ignored
     /// otherwise: the log holds the settings).
     pub initial_settings: crate::Settings,
+    /// Tokens a cluster this node bootstraps starts with (likewise).
+    pub initial_tokens: Vec<crate::Token>,
 }
 
 /// Where the loop sends raft messages. Implementations queue and never block;
@@ -118,7 +120,12 @@ impl<T: Transport> RaftNode<T> {
         transport: T,
     ) -> Result<(Self, RaftHandle)> {
         if bootstrap && !store.is_initialized() {
-            store.bootstrap(config.node_id, &config.address, &config.initial_settings)?;
+            store.bootstrap(
+                config.node_id,
+                &config.address,
+                &config.initial_settings,
+                &config.initial_tokens,
+            )?;
         }
         let state = store.load_state()?;
         let raft_config = raft::Config {

@@ -67,7 +67,9 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<(), String> {
         | Command::SetReplicas { .. }
         | Command::SetNodeEligibility { .. }
         | Command::DrainNode { .. }
-        | Command::SetSettings { .. } => Ok(()),
+        | Command::SetSettings { .. }
+        | Command::CreateToken { .. }
+        | Command::RevokeToken { .. } => Ok(()),
         Command::SetHostFacts { node_id, .. } | Command::ReportVm { node_id, .. } => {
             match members.contains(node_id) {
                 true => Err(format!(

@@ -5,9 +5,11 @@
 //! Invariant: with TLS on, a request carries `Caller::Node(id)` exactly
 //! when its connection presented a certificate of the cluster CA naming
 //! node `id` (rustls checked the chain during the handshake; the id is
-//! read only from the certificate), and `Caller::Client` otherwise. With
+//! read only from the certificate); any other request reaches a service
+//! only with a token the cluster holds, as `Caller::Client`. With
 //! security off every request is `Caller::Unverified`.
 
+pub mod acl;
 pub mod cluster;
 pub mod feed;
 pub mod node;
@@ -19,31 +21,67 @@ pub use vm_node::VmNode;
 
 use tonic::{Request, Status};
 
+use crate::handle::ClusterHandle;
+use crate::tokens;
+
 /// Who is calling, as the transport proved it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Caller {
     /// A cluster node, by its certificate.
     Node(u64),
-    /// Anyone else (clients authenticate with tokens).
-    Client,
+    /// A client that presented a valid token (by its accessor).
+    Client { accessor: String },
     /// Security is off: nothing was proven.
     Unverified,
 }
 
 /// The interceptor every RPC passes through.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Authorize {
     pub tls: bool,
+    /// Where the tokens are (this node's copy of the state).
+    pub state: ClusterHandle,
 }
 
 impl tonic::service::Interceptor for Authorize {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = match self.tls {
-            false => Caller::Unverified,
-            true => certificate_node(&request).map_or(Caller::Client, Caller::Node),
+        let caller = match (self.tls, certificate_node(&request)) {
+            (false, _) => Caller::Unverified,
+            (true, Some(node)) => Caller::Node(node),
+            (true, None) => self.client(&request)?,
         };
         request.extensions_mut().insert(caller);
         Ok(request)
+    }
+}
+
+impl Authorize {
+    /// The client behind the request's bearer token, or `Unauthenticated`.
+    #[allow(clippy::result_large_err)]
+    fn client(&self, request: &Request<()>) -> Result<Caller, Status> {
+        let Some(value) = request.metadata().get("authorization") else {
+            return Err(Status::unauthenticated(
+                "this cluster needs a token: give --token or set BLIXARD_TOKEN (the founding \
+                 node wrote the first one to DATA_DIR/management-token)",
+            ));
+        };
+        let secret = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer TOKEN`"))?;
+        let hash = tokens::hash(secret);
+        let accessor = self.state.read_state(|state| {
+            state
+                .token_by_secret_hash(&hash)
+                .map(|t| t.accessor.clone())
+        });
+        match accessor {
+            Some(accessor) => Ok(Caller::Client { accessor }),
+            None => Err(Status::unauthenticated(
+                "the token is not valid here (unknown or revoked)",
+            )),
+        }
     }
 }
 
@@ -65,7 +103,7 @@ pub fn require_node<T>(request: &Request<T>, what: &str) -> Result<Option<u64>, 
     match request.extensions().get::<Caller>() {
         Some(Caller::Node(id)) => Ok(Some(*id)),
         Some(Caller::Unverified) => Ok(None),
-        Some(Caller::Client) | None => Err(Status::permission_denied(format!(
+        Some(Caller::Client { .. }) | None => Err(Status::permission_denied(format!(
             "{what} is for cluster nodes only: present a node certificate of the cluster CA"
         ))),
     }

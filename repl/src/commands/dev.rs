@@ -126,8 +126,9 @@ pub async fn run(args: DevArgs, format: OutputFormat) -> anyhow::Result<()> {
         format!("  blixard vm status {SAMPLE_VM}\n  blixard vm logs {SAMPLE_VM}\n")
     };
     let ca_file = cluster.ca_file.display();
+    let token = &cluster.token;
     eprintln!(
-        "\nLocal cluster is up. Try:\n  export BLIXARD_ADDR={first} BLIXARD_CA_FILE={ca_file}\n  blixard cluster status\n  blixard vm list\n{vm_hint}\nCtrl-C stops all nodes and their VMs."
+        "\nLocal cluster is up. Try:\n  export BLIXARD_ADDR={first} BLIXARD_CA_FILE={ca_file} BLIXARD_TOKEN={token}\n  blixard cluster status\n  blixard vm list\n{vm_hint}\nCtrl-C stops all nodes and their VMs."
     );
     let interactive = std::io::stdin().is_terminal() && std::io::stdout().is_terminal();
     if interactive && !args.no_tui {

@@ -1,5 +1,6 @@
 //! One module per command family; this file only dispatches.
 
+pub(crate) mod acl;
 mod agent;
 mod apply;
 mod bench;
@@ -52,6 +53,7 @@ pub async fn on_cluster(command: Command, addr: &str, output: OutputFormat) -> a
             Ok(())
         }
         Command::Cluster(command) => cluster::run(command, addr, output).await,
+        Command::Acl(command) => acl::run(command, addr, output).await,
         Command::Vm(command) => vm::run(command, addr, output).await,
         Command::Node(command) => node::run(command, addr, output).await,
         Command::Events { follow, recent } => events::run(addr, output, follow, recent).await,

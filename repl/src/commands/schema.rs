@@ -12,7 +12,7 @@ use schemars::{generate::SchemaSettings, JsonSchema, Schema};
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
-use crate::commands::{cluster, completions, dev, events, image, node, tls, vm};
+use crate::commands::{acl, cluster, completions, dev, events, image, node, tls, vm};
 use crate::exit::{self, Exit};
 use crate::platform::{plan::Plan, Document};
 
@@ -65,6 +65,9 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("export", of::<Document>()),
         ("image build", of::<image::GuestImage>()),
         ("tls ca create", of::<tls::Written>()),
+        ("acl token create", of::<acl::CreatedTokenView>()),
+        ("acl token list", of::<Vec<acl::TokenView>>()),
+        ("acl token revoke", of::<acl::RevokedView>()),
         ("tls cert create", of::<tls::Written>()),
         ("man", of::<completions::ManView>()),
         ("dev", of::<Vec<dev::DevNodeView>>()),

@@ -86,6 +86,10 @@ fn node(role: Role) -> RawNode<MemStorage> {
         Role::Leader => {
             raw.raft.become_candidate();
             raw.raft.become_leader();
+            // As if a quorum had acknowledged the new term's first entry:
+            // the leader then serves reads, where raft-rs reads entries.
+            raw.raft.raft_log.commit_to(LAST_INDEX + 1);
+            assert!(raw.raft.commit_to_current_term());
         }
         Role::Follower => raw.raft.become_follower(2, 2),
         Role::Fresh => {}
@@ -315,9 +319,12 @@ fn the_reviewed_attacks_are_refused_and_would_panic_unguarded() {
     empty_proposal.term = 0;
     let mut huge_commit = message(MessageType::MsgHeartbeat, 2);
     huge_commit.commit = 1_000_000_000;
+    let mut empty_read = message(MessageType::MsgReadIndex, 2);
+    empty_read.term = 0;
     for (role, attack) in [
         (Role::Leader, empty_proposal),
         (Role::Follower, huge_commit),
+        (Role::Leader, empty_read),
     ] {
         assert!(check(&attack, &node(role).raft).is_err(), "{attack:?}");
         let mut raw = node(role);
@@ -364,4 +371,23 @@ fn the_reviewed_attacks_are_refused_and_would_panic_unguarded() {
     rewrite.set_entries(vec![entry(COMMITTED - 1, 3)].into());
     rewrite.term = 3;
     assert!(check(&rewrite, &node(Role::Follower).raft).is_err());
+}
+
+/// Goal: the guard costs no liveness. Method: a follower whose applied
+/// configuration lacks node 5 (it was offline while 5 was added and came
+/// to lead) takes 5's heartbeat of a newer term; in its own leader's term
+/// it takes leader messages only from that leader.
+#[test]
+fn a_lagging_node_still_hears_a_leader_its_configuration_does_not_know() {
+    let raw = node(Role::Follower);
+    let mut new_leader = message(MessageType::MsgHeartbeat, 5);
+    new_leader.term = 3;
+    assert_eq!(check(&new_leader, &raw.raft), Ok(()));
+    let rival = message(MessageType::MsgHeartbeat, 3);
+    let refused = check(&rival, &raw.raft).unwrap_err();
+    assert!(refused.reason.contains("not the leader"), "{refused}");
+    assert_eq!(
+        check(&message(MessageType::MsgHeartbeat, 2), &raw.raft),
+        Ok(())
+    );
 }

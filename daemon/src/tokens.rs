@@ -1,0 +1,91 @@
+//! Client tokens: how they are made, how a presented one is recognised,
+//! and the management token a node writes when it founds a cluster.
+//!
+//! Invariant: a secret leaves this node exactly once, in the answer (or
+//! the 0600 file) that creates it; the cluster state holds only its
+//! SHA-256, and a request is recognised by hashing what it presents.
+
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use blixard_consensus::Token;
+use rand::RngCore;
+use sha2::{Digest, Sha256};
+
+use crate::Error;
+
+pub use blixard_api::MANAGEMENT_TOKEN_FILE;
+/// Secrets start with this, so scanners and people can tell them apart.
+const SECRET_PREFIX: &str = "blx_";
+
+/// A token as made: its record for the cluster, its secret for the caller.
+pub struct NewToken {
+    pub token: Token,
+    pub secret: String,
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buffer = vec![0u8; bytes];
+    rand::rngs::OsRng.fill_bytes(&mut buffer);
+    buffer.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// SHA-256 of a presented secret, lowercase hex.
+pub fn hash(secret: &str) -> String {
+    Sha256::digest(secret.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// A new token named `name`, with 256 random bits of secret.
+pub fn generate(name: &str, now_unix_ms: u64) -> NewToken {
+    let secret = format!("{SECRET_PREFIX}{}", random_hex(32));
+    NewToken {
+        token: Token {
+            accessor: random_hex(8),
+            name: name.to_string(),
+            secret_sha256: hash(&secret),
+            created_at_unix_ms: now_unix_ms,
+        },
+        secret,
+    }
+}
+
+/// Writes the management token's secret for the operator (0600),
+/// replacing one an earlier, failed start left behind.
+pub fn write_management_token(data_dir: &Path, secret: &str) -> Result<PathBuf, Error> {
+    let path = data_dir.join(MANAGEMENT_TOKEN_FILE);
+    let io = |source| Error::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    std::fs::create_dir_all(data_dir).map_err(io)?;
+    let _ = std::fs::remove_file(&path);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&path)
+        .and_then(|mut file| file.write_all(format!("{secret}\n").as_bytes()))
+        .map_err(io)?;
+    Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_are_random_and_only_their_hash_is_kept() {
+        let a = generate("ci", 1);
+        let b = generate("ci", 1);
+        assert_ne!(a.secret, b.secret);
+        assert_ne!(a.token.accessor, b.token.accessor);
+        assert_eq!(a.token.secret_sha256, hash(&a.secret));
+        assert!(!serde_json::to_string(&a.token).unwrap().contains(&a.secret));
+        let command = blixard_consensus::Command::CreateToken { token: a.token };
+        assert_eq!(blixard_consensus::validate::command(&command), Ok(()));
+    }
+}
