@@ -3,13 +3,17 @@
 //! where security was explicitly turned off.
 //!
 //! Invariant: every gRPC endpoint a Blixard process opens is built here,
-//! from one [`Security`] installed at start-up ([`install`]) or given
+//! from the [`Security`] installed for the process ([`install`]) or given
 //! explicitly ([`Security::endpoint`]); so a node never talks to a peer
 //! without its certificate, and a client never sends its token in the
 //! clear to a cluster it verified as TLS. Under `--cfg madsim` the
 //! simulated network carries no TLS, and only `Insecure` exists.
+//!
+//! A process that starts clusters one after another (`blixard bench`)
+//! installs each one's CA and token in turn; connections keep what they
+//! were opened with.
 
-use std::sync::OnceLock;
+use std::sync::RwLock;
 
 use tonic::transport::{Channel, Endpoint};
 
@@ -88,18 +92,16 @@ pub fn server_config(ca_pem: &str, node: &CertifiedKey) -> tonic::transport::Ser
         .client_auth_optional(true)
 }
 
-static INSTALLED: OnceLock<Security> = OnceLock::new();
+static INSTALLED: RwLock<Security> = RwLock::new(Security::Insecure);
 
-/// Sets the process's security once, at start-up; later calls change
-/// nothing and return false.
-pub fn install(security: Security) -> bool {
-    INSTALLED.set(security).is_ok()
+/// Sets what this process's connections prove and check from now on.
+pub fn install(security: Security) {
+    *INSTALLED.write().expect("security lock poisoned") = security;
 }
 
 /// The installed security (`Insecure` until one is installed).
-pub fn installed() -> &'static Security {
-    static INSECURE: Security = Security::Insecure;
-    INSTALLED.get().unwrap_or(&INSECURE)
+pub fn installed() -> Security {
+    INSTALLED.read().expect("security lock poisoned").clone()
 }
 
 /// An endpoint for `address` under the installed security.
@@ -130,7 +132,7 @@ impl Bearer {
 
     /// The process's token ([`install_token`]), if any.
     pub fn installed() -> Self {
-        INSTALLED_TOKEN.get().cloned().unwrap_or_default()
+        INSTALLED_TOKEN.read().expect("token lock poisoned").clone()
     }
 }
 
@@ -151,11 +153,11 @@ impl tonic::service::Interceptor for Bearer {
 /// A channel whose requests carry a token.
 pub type Connection = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 
-static INSTALLED_TOKEN: OnceLock<Bearer> = OnceLock::new();
+static INSTALLED_TOKEN: RwLock<Bearer> = RwLock::new(Bearer(None));
 
-/// Sets the token this process's clients send, once, at start-up.
-pub fn install_token(bearer: Bearer) -> bool {
-    INSTALLED_TOKEN.set(bearer).is_ok()
+/// Sets the token this process's clients send from now on.
+pub fn install_token(bearer: Bearer) {
+    *INSTALLED_TOKEN.write().expect("token lock poisoned") = bearer;
 }
 
 /// `channel` with the process's token on every request.

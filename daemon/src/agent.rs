@@ -227,7 +227,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let node_tls = NodeTls::load(&config)?;
     // Every connection this node opens, from the join probe on, proves it
     // is this node (a simulation runs several nodes in one process; they
-    // are all insecure, so the first install serves them all).
+    // are all insecure, so what each installs is the same).
     blixard_api::connect::install(node_tls.dial());
     let data_dir = config.cluster.data_dir.clone();
     let has_data = data_dir.join("data.mdb").exists();

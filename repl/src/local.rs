@@ -43,6 +43,8 @@ pub struct LocalCluster {
     pub ca_file: PathBuf,
     /// The management token node 1 wrote when it founded the cluster.
     pub token: String,
+    /// The cluster's CA, to give simulated nodes certificates (bench).
+    pub ca: tls::CertifiedKey,
 }
 
 impl Drop for LocalCluster {
@@ -71,7 +73,7 @@ impl Drop for LocalCluster {
 /// Makes the cluster's CA in `dir/ca` and each node's certificates in
 /// its `DATA_DIR/tls` (where the agent looks), reusing those a kept
 /// directory already holds; installs the CA for this process's clients.
-fn prepare_tls(dir: &Path, nodes: u64) -> anyhow::Result<PathBuf> {
+fn prepare_tls(dir: &Path, nodes: u64) -> anyhow::Result<(PathBuf, tls::CertifiedKey)> {
     let ca_dir = dir.join("ca");
     if !ca_dir.join(tls::CA_FILE).exists() {
         tls::write_ca(&ca_dir, &tls::create_ca("dev")?)?;
@@ -84,7 +86,7 @@ fn prepare_tls(dir: &Path, nodes: u64) -> anyhow::Result<PathBuf> {
         }
     }
     blixard_api::connect::install(blixard_api::connect::Security::client(&ca.cert_pem));
-    Ok(ca_dir.join(tls::CA_FILE))
+    Ok((ca_dir.join(tls::CA_FILE), ca))
 }
 
 fn data_dir(dir: &Path, node_id: u64) -> PathBuf {
@@ -163,11 +165,12 @@ impl LocalCluster {
         config_text: &str,
         spinner: &ProgressBar,
     ) -> anyhow::Result<Self> {
-        let ca_file = prepare_tls(dir, addresses.len() as u64)?;
+        let (ca_file, ca) = prepare_tls(dir, addresses.len() as u64)?;
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
             ca_file,
             token: String::new(),
+            ca,
         };
         let first = addresses[0].clone();
         cluster

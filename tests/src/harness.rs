@@ -630,7 +630,7 @@ impl TestCluster {
     pub async fn channel_with(&self, id: u64, token: Option<&str>) -> Option<Connection> {
         test_ca();
         let channel = self
-            .channel_as(id, blixard_api::connect::installed())
+            .channel_as(id, &blixard_api::connect::installed())
             .await?;
         Some(Connection::new(channel, Bearer::new(token).unwrap()))
     }

@@ -21,7 +21,6 @@ use blixard_api::pb::vm_client::VmClient;
 use etcd_client::KvClient;
 use indicatif::ProgressBar;
 use prost::Message;
-use tonic::transport::Channel;
 
 use crate::cli::{BenchArgs, BenchPart, OutputFormat};
 use crate::local::LocalCluster;
@@ -155,11 +154,11 @@ fn create_request(clients: usize, task: usize, i: u64) -> pb::CreateVmRequest {
 async fn vm_clients(
     addresses: &[String],
     clients: usize,
-) -> anyhow::Result<Vec<VmClient<Channel>>> {
+) -> anyhow::Result<Vec<VmClient<client::Conn>>> {
     let mut connections = Vec::new();
     for _ in 0..connections_per_endpoint(clients, addresses.len()) {
         for address in addresses {
-            connections.push(VmClient::new(client::channel(address).await?));
+            connections.push(client::vm(address).await?);
         }
     }
     Ok(connections)
@@ -284,7 +283,8 @@ async fn placement_and_footprint(
     )];
     let address = cluster.nodes[0].address.clone();
     let simulated =
-        placement::SimulatedNodes::join(&address, sizes.placement_nodes, spinner).await?;
+        placement::SimulatedNodes::join(&address, &cluster.ca, sizes.placement_nodes, spinner)
+            .await?;
     let placed = placement::end_to_end_row(
         &address,
         sizes.placement_nodes,

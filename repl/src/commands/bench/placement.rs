@@ -9,8 +9,10 @@ use std::collections::HashSet;
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
-use blixard_api::pb;
+use blixard_api::connect::Security;
+use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_api::pb::state_feed_client::StateFeedClient;
+use blixard_api::{pb, tls};
 use blixard_consensus::{ClusterState, Command, DesiredState, HostFacts, RunnerSource, VmSpec};
 use blixard_daemon::controllers::scheduler::{self, NodeView, Params};
 use blixard_membership::{Membership, MembershipConfig, NodeInfo, NodeRole};
@@ -102,12 +104,23 @@ pub struct SimulatedNodes {
 impl SimulatedNodes {
     /// Joins `count` nodes to the cluster at `address` (whose gossip
     /// listens on the same host and port over UDP) and reports their hosts.
-    pub async fn join(address: &str, count: u64, spinner: &ProgressBar) -> anyhow::Result<Self> {
+    /// Each node proves itself with a certificate of the cluster's `ca`.
+    pub async fn join(
+        address: &str,
+        ca: &tls::CertifiedKey,
+        count: u64,
+        spinner: &ProgressBar,
+    ) -> anyhow::Result<Self> {
         spinner.set_message(format!("joining {count} simulated nodes"));
-        let mut cluster = client::cluster(address).await?;
-        let mut feed = StateFeedClient::new(client::channel(address).await?);
         let mut gossip = Vec::new();
         for node_id in FIRST_SIMULATED_ID..FIRST_SIMULATED_ID + count {
+            let certificate = tls::issue_node_cert(ca, node_id)?;
+            let channel = Security::node(&ca.cert_pem, &certificate)
+                .endpoint(address)?
+                .connect()
+                .await?;
+            let mut cluster = ClusterClient::new(channel.clone());
+            let mut feed = StateFeedClient::new(channel);
             // A port nothing listens on: nothing in this benchmark calls
             // a node's API.
             let gossip_address = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
