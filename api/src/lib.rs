@@ -22,5 +22,10 @@ pub use validate::{limits, ValidationError};
 /// left the first (management) token's secret.
 pub const MANAGEMENT_TOKEN_FILE: &str = "management-token";
 
+/// The compiled `blixard.proto` (a protobuf `FileDescriptorSet`), so tests
+/// can walk every service and method it declares.
+pub const FILE_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/blixard_descriptor.bin"));
+
 /// Default gRPC address of a local `blixard agent`.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7000";

@@ -200,6 +200,36 @@ pub struct Token {
     /// SHA-256 of the secret, lowercase hex.
     pub secret_sha256: String,
     pub created_at_unix_ms: u64,
+    /// What the token may do.
+    pub role: TokenRole,
+}
+
+/// The built-in roles, from most to least powerful.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    /// Everything, tokens and cluster membership and settings included.
+    Admin,
+    /// VMs and nodes (create, start, drain, ...), and reading everything.
+    Operator,
+    /// Reading only.
+    Viewer,
+}
+
+impl TokenRole {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRole::Admin => "admin",
+            TokenRole::Operator => "operator",
+            TokenRole::Viewer => "viewer",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [TokenRole::Admin, TokenRole::Operator, TokenRole::Viewer]
+            .into_iter()
+            .find(|role| role.as_str() == text)
+    }
 }
 
 /// Cluster-wide settings, changed through the log like everything else.

@@ -16,8 +16,8 @@ pub mod validate;
 
 pub use command::{
     validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
-    NodeRecord, PortForward, Rejection, RunnerSource, Settings, Token, Transition, VmChange,
-    VmObserved, VmPhase, VmRecord, VmSpec,
+    NodeRecord, PortForward, Rejection, RunnerSource, Settings, Token, TokenRole, Transition,
+    VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
 };
 pub use error::{Error, Result};
 pub use handle::{

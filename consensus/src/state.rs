@@ -250,7 +250,12 @@ impl ClusterState {
             ));
         }
         self.revision += 1;
-        let message = format!("token {} ({}) created", token.name, token.accessor);
+        let message = format!(
+            "token {} ({}, {}) created",
+            token.name,
+            token.accessor,
+            token.role.as_str()
+        );
         self.tokens.insert(token.accessor.clone(), token);
         self.tokens_changed()
             .event(EventKind::TokenCreated, None, None, message)

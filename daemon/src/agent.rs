@@ -246,7 +246,11 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     if bootstrap && !initialized {
         // The founding node makes the first (management) token; its
         // operator reads the secret from the file and makes the others.
-        let management = tokens::generate("management", now_unix_ms());
+        let management = tokens::generate(
+            "management",
+            blixard_consensus::TokenRole::Admin,
+            now_unix_ms(),
+        );
         let path = tokens::write_management_token(&data_dir, &management.secret)?;
         tracing::info!(path = %path.display(), "wrote the management token");
         raft_config.initial_tokens.push(management.token);
@@ -537,7 +541,11 @@ async fn serve(
             })?;
     }
     let router = server
-        .layer(tonic::service::InterceptorLayer::new(authorize))
+        .layer(
+            tower::ServiceBuilder::new()
+                .map_request(services::record_path)
+                .layer(tonic::service::InterceptorLayer::new(authorize)),
+        )
         .add_service(raft_service)
         .add_service(feed_service)
         .add_service(cluster_service)

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use blixard_consensus::Token;
+use blixard_consensus::{Token, TokenRole};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -40,7 +40,7 @@ pub fn hash(secret: &str) -> String {
 }
 
 /// A new token named `name`, with 256 random bits of secret.
-pub fn generate(name: &str, now_unix_ms: u64) -> NewToken {
+pub fn generate(name: &str, role: TokenRole, now_unix_ms: u64) -> NewToken {
     let secret = format!("{SECRET_PREFIX}{}", random_hex(32));
     NewToken {
         token: Token {
@@ -48,6 +48,7 @@ pub fn generate(name: &str, now_unix_ms: u64) -> NewToken {
             name: name.to_string(),
             secret_sha256: hash(&secret),
             created_at_unix_ms: now_unix_ms,
+            role,
         },
         secret,
     }
@@ -79,8 +80,8 @@ mod tests {
 
     #[test]
     fn secrets_are_random_and_only_their_hash_is_kept() {
-        let a = generate("ci", 1);
-        let b = generate("ci", 1);
+        let a = generate("ci", TokenRole::Viewer, 1);
+        let b = generate("ci", TokenRole::Viewer, 1);
         assert_ne!(a.secret, b.secret);
         assert_ne!(a.token.accessor, b.token.accessor);
         assert_eq!(a.token.secret_sha256, hash(&a.secret));

@@ -226,6 +226,10 @@ pub enum AclTokenCommand {
         /// What to call it (a DNS label, e.g. `ci`).
         #[arg(long)]
         name: String,
+        /// What it may do: admin (everything), operator (VMs and nodes,
+        /// reading all), viewer (reading only).
+        #[arg(long, value_enum)]
+        role: TokenRoleArg,
     },
     /// Every token: accessor, name, age (never a secret).
     List,
@@ -234,6 +238,23 @@ pub enum AclTokenCommand {
         /// The accessor `acl token list` shows.
         accessor: String,
     },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum TokenRoleArg {
+    Admin,
+    Operator,
+    Viewer,
+}
+
+impl TokenRoleArg {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenRoleArg::Admin => "admin",
+            TokenRoleArg::Operator => "operator",
+            TokenRoleArg::Viewer => "viewer",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -405,9 +405,9 @@ async fn nodes_without_the_clusters_certificate_cannot_join() {
     assert_eq!(members.len(), 3, "{members:?}");
 }
 
-/// Goal: every client request needs a token the cluster holds; tokens
-/// are made, listed and revoked through the CLI, and a revoked token
-/// stops working on every node. Method: requests with no token and a
+/// Goal: every client request needs a token the cluster holds, whose
+/// role allows the request; tokens are made, listed and revoked through
+/// the CLI, and a revoked token stops working on every node. Method: requests with no token and a
 /// made-up token are refused with Unauthenticated (CLI exit 5); a token
 /// made with `acl token create` works through every node, shows in `acl
 /// token list` without its secret, and after `acl token revoke` is
@@ -437,9 +437,12 @@ async fn client_requests_need_a_token_the_cluster_holds() {
     assert_eq!(no_token.status.code(), Some(5), "{no_token:?}");
     assert!(String::from_utf8_lossy(&no_token.stderr).contains("token"));
 
-    let created: serde_json::Value = serde_json::from_str(
-        &cluster.cli_ok(1, &["acl", "token", "create", "--name", "ci", "-o", "json"]),
-    )
+    let created: serde_json::Value = serde_json::from_str(&cluster.cli_ok(
+        1,
+        &[
+            "acl", "token", "create", "--name", "ci", "--role", "operator", "-o", "json",
+        ],
+    ))
     .unwrap();
     let secret = created["secret"].as_str().unwrap().to_string();
     let accessor = created["accessor"].as_str().unwrap().to_string();
@@ -462,6 +465,43 @@ async fn client_requests_need_a_token_the_cluster_holds() {
     );
     assert!(!listed.contains(&secret), "the list shows a secret");
 
+    // An operator token runs VMs but makes no tokens; a viewer only reads.
+    let as_token = |secret: &str, args: &[&str]| {
+        std::process::Command::new(blixard_tests::blixard_bin())
+            .args(["--addr", cluster.address(3), "--token", secret, "--ca-file"])
+            .arg(blixard_tests::ca_file())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let create_token = [
+        "acl", "token", "create", "--name", "more", "--role", "admin",
+    ];
+    assert_eq!(as_token(&secret, &create_token).status.code(), Some(6));
+    let viewer: serde_json::Value = serde_json::from_str(&cluster.cli_ok(
+        1,
+        &[
+            "acl", "token", "create", "--name", "eyes", "--role", "viewer", "-o", "json",
+        ],
+    ))
+    .unwrap();
+    let viewer = viewer["secret"].as_str().unwrap();
+    let create_vm = [
+        "vm",
+        "create",
+        "web",
+        "--vcpus",
+        "1",
+        "--memory",
+        "64",
+        "--flake",
+        "/etc/vms#web",
+    ];
+    let refused = as_token(viewer, &create_vm);
+    assert_eq!(refused.status.code(), Some(6), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("vm:write"));
+    assert!(as_token(viewer, &["vm", "list"]).status.success());
+
     cluster.cli_ok(2, &["acl", "token", "revoke", &accessor]);
     for id in 1..=3 {
         eventually(
@@ -475,4 +515,133 @@ async fn client_requests_need_a_token_the_cluster_holds() {
         )
         .await;
     }
+}
+
+/// One call of `path` with an empty message (every proto3 request decodes
+/// from nothing), as a raw gRPC client would make it; the status code the
+/// node answers with (`Ok` when it accepted the call).
+async fn raw_call(
+    channel: Connection,
+    path: &str,
+    client_streaming: bool,
+    server_streaming: bool,
+) -> tonic::Code {
+    use tonic::codegen::http::uri::PathAndQuery;
+    let mut grpc = tonic::client::Grpc::new(channel);
+    if let Err(error) = grpc.ready().await {
+        return tonic::Status::from_error(error.into()).code();
+    }
+    let path = PathAndQuery::try_from(path.to_string()).unwrap();
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let result = match (client_streaming, server_streaming) {
+        (false, false) => grpc
+            .unary(tonic::Request::new(()), path, codec)
+            .await
+            .map(|_| ()),
+        (false, true) => grpc
+            .server_streaming(tonic::Request::new(()), path, codec)
+            .await
+            .map(|_| ()),
+        (true, false) => grpc
+            .client_streaming(
+                tonic::Request::new(tokio_stream::empty::<()>()),
+                path,
+                codec,
+            )
+            .await
+            .map(|_| ()),
+        (true, true) => grpc
+            .streaming(
+                tonic::Request::new(tokio_stream::empty::<()>()),
+                path,
+                codec,
+            )
+            .await
+            .map(|_| ()),
+    };
+    result.err().map_or(tonic::Code::Ok, |status| status.code())
+}
+
+/// Goal: every RPC the proto declares enforces its access rule on a real
+/// node, so a new RPC cannot slip through without one. Method: walk the
+/// compiled descriptor set; call each RPC (empty request) with no token,
+/// a made-up token, a viewer token and an operator token; peer-only RPCs
+/// must refuse them all, client RPCs must refuse the first two as
+/// unauthenticated and let each role through exactly where its rule says.
+/// The operator's writes carry empty requests, which every write refuses
+/// as invalid, so nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_rpc_enforces_its_rule() {
+    use blixard_consensus::TokenRole;
+    use blixard_daemon::services::rules::{allows, rule, Rule};
+    use prost::Message as _;
+    let cluster = TestCluster::start(1, Timings::default()).await;
+    let secret = |role: &str| {
+        let created: serde_json::Value = serde_json::from_str(&cluster.cli_ok(
+            1,
+            &[
+                "acl", "token", "create", "--name", role, "--role", role, "-o", "json",
+            ],
+        ))
+        .unwrap();
+        created["secret"].as_str().unwrap().to_string()
+    };
+    let viewer = secret("viewer");
+    let operator = secret("operator");
+    let set = prost_types::FileDescriptorSet::decode(blixard_api::FILE_DESCRIPTOR_SET).unwrap();
+    let mut checked = 0;
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                let rule = rule(&path).unwrap_or_else(|| panic!("{path} has no rule"));
+                let (client_streaming, server_streaming) =
+                    (method.client_streaming(), method.server_streaming());
+                let call = |token: Option<String>| {
+                    let path = path.clone();
+                    let cluster = &cluster;
+                    async move {
+                        let channel = cluster.channel_with(1, token.as_deref()).await.unwrap();
+                        raw_call(channel, &path, client_streaming, server_streaming).await
+                    }
+                };
+                let denied = tonic::Code::PermissionDenied;
+                let unauthenticated = tonic::Code::Unauthenticated;
+                let (anonymous, forged, as_viewer, as_operator) = (
+                    call(None).await,
+                    call(Some("blx_made-up".into())).await,
+                    call(Some(viewer.clone())).await,
+                    call(Some(operator.clone())).await,
+                );
+                match rule {
+                    Rule::Peer => {
+                        for code in [anonymous, forged, as_viewer, as_operator] {
+                            assert_eq!(code, denied, "{path}");
+                        }
+                    }
+                    Rule::Client(permission) => {
+                        assert_eq!(anonymous, unauthenticated, "{path} without a token");
+                        assert_eq!(forged, unauthenticated, "{path} with a made-up token");
+                        for (role, code) in [
+                            (TokenRole::Viewer, as_viewer),
+                            (TokenRole::Operator, as_operator),
+                        ] {
+                            if allows(role, permission) {
+                                assert!(
+                                    code != denied && code != unauthenticated,
+                                    "{path} refused a {role:?} token: {code:?}"
+                                );
+                            } else {
+                                assert_eq!(code, denied, "{path} let a {role:?} token through");
+                            }
+                        }
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 25, "walked only {checked} RPCs");
+    let (names, _) = cluster.vm_names(1).await.unwrap();
+    assert!(names.is_empty(), "a refused call changed state: {names:?}");
 }

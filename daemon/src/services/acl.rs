@@ -2,7 +2,7 @@
 //! log (any node; workers forward).
 
 use blixard_api::pb;
-use blixard_consensus::{Command, Token};
+use blixard_consensus::{Command, Token, TokenRole};
 use tonic::{Request, Response, Status};
 
 use super::vm_node::now_unix_ms;
@@ -18,6 +18,7 @@ fn info(token: &Token) -> pb::TokenInfo {
         accessor: token.accessor.clone(),
         name: token.name.clone(),
         created_at_unix_ms: token.created_at_unix_ms,
+        role: token.role.as_str().into(),
     }
 }
 
@@ -27,8 +28,14 @@ impl pb::acl_server::Acl for AclService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let name = request.into_inner().name;
-        let new = tokens::generate(&name, now_unix_ms());
+        let request = request.into_inner();
+        let role = TokenRole::parse(&request.role).ok_or_else(|| {
+            Status::invalid_argument(format!(
+                "unknown role {:?}: expected admin, operator or viewer",
+                blixard_api::validate::echo(&request.role)
+            ))
+        })?;
+        let new = tokens::generate(&request.name, role, now_unix_ms());
         let command = Command::CreateToken {
             token: new.token.clone(),
         };

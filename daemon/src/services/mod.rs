@@ -14,12 +14,15 @@ pub mod cluster;
 pub mod feed;
 pub mod node;
 pub mod raft;
+pub mod rules;
 pub mod vm;
 pub(crate) mod vm_node;
 
 pub use vm_node::VmNode;
 
 use tonic::{Request, Status};
+
+use blixard_consensus::TokenRole;
 
 use crate::handle::ClusterHandle;
 use crate::tokens;
@@ -43,6 +46,21 @@ pub struct Authorize {
     pub state: ClusterHandle,
 }
 
+/// The gRPC path of a request (`/blixard.v1.Vm/Create`), recorded by
+/// [`record_path`] before [`Authorize`] runs (tonic's interceptors do not
+/// see the URI).
+#[derive(Debug, Clone)]
+pub struct RpcPath(pub String);
+
+/// Puts the request's [`RpcPath`] where the interceptor finds it.
+pub fn record_path<B>(
+    mut request: tonic::codegen::http::Request<B>,
+) -> tonic::codegen::http::Request<B> {
+    let path = RpcPath(request.uri().path().to_string());
+    request.extensions_mut().insert(path);
+    request
+}
+
 impl tonic::service::Interceptor for Authorize {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let caller = match (self.tls, certificate_node(&request)) {
@@ -56,9 +74,44 @@ impl tonic::service::Interceptor for Authorize {
 }
 
 impl Authorize {
-    /// The client behind the request's bearer token, or `Unauthenticated`.
+    /// A request without a node certificate: the RPC's rule decides, with
+    /// the bearer token's role for client RPCs.
     #[allow(clippy::result_large_err)]
     fn client(&self, request: &Request<()>) -> Result<Caller, Status> {
+        let path = request
+            .extensions()
+            .get::<RpcPath>()
+            .map_or("", |path| path.0.as_str());
+        let permission = match rules::rule(path) {
+            Some(rules::Rule::Client(permission)) => permission,
+            Some(rules::Rule::Peer) => {
+                return Err(Status::permission_denied(format!(
+                    "{path} is for cluster nodes only: present a node certificate of the \
+                     cluster CA (a token is not enough)"
+                )))
+            }
+            None => {
+                return Err(Status::permission_denied(format!(
+                    "no access rule for {:?}",
+                    blixard_api::validate::echo(path)
+                )))
+            }
+        };
+        let (accessor, role) = self.token(request)?;
+        if !rules::allows(role, permission) {
+            return Err(Status::permission_denied(format!(
+                "token {accessor} ({}) may not {}: {path} needs a token that may",
+                role.as_str(),
+                permission.as_str()
+            )));
+        }
+        Ok(Caller::Client { accessor })
+    }
+
+    /// The accessor and role of the request's bearer token, or
+    /// `Unauthenticated`.
+    #[allow(clippy::result_large_err)]
+    fn token(&self, request: &Request<()>) -> Result<(String, TokenRole), Status> {
         let Some(value) = request.metadata().get("authorization") else {
             return Err(Status::unauthenticated(
                 "this cluster needs a token: give --token or set BLIXARD_TOKEN (the founding \
@@ -71,17 +124,14 @@ impl Authorize {
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer TOKEN`"))?;
         let hash = tokens::hash(secret);
-        let accessor = self.state.read_state(|state| {
+        let token = self.state.read_state(|state| {
             state
                 .token_by_secret_hash(&hash)
-                .map(|t| t.accessor.clone())
+                .map(|t| (t.accessor.clone(), t.role))
         });
-        match accessor {
-            Some(accessor) => Ok(Caller::Client { accessor }),
-            None => Err(Status::unauthenticated(
-                "the token is not valid here (unknown or revoked)",
-            )),
-        }
+        token.ok_or_else(|| {
+            Status::unauthenticated("the token is not valid here (unknown or revoked)")
+        })
     }
 }
 

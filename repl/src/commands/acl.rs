@@ -14,6 +14,8 @@ use crate::output;
 pub struct TokenView {
     pub accessor: String,
     pub name: String,
+    /// admin, operator or viewer.
+    pub role: String,
     pub created_at_unix_ms: u64,
 }
 
@@ -22,6 +24,7 @@ pub struct TokenView {
 pub struct CreatedTokenView {
     pub accessor: String,
     pub name: String,
+    pub role: String,
     pub created_at_unix_ms: u64,
     /// Send as `--token`, `BLIXARD_TOKEN` or `token` in the client config.
     pub secret: String,
@@ -37,6 +40,7 @@ fn view(token: pb::TokenInfo) -> TokenView {
     TokenView {
         accessor: token.accessor,
         name: token.name,
+        role: token.role,
         created_at_unix_ms: token.created_at_unix_ms,
     }
 }
@@ -48,9 +52,12 @@ fn created_at(unix_ms: u64) -> String {
 pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
     let mut acl = client::acl(addr).await?;
     match command {
-        AclCommand::Token(AclTokenCommand::Create { name }) => {
+        AclCommand::Token(AclTokenCommand::Create { name, role }) => {
             let created = acl
-                .create_token(pb::CreateTokenRequest { name })
+                .create_token(pb::CreateTokenRequest {
+                    name,
+                    role: role.as_str().into(),
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();
@@ -58,12 +65,18 @@ pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyho
             let created = CreatedTokenView {
                 accessor: token.accessor,
                 name: token.name,
+                role: token.role,
                 created_at_unix_ms: token.created_at_unix_ms,
                 secret: created.secret,
             };
             output::print(format, &created, |t| {
-                let mut table = output::table(&["ACCESSOR", "NAME", "SECRET (shown once)"]);
-                table.add_row(vec![t.accessor.clone(), t.name.clone(), t.secret.clone()]);
+                let mut table = output::table(&["ACCESSOR", "NAME", "ROLE", "SECRET (shown once)"]);
+                table.add_row(vec![
+                    t.accessor.clone(),
+                    t.name.clone(),
+                    t.role.clone(),
+                    t.secret.clone(),
+                ]);
                 table
             })
         }
@@ -78,11 +91,12 @@ pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyho
                 .map(view)
                 .collect();
             output::print(format, &tokens, |tokens| {
-                let mut table = output::table(&["ACCESSOR", "NAME", "CREATED"]);
+                let mut table = output::table(&["ACCESSOR", "NAME", "ROLE", "CREATED"]);
                 for t in tokens {
                     table.add_row(vec![
                         t.accessor.clone(),
                         t.name.clone(),
+                        t.role.clone(),
                         created_at(t.created_at_unix_ms),
                     ]);
                 }

@@ -1,0 +1,137 @@
+//! Who may call which RPC: the one table [`super::Authorize`] applies to
+//! every request.
+//!
+//! Invariant: every RPC of `blixard.proto` has exactly one rule here (a
+//! test walks the compiled descriptor set, so an RPC added without a rule
+//! fails it), and a request for a path without a rule is refused.
+
+use blixard_consensus::TokenRole;
+
+/// What a client RPC needs its token to allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Permission {
+    ClusterRead,
+    /// Membership and settings.
+    ClusterAdmin,
+    VmRead,
+    VmWrite,
+    NodeRead,
+    /// Eligibility and drains.
+    NodeWrite,
+    /// Tokens.
+    AclAdmin,
+}
+
+impl Permission {
+    /// As the refusal names it, e.g. `vm:write`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::ClusterRead => "cluster:read",
+            Permission::ClusterAdmin => "cluster:admin",
+            Permission::VmRead => "vm:read",
+            Permission::VmWrite => "vm:write",
+            Permission::NodeRead => "node:read",
+            Permission::NodeWrite => "node:write",
+            Permission::AclAdmin => "acl:admin",
+        }
+    }
+}
+
+/// Who may call an RPC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rule {
+    /// Cluster nodes only, by their certificate (tokens are not enough).
+    Peer,
+    /// Clients whose token allows this; nodes always.
+    Client(Permission),
+}
+
+/// The rule for a gRPC path (`/blixard.v1.Vm/Create`).
+pub fn rule(path: &str) -> Option<Rule> {
+    use Permission::*;
+    let (service, method) = path.strip_prefix("/blixard.v1.")?.split_once('/')?;
+    let client = |permission| Some(Rule::Client(permission));
+    match (service, method) {
+        ("RaftTransport", "Stream") => Some(Rule::Peer),
+        ("StateFeed", "Subscribe" | "Propose" | "Barrier") => Some(Rule::Peer),
+        ("Cluster", "Join") => Some(Rule::Peer),
+        ("Cluster", "Status" | "GetSettings" | "Events") => client(ClusterRead),
+        ("Cluster", "RemoveNode" | "UpdateSettings") => client(ClusterAdmin),
+        ("Node", "List" | "Get") => client(NodeRead),
+        ("Node", "SetEligibility" | "Drain") => client(NodeWrite),
+        ("Vm", "Get" | "List" | "Watch" | "Logs" | "Stats") => client(VmRead),
+        ("Vm", "Create" | "Scale" | "Start" | "Stop" | "Delete") => client(VmWrite),
+        ("Acl", "CreateToken" | "ListTokens" | "RevokeToken") => client(AclAdmin),
+        _ => None,
+    }
+}
+
+/// Whether a token of `role` allows `permission`.
+pub fn allows(role: TokenRole, permission: Permission) -> bool {
+    use Permission::*;
+    match role {
+        TokenRole::Admin => true,
+        TokenRole::Operator => !matches!(permission, ClusterAdmin | AclAdmin),
+        TokenRole::Viewer => matches!(permission, ClusterRead | VmRead | NodeRead),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prost::Message;
+
+    /// Every method of every service the proto declares.
+    fn declared_paths() -> Vec<String> {
+        let set = prost_types::FileDescriptorSet::decode(blixard_api::FILE_DESCRIPTOR_SET)
+            .expect("the compiled descriptor set decodes");
+        let mut paths = Vec::new();
+        for file in &set.file {
+            for service in &file.service {
+                for method in &service.method {
+                    paths.push(format!(
+                        "/{}.{}/{}",
+                        file.package(),
+                        service.name(),
+                        method.name()
+                    ));
+                }
+            }
+        }
+        paths
+    }
+
+    #[test]
+    fn every_rpc_in_the_proto_has_a_rule() {
+        let paths = declared_paths();
+        assert!(paths.len() > 25, "found only {paths:?}");
+        for path in &paths {
+            assert!(rule(path).is_some(), "{path} has no access rule");
+        }
+        assert_eq!(rule("/blixard.v1.Vm/Format"), None);
+        assert_eq!(rule("/other.v1.Vm/Create"), None);
+    }
+
+    #[test]
+    fn roles_nest() {
+        use Permission::*;
+        let all = [
+            ClusterRead,
+            ClusterAdmin,
+            VmRead,
+            VmWrite,
+            NodeRead,
+            NodeWrite,
+            AclAdmin,
+        ];
+        for permission in all {
+            assert!(allows(TokenRole::Admin, permission));
+            if allows(TokenRole::Viewer, permission) {
+                assert!(allows(TokenRole::Operator, permission), "{permission:?}");
+            }
+        }
+        assert!(!allows(TokenRole::Operator, AclAdmin));
+        assert!(!allows(TokenRole::Viewer, VmWrite));
+        assert!(allows(TokenRole::Viewer, VmRead));
+    }
+}
