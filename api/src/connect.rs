@@ -54,13 +54,31 @@ impl Security {
         Self::Insecure
     }
 
-    /// An endpoint for `address` (HOST:PORT), not yet connected.
+    /// An endpoint for `address` (HOST:PORT), not yet connected, that
+    /// accepts any node of the cluster.
     pub fn endpoint(&self, address: &str) -> Result<Endpoint, tonic::transport::Error> {
+        self.endpoint_for(address, None)
+    }
+
+    /// An endpoint for `address` that, with `node`, accepts only that
+    /// node's certificate: a peer dialled by id cannot be another node.
+    pub fn endpoint_for(
+        &self,
+        address: &str,
+        node: Option<u64>,
+    ) -> Result<Endpoint, tonic::transport::Error> {
         match self {
             Self::Insecure => Endpoint::from_shared(format!("http://{address}")),
             #[cfg(not(madsim))]
             Self::Tls(config) => {
-                Endpoint::from_shared(format!("https://{address}"))?.tls_config(*config.clone())
+                let config = match node {
+                    Some(node) => config
+                        .as_ref()
+                        .clone()
+                        .domain_name(crate::tls::node_server_name(node)),
+                    None => config.as_ref().clone(),
+                };
+                Endpoint::from_shared(format!("https://{address}"))?.tls_config(config)
             }
         }
     }
@@ -107,6 +125,11 @@ pub fn installed() -> Security {
 /// An endpoint for `address` under the installed security.
 pub fn endpoint(address: &str) -> Result<Endpoint, tonic::transport::Error> {
     installed().endpoint(address)
+}
+
+/// An endpoint for node `node` at `address` under the installed security.
+pub fn endpoint_for(address: &str, node: u64) -> Result<Endpoint, tonic::transport::Error> {
+    installed().endpoint_for(address, Some(node))
 }
 
 /// Adds `authorization: Bearer TOKEN` to every request (nothing without

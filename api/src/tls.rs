@@ -4,9 +4,11 @@
 //! - A node certificate is signed by the cluster CA and names the node in
 //!   exactly one URI SAN, `spiffe://blixard/node/ID`; that SAN is the only
 //!   place a peer's node id is ever read from ([`node_id_of`]).
-//! - Every certificate the CA signs carries the DNS name [`SERVER_NAME`],
-//!   and every client verifies that name rather than an address, so a node
-//!   keeps its certificate when it moves to a new address.
+//! - Every certificate the CA signs carries the DNS name [`SERVER_NAME`]
+//!   and `node-ID.blixard` ([`node_server_name`]); clients verify one of
+//!   those names rather than an address, so a node keeps its certificate
+//!   when it moves to a new address, and a node dialling a known peer
+//!   checks it reached that peer.
 //! - Private keys are written 0600 and never overwritten by these helpers.
 
 use std::io::Write;
@@ -86,7 +88,8 @@ pub fn create_ca(cluster_name: &str) -> Result<CertifiedKey, TlsError> {
 pub fn issue_node_cert(ca: &CertifiedKey, node_id: u64) -> Result<CertifiedKey, TlsError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
-    let mut params = CertificateParams::new(vec![SERVER_NAME.to_string()])?;
+    let mut params =
+        CertificateParams::new(vec![SERVER_NAME.to_string(), node_server_name(node_id)])?;
     params.subject_alt_names.push(SanType::URI(
         format!("{NODE_URI_PREFIX}{node_id}").try_into()?,
     ));
@@ -107,6 +110,11 @@ pub fn issue_node_cert(ca: &CertifiedKey, node_id: u64) -> Result<CertifiedKey, 
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
+}
+
+/// The TLS server name only node `node_id`'s certificate holds.
+pub fn node_server_name(node_id: u64) -> String {
+    format!("node-{node_id}.{SERVER_NAME}")
 }
 
 /// The node id a certificate (DER) names, if it names exactly one.

@@ -280,17 +280,28 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let join = config.cluster.join.clone();
         let own = config.api.bind.clone();
         let state_source = mirror.clone();
+        // Raft members as the last feeder named them, each dialled as
+        // itself (a worker's certificate cannot pose as a voter and feed
+        // a forged state); then the join addresses, whose ids are unknown.
         let candidates = move || {
-            let mut addresses = join.clone();
-            addresses.extend(state_source.read(|s| {
-                s.nodes
-                    .values()
-                    .map(|n| n.address.clone())
-                    .collect::<Vec<_>>()
+            let mut feeders: Vec<mirror::Feeder> = state_source
+                .upstream()
+                .members
+                .into_iter()
+                .map(|m| mirror::Feeder {
+                    address: m.address,
+                    node_id: Some(m.node_id),
+                })
+                .collect();
+            feeders.extend(join.iter().map(|address| mirror::Feeder {
+                address: address.clone(),
+                node_id: None,
             }));
-            addresses.retain(|a| *a != own);
-            addresses.dedup();
-            addresses
+            let mut seen = std::collections::HashSet::new();
+            feeders.retain(|f| {
+                f.address != own && !f.address.is_empty() && seen.insert(f.address.clone())
+            });
+            feeders
         };
         tokio::spawn(mirror::run(
             mirror.clone(),

@@ -170,12 +170,13 @@ impl ClusterHandle {
     }
 
     async fn feed_client(&self) -> Result<StateFeedClient<tonic::transport::Channel>> {
-        let Some(address) = self.mirror.upstream().address else {
+        let upstream = self.mirror.upstream();
+        let Some(address) = upstream.address else {
             return Err(Error::Unreachable {
                 detail: "this worker is not following any voter yet".into(),
             });
         };
-        let channel = mirror::connect_for_calls(&address)
+        let channel = mirror::connect_for_calls(&address, upstream.node_id)
             .await
             .map_err(|detail| Error::Unreachable { detail })?;
         Ok(StateFeedClient::new(channel))

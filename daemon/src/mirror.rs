@@ -33,10 +33,20 @@ const KEEPALIVE_TIMEOUT_MS: u64 = 1_000;
 const UPSTREAM_CHECK_INTERVAL_MS: u64 = 1_000;
 const RESUBSCRIBE_DELAY_MS: u64 = 200;
 
+/// Where a worker may follow the state from: an address, and the node it
+/// must be when known (its certificate is checked for that node).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Feeder {
+    pub address: String,
+    pub node_id: Option<u64>,
+}
+
 /// What a worker knows of raft from the voter that feeds it.
 #[derive(Debug, Clone, Default)]
 pub struct Upstream {
     pub address: Option<String>,
+    /// The feeding node, when it was dialled by id.
+    pub node_id: Option<u64>,
     pub leader_id: u64,
     pub term: u64,
     pub members: Vec<MemberStatus>,
@@ -192,10 +202,12 @@ impl Mirror {
     }
 }
 
-/// A channel to `address` for node-to-node calls: bounded connect and
-/// call times, and HTTP/2 pings so a silent peer breaks the channel.
-pub async fn connect(address: &str) -> Result<Channel, String> {
-    blixard_api::connect::endpoint(address)
+/// A channel to `address` (node `node_id`'s certificate only, when
+/// given) for node-to-node calls: bounded connect and call times, and
+/// HTTP/2 pings so a silent peer breaks the channel.
+pub async fn connect(address: &str, node_id: Option<u64>) -> Result<Channel, String> {
+    blixard_api::connect::installed()
+        .endpoint_for(address, node_id)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
@@ -207,8 +219,9 @@ pub async fn connect(address: &str) -> Result<Channel, String> {
 }
 
 /// Like [`connect`], with a deadline on every call (not for streams).
-pub async fn connect_for_calls(address: &str) -> Result<Channel, String> {
-    blixard_api::connect::endpoint(address)
+pub async fn connect_for_calls(address: &str, node_id: Option<u64>) -> Result<Channel, String> {
+    blixard_api::connect::installed()
+        .endpoint_for(address, node_id)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
@@ -230,11 +243,11 @@ pub fn is_member(raft: &RaftHandle) -> bool {
 }
 
 /// Keeps the mirror following a voter while this node is not a raft
-/// member. `candidates` gives the addresses to try, in order.
+/// member. `candidates` gives the feeders to try, in order.
 pub async fn run(
     mirror: std::sync::Arc<Mirror>,
     raft: RaftHandle,
-    candidates: impl Fn() -> Vec<String>,
+    candidates: impl Fn() -> Vec<Feeder>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut attempt = 0usize;
@@ -250,11 +263,11 @@ pub async fn run(
         }
         was_member = member;
         if !member {
-            let addresses = candidates();
-            if !addresses.is_empty() {
-                let address = &addresses[attempt % addresses.len()];
+            let feeders = candidates();
+            if !feeders.is_empty() {
+                let feeder = &feeders[attempt % feeders.len()];
                 attempt += 1;
-                follow(&mirror, &raft, address, &mut stop).await;
+                follow(&mirror, &raft, feeder, &mut stop).await;
             }
         }
         tokio::select! {
@@ -269,10 +282,11 @@ pub async fn run(
 async fn follow(
     mirror: &Mirror,
     raft: &RaftHandle,
-    address: &str,
+    feeder: &Feeder,
     stop: &mut watch::Receiver<bool>,
 ) {
-    let channel = match connect(address).await {
+    let address = feeder.address.as_str();
+    let channel = match connect(address, feeder.node_id).await {
         Ok(channel) => channel,
         Err(error) => {
             tracing::debug!(%error, "mirror: cannot reach feed");
@@ -342,6 +356,7 @@ async fn follow(
                 }
                 *mirror.upstream.lock().expect("upstream lock poisoned") = Upstream {
                     address: Some(address.to_string()),
+                    node_id: feeder.node_id,
                     leader_id: status.leader_id,
                     term: status.term,
                     members: status

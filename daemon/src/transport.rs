@@ -119,7 +119,7 @@ async fn run_peer(to: u64, address: String, mut outbound: mpsc::Receiver<pb::Raf
         let Some(first) = outbound.recv().await else {
             return;
         };
-        match stream_to_peer(&address, first, &mut outbound).await {
+        match stream_to_peer(to, &address, first, &mut outbound).await {
             StreamEnd::QueueClosed => return,
             StreamEnd::Broken(reason) => {
                 tracing::debug!(to, %address, %reason, backoff_ms, "raft stream to peer broke");
@@ -136,11 +136,14 @@ enum StreamEnd {
 }
 
 async fn stream_to_peer(
+    to: u64,
     address: &str,
     first: pb::RaftMessage,
     outbound: &mut mpsc::Receiver<pb::RaftMessage>,
 ) -> StreamEnd {
-    let endpoint = match blixard_api::connect::endpoint(address) {
+    // Only node `to`'s certificate will do: raft messages (snapshots of
+    // the whole state included) go to no other node.
+    let endpoint = match blixard_api::connect::endpoint_for(address, to) {
         Ok(endpoint) => endpoint
             .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
             .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))

@@ -645,3 +645,28 @@ async fn every_rpc_enforces_its_rule() {
     let (names, _) = cluster.vm_names(1).await.unwrap();
     assert!(names.is_empty(), "a refused call changed state: {names:?}");
 }
+
+/// Goal: a node dialled by id is that node: another node's certificate
+/// cannot answer for it (a worker posing as a voter to feed a forged
+/// state, or to receive raft messages). Method: dial node 2's address as
+/// a node would, expecting node 3, then node 2, then any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_dialled_by_id_must_present_that_nodes_certificate() {
+    use blixard_api::connect::Security;
+    use blixard_api::tls;
+    let cluster = TestCluster::start(2, Timings::default()).await;
+    let ca = &blixard_tests::test_ca().1;
+    let me = tls::issue_node_cert(ca, 9).unwrap();
+    let security = Security::node(&ca.cert_pem, &me);
+    let dial = |node: Option<u64>| {
+        let endpoint = security
+            .endpoint_for(cluster.address(2), node)
+            .unwrap()
+            .connect_timeout(Duration::from_secs(2));
+        async move { endpoint.connect().await }
+    };
+    let wrong = dial(Some(3)).await;
+    assert!(wrong.is_err(), "node 2 answered as node 3");
+    assert!(dial(Some(2)).await.is_ok(), "node 2 refused as itself");
+    assert!(dial(None).await.is_ok(), "node 2 refused as a cluster node");
+}

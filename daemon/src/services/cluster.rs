@@ -47,12 +47,13 @@ impl ClusterService {
         &self,
         request: pb::JoinRequest,
     ) -> Result<Response<pb::JoinResponse>, Status> {
-        let Some(address) = self.raft.mirror().upstream().address else {
+        let upstream = self.raft.mirror().upstream();
+        let Some(address) = upstream.address else {
             return Err(Status::unavailable(
                 "this worker is not connected to a voter yet; retry or join through a voter",
             ));
         };
-        let channel = crate::mirror::connect(&address)
+        let channel = crate::mirror::connect(&address, upstream.node_id)
             .await
             .map_err(Status::unavailable)?;
         pb::cluster_client::ClusterClient::new(channel)
@@ -325,12 +326,13 @@ impl pb::cluster_server::Cluster for ClusterService {
         let node_id = request.node_id;
         validate::node_id(node_id).map_err(Error::from)?;
         if !self.raft.is_member() {
-            let Some(address) = self.raft.mirror().upstream().address else {
+            let upstream = self.raft.mirror().upstream();
+            let Some(address) = upstream.address else {
                 return Err(Status::unavailable(
                     "this worker is not connected to a voter yet; retry through a voter",
                 ));
             };
-            let channel = crate::mirror::connect(&address)
+            let channel = crate::mirror::connect(&address, upstream.node_id)
                 .await
                 .map_err(Status::unavailable)?;
             return pb::cluster_client::ClusterClient::new(channel)

@@ -155,7 +155,7 @@ async fn connect(node: u64, address: &str) -> Result<VmClient<tonic::transport::
     let unreachable = |e: &dyn std::fmt::Display| {
         Status::unavailable(format!("cannot reach node {node} at {address}: {e}"))
     };
-    let endpoint = blixard_api::connect::endpoint(address)
+    let endpoint = blixard_api::connect::endpoint_for(address, node)
         .map_err(|e| unreachable(&e))?
         .connect_timeout(std::time::Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS));
     let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
