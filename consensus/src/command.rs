@@ -202,6 +202,17 @@ pub struct Token {
     pub created_at_unix_ms: u64,
     /// What the token may do.
     pub role: TokenRole,
+    /// After this the token is refused (never, when absent).
+    #[serde(default)]
+    pub expires_at_unix_ms: Option<u64>,
+}
+
+impl Token {
+    /// Whether the token is still good at `now_unix_ms` (a node's clock).
+    pub fn is_valid_at(&self, now_unix_ms: u64) -> bool {
+        self.expires_at_unix_ms
+            .is_none_or(|expires| now_unix_ms < expires)
+    }
 }
 
 /// The built-in roles, from most to least powerful.

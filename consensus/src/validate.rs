@@ -116,6 +116,11 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             Ok(())
         }
         Command::CreateToken { token } => {
+            if let Some(expires) = token.expires_at_unix_ms {
+                if expires <= token.created_at_unix_ms {
+                    return Err(refuse("a token must expire after it is made".into()));
+                }
+            }
             hex("accessor", &token.accessor, 16..=32)?;
             hex("secret hash", &token.secret_sha256, 64..=64)?;
             api::vm_name(&token.name).map_err(|_| {

@@ -250,6 +250,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
             "management",
             blixard_consensus::TokenRole::Admin,
             now_unix_ms(),
+            None,
         );
         let path = tokens::write_management_token(&data_dir, &management.secret)?;
         tracing::info!(path = %path.display(), "wrote the management token");
@@ -542,19 +543,21 @@ async fn serve(
             vm_state_dir: config.agent.enabled.then(|| config.vm_state_dir()),
         },
     });
-    let mut server = tonic::transport::Server::builder();
+    let server = tonic::transport::Server::builder();
+    // The simulated network carries no TLS.
     #[cfg(not(madsim))]
-    if let NodeTls::Tls { ca_pem, node } = &node_tls {
-        server = server
+    let server = match &node_tls {
+        NodeTls::Tls { ca_pem, node } => server
             .tls_config(blixard_api::connect::server_config(ca_pem, node))
             .map_err(|e| Error::Tls {
                 detail: e.to_string(),
-            })?;
-    }
+            })?,
+        NodeTls::Insecure => server,
+    };
     let router = server
         .layer(
             tower::ServiceBuilder::new()
-                .map_request(services::record_path)
+                .map_request(services::record_path::<tonic::body::Body>)
                 .layer(tonic::service::InterceptorLayer::new(authorize)),
         )
         .add_service(raft_service)

@@ -39,8 +39,14 @@ pub fn hash(secret: &str) -> String {
         .collect()
 }
 
-/// A new token named `name`, with 256 random bits of secret.
-pub fn generate(name: &str, role: TokenRole, now_unix_ms: u64) -> NewToken {
+/// A new token named `name`, with 256 random bits of secret, good until
+/// `expires_at_unix_ms` (or for ever).
+pub fn generate(
+    name: &str,
+    role: TokenRole,
+    now_unix_ms: u64,
+    expires_at_unix_ms: Option<u64>,
+) -> NewToken {
     let secret = format!("{SECRET_PREFIX}{}", random_hex(32));
     NewToken {
         token: Token {
@@ -49,6 +55,7 @@ pub fn generate(name: &str, role: TokenRole, now_unix_ms: u64) -> NewToken {
             secret_sha256: hash(&secret),
             created_at_unix_ms: now_unix_ms,
             role,
+            expires_at_unix_ms,
         },
         secret,
     }
@@ -80,8 +87,9 @@ mod tests {
 
     #[test]
     fn secrets_are_random_and_only_their_hash_is_kept() {
-        let a = generate("ci", TokenRole::Viewer, 1);
-        let b = generate("ci", TokenRole::Viewer, 1);
+        let a = generate("ci", TokenRole::Viewer, 1, None);
+        let b = generate("ci", TokenRole::Viewer, 1, Some(2));
+        assert!(b.token.is_valid_at(1) && !b.token.is_valid_at(2));
         assert_ne!(a.secret, b.secret);
         assert_ne!(a.token.accessor, b.token.accessor);
         assert_eq!(a.token.secret_sha256, hash(&a.secret));

@@ -230,6 +230,9 @@ pub enum AclTokenCommand {
         /// reading all), viewer (reading only).
         #[arg(long, value_enum)]
         role: TokenRoleArg,
+        /// Refuse the token after this long, e.g. `1h`, `30d` [default: never].
+        #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+        ttl: Option<u64>,
     },
     /// Every token: accessor, name, age (never a secret).
     List,

@@ -502,6 +502,25 @@ async fn client_requests_need_a_token_the_cluster_holds() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("vm:write"));
     assert!(as_token(viewer, &["vm", "list"]).status.success());
 
+    // A token with a time to live stops working once it is over.
+    let brief: serde_json::Value = serde_json::from_str(&cluster.cli_ok(
+        1,
+        &[
+            "acl", "token", "create", "--name", "brief", "--role", "viewer", "--ttl", "1s", "-o",
+            "json",
+        ],
+    ))
+    .unwrap();
+    assert!(brief["expires_at_unix_ms"].is_u64(), "{brief}");
+    let brief = brief["secret"].as_str().unwrap().to_string();
+    eventually("the token to expire", Duration::from_secs(15), || async {
+        let channel = cluster.channel_with(2, Some(&brief)).await?;
+        let refused = list(channel).await.err()?;
+        (refused.code() == tonic::Code::Unauthenticated && refused.message().contains("expired"))
+            .then_some(())
+    })
+    .await;
+
     cluster.cli_ok(2, &["acl", "token", "revoke", &accessor]);
     for id in 1..=3 {
         eventually(

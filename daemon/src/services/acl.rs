@@ -19,6 +19,7 @@ fn info(token: &Token) -> pb::TokenInfo {
         name: token.name.clone(),
         created_at_unix_ms: token.created_at_unix_ms,
         role: token.role.as_str().into(),
+        expires_at_unix_ms: token.expires_at_unix_ms.unwrap_or(0),
     }
 }
 
@@ -35,7 +36,9 @@ impl pb::acl_server::Acl for AclService {
                 blixard_api::validate::echo(&request.role)
             ))
         })?;
-        let new = tokens::generate(&request.name, role, now_unix_ms());
+        let now = now_unix_ms();
+        let expires = (request.ttl_ms > 0).then(|| now.saturating_add(request.ttl_ms));
+        let new = tokens::generate(&request.name, role, now, expires);
         let command = Command::CreateToken {
             token: new.token.clone(),
         };

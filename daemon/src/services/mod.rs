@@ -125,13 +125,23 @@ impl Authorize {
             .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer TOKEN`"))?;
         let hash = tokens::hash(secret);
         let token = self.state.read_state(|state| {
-            state
-                .token_by_secret_hash(&hash)
-                .map(|t| (t.accessor.clone(), t.role))
+            state.token_by_secret_hash(&hash).map(|t| {
+                (
+                    t.accessor.clone(),
+                    t.role,
+                    t.is_valid_at(vm_node::now_unix_ms()),
+                )
+            })
         });
-        token.ok_or_else(|| {
-            Status::unauthenticated("the token is not valid here (unknown or revoked)")
-        })
+        match token {
+            Some((accessor, role, true)) => Ok((accessor, role)),
+            Some((accessor, _, false)) => Err(Status::unauthenticated(format!(
+                "token {accessor} has expired"
+            ))),
+            None => Err(Status::unauthenticated(
+                "the token is not valid here (unknown or revoked)",
+            )),
+        }
     }
 }
 

@@ -17,6 +17,8 @@ pub struct TokenView {
     /// admin, operator or viewer.
     pub role: String,
     pub created_at_unix_ms: u64,
+    /// When the token stops working (absent: never).
+    pub expires_at_unix_ms: Option<u64>,
 }
 
 /// A token just made, with the secret shown only here.
@@ -26,6 +28,7 @@ pub struct CreatedTokenView {
     pub name: String,
     pub role: String,
     pub created_at_unix_ms: u64,
+    pub expires_at_unix_ms: Option<u64>,
     /// Send as `--token`, `BLIXARD_TOKEN` or `token` in the client config.
     pub secret: String,
 }
@@ -42,6 +45,7 @@ fn view(token: pb::TokenInfo) -> TokenView {
         name: token.name,
         role: token.role,
         created_at_unix_ms: token.created_at_unix_ms,
+        expires_at_unix_ms: (token.expires_at_unix_ms > 0).then_some(token.expires_at_unix_ms),
     }
 }
 
@@ -52,11 +56,12 @@ fn created_at(unix_ms: u64) -> String {
 pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
     let mut acl = client::acl(addr).await?;
     match command {
-        AclCommand::Token(AclTokenCommand::Create { name, role }) => {
+        AclCommand::Token(AclTokenCommand::Create { name, role, ttl }) => {
             let created = acl
                 .create_token(pb::CreateTokenRequest {
                     name,
                     role: role.as_str().into(),
+                    ttl_ms: ttl.unwrap_or(0),
                 })
                 .await
                 .map_err(status_error)?
@@ -67,6 +72,7 @@ pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyho
                 name: token.name,
                 role: token.role,
                 created_at_unix_ms: token.created_at_unix_ms,
+                expires_at_unix_ms: token.expires_at_unix_ms,
                 secret: created.secret,
             };
             output::print(format, &created, |t| {
@@ -91,13 +97,14 @@ pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyho
                 .map(view)
                 .collect();
             output::print(format, &tokens, |tokens| {
-                let mut table = output::table(&["ACCESSOR", "NAME", "ROLE", "CREATED"]);
+                let mut table = output::table(&["ACCESSOR", "NAME", "ROLE", "CREATED", "EXPIRES"]);
                 for t in tokens {
                     table.add_row(vec![
                         t.accessor.clone(),
                         t.name.clone(),
                         t.role.clone(),
                         created_at(t.created_at_unix_ms),
+                        t.expires_at_unix_ms.map_or("never".into(), created_at),
                     ]);
                 }
                 table
