@@ -133,15 +133,44 @@ pub fn node_id_of(cert_der: &[u8]) -> Option<u64> {
     ids.next().is_none().then_some(id)
 }
 
-/// The node id of the first certificate in a PEM file's text.
+/// The node id of the first certificate in a PEM file's text, once it is
+/// known to hold every name peers check (`blixard`, `node-ID.blixard`).
 pub fn node_id_of_pem(path: &Path, pem_text: &str) -> Result<u64, TlsError> {
-    let invalid = |reason: &str| TlsError::Invalid {
+    let invalid = |reason: String| TlsError::Invalid {
         path: path.to_path_buf(),
-        reason: reason.into(),
+        reason,
     };
     let (_, pem) = x509_parser::pem::parse_x509_pem(pem_text.as_bytes())
-        .map_err(|_| invalid("no PEM certificate in it"))?;
-    node_id_of(&pem.contents).ok_or_else(|| invalid("not a Blixard node certificate (no node id)"))
+        .map_err(|_| invalid("no PEM certificate in it".into()))?;
+    let node_id = node_id_of(&pem.contents)
+        .ok_or_else(|| invalid("not a Blixard node certificate (no node id)".into()))?;
+    let names = dns_names(&pem.contents);
+    for wanted in [SERVER_NAME.to_string(), node_server_name(node_id)] {
+        if !names.contains(&wanted) {
+            return Err(invalid(format!(
+                "lacks the name {wanted:?} peers check; issue it again with `blixard tls cert create`"
+            )));
+        }
+    }
+    Ok(node_id)
+}
+
+fn dns_names(cert_der: &[u8]) -> Vec<String> {
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(cert_der) else {
+        return Vec::new();
+    };
+    let Ok(Some(names)) = cert.subject_alternative_name() else {
+        return Vec::new();
+    };
+    names
+        .value
+        .general_names
+        .iter()
+        .filter_map(|name| match name {
+            x509_parser::extensions::GeneralName::DNSName(dns) => Some(dns.to_string()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Reads a PEM file, naming it in the error.
@@ -208,6 +237,9 @@ mod tests {
         let ca = create_ca("test").unwrap();
         let node = issue_node_cert(&ca, 7).unwrap();
         assert_eq!(node_id_of(&der(&node.cert_pem)), Some(7));
+        let path = Path::new("node.pem");
+        assert_eq!(node_id_of_pem(path, &node.cert_pem).unwrap(), 7);
+        assert!(node_id_of_pem(path, &ca.cert_pem).is_err());
         assert_eq!(node_id_of(&der(&ca.cert_pem)), None, "the CA is no node");
         assert_eq!(node_id_of(b"garbage"), None);
         assert!(!format!("{node:?}").contains("PRIVATE"));

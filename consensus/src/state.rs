@@ -14,8 +14,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::command::{
     validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
-    NodeRecord, Rejection, Settings, Token, Transition, VmChange, VmObserved, VmPhase, VmRecord,
-    VmSpec,
+    NodeRecord, Rejection, Settings, Token, TokenRole, Transition, VmChange, VmObserved, VmPhase,
+    VmRecord, VmSpec,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -262,11 +262,25 @@ impl ClusterState {
     }
 
     fn revoke_token(&mut self, accessor: &str) -> Outcome {
-        let Some(token) = self.tokens.remove(accessor) else {
+        let Some(token) = self.tokens.get(accessor) else {
             return Outcome::rejected(Rejection::NoSuchToken {
                 accessor: accessor.into(),
             });
         };
+        // Without an admin token no one could make tokens again.
+        let admins = self
+            .tokens
+            .values()
+            .filter(|t| t.role == TokenRole::Admin)
+            .count();
+        if token.role == TokenRole::Admin && admins == 1 {
+            return Outcome::rejected(Rejection::Invalid {
+                detail: format!(
+                    "token {accessor} is the last admin token; make another admin token first"
+                ),
+            });
+        }
+        let token = self.tokens.remove(accessor).expect("looked up above");
         self.revision += 1;
         let message = format!("token {} ({accessor}) revoked", token.name);
         self.tokens_changed()
@@ -871,6 +885,39 @@ mod tests {
             spec: spec(name),
             created_at_unix_ms: 7,
         }
+    }
+
+    #[test]
+    fn tokens_are_made_and_revoked_but_never_the_last_admin() {
+        let token = |accessor: &str, role| crate::command::Token {
+            accessor: accessor.into(),
+            name: "t".into(),
+            secret_sha256: format!("{:0>64}", accessor),
+            created_at_unix_ms: 1,
+            role,
+            expires_at_unix_ms: None,
+        };
+        let mut state = ClusterState::default();
+        for (accessor, role) in [
+            ("00000000000000a1", TokenRole::Admin),
+            ("00000000000000b1", TokenRole::Viewer),
+        ] {
+            let created = state.apply(Command::CreateToken {
+                token: token(accessor, role),
+            });
+            assert!(created.result.is_ok(), "{:?}", created.result);
+        }
+        let again = state.apply(Command::CreateToken {
+            token: token("00000000000000b1", TokenRole::Viewer),
+        });
+        assert!(again.result.is_err(), "a second token with one accessor");
+        let revoke = |accessor: &str| Command::RevokeToken {
+            accessor: accessor.into(),
+        };
+        assert!(state.apply(revoke("00000000000000b1")).result.is_ok());
+        let before = state.clone();
+        assert!(state.apply(revoke("00000000000000a1")).result.is_err());
+        assert_eq!(state, before, "the last admin token was revoked");
     }
 
     #[test]

@@ -81,19 +81,21 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
     let conf = raft.prs().conf().to_conf_state();
     let configured = !conf.voters.is_empty();
     let is_leader = raft.state == raft::StateRole::Leader;
-    if forwarded {
-        // Only a leader acts on these; a follower would forward them on
-        // under the original sender, which its own certificate does not
-        // name. And only members' proposals and reads count: this is the
-        // one place membership is checked against the applied
-        // configuration, since a lagging node must still hear a leader
-        // its configuration does not know yet.
-        if !is_leader {
-            return refuse("this node is not the leader".into());
-        }
-        if !is_member(&conf, message.from) {
-            return refuse("the sender is not a member".into());
-        }
+    // Any node of the cluster holds a certificate (workers too, and a
+    // removed node until its certificate is replaced), so only members
+    // of this node's configuration are heard: a worker sending an append
+    // of a higher term would otherwise become this node's leader. A node
+    // behind on configuration changes hears only the members it knows;
+    // autopilot demotes a voter that was away before it adds another, so
+    // the one such node (a demoted learner) waits for a leader it knows.
+    if configured && !is_member(&conf, message.from) {
+        return refuse("the sender is not a member".into());
+    }
+    // Only a leader acts on forwarded proposals and reads; a follower
+    // would forward them on under the original sender, which its own
+    // certificate does not name.
+    if forwarded && !is_leader {
+        return refuse("this node is not the leader".into());
     }
     if !configured
         && !matches!(
