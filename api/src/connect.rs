@@ -176,6 +176,40 @@ impl tonic::service::Interceptor for Bearer {
     }
 }
 
+/// A token would travel in plain text to a host other than this one.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "refusing to send the token in plain text to {address}: give the cluster CA \
+     (--ca-file or BLIXARD_CA_FILE) so the connection is TLS"
+)]
+pub struct PlaintextToken {
+    pub address: String,
+}
+
+/// Whether this process may send its token to `address`: over TLS, or in
+/// plain text only to the loopback (a cluster with security off on this
+/// machine), so a mistyped address or a missing CA file never hands the
+/// token to whoever answers.
+pub fn check_token_transport(address: &str) -> Result<(), PlaintextToken> {
+    let has_token = INSTALLED_TOKEN
+        .read()
+        .expect("token lock poisoned")
+        .0
+        .is_some();
+    let host = address.rsplit_once(':').map_or(address, |(host, _)| host);
+    let loopback = host == "localhost"
+        || host
+            .trim_matches(['[', ']'])
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback());
+    match !has_token || installed().is_tls() || loopback {
+        true => Ok(()),
+        false => Err(PlaintextToken {
+            address: address.to_string(),
+        }),
+    }
+}
+
 /// A channel whose requests carry a token.
 pub type Connection = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
 

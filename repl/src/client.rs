@@ -43,6 +43,7 @@ pub type Conn = connect::Connection;
 
 pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
     blixard_api::validate::address(addr)?;
+    connect::check_token_transport(addr).map_err(|e| exit::error(Exit::Usage, e.to_string()))?;
     let endpoint = blixard_api::connect::endpoint(addr)
         .map_err(|e| exit::error(Exit::Usage, format!("invalid address {addr:?}: {e}")))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))

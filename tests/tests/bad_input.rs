@@ -106,6 +106,22 @@ fn bad_cli_arguments_name_the_problem() {
     ]);
     // Exit 4: the cluster is unavailable.
     assert_eq!(no_node.status.code(), Some(4));
+    // A token never goes out in plain text beyond this machine's loopback
+    // (0.0.0.0 reaches this machine, so nothing leaves it either way).
+    let plaintext = blixard(&[
+        "--token",
+        "blx_secret",
+        "--addr",
+        &format!("0.0.0.0:{}", free_port()),
+        "vm",
+        "list",
+    ]);
+    assert_eq!(plaintext.status.code(), Some(2), "{plaintext:?}");
+    assert!(
+        stderr(&plaintext).contains("plain text"),
+        "{}",
+        stderr(&plaintext)
+    );
     assert!(
         stderr(&no_node).contains("cannot reach blixard"),
         "{}",

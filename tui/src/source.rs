@@ -36,6 +36,7 @@ fn now_ms() -> u64 {
 
 /// A connection to `address` carrying the process's token.
 pub async fn connect(address: &str) -> Result<Connection, String> {
+    blixard_api::connect::check_token_transport(address).map_err(|e| e.to_string())?;
     let channel = blixard_api::connect::endpoint(address)
         .map_err(|e| format!("bad address {address:?}: {e}"))?
         .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
