@@ -46,6 +46,12 @@ async fn the_dashboard_filters_describes_shows_logs_and_stops_a_vm() {
     let screen = tmux.wait_for("vm web (Esc closes)").await;
     assert!(screen.contains("desired_state: running"), "{screen}");
     tmux.keys(&["Escape"]);
+    // An Escape followed at once by `l` reads as Alt-l: wait until the
+    // Escape has closed the description before the next key.
+    eventually("the description to close", SCREEN_TIMEOUT, || async {
+        (!tmux.screen().contains("(Esc closes)")).then_some(())
+    })
+    .await;
 
     tmux.keys(&["l"]);
     tmux.wait_for("logs web").await;
