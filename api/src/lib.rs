@@ -7,6 +7,7 @@
 //! fails these checks.
 
 pub mod connect;
+pub mod identity;
 pub mod tls;
 pub mod validate;
 

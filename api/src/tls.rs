@@ -9,11 +9,14 @@
 //!   those names rather than an address, so a node keeps its certificate
 //!   when it moves to a new address, and a node dialling a known peer
 //!   checks it reached that peer.
-//! - Private keys are written 0600 and never overwritten by these helpers.
+//! - Private keys (and gossip keys) are written 0600 and never overwritten
+//!   by these helpers.
 
 use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+
+use crate::identity::{self, GOSSIP_KEY_FILE};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -45,6 +48,9 @@ pub enum TlsError {
     /// A PEM file holds no certificate, or not one Blixard made.
     #[error("{path}: {reason}")]
     Invalid { path: PathBuf, reason: String },
+    /// A certificate, key or signature another node presented was refused.
+    #[error("{reason}")]
+    Rejected { reason: String },
 }
 
 /// A certificate and its private key, PEM-encoded.
@@ -199,10 +205,16 @@ pub fn write_new(path: &Path, text: &str, mode: u32) -> Result<(), TlsError> {
         .map_err(io)
 }
 
-/// Writes a CA into `dir` (`ca.pem`, `ca-key.pem`).
+/// Writes a CA into `dir` (`ca.pem`, `ca-key.pem`), with a new gossip key
+/// for its cluster (`gossip.key`).
 pub fn write_ca(dir: &Path, ca: &CertifiedKey) -> Result<(), TlsError> {
     write_new(&dir.join(CA_FILE), &ca.cert_pem, 0o644)?;
-    write_new(&dir.join(CA_KEY_FILE), &ca.key_pem, 0o600)
+    write_new(&dir.join(CA_KEY_FILE), &ca.key_pem, 0o600)?;
+    write_new(
+        &dir.join(GOSSIP_KEY_FILE),
+        &identity::create_gossip_key()?,
+        0o600,
+    )
 }
 
 /// Reads the CA written by [`write_ca`].
@@ -213,12 +225,25 @@ pub fn read_ca(dir: &Path) -> Result<CertifiedKey, TlsError> {
     })
 }
 
-/// Writes what node `node_id` needs into `dir`: the CA certificate (not
-/// its key), the node's certificate and key.
-pub fn write_node(dir: &Path, ca: &CertifiedKey, node: &CertifiedKey) -> Result<(), TlsError> {
+/// Writes what a node needs into `dir`: the CA certificate (not its key),
+/// the cluster's gossip keys (the text of the CA directory's `gossip.key`),
+/// the node's certificate and key.
+pub fn write_node(
+    dir: &Path,
+    ca: &CertifiedKey,
+    gossip_keys: &str,
+    node: &CertifiedKey,
+) -> Result<(), TlsError> {
+    identity::parse_gossip_keys(&dir.join(GOSSIP_KEY_FILE), gossip_keys)?;
     write_new(&dir.join(CA_FILE), &ca.cert_pem, 0o644)?;
+    write_new(&dir.join(GOSSIP_KEY_FILE), gossip_keys, 0o600)?;
     write_new(&dir.join(NODE_CERT_FILE), &node.cert_pem, 0o644)?;
     write_new(&dir.join(NODE_KEY_FILE), &node.key_pem, 0o600)
+}
+
+/// The text of a CA directory's gossip key file.
+pub fn read_gossip_key_text(ca_dir: &Path) -> Result<String, TlsError> {
+    read(&ca_dir.join(GOSSIP_KEY_FILE))
 }
 
 #[cfg(test)]
@@ -251,9 +276,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca = create_ca("test").unwrap();
         write_ca(dir.path(), &ca).unwrap();
-        let key = dir.path().join(CA_KEY_FILE);
-        let mode = std::fs::metadata(&key).unwrap().permissions().mode();
-        assert_eq!(mode & 0o777, 0o600);
+        for secret in [CA_KEY_FILE, GOSSIP_KEY_FILE] {
+            let key = dir.path().join(secret);
+            let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+            assert_eq!(mode & 0o777, 0o600, "{secret}");
+        }
         assert!(write_ca(dir.path(), &create_ca("other").unwrap()).is_err());
         assert_eq!(read_ca(dir.path()).unwrap().cert_pem, ca.cert_pem);
     }

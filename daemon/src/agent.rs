@@ -15,7 +15,7 @@ use std::time::Duration;
 use blixard_api::pb;
 use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_consensus::{LogStore, RaftConfig, RaftNode};
-use blixard_membership::{Membership, MembershipConfig, NodeInfo, NodeRole};
+use blixard_membership::{GossipSecurity, Membership, MembershipConfig, NodeInfo, NodeRole};
 use tokio::sync::watch;
 
 use blixard_nodeagent::{accel, NodeAgent, Settings};
@@ -121,7 +121,11 @@ async fn gossip_seeds(config: &Config, store: &LogStore) -> Vec<String> {
     seeds
 }
 
-async fn start_membership(config: &Config, store: &LogStore) -> Result<Membership, Error> {
+async fn start_membership(
+    config: &Config,
+    store: &LogStore,
+    security: Option<GossipSecurity>,
+) -> Result<Membership, Error> {
     let gossip_bind = config.gossip_bind_addr();
     let membership_config = MembershipConfig {
         node_id: config.cluster.node_id,
@@ -132,6 +136,7 @@ async fn start_membership(config: &Config, store: &LogStore) -> Result<Membershi
         gossip_interval_ms: config.membership.gossip_interval_ms,
         phi_threshold: config.membership.phi_threshold,
         dead_node_forget_after_ms: config.membership.dead_node_forget_after_ms,
+        security,
     };
     tracing::info!(gossip = %gossip_bind, seeds = ?membership_config.seeds, "starting gossip");
     // Resources are filled in by the facts loop within a second.
@@ -236,7 +241,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     }
     let _lock = lock_data_dir(&data_dir)?;
     let store = LogStore::open(&data_dir)?;
-    let membership = Arc::new(start_membership(&config, &store).await?);
+    let membership = Arc::new(start_membership(&config, &store, node_tls.gossip()).await?);
     let initialized = store.is_initialized();
     let bootstrap = config.cluster.join.is_empty();
     if initialized && !bootstrap {
@@ -547,7 +552,7 @@ async fn serve(
     // The simulated network carries no TLS.
     #[cfg(not(madsim))]
     let server = match &node_tls {
-        NodeTls::Tls { ca_pem, node } => server
+        NodeTls::Tls { ca_pem, node, .. } => server
             .tls_config(blixard_api::connect::server_config(ca_pem, node))
             .map_err(|e| Error::Tls {
                 detail: e.to_string(),

@@ -52,6 +52,18 @@ pub struct TlsSection {
     /// This node's private key.
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// The cluster's gossip keys (one per line; the first seals).
+    #[serde(default)]
+    pub gossip_key_file: Option<PathBuf>,
+}
+
+/// Where a node's certificates and keys are (see [`Config::tls_files`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub gossip_key: PathBuf,
 }
 
 /// Turning security off takes this, and the node says so at every start.
@@ -573,16 +585,18 @@ impl Config {
     }
 
     /// Where the node's CA certificate, certificate and key are read from.
-    pub fn tls_files(&self) -> (PathBuf, PathBuf, PathBuf) {
+    pub fn tls_files(&self) -> TlsFiles {
         let dir = self.cluster.data_dir.join("tls");
         let or_default =
             |path: &Option<PathBuf>, name: &str| path.clone().unwrap_or_else(|| dir.join(name));
+        use blixard_api::identity::GOSSIP_KEY_FILE;
         use blixard_api::tls::{CA_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
-        (
-            or_default(&self.tls.ca_file, CA_FILE),
-            or_default(&self.tls.cert_file, NODE_CERT_FILE),
-            or_default(&self.tls.key_file, NODE_KEY_FILE),
-        )
+        TlsFiles {
+            ca: or_default(&self.tls.ca_file, CA_FILE),
+            cert: or_default(&self.tls.cert_file, NODE_CERT_FILE),
+            key: or_default(&self.tls.key_file, NODE_KEY_FILE),
+            gossip_key: or_default(&self.tls.gossip_key_file, GOSSIP_KEY_FILE),
+        }
     }
 
     /// Where VM state directories live.

@@ -1,16 +1,24 @@
 //! The chitchat instance and the membership view read from it.
+//!
+//! Invariant: with [`GossipSecurity`], every datagram is sealed with the
+//! cluster's gossip key ([`crate::sealed`]) and the view holds only records
+//! their own node signed ([`crate::verify`]); without it (a cluster run
+//! with security off) anyone who reaches the gossip port is believed.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use chitchat::transport::UdpTransport;
+use chitchat::transport::{Transport, UdpTransport};
 use chitchat::{
     spawn_chitchat, ChitchatConfig, ChitchatHandle, ChitchatId, FailureDetectorConfig,
     ProtocolVersion,
 };
 
 use crate::info::{NodeInfo, INFO_KEY};
+use crate::sealed::{Keyring, SealedUdpTransport};
+use crate::verify::{self, Identity, Verifier, CERT_KEY};
 use crate::Error;
 
 /// Tunables of one node's gossip.
@@ -30,6 +38,26 @@ pub struct MembershipConfig {
     pub phi_threshold: f64,
     /// Dead nodes are forgotten (dropped from the view) after this long.
     pub dead_node_forget_after_ms: u64,
+    /// Sealing and signing; `None` only when the cluster runs with
+    /// security off.
+    pub security: Option<GossipSecurity>,
+}
+
+/// What gossip is sealed and signed with.
+#[derive(Clone)]
+pub struct GossipSecurity {
+    /// The cluster's gossip keys: the first seals, each opens.
+    pub keys: Vec<[u8; 32]>,
+    pub identity: Arc<dyn Identity>,
+}
+
+impl std::fmt::Debug for GossipSecurity {
+    // Never print a key.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GossipSecurity")
+            .field("keys", &self.keys.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A node as this node's gossip sees it.
@@ -48,8 +76,17 @@ pub struct Member {
 pub struct Membership {
     handle: ChitchatHandle,
     node_id: u64,
+    /// This incarnation, as signatures name it.
+    chitchat_id: ChitchatId,
     gossip_address: SocketAddr,
     cluster_name: String,
+    secured: Option<Secured>,
+}
+
+struct Secured {
+    identity: Arc<dyn Identity>,
+    keyring: Arc<Keyring>,
+    verifier: Mutex<Verifier>,
 }
 
 impl Membership {
@@ -64,6 +101,25 @@ impl Membership {
             generation,
             config.gossip_advertise,
         );
+        let secured = config.security.as_ref().map(|security| Secured {
+            identity: security.identity.clone(),
+            keyring: Arc::new(Keyring::new(&security.keys, &config.cluster_name)),
+            verifier: Mutex::new(Verifier::new(
+                security.identity.clone(),
+                config.cluster_name.clone(),
+            )),
+        });
+        let mut key_values = Vec::new();
+        if let Some(secured) = &secured {
+            key_values.push((
+                CERT_KEY.to_string(),
+                hex::encode(secured.identity.certificate_der()),
+            ));
+        }
+        key_values.push((
+            INFO_KEY.to_string(),
+            info_value(secured.as_ref(), &config.cluster_name, &chitchat_id, info)?,
+        ));
         let interval = Duration::from_millis(config.gossip_interval_ms.max(10));
         let failure_detector_config = FailureDetectorConfig {
             phi_threshold: config.phi_threshold,
@@ -75,7 +131,7 @@ impl Membership {
             dead_node_grace_period: Duration::from_millis(config.dead_node_forget_after_ms),
         };
         let chitchat_config = ChitchatConfig {
-            chitchat_id,
+            chitchat_id: chitchat_id.clone(),
             cluster_id: config.cluster_name.clone(),
             gossip_interval: interval,
             listen_addr: config.gossip_bind,
@@ -86,21 +142,25 @@ impl Membership {
             extra_liveness_predicate: None,
             protocol_version: ProtocolVersion::V1,
         };
-        let handle = spawn_chitchat(
-            chitchat_config,
-            vec![(INFO_KEY.to_string(), info.encode())],
-            &UdpTransport,
-        )
-        .await
-        .map_err(|e| Error::Bind {
-            address: config.gossip_bind.to_string(),
-            detail: format!("{e:#}"),
-        })?;
+        let transport: Box<dyn Transport> = match &secured {
+            Some(secured) => Box::new(SealedUdpTransport {
+                keyring: secured.keyring.clone(),
+            }),
+            None => Box::new(UdpTransport),
+        };
+        let handle = spawn_chitchat(chitchat_config, key_values, transport.as_ref())
+            .await
+            .map_err(|e| Error::Bind {
+                address: config.gossip_bind.to_string(),
+                detail: format!("{e:#}"),
+            })?;
         Ok(Self {
             handle,
             node_id: config.node_id,
+            chitchat_id,
             gossip_address: config.gossip_advertise,
             cluster_name: config.cluster_name,
+            secured,
         })
     }
 
@@ -113,14 +173,38 @@ impl Membership {
         &self.cluster_name
     }
 
+    /// Gossip datagrams refused since start because no gossip key opened
+    /// them (0 with security off).
+    pub fn refused_datagrams(&self) -> u64 {
+        self.secured
+            .as_ref()
+            .map_or(0, |secured| secured.keyring.refused())
+    }
+
     /// Replaces this node's advertised info (a no-op if unchanged).
     pub async fn publish(&self, info: &NodeInfo) {
         assert_eq!(self.node_id, info.node_id, "gossip info of another node");
-        let encoded = info.encode();
+        let encoded = match info_value(
+            self.secured.as_ref(),
+            &self.cluster_name,
+            &self.chitchat_id,
+            info,
+        ) {
+            Ok(encoded) => encoded,
+            Err(error) => {
+                // Peers keep the last info this node signed.
+                tracing::error!(%error, "could not sign this node's gossip info");
+                return;
+            }
+        };
         self.handle
             .with_chitchat(|chitchat| {
                 let own = chitchat.self_node_state();
-                if own.get(INFO_KEY) != Some(encoded.as_str()) {
+                // ECDSA signs differently each time: compare the info.
+                let unchanged = own
+                    .get(INFO_KEY)
+                    .is_some_and(|current| verify::same_info(current, &encoded));
+                if !unchanged {
                     own.set(INFO_KEY, &encoded);
                 }
             })
@@ -141,11 +225,40 @@ impl Membership {
         self.handle
             .with_chitchat(|chitchat| {
                 let live: Vec<ChitchatId> = chitchat.live_nodes().cloned().collect();
+                let mut verifier = self.secured.as_ref().map(|secured| {
+                    // Poisoned only by a panic inside `check`, which holds
+                    // no half-made state worth refusing.
+                    let mut verifier = secured
+                        .verifier
+                        .lock()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let states = chitchat.node_states();
+                    verifier.retain(|id| states.contains_key(id));
+                    verifier
+                });
                 for (id, state) in chitchat.node_states() {
                     let Ok(node_id) = id.node_id.parse::<u64>() else {
                         tracing::debug!(id = %id.node_id, "ignoring gossip member with a foreign id");
                         continue;
                     };
+                    if let Some(verifier) = verifier.as_mut() {
+                        // Unverified records are not members at all: they
+                        // may not stand in for, or outlive, a real node.
+                        let Ok(info) =
+                            verifier.check(id, node_id, state.get(CERT_KEY), state.get(INFO_KEY))
+                        else {
+                            continue;
+                        };
+                        let member = Member {
+                            node_id,
+                            gossip_address: id.gossip_advertise_addr,
+                            generation: id.generation_id,
+                            alive: live.contains(id),
+                            info: Ok(info),
+                        };
+                        keep_latest(&mut latest, member);
+                        continue;
+                    }
                     let info = match state.get(INFO_KEY) {
                         Some(value) => NodeInfo::decode(value).and_then(|info| {
                             if info.node_id == node_id {
@@ -166,12 +279,7 @@ impl Membership {
                         alive: live.contains(id),
                         info,
                     };
-                    match latest.get(&node_id) {
-                        Some(seen) if seen.generation >= member.generation => {}
-                        _ => {
-                            latest.insert(node_id, member);
-                        }
-                    }
+                    keep_latest(&mut latest, member);
                 }
             })
             .await;
@@ -193,11 +301,41 @@ impl Membership {
     }
 }
 
+/// Keeps `member` if it is the latest generation of its node seen so far.
+fn keep_latest(latest: &mut BTreeMap<u64, Member>, member: Member) {
+    match latest.get(&member.node_id) {
+        Some(seen) if seen.generation >= member.generation => {}
+        _ => {
+            latest.insert(member.node_id, member);
+        }
+    }
+}
+
+/// The info value this node gossips: signed when secured.
+fn info_value(
+    secured: Option<&Secured>,
+    cluster_name: &str,
+    chitchat_id: &ChitchatId,
+    info: &NodeInfo,
+) -> Result<String, Error> {
+    let json = info.encode();
+    match secured {
+        Some(secured) => {
+            verify::sign_info(secured.identity.as_ref(), cluster_name, chitchat_id, &json).map_err(
+                |e| Error::Sign {
+                    detail: e.to_string(),
+                },
+            )
+        }
+        None => Ok(json),
+    }
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn info(node_id: u64) -> NodeInfo {
+    pub(crate) fn info(node_id: u64) -> NodeInfo {
         NodeInfo {
             node_id,
             api_address: format!("127.0.0.1:{}", 7000 + node_id),
@@ -220,6 +358,15 @@ mod tests {
     }
 
     async fn start(node_id: u64, address: SocketAddr, seeds: Vec<String>) -> Membership {
+        start_with(node_id, address, seeds, None).await
+    }
+
+    async fn start_with(
+        node_id: u64,
+        address: SocketAddr,
+        seeds: Vec<String>,
+        security: Option<GossipSecurity>,
+    ) -> Membership {
         let config = MembershipConfig {
             node_id,
             cluster_name: "test".into(),
@@ -229,6 +376,7 @@ mod tests {
             gossip_interval_ms: 50,
             phi_threshold: 8.0,
             dead_node_forget_after_ms: 60_000,
+            security,
         };
         Membership::start(config, &info(node_id)).await.unwrap()
     }
@@ -301,5 +449,104 @@ mod tests {
         .await;
         let error = members[1].info.as_ref().unwrap_err();
         assert!(error.contains("undecodable node info"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod secured_tests {
+    use super::tests::info;
+    use super::*;
+    use crate::verify::tests::FakeIdentity;
+
+    const KEY: [u8; 32] = [7; 32];
+
+    fn secured(keys: &[[u8; 32]], certified_as: u64) -> Option<GossipSecurity> {
+        Some(GossipSecurity {
+            keys: keys.to_vec(),
+            identity: Arc::new(FakeIdentity::new(certified_as)),
+        })
+    }
+
+    fn free_udp_address() -> SocketAddr {
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        socket.local_addr().unwrap()
+    }
+
+    async fn start(
+        node_id: u64,
+        address: SocketAddr,
+        seeds: &[SocketAddr],
+        security: Option<GossipSecurity>,
+    ) -> Membership {
+        let config = MembershipConfig {
+            node_id,
+            cluster_name: "test".into(),
+            gossip_bind: address,
+            gossip_advertise: address,
+            seeds: seeds.iter().map(ToString::to_string).collect(),
+            gossip_interval_ms: 50,
+            phi_threshold: 8.0,
+            dead_node_forget_after_ms: 60_000,
+            security,
+        };
+        Membership::start(config, &info(node_id)).await.unwrap()
+    }
+
+    async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !done().await {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn only_key_holders_are_heard_and_only_as_the_node_their_certificate_names() {
+        let seed = free_udp_address();
+        // Mid-rotation: a seals with the old key, b with the new one, and
+        // each opens both.
+        let new = [8; 32];
+        let a = start(1, seed, &[], secured(&[KEY, new], 1)).await;
+        let b = start(2, free_udp_address(), &[seed], secured(&[new, KEY], 2)).await;
+        // No key: nothing it sends is read.
+        let outsider = start(3, free_udp_address(), &[seed], None).await;
+        // The wrong key: likewise.
+        let stranger = start(4, free_udp_address(), &[seed], secured(&[[9; 32]], 4)).await;
+        // A key holder whose certificate is node 5's, gossiping as node 2
+        // (a newer generation) and as node 6.
+        let impostor = start(2, free_udp_address(), &[seed], secured(&[KEY], 5)).await;
+        let other = start(6, free_udp_address(), &[seed], secured(&[KEY], 5)).await;
+
+        wait_until("a and b to see each other", async || {
+            let seen = |m: &[Member]| m.iter().map(|m| m.node_id).collect::<Vec<_>>();
+            seen(&a.members().await) == [1, 2] && seen(&b.members().await) == [1, 2]
+        })
+        .await;
+        wait_until("the outsiders' datagrams to be refused", async || {
+            a.refused_datagrams() > 0
+        })
+        .await;
+        // Give the impostors many gossip rounds to get in.
+        let rounds_done = a.refused_datagrams() + 40;
+        wait_until("forty more refusals", async || {
+            a.refused_datagrams() >= rounds_done
+        })
+        .await;
+        let members = a.members().await;
+        assert_eq!(
+            members.iter().map(|m| m.node_id).collect::<Vec<_>>(),
+            [1, 2],
+            "{members:?}"
+        );
+        let two = members.iter().find(|m| m.node_id == 2).unwrap();
+        assert_eq!(two.gossip_address, b.gossip_address(), "the real node 2");
+        assert!(two.alive);
+        for m in [outsider, stranger, impostor, other, b] {
+            m.shutdown().await;
+        }
+        a.shutdown().await;
     }
 }

@@ -12,6 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use blixard_api::identity::{self, GossipKey, GOSSIP_KEY_FILE};
 use blixard_api::{pb, tls};
 use indicatif::ProgressBar;
 
@@ -45,6 +46,15 @@ pub struct LocalCluster {
     pub token: String,
     /// The cluster's CA, to give simulated nodes certificates (bench).
     pub ca: tls::CertifiedKey,
+    /// The cluster's gossip keys, for simulated nodes to gossip (bench).
+    pub gossip_keys: Vec<GossipKey>,
+}
+
+/// What [`prepare_tls`] made or found.
+struct LocalTls {
+    ca_file: PathBuf,
+    ca: tls::CertifiedKey,
+    gossip_keys: Vec<GossipKey>,
 }
 
 impl Drop for LocalCluster {
@@ -73,20 +83,30 @@ impl Drop for LocalCluster {
 /// Makes the cluster's CA in `dir/ca` and each node's certificates in
 /// its `DATA_DIR/tls` (where the agent looks), reusing those a kept
 /// directory already holds; installs the CA for this process's clients.
-fn prepare_tls(dir: &Path, nodes: u64) -> anyhow::Result<(PathBuf, tls::CertifiedKey)> {
+fn prepare_tls(dir: &Path, nodes: u64) -> anyhow::Result<LocalTls> {
     let ca_dir = dir.join("ca");
     if !ca_dir.join(tls::CA_FILE).exists() {
         tls::write_ca(&ca_dir, &tls::create_ca("dev")?)?;
     }
     let ca = tls::read_ca(&ca_dir)?;
+    let gossip_keys = tls::read_gossip_key_text(&ca_dir)?;
     for node_id in 1..=nodes {
         let node_dir = data_dir(dir, node_id).join("tls");
         if !node_dir.join(tls::NODE_CERT_FILE).exists() {
-            tls::write_node(&node_dir, &ca, &tls::issue_node_cert(&ca, node_id)?)?;
+            tls::write_node(
+                &node_dir,
+                &ca,
+                &gossip_keys,
+                &tls::issue_node_cert(&ca, node_id)?,
+            )?;
         }
     }
     blixard_api::connect::install(blixard_api::connect::Security::client(&ca.cert_pem));
-    Ok((ca_dir.join(tls::CA_FILE), ca))
+    Ok(LocalTls {
+        ca_file: ca_dir.join(tls::CA_FILE),
+        ca,
+        gossip_keys: identity::parse_gossip_keys(&ca_dir.join(GOSSIP_KEY_FILE), &gossip_keys)?,
+    })
 }
 
 fn data_dir(dir: &Path, node_id: u64) -> PathBuf {
@@ -165,12 +185,13 @@ impl LocalCluster {
         config_text: &str,
         spinner: &ProgressBar,
     ) -> anyhow::Result<Self> {
-        let (ca_file, ca) = prepare_tls(dir, addresses.len() as u64)?;
+        let local_tls = prepare_tls(dir, addresses.len() as u64)?;
         let mut cluster = LocalCluster {
             nodes: Vec::new(),
-            ca_file,
+            ca_file: local_tls.ca_file,
             token: String::new(),
-            ca,
+            ca: local_tls.ca,
+            gossip_keys: local_tls.gossip_keys,
         };
         let first = addresses[0].clone();
         cluster

@@ -65,6 +65,12 @@ pub fn test_ca() -> &'static (PathBuf, tls::CertifiedKey) {
     })
 }
 
+/// The gossip keys of the test CA's cluster (the key file's text).
+pub fn test_gossip_keys() -> String {
+    let ca_dir = test_ca().0.parent().expect("the CA file is in a directory");
+    tls::read_gossip_key_text(ca_dir).unwrap()
+}
+
 /// The CA certificate file: give it to every CLI run (`--ca-file`).
 pub fn ca_file() -> &'static Path {
     &test_ca().0
@@ -509,7 +515,8 @@ impl TestCluster {
         let ca = &test_ca().1;
         let tls_dir = data_dir.join("tls");
         if !tls_dir.join(tls::NODE_CERT_FILE).exists() {
-            tls::write_node(&tls_dir, ca, &tls::issue_node_cert(ca, id).unwrap()).unwrap();
+            let node = tls::issue_node_cert(ca, id).unwrap();
+            tls::write_node(&tls_dir, ca, &test_gossip_keys(), &node).unwrap();
         }
         let node = TestNode {
             id,

@@ -6,8 +6,7 @@
 //! certificate, then (defence in depth) holding a real node certificate
 //! of the cluster CA. After every attack the test checks the cluster
 //! still has one leader, takes writes, and holds only what it should.
-//!
-//! Not covered yet: gossip forgery (gossip is not authenticated yet).
+//! Gossip is attacked with real chitchat nodes started in this process.
 
 #![cfg(not(madsim))]
 
@@ -377,12 +376,14 @@ async fn nodes_without_the_clusters_certificate_cannot_join() {
     tls::write_node(
         &node4,
         &foreign,
+        &blixard_api::identity::create_gossip_key().unwrap(),
         &tls::issue_node_cert(&foreign, 4).unwrap(),
     )
     .unwrap();
     let ca = &blixard_tests::test_ca().1;
     let node5 = cluster.dir.path().join("node5").join("tls");
-    tls::write_node(&node5, ca, &tls::issue_node_cert(ca, 6).unwrap()).unwrap();
+    let node6 = tls::issue_node_cert(ca, 6).unwrap();
+    tls::write_node(&node5, ca, &blixard_tests::test_gossip_keys(), &node6).unwrap();
     cluster.add_node(4, Some(1));
     cluster.add_node(5, Some(1));
     for (id, reason) in [(4, "could not join"), (5, "is the certificate of node 6")] {
@@ -534,6 +535,117 @@ async fn client_requests_need_a_token_the_cluster_holds() {
         )
         .await;
     }
+}
+
+/// Reads `stream` until it ends with an error; returns that error.
+async fn stream_end<T: std::fmt::Debug>(
+    what: &str,
+    stream: &mut tonic::Streaming<T>,
+) -> tonic::Status {
+    let deadline = Duration::from_secs(20);
+    let ended = tokio::time::timeout(deadline, async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("{what} ended without saying why"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await;
+    let status = ended.unwrap_or_else(|_| panic!("{what} still open after {deadline:?}"));
+    assert!(
+        matches!(stream.message().await, Ok(None) | Err(_)),
+        "{what} went on after its error"
+    );
+    status
+}
+
+/// Goal: a stream opened with a token lasts no longer than the token.
+/// Method: VM watches and a followed event stream opened with an operator
+/// token on each node, and a watch opened with a viewer token that
+/// expires; the streams deliver, then the operator token is revoked: every
+/// stream ends with Unauthenticated saying revoked or expired.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_end_when_their_token_is_revoked_or_expires() {
+    use blixard_api::pb::cluster_client::ClusterClient;
+    let cluster = TestCluster::start(3, Timings::default()).await;
+    let create = |args: &[&str]| -> serde_json::Value {
+        let mut full = vec!["acl", "token", "create", "-o", "json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&cluster.cli_ok(1, &full)).unwrap()
+    };
+    let operator = create(&["--name", "watcher", "--role", "operator"]);
+    let brief = create(&["--name", "brief", "--role", "viewer", "--ttl", "6s"]);
+    let operator_secret = operator["secret"].as_str().unwrap().to_string();
+    let brief_secret = brief["secret"].as_str().unwrap().to_string();
+    let watch = |id: u64, secret: String| {
+        let cluster = &cluster;
+        async move {
+            eventually(
+                "a watch with the token",
+                Duration::from_secs(10),
+                || async {
+                    let channel = cluster.channel_with(id, Some(&secret)).await?;
+                    let stream = VmClient::new(channel)
+                        .watch(pb::WatchVmsRequest::default())
+                        .await
+                        .ok()?;
+                    Some(stream.into_inner())
+                },
+            )
+            .await
+        }
+    };
+    let mut brief_watch = watch(1, brief_secret).await;
+    let mut watches = Vec::new();
+    for id in 1..=3 {
+        watches.push((id, watch(id, operator_secret.clone()).await));
+    }
+    let mut events = ClusterClient::new(
+        cluster
+            .channel_with(3, Some(&operator_secret))
+            .await
+            .unwrap(),
+    )
+    .events(pb::EventsRequest {
+        follow: true,
+        recent_max: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner();
+
+    // The streams are live: each sees a VM created after it opened.
+    create_vm(&mut cluster.vm_client(1).await, "seen")
+        .await
+        .unwrap();
+    for (id, stream) in &mut watches {
+        let event = stream.message().await.unwrap().unwrap();
+        assert_eq!(event.vm.unwrap().spec.unwrap().name, "seen", "node {id}");
+    }
+    events.message().await.unwrap().unwrap();
+
+    let expired = stream_end("the viewer's watch", &mut brief_watch).await;
+    assert_eq!(expired.code(), tonic::Code::Unauthenticated);
+    assert!(expired.message().contains("expired"), "{expired:?}");
+
+    cluster.cli_ok(
+        2,
+        &[
+            "acl",
+            "token",
+            "revoke",
+            operator["accessor"].as_str().unwrap(),
+        ],
+    );
+    for (id, stream) in &mut watches {
+        let status = stream_end(&format!("node {id}'s watch"), stream).await;
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "node {id}");
+        assert!(status.message().contains("revoked"), "{status:?}");
+    }
+    let status = stream_end("the event stream", &mut events).await;
+    assert!(status.message().contains("revoked"), "{status:?}");
 }
 
 /// One call of `path` with an empty message (every proto3 request decodes
@@ -688,4 +800,200 @@ async fn a_node_dialled_by_id_must_present_that_nodes_certificate() {
     assert!(wrong.is_err(), "node 2 answered as node 3");
     assert!(dial(Some(2)).await.is_ok(), "node 2 refused as itself");
     assert!(dial(None).await.is_ok(), "node 2 refused as a cluster node");
+}
+
+/// A chitchat node of the attacker's, gossiping as `node_id` to the
+/// cluster's nodes with `security` (none: an outsider).
+async fn forged_gossip(
+    cluster: &TestCluster,
+    node_id: u64,
+    memory_mib: u64,
+    security: Option<blixard_membership::GossipSecurity>,
+) -> blixard_membership::Membership {
+    use blixard_membership::{Membership, MembershipConfig, NodeInfo, NodeRole};
+    let address = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let config = MembershipConfig {
+        node_id,
+        cluster_name: "blixard".into(),
+        gossip_bind: address,
+        gossip_advertise: address,
+        seeds: (1..=3).map(|id| cluster.address(id).to_string()).collect(),
+        gossip_interval_ms: 50,
+        phi_threshold: 8.0,
+        dead_node_forget_after_ms: 3_600_000,
+        security,
+    };
+    let info = NodeInfo {
+        node_id,
+        api_address: address.to_string(),
+        role: NodeRole::Worker,
+        vcpus_total: 512,
+        memory_mib_total: memory_mib,
+        memory_mib_free: memory_mib,
+        disk_mib_free: 1 << 30,
+        hypervisors: vec!["qemu".into()],
+        accel: "kvm".into(),
+        labels: Default::default(),
+        vms_running: 0,
+        version: "forged".into(),
+    };
+    Membership::start(config, &info).await.unwrap()
+}
+
+/// Goal: gossip from anyone without the cluster's gossip key is not even
+/// read, and a gossip key holder cannot speak for another node nor get a
+/// node scheduled on by gossip alone. Method: the review's forged
+/// chitchat node impersonating live node 2 with a newer generation, with
+/// no key, with a wrong key, and with the key but node 5's certificate; a
+/// made-up node 77 offering 1 TiB of memory with no key, and node 78 with
+/// the key and a real certificate of its own. Every node must refuse and
+/// log the forgeries, keep the real node 2 (its address, alive, voter),
+/// list neither 77 nor any forger, leave a VM only 77 or 78 could hold
+/// unplaced, and take writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_gossip_is_refused_and_changes_nothing() {
+    use blixard_api::identity::{self, GOSSIP_KEY_FILE};
+    use blixard_api::pb::node_client::NodeClient;
+    use blixard_api::tls;
+    use blixard_daemon::security::gossip_security;
+    let cluster = TestCluster::start(3, Timings::default()).await;
+    let ca = &blixard_tests::test_ca().1;
+    let keys = identity::parse_gossip_keys(
+        std::path::Path::new(GOSSIP_KEY_FILE),
+        &blixard_tests::test_gossip_keys(),
+    )
+    .unwrap();
+    let wrong_keys = identity::parse_gossip_keys(
+        std::path::Path::new(GOSSIP_KEY_FILE),
+        &identity::create_gossip_key().unwrap(),
+    )
+    .unwrap();
+    let certified = |id: u64, keys: &[identity::GossipKey]| {
+        let node = tls::issue_node_cert(ca, id).unwrap();
+        Some(gossip_security(&ca.cert_pem, &node, keys.to_vec()).unwrap())
+    };
+    let real_two = eventually(
+        "node 2 in node 1's gossip",
+        Duration::from_secs(20),
+        || async {
+            let nodes = NodeClient::new(cluster.channel(1).await?)
+                .list(pb::ListNodesRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .nodes;
+            let two = nodes.into_iter().find(|n| n.node_id == 2)?;
+            (!two.gossip_address.is_empty()).then_some(two.gossip_address)
+        },
+    )
+    .await;
+    const TIB_MIB: u64 = 1 << 20;
+    let forgers = vec![
+        forged_gossip(&cluster, 2, TIB_MIB, None).await,
+        forged_gossip(&cluster, 2, TIB_MIB, certified(2, &wrong_keys)).await,
+        forged_gossip(&cluster, 2, TIB_MIB, certified(5, &keys)).await,
+        forged_gossip(&cluster, 77, TIB_MIB, None).await,
+        forged_gossip(&cluster, 78, TIB_MIB, certified(78, &keys)).await,
+    ];
+    let impostor_address = forgers[2].gossip_address().to_string();
+
+    // Every node has heard (and refused) the outsiders, and has seen the
+    // key holder's record for node 2 and ignored it.
+    for id in 1..=3 {
+        eventually(
+            &format!("node {id} to refuse forged gossip"),
+            Duration::from_secs(30),
+            || async {
+                // Listing nodes makes the node read its gossip view.
+                NodeClient::new(cluster.channel(id).await?)
+                    .list(pb::ListNodesRequest::default())
+                    .await
+                    .ok()?;
+                let log = cluster.log(id);
+                let refused = log.contains("refused a gossip datagram");
+                let ignored = log.lines().any(|line| {
+                    line.contains("ignoring an unverified gossip record")
+                        && line.contains(&impostor_address)
+                        && line.contains("the certificate of node 5 gossips as node 2")
+                });
+                (refused && ignored).then_some(())
+            },
+        )
+        .await;
+    }
+
+    // A VM only a 1 TiB node could hold stays unplaced: gossip alone does
+    // not make a node the scheduler may use.
+    let mut spec = blixard_tests::flake_spec("too-big");
+    spec.memory_mib = TIB_MIB / 2;
+    cluster
+        .vm_client(1)
+        .await
+        .create(pb::CreateVmRequest {
+            spec: Some(spec),
+            replicas: 0,
+            stopped: false,
+        })
+        .await
+        .unwrap();
+    cluster
+        .vm_client(1)
+        .await
+        .start(pb::VmNameRequest {
+            name: "too-big".into(),
+        })
+        .await
+        .unwrap();
+    let reason = eventually(
+        "the scheduler to give up on too-big",
+        Duration::from_secs(30),
+        || async {
+            let vm = cluster
+                .vm_client(1)
+                .await
+                .get(pb::VmNameRequest {
+                    name: "too-big".into(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .vm?;
+            let reason = vm.observed?.reason;
+            assert_eq!(vm.assigned_node, 0, "placed on gossip alone");
+            reason.contains("no node fits").then_some(reason)
+        },
+    )
+    .await;
+    assert!(!reason.contains("77") && !reason.contains("78"), "{reason}");
+
+    for id in 1..=3 {
+        let nodes = NodeClient::new(cluster.channel(id).await.unwrap())
+            .list(pb::ListNodesRequest::default())
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes;
+        let ids: Vec<u64> = nodes.iter().map(|n| n.node_id).collect();
+        assert!(
+            !ids.contains(&77),
+            "node {id} lists the outsider 77: {nodes:?}"
+        );
+        let two = nodes.iter().find(|n| n.node_id == 2).unwrap();
+        assert_eq!(two.gossip_address, real_two, "node {id}: {two:?}");
+        assert_eq!(two.liveness, "alive", "node {id}: {two:?}");
+        assert_eq!(two.role, "voter", "node {id}: {two:?}");
+        assert!(two.problem.is_empty(), "node {id}: {two:?}");
+        // Node 78 holds the key and its own certificate: gossip may show
+        // it, but only as what it is, a node the cluster never admitted.
+        if let Some(ghost) = nodes.iter().find(|n| n.node_id == 78) {
+            assert!(!ghost.member && !ghost.eligible, "node {id}: {ghost:?}");
+        }
+    }
+    assert_healthy(&cluster, "forged-gossip", &["too-big"]).await;
+    for forger in forgers {
+        forger.shutdown().await;
+    }
 }

@@ -168,11 +168,11 @@ fn missing_certificates_or_unreachable_join_address_fail_without_writing_data() 
     let certs = dir.path().join("certs");
     let ca = &blixard_tests::test_ca().1;
     let node = blixard_api::tls::issue_node_cert(ca, 2).unwrap();
-    blixard_api::tls::write_node(&certs, ca, &node).unwrap();
+    blixard_api::tls::write_node(&certs, ca, &blixard_tests::test_gossip_keys(), &node).unwrap();
     std::fs::write(
         &config,
         format!(
-            "[tls]\nca_file = \"{0}/ca.pem\"\ncert_file = \"{0}/node.pem\"\nkey_file = \"{0}/node-key.pem\"\n",
+            "[tls]\nca_file = \"{0}/ca.pem\"\ncert_file = \"{0}/node.pem\"\nkey_file = \"{0}/node-key.pem\"\ngossip_key_file = \"{0}/gossip.key\"\n",
             certs.display()
         ),
     )

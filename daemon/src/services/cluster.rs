@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::{lease, Caller};
 use crate::convert::{event_to_pb, host_to_pb, settings_to_pb};
 use crate::Error;
 
@@ -278,6 +279,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
         // Subscribe before reading the backlog so nothing falls between.
         let mut events = self.raft.subscribe();
@@ -313,9 +315,11 @@ impl pb::cluster_server::Cluster for ClusterService {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as EventStream
-        ))
+        Ok(Response::new(lease::while_token_valid(
+            caller.as_ref(),
+            self.raft.clone(),
+            Box::pin(ReceiverStream::new(rx)),
+        )))
     }
 
     async fn remove_node(

@@ -12,6 +12,7 @@
 pub mod acl;
 pub mod cluster;
 pub mod feed;
+pub mod lease;
 pub mod node;
 pub mod raft;
 pub mod rules;

@@ -11,6 +11,7 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::vm_node::{now_unix_ms, LogStream, VmNode};
+use super::{lease, Caller};
 use crate::convert::{vm_info_to_pb, vm_spec_from_pb};
 use crate::Error;
 
@@ -217,7 +218,13 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::VmLogsRequest>,
     ) -> Result<Response<Self::LogsStream>, Status> {
-        Ok(Response::new(self.node.logs(request).await?))
+        let caller = request.extensions().get::<Caller>().cloned();
+        let logs = self.node.logs(request).await?;
+        Ok(Response::new(lease::while_token_valid(
+            caller.as_ref(),
+            self.raft.clone(),
+            logs,
+        )))
     }
 
     async fn stats(
@@ -231,8 +238,9 @@ impl pb::vm_server::Vm for VmService {
 
     async fn watch(
         &self,
-        _request: Request<pb::WatchVmsRequest>,
+        request: Request<pb::WatchVmsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
+        let caller = request.extensions().get::<Caller>().cloned();
         // Subscribe before reading so no change falls between the two.
         let mut events = self.raft.subscribe();
         self.raft.read_barrier().await.map_err(Error::from)?;
@@ -276,9 +284,11 @@ impl pb::vm_server::Vm for VmService {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as WatchStream
-        ))
+        Ok(Response::new(lease::while_token_valid(
+            caller.as_ref(),
+            self.raft.clone(),
+            Box::pin(ReceiverStream::new(rx)),
+        )))
     }
 }
 

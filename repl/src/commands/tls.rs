@@ -4,6 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
+use blixard_api::identity::GOSSIP_KEY_FILE;
 use blixard_api::tls;
 use serde::Serialize;
 
@@ -51,20 +52,30 @@ pub fn create_ca(out: &Path, name: &str) -> anyhow::Result<Written> {
     let ca = tls::create_ca(name).map_err(failed)?;
     tls::write_ca(out, &ca).map_err(failed)?;
     Ok(Written {
-        files: vec![out.join(tls::CA_FILE), out.join(tls::CA_KEY_FILE)],
-    })
-}
-
-/// Writes node `node_id`'s certificate, key and the CA certificate into `out`.
-pub fn create_node(ca_dir: &Path, node_id: u64, out: &Path) -> anyhow::Result<Written> {
-    blixard_api::validate::node_id(node_id)?;
-    let ca = tls::read_ca(ca_dir).map_err(failed)?;
-    let node = tls::issue_node_cert(&ca, node_id).map_err(failed)?;
-    tls::write_node(out, &ca, &node).map_err(failed)?;
-    Ok(Written {
-        files: [tls::CA_FILE, tls::NODE_CERT_FILE, tls::NODE_KEY_FILE]
+        files: [tls::CA_FILE, tls::CA_KEY_FILE, GOSSIP_KEY_FILE]
             .iter()
             .map(|name| out.join(name))
             .collect(),
+    })
+}
+
+/// Writes node `node_id`'s certificate, key, the CA certificate and the
+/// cluster's gossip keys into `out`.
+pub fn create_node(ca_dir: &Path, node_id: u64, out: &Path) -> anyhow::Result<Written> {
+    blixard_api::validate::node_id(node_id)?;
+    let ca = tls::read_ca(ca_dir).map_err(failed)?;
+    let gossip_keys = tls::read_gossip_key_text(ca_dir).map_err(failed)?;
+    let node = tls::issue_node_cert(&ca, node_id).map_err(failed)?;
+    tls::write_node(out, &ca, &gossip_keys, &node).map_err(failed)?;
+    Ok(Written {
+        files: [
+            tls::CA_FILE,
+            GOSSIP_KEY_FILE,
+            tls::NODE_CERT_FILE,
+            tls::NODE_KEY_FILE,
+        ]
+        .iter()
+        .map(|name| out.join(name))
+        .collect(),
     })
 }

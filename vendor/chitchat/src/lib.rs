@@ -62,7 +62,14 @@ pub fn setup_tracing_for_tests() {
 /// we send the self digest "in full".
 /// An Ethernet frame size of 1400B would limit us to 20 nodes
 /// or so.
-pub(crate) const MAX_UDP_DATAGRAM_PAYLOAD_SIZE: usize = 65_507;
+///
+/// Blixard: `TRANSPORT_OVERHEAD_MAX` bytes are left for a transport that
+/// wraps each datagram (sealing adds a header and an authentication tag).
+pub(crate) const MAX_UDP_DATAGRAM_PAYLOAD_SIZE: usize = 65_507 - TRANSPORT_OVERHEAD_MAX;
+
+/// Bytes a transport may add to each datagram chitchat serializes and still
+/// fit one UDP datagram.
+pub const TRANSPORT_OVERHEAD_MAX: usize = 64;
 
 /// Number of bytes left for a delta payload in a single reply datagram, once
 /// the message header and `reserved_len` bytes (e.g. a digest carried in the

@@ -1,5 +1,7 @@
 //! Gossip at scale: real chitchat instances (Blixard's membership layer)
-//! on 127.0.0.1, one UDP socket each, in this process.
+//! on 127.0.0.1, one UDP socket each, in this process, sealed and signed
+//! as a secured cluster's gossip is (a CA and a certificate per node made
+//! for the run).
 //!
 //! Invariant: every figure is the time until *every* observer saw the
 //! change; p50/p99 are over the observers.
@@ -7,7 +9,12 @@
 use std::net::{SocketAddr, UdpSocket};
 use std::time::{Duration, Instant};
 
-use blixard_membership::{Member, Membership, MembershipConfig, NodeInfo, NodeRole};
+use blixard_api::identity::{self, GOSSIP_KEY_FILE};
+use blixard_api::tls;
+use blixard_daemon::security;
+use blixard_membership::{
+    GossipSecurity, Member, Membership, MembershipConfig, NodeInfo, NodeRole,
+};
 use indicatif::ProgressBar;
 
 use super::load::percentile_ms;
@@ -37,7 +44,40 @@ fn info(node_id: u64) -> NodeInfo {
     }
 }
 
-async fn start(node_id: u64, seeds: Vec<String>, interval_ms: u64) -> anyhow::Result<Membership> {
+/// What the benchmark's nodes prove themselves with.
+struct BenchCa {
+    ca: tls::CertifiedKey,
+    keys: Vec<identity::GossipKey>,
+}
+
+impl BenchCa {
+    fn new() -> anyhow::Result<Self> {
+        let keys = identity::parse_gossip_keys(
+            std::path::Path::new(GOSSIP_KEY_FILE),
+            &identity::create_gossip_key()?,
+        )?;
+        Ok(Self {
+            ca: tls::create_ca("blixard-bench")?,
+            keys,
+        })
+    }
+
+    fn security(&self, node_id: u64) -> anyhow::Result<GossipSecurity> {
+        let node = tls::issue_node_cert(&self.ca, node_id)?;
+        Ok(security::gossip_security(
+            &self.ca.cert_pem,
+            &node,
+            self.keys.clone(),
+        )?)
+    }
+}
+
+async fn start(
+    ca: &BenchCa,
+    node_id: u64,
+    seeds: Vec<String>,
+    interval_ms: u64,
+) -> anyhow::Result<Membership> {
     let address = free_udp_address()?;
     let config = MembershipConfig {
         node_id,
@@ -48,6 +88,7 @@ async fn start(node_id: u64, seeds: Vec<String>, interval_ms: u64) -> anyhow::Re
         gossip_interval_ms: interval_ms,
         phi_threshold: PHI_THRESHOLD,
         dead_node_forget_after_ms: 3_600_000,
+        security: Some(ca.security(node_id)?),
     };
     Ok(Membership::start(config, &info(node_id)).await?)
 }
@@ -107,15 +148,16 @@ pub async fn rows(
     // Observing too often would take the CPU the gossip itself needs.
     let poll_ms = (interval_ms / 5).max(10);
     let note = format!(
-        "{nodes} chitchat nodes on 127.0.0.1, gossip every {interval_ms} ms, phi {PHI_THRESHOLD}; polled every {poll_ms} ms"
+        "{nodes} chitchat nodes on 127.0.0.1, sealed and signed, gossip every {interval_ms} ms, phi {PHI_THRESHOLD}; polled every {poll_ms} ms"
     );
     spinner.set_message(format!("gossip: starting {nodes} nodes"));
     let started = Instant::now();
-    let first = start(1, Vec::new(), interval_ms).await?;
+    let ca = BenchCa::new()?;
+    let first = start(&ca, 1, Vec::new(), interval_ms).await?;
     let seeds = vec![first.gossip_address().to_string()];
     let mut members = vec![first];
     for node_id in 2..=nodes as u64 {
-        members.push(start(node_id, seeds.clone(), interval_ms).await?);
+        members.push(start(&ca, node_id, seeds.clone(), interval_ms).await?);
     }
     spinner.set_message(format!("gossip: {nodes} nodes converging"));
     let starting_us = started.elapsed().as_micros() as u64;
@@ -134,7 +176,7 @@ pub async fn rows(
 
     spinner.set_message(format!("gossip: a new node joins {nodes}"));
     let newcomer_id = nodes as u64 + 1;
-    let newcomer = start(newcomer_id, seeds.clone(), interval_ms).await?;
+    let newcomer = start(&ca, newcomer_id, seeds.clone(), interval_ms).await?;
     let joined = observe(&members, poll_ms, "the new node", |seen| {
         seen.iter().any(|m| m.node_id == newcomer_id && m.alive)
     })

@@ -282,9 +282,14 @@ async fn placement_and_footprint(
         "largest of 3 voters, agent off, empty cluster".into(),
     )];
     let address = cluster.nodes[0].address.clone();
-    let simulated =
-        placement::SimulatedNodes::join(&address, &cluster.ca, sizes.placement_nodes, spinner)
-            .await?;
+    let simulated = placement::SimulatedNodes::join(
+        &address,
+        &cluster.ca,
+        &cluster.gossip_keys,
+        sizes.placement_nodes,
+        spinner,
+    )
+    .await?;
     let placed = placement::end_to_end_row(
         &address,
         sizes.placement_nodes,

@@ -10,11 +10,13 @@ use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 
 use blixard_api::connect::Security;
+use blixard_api::identity::GossipKey;
 use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_api::pb::state_feed_client::StateFeedClient;
 use blixard_api::{pb, tls};
 use blixard_consensus::{ClusterState, Command, DesiredState, HostFacts, RunnerSource, VmSpec};
 use blixard_daemon::controllers::scheduler::{self, NodeView, Params};
+use blixard_daemon::security;
 use blixard_membership::{Membership, MembershipConfig, NodeInfo, NodeRole};
 use indicatif::ProgressBar;
 use tokio_stream::StreamExt;
@@ -104,10 +106,12 @@ pub struct SimulatedNodes {
 impl SimulatedNodes {
     /// Joins `count` nodes to the cluster at `address` (whose gossip
     /// listens on the same host and port over UDP) and reports their hosts.
-    /// Each node proves itself with a certificate of the cluster's `ca`.
+    /// Each node proves itself with a certificate of the cluster's `ca`,
+    /// and gossips with the cluster's `gossip_keys`.
     pub async fn join(
         address: &str,
         ca: &tls::CertifiedKey,
+        gossip_keys: &[GossipKey],
         count: u64,
         spinner: &ProgressBar,
     ) -> anyhow::Result<Self> {
@@ -155,6 +159,11 @@ impl SimulatedNodes {
                 gossip_interval_ms: 500,
                 phi_threshold: 8.0,
                 dead_node_forget_after_ms: 3_600_000,
+                security: Some(security::gossip_security(
+                    &ca.cert_pem,
+                    &certificate,
+                    gossip_keys.to_vec(),
+                )?),
             };
             gossip.push(Membership::start(config, &info).await?);
             let facts = Command::SetHostFacts {

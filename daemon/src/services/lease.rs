@@ -1,0 +1,99 @@
+//! Streams a client opened live only as long as its token.
+//!
+//! Invariant: a stream opened with a token (`Caller::Client`) yields
+//! nothing more once that token is revoked or expired on this node: within
+//! [`TOKEN_RECHECK_INTERVAL_MS`] its last item is `Unauthenticated` naming
+//! why, and then it ends. Streams of nodes (certificates) and of a cluster
+//! run with security off are passed through.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::Stream;
+use tokio::time::{Interval, MissedTickBehavior};
+use tonic::Status;
+
+use super::vm_node::now_unix_ms;
+use super::Caller;
+use crate::handle::ClusterHandle;
+
+/// How often an open stream re-checks its token: the most a revoked or
+/// expired token keeps a stream.
+pub const TOKEN_RECHECK_INTERVAL_MS: u64 = 1_000;
+
+pub type BoxedStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// `stream`, ended once `caller`'s token stops being valid.
+pub fn while_token_valid<T: Send + 'static>(
+    caller: Option<&Caller>,
+    state: ClusterHandle,
+    stream: BoxedStream<T>,
+) -> BoxedStream<T> {
+    let Some(Caller::Client { accessor }) = caller else {
+        return stream;
+    };
+    let mut recheck = tokio::time::interval(Duration::from_millis(TOKEN_RECHECK_INTERVAL_MS));
+    recheck.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    Box::pin(TokenBound {
+        inner: stream,
+        accessor: accessor.clone(),
+        state,
+        recheck,
+        ended: false,
+    })
+}
+
+struct TokenBound<T> {
+    inner: BoxedStream<T>,
+    accessor: String,
+    state: ClusterHandle,
+    recheck: Interval,
+    ended: bool,
+}
+
+impl<T> TokenBound<T> {
+    /// Why the token no longer holds, if it does not.
+    fn refusal(&self) -> Option<Status> {
+        let valid = self.state.read_state(|state| {
+            state
+                .tokens
+                .get(&self.accessor)
+                .map(|token| token.is_valid_at(now_unix_ms()))
+        });
+        match valid {
+            Some(true) => None,
+            Some(false) => Some(Status::unauthenticated(format!(
+                "token {} has expired; this stream ends",
+                self.accessor
+            ))),
+            None => Some(Status::unauthenticated(format!(
+                "token {} was revoked; this stream ends",
+                self.accessor
+            ))),
+        }
+    }
+}
+
+impl<T> Stream for TokenBound<T> {
+    type Item = Result<T, Status>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        // Polling until pending leaves the timer registered to wake us.
+        while this.recheck.poll_tick(cx).is_ready() {
+            if let Some(status) = this.refusal() {
+                this.ended = true;
+                return Poll::Ready(Some(Err(status)));
+            }
+        }
+        let next = this.inner.as_mut().poll_next(cx);
+        if matches!(next, Poll::Ready(None)) {
+            this.ended = true;
+        }
+        next
+    }
+}
