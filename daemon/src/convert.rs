@@ -71,6 +71,59 @@ pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationErr
     })
 }
 
+/// Marks a value [`redact_cmdline`] hid.
+pub const REDACTED: &str = "<redacted>";
+
+/// Whether a command-line key names a secret (`db_password`, `API_KEY`,
+/// `systemd.setenv=TOKEN`, ...).
+fn names_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["pass", "secret", "token", "credential", "auth", "private"]
+        .iter()
+        .any(|word| key.contains(word))
+        || key.ends_with("key")
+        || key.contains("key_")
+}
+
+/// `cmdline` with the value of every secret-looking `key=value` replaced
+/// by [`REDACTED`]: everything after the first key that names a secret, so
+/// `systemd.setenv=DB_PASSWORD=x` keeps its keys and hides `x`.
+pub fn redact_cmdline(cmdline: &str) -> String {
+    cmdline
+        .split(' ')
+        .map(|word| {
+            let mut kept = String::new();
+            for (index, segment) in word.split('=').enumerate() {
+                if index > 0 {
+                    kept.push('=');
+                }
+                kept.push_str(segment);
+                let rest = word.len() > kept.len();
+                if rest && names_secret(segment) {
+                    kept.push('=');
+                    kept.push_str(REDACTED);
+                    return kept;
+                }
+            }
+            kept
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Redacts the secrets in a VM's command line (for callers without
+/// `vm:read-secrets`).
+pub fn redact_vm_info(vm: &mut pb::VmInfo) {
+    let kernel = vm
+        .spec
+        .as_mut()
+        .and_then(|spec| spec.runner.as_mut())
+        .and_then(|runner| runner.source.as_mut());
+    if let Some(pb::runner_source::Source::Kernel(kernel)) = kernel {
+        kernel.cmdline = redact_cmdline(&kernel.cmdline);
+    }
+}
+
 pub fn vm_info_to_pb(vm: &VmRecord) -> pb::VmInfo {
     let source = match &vm.spec.runner {
         RunnerSource::Kernel {
@@ -187,5 +240,31 @@ pub fn event_to_pb(record: &blixard_consensus::EventRecord) -> pb::ClusterEvent 
         vm: record.event.vm.clone().unwrap_or_default(),
         node_id: record.event.node_id.unwrap_or(0),
         message: record.event.message.clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_looking_values_are_redacted_and_nothing_else() {
+        let cases = [
+            ("console=ttyS0 root=/dev/vda", "console=ttyS0 root=/dev/vda"),
+            ("db_password=hunter2 quiet", "db_password=<redacted> quiet"),
+            ("API_KEY=abc=def", "API_KEY=<redacted>"),
+            (
+                "systemd.setenv=DB_PASSWORD=x systemd.setenv=MODE=prod",
+                "systemd.setenv=DB_PASSWORD=<redacted> systemd.setenv=MODE=prod",
+            ),
+            ("token= secret", "token=<redacted> secret"),
+            ("auth_header=Bearer", "auth_header=<redacted>"),
+            ("password", "password"),
+            ("", ""),
+            ("  two  spaces ", "  two  spaces "),
+        ];
+        for (cmdline, expected) in cases {
+            assert_eq!(redact_cmdline(cmdline), expected, "{cmdline:?}");
+        }
     }
 }

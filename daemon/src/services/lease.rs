@@ -30,7 +30,7 @@ pub fn while_token_valid<T: Send + 'static>(
     state: ClusterHandle,
     stream: BoxedStream<T>,
 ) -> BoxedStream<T> {
-    let Some(Caller::Client { accessor }) = caller else {
+    let Some(Caller::Client { accessor, .. }) = caller else {
         return stream;
     };
     let mut recheck = tokio::time::interval(Duration::from_millis(TOKEN_RECHECK_INTERVAL_MS));

@@ -34,7 +34,7 @@ pub enum Caller {
     /// A cluster node, by its certificate.
     Node(u64),
     /// A client that presented a valid token (by its accessor).
-    Client { accessor: String },
+    Client { accessor: String, role: TokenRole },
     /// Security is off: nothing was proven.
     Unverified,
 }
@@ -106,7 +106,7 @@ impl Authorize {
                 permission.as_str()
             )));
         }
-        Ok(Caller::Client { accessor })
+        Ok(Caller::Client { accessor, role })
     }
 
     /// The accessor and role of the request's bearer token, or
@@ -155,6 +155,18 @@ fn certificate_node(request: &Request<()>) -> Option<u64> {
 #[cfg(madsim)]
 fn certificate_node(_request: &Request<()>) -> Option<u64> {
     None
+}
+
+/// Whether the caller may read secrets in VM specs (`vm:read-secrets`):
+/// nodes and a cluster with security off may; a client only if its token
+/// allows it. A request no interceptor marked may not (simulations, which
+/// run no interceptor, run insecure).
+pub fn reads_secrets<T>(request: &Request<T>) -> bool {
+    match request.extensions().get::<Caller>() {
+        Some(Caller::Node(_) | Caller::Unverified) => true,
+        Some(Caller::Client { role, .. }) => rules::allows(*role, rules::Permission::VmReadSecrets),
+        None => cfg!(madsim),
+    }
 }
 
 /// For RPCs only cluster nodes may make: the calling node's id (`None`

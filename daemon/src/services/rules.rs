@@ -14,6 +14,9 @@ pub enum Permission {
     /// Membership and settings.
     ClusterAdmin,
     VmRead,
+    /// Secret-looking values in VM command lines (`password=...`), which
+    /// are redacted for tokens without it.
+    VmReadSecrets,
     VmWrite,
     NodeRead,
     /// Eligibility and drains.
@@ -29,6 +32,7 @@ impl Permission {
             Permission::ClusterRead => "cluster:read",
             Permission::ClusterAdmin => "cluster:admin",
             Permission::VmRead => "vm:read",
+            Permission::VmReadSecrets => "vm:read-secrets",
             Permission::VmWrite => "vm:write",
             Permission::NodeRead => "node:read",
             Permission::NodeWrite => "node:write",
@@ -119,6 +123,7 @@ mod tests {
             ClusterRead,
             ClusterAdmin,
             VmRead,
+            VmReadSecrets,
             VmWrite,
             NodeRead,
             NodeWrite,
@@ -133,5 +138,9 @@ mod tests {
         assert!(!allows(TokenRole::Operator, AclAdmin));
         assert!(!allows(TokenRole::Viewer, VmWrite));
         assert!(allows(TokenRole::Viewer, VmRead));
+        // Whoever may write VMs reads them whole (an export applies back
+        // unchanged); a viewer sees secrets redacted.
+        assert!(allows(TokenRole::Operator, VmReadSecrets));
+        assert!(!allows(TokenRole::Viewer, VmReadSecrets));
     }
 }

@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::vm_node::{now_unix_ms, LogStream, VmNode};
 use super::{lease, Caller};
-use crate::convert::{vm_info_to_pb, vm_spec_from_pb};
+use crate::convert::{redact_vm_info, vm_info_to_pb, vm_spec_from_pb};
 use crate::Error;
 
 /// Events buffered per watcher between the state and its gRPC stream.
@@ -188,13 +188,17 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::VmNameRequest>,
     ) -> Result<Response<pb::VmResponse>, Status> {
+        let reads_secrets = super::reads_secrets(&request);
         let name = request.into_inner().name;
         validate::vm_name(&name).map_err(Error::from)?;
         self.raft.read_barrier().await.map_err(Error::from)?;
         let (vm, revision) = self
             .raft
             .read_state(|s| (s.vms.get(&name).map(vm_info_to_pb), s.revision));
-        let vm = vm.ok_or_else(|| Status::not_found(format!("no VM named {name:?}")))?;
+        let mut vm = vm.ok_or_else(|| Status::not_found(format!("no VM named {name:?}")))?;
+        if !reads_secrets {
+            redact_vm_info(&mut vm);
+        }
         Ok(Response::new(pb::VmResponse {
             vm: Some(vm),
             revision,
@@ -203,12 +207,16 @@ impl pb::vm_server::Vm for VmService {
 
     async fn list(
         &self,
-        _request: Request<pb::ListVmsRequest>,
+        request: Request<pb::ListVmsRequest>,
     ) -> Result<Response<pb::ListVmsResponse>, Status> {
+        let reads_secrets = super::reads_secrets(&request);
         self.raft.read_barrier().await.map_err(Error::from)?;
-        let (vms, revision) = self
+        let (mut vms, revision): (Vec<pb::VmInfo>, u64) = self
             .raft
             .read_state(|s| (s.vms.values().map(vm_info_to_pb).collect(), s.revision));
+        if !reads_secrets {
+            vms.iter_mut().for_each(redact_vm_info);
+        }
         Ok(Response::new(pb::ListVmsResponse { vms, revision }))
     }
 
@@ -241,6 +249,7 @@ impl pb::vm_server::Vm for VmService {
         request: Request<pb::WatchVmsRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
+        let reads_secrets = super::reads_secrets(&request);
         // Subscribe before reading so no change falls between the two.
         let mut events = self.raft.subscribe();
         self.raft.read_barrier().await.map_err(Error::from)?;
@@ -253,6 +262,7 @@ impl pb::vm_server::Vm for VmService {
                     vm: Some(vm_info_to_pb(vm)),
                     revision: s.revision,
                 })
+                .map(|event| redacted(event, reads_secrets))
                 .collect();
             (initial, s.revision)
         });
@@ -268,7 +278,7 @@ impl pb::vm_server::Vm for VmService {
                     Ok(StateEvent::Vm {
                         change,
                         revision: r,
-                    }) if r > revision => Ok(vm_event(&change, r)),
+                    }) if r > revision => Ok(redacted(vm_event(&change, r), reads_secrets)),
                     Ok(StateEvent::Vm { .. } | StateEvent::Cluster(_)) => continue,
                     Ok(StateEvent::Reset { .. }) => Err(Status::aborted(
                         "state was replaced by a snapshot; watch again",
@@ -290,6 +300,16 @@ impl pb::vm_server::Vm for VmService {
             Box::pin(ReceiverStream::new(rx)),
         )))
     }
+}
+
+/// `event` with its VM's secrets redacted unless the watcher reads them.
+fn redacted(mut event: pb::VmEvent, reads_secrets: bool) -> pb::VmEvent {
+    if !reads_secrets {
+        if let Some(vm) = event.vm.as_mut() {
+            redact_vm_info(vm);
+        }
+    }
+    event
 }
 
 fn vm_event(change: &VmChange, revision: u64) -> pb::VmEvent {
