@@ -387,9 +387,20 @@ pub enum Command {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case", tag = "transition")]
 pub enum Transition {
-    Command { command: Box<Command> },
-    MemberAdded { node_id: u64, address: String },
-    MemberRemoved { node_id: u64 },
+    Command {
+        command: Box<Command>,
+        /// Who asked, for the audit trail (absent for the cluster's own
+        /// decisions).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        audit: Option<Box<crate::audit::Audit>>,
+    },
+    MemberAdded {
+        node_id: u64,
+        address: String,
+    },
+    MemberRemoved {
+        node_id: u64,
+    },
 }
 
 impl Command {
@@ -545,6 +556,10 @@ pub struct ProposalTag {
 }
 
 impl ProposalTag {
+    /// Bytes of an encoded tag; an entry's context may go on after them
+    /// (see [`crate::audit::AuditContext`]).
+    pub const ENCODED_LEN: usize = 16;
+
     pub fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(16);
         bytes.extend_from_slice(&self.proposer.to_be_bytes());

@@ -13,6 +13,7 @@ use raft::prelude::Message;
 use raft::StateRole;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
+use crate::audit::AuditContext;
 use crate::command::{Applied, Command, Event, Transition, VmChange};
 use crate::state::ClusterState;
 use crate::{Error, Result};
@@ -53,6 +54,8 @@ pub(crate) enum Request {
     Propose {
         /// Boxed: commands vary widely in size.
         command: Box<Command>,
+        /// Who asked, when a client did (recorded in the audit trail).
+        audit: Option<Box<AuditContext>>,
         reply: oneshot::Sender<Result<Applied>>,
     },
     ChangeMembership {
@@ -243,8 +246,19 @@ impl RaftHandle {
     /// Proposes a command; returns once it is committed and applied here,
     /// with the result of applying it.
     pub async fn propose(&self, command: Command) -> Result<Applied> {
+        self.propose_audited(command, None).await
+    }
+
+    /// Proposes a command a client asked for (`audit` says who): once
+    /// accepted, the audit trail records it.
+    pub async fn propose_audited(
+        &self,
+        command: Command,
+        audit: Option<AuditContext>,
+    ) -> Result<Applied> {
         self.while_no_leader(|reply| Request::Propose {
             command: Box::new(command.clone()),
+            audit: audit.clone().map(Box::new),
             reply,
         })
         .await

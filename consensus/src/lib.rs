@@ -4,6 +4,7 @@
 //! Invariant: the cluster state on every node is the result of applying the
 //! same committed log prefix, in order, exactly once.
 
+pub mod audit;
 pub mod command;
 mod error;
 pub mod handle;

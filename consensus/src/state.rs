@@ -8,9 +8,11 @@
 //! refused command changes nothing. `apply` does no I/O and reads no
 //! clock, so every replica that applies the same log holds the same state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 
 use serde::{Deserialize, Serialize};
+
+use crate::audit::{Actor, Audit, AuditRecord, AUDIT_RECORDS_MAX};
 
 use crate::command::{
     validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
@@ -25,6 +27,8 @@ pub enum Touched {
     Node(u64),
     Settings,
     Tokens,
+    /// An audit record, by sequence number (added, or fallen off).
+    Audit(u64),
 }
 
 /// Everything the cluster agrees on.
@@ -39,6 +43,10 @@ pub struct ClusterState {
     /// Client tokens by accessor (secrets only as hashes).
     #[serde(default)]
     pub tokens: BTreeMap<String, Token>,
+    /// The last accepted client changes, oldest first (see
+    /// [`crate::audit`]).
+    #[serde(default)]
+    pub audit: VecDeque<AuditRecord>,
 }
 
 /// Tokens the cluster holds at most (each request scans them).
@@ -298,10 +306,45 @@ impl ClusterState {
         }
     }
 
+    /// Applies a committed command and, when a client asked for it and it
+    /// is accepted, records who did in the audit trail.
+    pub fn apply_audited(&mut self, command: Command, audit: Option<&Audit>) -> Outcome {
+        // The name the token had when it acted (a token may revoke itself).
+        let token_name = audit.and_then(|audit| match &audit.context.actor {
+            Actor::Token { accessor } => self.tokens.get(accessor).map(|t| t.name.clone()),
+            _ => None,
+        });
+        let action = command.kind();
+        let target = crate::audit::target(&command);
+        let mut outcome = self.apply(command);
+        if let (Ok(applied), Some(audit)) = (&outcome.result, audit) {
+            let seq = self.audit.back().map_or(1, |last| last.seq + 1);
+            self.audit.push_back(AuditRecord {
+                seq,
+                revision: applied.revision,
+                at_unix_ms: audit.context.at_unix_ms,
+                actor: audit.context.actor.clone(),
+                token_name,
+                via_node: audit.context.relayed_by.unwrap_or(audit.proposer),
+                from: audit.context.from.clone(),
+                action: action.to_string(),
+                target,
+            });
+            outcome.touched.push(Touched::Audit(seq));
+            while self.audit.len() > AUDIT_RECORDS_MAX {
+                let dropped = self.audit.pop_front().expect("the trail is not empty");
+                outcome.touched.push(Touched::Audit(dropped.seq));
+            }
+        }
+        outcome
+    }
+
     /// Replays one transition a voter applied (see [`Transition`]).
     pub fn replay(&mut self, transition: Transition) -> Outcome {
         match transition {
-            Transition::Command { command } => self.apply(*command),
+            Transition::Command { command, audit } => {
+                self.apply_audited(*command, audit.as_deref())
+            }
             Transition::MemberAdded { node_id, address } => self.add_member(node_id, address),
             Transition::MemberRemoved { node_id } => self.remove_member(node_id),
         }
@@ -887,6 +930,90 @@ mod tests {
         }
     }
 
+    fn by(accessor: &str, at_unix_ms: u64) -> Audit {
+        Audit {
+            context: crate::audit::AuditContext {
+                actor: Actor::Token {
+                    accessor: accessor.into(),
+                },
+                at_unix_ms,
+                from: "10.0.0.9:4000".into(),
+                relayed_by: None,
+            },
+            proposer: 2,
+        }
+    }
+
+    #[test]
+    fn accepted_client_commands_join_the_trail_and_replay_alike() {
+        let mut state = ClusterState::default();
+        let mut mirror = ClusterState::default();
+        let steps = [
+            (create("a"), Some(by("ops", 10))),
+            // Refused: no record.
+            (create("a"), Some(by("ops", 11))),
+            // The cluster's own decision: no record.
+            (
+                Command::SetVmDesiredState {
+                    name: "a".into(),
+                    desired_state: DesiredState::Running,
+                },
+                None,
+            ),
+            (Command::DeleteVm { name: "a".into() }, Some(by("ci", 12))),
+        ];
+        for (command, audit) in steps {
+            let outcome = state.apply_audited(command.clone(), audit.as_ref());
+            if outcome.result.is_ok() {
+                let transition = Transition::Command {
+                    command: Box::new(command),
+                    audit: audit.map(Box::new),
+                };
+                assert!(mirror.replay(transition).result.is_ok());
+            }
+        }
+        assert_eq!(mirror, state, "a worker's trail is the voters' trail");
+        let trail: Vec<_> = state
+            .audit
+            .iter()
+            .map(|r| {
+                (
+                    r.seq,
+                    r.action.as_str(),
+                    r.target.as_str(),
+                    r.at_unix_ms,
+                    r.via_node,
+                )
+            })
+            .collect();
+        assert_eq!(
+            trail,
+            [(1, "create_vm", "a", 10, 2), (2, "delete_vm", "a", 12, 2)]
+        );
+        assert_eq!(state.audit[1].revision, state.revision);
+        assert!(state.audit[0].is_by("ops") && !state.audit[0].is_by("ci"));
+    }
+
+    #[test]
+    fn the_trail_keeps_the_newest_records_and_names_what_fell_off() {
+        let mut state = ClusterState::default();
+        for n in 0..AUDIT_RECORDS_MAX + 2 {
+            let name = format!("vm{n}");
+            let outcome = state.apply_audited(create(&name), Some(&by("ops", n as u64)));
+            assert!(outcome.result.is_ok());
+            if n >= AUDIT_RECORDS_MAX {
+                let dropped = (n - AUDIT_RECORDS_MAX + 1) as u64;
+                assert!(outcome.touched.contains(&Touched::Audit(dropped)), "{n}");
+            }
+        }
+        assert_eq!(state.audit.len(), AUDIT_RECORDS_MAX);
+        assert_eq!(state.audit.front().unwrap().seq, 3);
+        assert_eq!(
+            state.audit.back().unwrap().seq,
+            AUDIT_RECORDS_MAX as u64 + 2
+        );
+    }
+
     #[test]
     fn tokens_are_made_and_revoked_but_never_the_last_admin() {
         let token = |accessor: &str, role| crate::command::Token {
@@ -1245,7 +1372,7 @@ mod tests {
                 let b = two.apply(command.clone()).result;
                 prop_assert_eq!(&a, &b);
                 if a.is_ok() {
-                    let transition = Transition::Command { command: Box::new(command) };
+                    let transition = Transition::Command { command: Box::new(command), audit: None };
                     prop_assert!(mirror.replay(transition).result.is_ok());
                     prop_assert_eq!(&mirror, &one);
                 }

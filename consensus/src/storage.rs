@@ -43,6 +43,12 @@ const KEY_REVISION: &str = "revision";
 const KEY_SETTINGS: &str = "settings";
 /// All tokens as one row: they are few (`TOKENS_MAX`) and change rarely.
 const KEY_TOKENS: &str = "tokens";
+/// Audit records are rows `audit/SEQ` (SEQ zero-padded, so they sort).
+const AUDIT_PREFIX: &str = "audit/";
+
+fn audit_key(seq: u64) -> String {
+    format!("{AUDIT_PREFIX}{seq:020}")
+}
 
 /// Raft storage plus the state machine's tables.
 pub struct LogStore {
@@ -264,6 +270,12 @@ impl LogStore {
         if let Some(bytes) = self.meta.get(rtxn, KEY_TOKENS)? {
             state.tokens = serde_json::from_slice(bytes).map_err(|e| corrupt("tokens", e))?;
         }
+        for item in self.meta.prefix_iter(rtxn, AUDIT_PREFIX)? {
+            let (_, bytes) = item?;
+            state
+                .audit
+                .push_back(serde_json::from_slice(bytes).map_err(|e| corrupt("audit record", e))?);
+        }
         for item in self.vms.iter(rtxn)? {
             let (name, bytes) = item?;
             let vm: VmRecord =
@@ -398,6 +410,16 @@ impl LogStore {
                 let bytes = serde_json::to_vec(&state.tokens).expect("tokens serialize");
                 self.meta.put(wtxn, KEY_TOKENS, &bytes)?;
             }
+            // Records only ever join at the back and fall off the front.
+            Touched::Audit(seq) => match state.audit.iter().rev().find(|r| r.seq == *seq) {
+                Some(record) => {
+                    let bytes = serde_json::to_vec(record).expect("audit records serialize");
+                    self.meta.put(wtxn, &audit_key(*seq), &bytes)?;
+                }
+                None => {
+                    self.meta.delete(wtxn, &audit_key(*seq))?;
+                }
+            },
         }
         Ok(())
     }
@@ -428,6 +450,18 @@ impl LogStore {
         self.meta.put(wtxn, KEY_SETTINGS, &settings)?;
         let tokens = serde_json::to_vec(&state.tokens).expect("tokens serialize");
         self.meta.put(wtxn, KEY_TOKENS, &tokens)?;
+        let stale: Vec<String> = self
+            .meta
+            .prefix_iter(wtxn, AUDIT_PREFIX)?
+            .map(|item| item.map(|(key, _)| key.to_string()))
+            .collect::<std::result::Result<_, _>>()?;
+        for key in stale {
+            self.meta.delete(wtxn, &key)?;
+        }
+        for record in &state.audit {
+            let bytes = serde_json::to_vec(record).expect("audit records serialize");
+            self.meta.put(wtxn, &audit_key(record.seq), &bytes)?;
+        }
         self.meta
             .put(wtxn, KEY_APPLIED_INDEX, &metadata.index.to_be_bytes())?;
         self.meta
@@ -593,6 +627,69 @@ mod tests {
             term,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn the_audit_trail_survives_reopen_and_snapshots() {
+        use crate::audit::{Actor, Audit, AuditContext};
+        let dir = tempfile::tempdir().unwrap();
+        let mut state = ClusterState::default();
+        {
+            let mut store = LogStore::open(dir.path()).unwrap();
+            store
+                .bootstrap(1, "127.0.0.1:1", &Settings::default(), &[])
+                .unwrap();
+            let env = store.env();
+            let mut wtxn = env.write_txn().unwrap();
+            store
+                .append(&mut wtxn, &[entry(2, 1), entry(3, 1), entry(4, 1)])
+                .unwrap();
+            store.set_commit(&mut wtxn, 4).unwrap();
+            for index in 2..5u64 {
+                let audit = Audit {
+                    context: AuditContext {
+                        actor: Actor::Node { node_id: 1 },
+                        at_unix_ms: index,
+                        from: String::new(),
+                        relayed_by: None,
+                    },
+                    proposer: 1,
+                };
+                let outcome = state.apply_audited(
+                    crate::Command::CreateToken {
+                        token: crate::Token {
+                            accessor: format!("{index:016x}"),
+                            name: "ci".into(),
+                            secret_sha256: format!("{index:064x}"),
+                            created_at_unix_ms: 0,
+                            role: crate::TokenRole::Admin,
+                            expires_at_unix_ms: None,
+                        },
+                    },
+                    Some(&audit),
+                );
+                assert!(outcome.result.is_ok(), "{:?}", outcome.result);
+                store
+                    .record_applied(&mut wtxn, index, &state, &outcome.touched)
+                    .unwrap();
+            }
+            wtxn.commit().unwrap();
+        }
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_state().unwrap().audit, state.audit);
+
+        // A snapshot replaces the trail whole.
+        let mut shorter = state.clone();
+        shorter.audit.pop_front();
+        let mut snapshot = Snapshot::default();
+        snapshot.set_data(shorter.encode().into());
+        snapshot.mut_metadata().index = 10;
+        snapshot.mut_metadata().term = 1;
+        let env = store.env();
+        let mut wtxn = env.write_txn().unwrap();
+        store.apply_snapshot(&mut wtxn, &snapshot).unwrap();
+        wtxn.commit().unwrap();
+        assert_eq!(store.load_state().unwrap().audit, shorter.audit);
     }
 
     #[test]

@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use blixard_api::pb;
 use blixard_api::pb::state_feed_client::StateFeedClient;
+use blixard_consensus::audit::AuditContext;
 use blixard_consensus::{
     Applied, ClusterState, Command, Error, EventRecord, MembershipChange, RaftHandle, RaftStatus,
     Rejection, Result, Role, StateEvent, VmRecord,
@@ -109,12 +110,26 @@ impl ClusterHandle {
     }
 
     pub async fn propose(&self, command: Command) -> Result<Applied> {
+        self.propose_audited(command, None).await
+    }
+
+    /// Proposes a command a client asked for; `audit` says who, and the
+    /// audit trail records it once accepted. A worker hands both to a
+    /// voter.
+    pub async fn propose_audited(
+        &self,
+        command: Command,
+        audit: Option<AuditContext>,
+    ) -> Result<Applied> {
         if self.is_member() {
-            return self.raft.propose(command).await;
+            return self.raft.propose_audited(command, audit).await;
         }
         let mut client = self.feed_client().await?;
         let request = pb::ProposeRequest {
             command: command.encode(),
+            audit: audit
+                .map(|audit| serde_json::to_vec(&audit).expect("audit contexts serialize"))
+                .unwrap_or_default(),
         };
         let response = client
             .propose(request)

@@ -442,6 +442,7 @@ mod tests {
         // machine, so it cannot be the transition of any revision.
         let bogus = Transition::Command {
             command: Box::new(Command::DeleteVm { name: "x".into() }),
+            audit: None,
         };
         let error = mirror.apply(transition(1, &bogus)).unwrap_err();
         assert!(

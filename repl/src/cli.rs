@@ -110,6 +110,19 @@ pub enum Command {
     /// Client tokens.
     #[command(subcommand)]
     Acl(AclCommand),
+    /// Who changed what: the cluster's audit trail, oldest first (admin).
+    Audit {
+        /// Only changes in this last stretch of time, e.g. `1h`.
+        #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+        since: Option<u64>,
+        /// Only changes by this token (name or accessor), `node-ID` or
+        /// `anonymous`.
+        #[arg(long)]
+        who: Option<String>,
+        /// At most this many of the newest changes.
+        #[arg(long, default_value_t = 100)]
+        limit: u32,
+    },
     /// Measure: starts a local cluster, runs the benchmarks, prints one table.
     Bench(BenchArgs),
     /// The dashboard: nodes, VMs, events, live (k9s keys; `?` lists them).

@@ -43,6 +43,7 @@ async fn propose(channel: Connection, command: &Command) -> Result<(), tonic::St
     let response = StateFeedClient::new(channel)
         .propose(pb::ProposeRequest {
             command: command.encode(),
+            audit: Vec::new(),
         })
         .await?
         .into_inner();

@@ -12,6 +12,7 @@ use raft::prelude::{ConfChange, ConfChangeType, ConfChangeV2, Entry, EntryType};
 use raft_proto::ConfChangeI;
 
 use super::{RaftNode, Transport};
+use crate::audit::{Audit, AuditContext};
 use crate::command::{Applied, Command, ProposalTag, Rejection, Transition};
 use crate::handle::StateEvent;
 use crate::state::{ClusterState, Outcome};
@@ -66,6 +67,10 @@ impl<T: Transport> RaftNode<T> {
         }
         let mut transitions = Vec::new();
         let proposer = ProposalTag::decode(&entry.context).map(|tag| tag.proposer);
+        let audit = proposer.and_then(|proposer| {
+            AuditContext::from_entry_context(&entry.context)
+                .map(|context| Audit { context, proposer })
+        });
         let conf_state = self.raw.store().conf_state();
         let members: Vec<u64> = conf_state
             .voters
@@ -79,7 +84,8 @@ impl<T: Transport> RaftNode<T> {
                 // proposer and this point's membership are known; the
                 // same on every node.
                 let outcome = match crate::validate::authorize(&command, proposer, &members) {
-                    Ok(()) => self.write_state(|state| state.apply(command.clone())),
+                    Ok(()) => self
+                        .write_state(|state| state.apply_audited(command.clone(), audit.as_ref())),
                     Err(rejection) => Outcome::rejected(rejection),
                 };
                 if let Ok(applied) = &outcome.result {
@@ -87,6 +93,7 @@ impl<T: Transport> RaftNode<T> {
                         applied.revision,
                         Transition::Command {
                             command: Box::new(command),
+                            audit: audit.map(Box::new),
                         },
                     ));
                 }

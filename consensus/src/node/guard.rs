@@ -193,6 +193,10 @@ fn read_request(message: &Message) -> Result<(), String> {
     }
 }
 
+/// A proposal's context: its tag and, for a client's change, who asked
+/// (an accessor and an address of bounded length).
+const ENTRY_CONTEXT_LEN_MAX: usize = 1024;
+
 /// A forwarded proposal: entries this cluster's nodes make, each tagged
 /// with the forwarding node as its proposer (the state machine trusts
 /// that tag for who may change what).
@@ -204,6 +208,9 @@ fn proposal(message: &Message) -> Result<(), String> {
         return Err(format!("{} entries in one proposal", message.entries.len()));
     }
     for entry in message.entries.iter() {
+        if entry.context.len() > ENTRY_CONTEXT_LEN_MAX {
+            return Err(format!("an entry context of {} bytes", entry.context.len()));
+        }
         let tag = ProposalTag::decode(&entry.context);
         if tag.map(|t| t.proposer) != Some(message.from) {
             return Err(format!(

@@ -291,8 +291,16 @@ impl<T: Transport> RaftNode<T> {
         };
         let deadline = self.deadline_tick();
         match request {
-            Request::Propose { command, reply } => {
-                match self.raw.propose(tag.encode(), command.encode()) {
+            Request::Propose {
+                command,
+                audit,
+                reply,
+            } => {
+                let context = match audit {
+                    Some(audit) => audit.entry_context(&tag),
+                    None => tag.encode(),
+                };
+                match self.raw.propose(context, command.encode()) {
                     Ok(()) => self.pending.add_proposal(request_id, reply, deadline),
                     Err(error) => {
                         let _ = reply.send(Err(self.proposal_error(error)));

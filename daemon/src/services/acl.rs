@@ -1,7 +1,8 @@
 //! The `Acl` service: client tokens made, listed and revoked through the
-//! log (any node; workers forward).
+//! log (any node; workers forward), and the audit trail.
 
 use blixard_api::pb;
+use blixard_consensus::audit::{Actor, AuditRecord};
 use blixard_consensus::{Command, Token, TokenRole};
 use tonic::{Request, Response, Status};
 
@@ -23,12 +24,33 @@ fn info(token: &Token) -> pb::TokenInfo {
     }
 }
 
+fn audit_to_pb(record: &AuditRecord) -> pb::AuditRecord {
+    let (actor_kind, actor) = match &record.actor {
+        Actor::Token { accessor } => ("token", accessor.clone()),
+        Actor::Node { node_id } => ("node", node_id.to_string()),
+        Actor::Anonymous => ("anonymous", String::new()),
+    };
+    pb::AuditRecord {
+        seq: record.seq,
+        revision: record.revision,
+        at_unix_ms: record.at_unix_ms,
+        actor_kind: actor_kind.into(),
+        actor,
+        token_name: record.token_name.clone().unwrap_or_default(),
+        via_node: record.via_node,
+        from: record.from.clone(),
+        action: record.action.clone(),
+        target: record.target.clone(),
+    }
+}
+
 #[tonic::async_trait]
 impl pb::acl_server::Acl for AclService {
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let audit = super::audit_context(&request);
         let request = request.into_inner();
         let role = TokenRole::parse(&request.role).ok_or_else(|| {
             Status::invalid_argument(format!(
@@ -44,7 +66,10 @@ impl pb::acl_server::Acl for AclService {
         };
         blixard_consensus::validate::command(&command)
             .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
-        self.raft.propose(command).await.map_err(Error::from)?;
+        self.raft
+            .propose_audited(command, Some(audit))
+            .await
+            .map_err(Error::from)?;
         Ok(Response::new(pb::CreateTokenResponse {
             token: Some(info(&new.token)),
             secret: new.secret,
@@ -62,14 +87,38 @@ impl pb::acl_server::Acl for AclService {
         Ok(Response::new(pb::ListTokensResponse { tokens }))
     }
 
+    async fn audit(
+        &self,
+        request: Request<pb::AuditRequest>,
+    ) -> Result<Response<pb::AuditResponse>, Status> {
+        let request = request.into_inner();
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let (records, revision) = self.raft.read_state(|state| {
+            let matching: Vec<&AuditRecord> = state
+                .audit
+                .iter()
+                .filter(|r| r.at_unix_ms >= request.since_unix_ms)
+                .filter(|r| request.who.is_empty() || r.is_by(&request.who))
+                .collect();
+            let skip = match request.limit {
+                0 => 0,
+                limit => matching.len().saturating_sub(limit as usize),
+            };
+            let records = matching[skip..].iter().map(|r| audit_to_pb(r)).collect();
+            (records, state.revision)
+        });
+        Ok(Response::new(pb::AuditResponse { records, revision }))
+    }
+
     async fn revoke_token(
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
+        let audit = super::audit_context(&request);
         let accessor = request.into_inner().accessor;
         let applied = self
             .raft
-            .propose(Command::RevokeToken { accessor })
+            .propose_audited(Command::RevokeToken { accessor }, Some(audit))
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::RevokeTokenResponse {

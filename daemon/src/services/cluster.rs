@@ -150,6 +150,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let caller = super::require_node(&request, "Cluster.Join")?;
+        let audit = super::audit_context(&request);
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         validate::address(&request.address).map_err(Error::from)?;
@@ -217,10 +218,13 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
             None => {
                 self.raft
-                    .propose(Command::RegisterWorker {
-                        node_id: request.node_id,
-                        address: request.address,
-                    })
+                    .propose_audited(
+                        Command::RegisterWorker {
+                            node_id: request.node_id,
+                            address: request.address,
+                        },
+                        Some(audit),
+                    )
                     .await
                     .map_err(Error::from)?;
                 "worker"
@@ -248,6 +252,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::UpdateSettingsRequest>,
     ) -> Result<Response<pb::Settings>, Status> {
+        let audit = super::audit_context(&request);
         let update = request.into_inner();
         self.raft.read_barrier().await.map_err(Error::from)?;
         let mut settings = self.raft.read_state(|s| s.settings.clone());
@@ -265,9 +270,12 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         blixard_consensus::validate_settings(&settings).map_err(Status::invalid_argument)?;
         self.raft
-            .propose(Command::SetSettings {
-                settings: settings.clone(),
-            })
+            .propose_audited(
+                Command::SetSettings {
+                    settings: settings.clone(),
+                },
+                Some(audit),
+            )
             .await
             .map_err(Error::from)?;
         Ok(Response::new(settings_to_pb(&settings)))
@@ -326,6 +334,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
+        let audit = super::audit_context(&request);
         let request = request.into_inner();
         let node_id = request.node_id;
         validate::node_id(node_id).map_err(Error::from)?;
@@ -361,7 +370,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
             (false, true) => {
                 self.raft
-                    .propose(Command::UnregisterWorker { node_id })
+                    .propose_audited(Command::UnregisterWorker { node_id }, Some(audit))
                     .await
                     .map_err(Error::from)?;
             }

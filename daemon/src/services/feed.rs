@@ -6,6 +6,7 @@
 use std::pin::Pin;
 
 use blixard_api::pb;
+use blixard_consensus::audit::AuditContext;
 use blixard_consensus::{Command, FeedEvent, RaftHandle, Transition};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
@@ -21,6 +22,10 @@ const FEED_ITEMS_BUFFERED_MAX: usize = 256;
 pub struct FeedService {
     pub raft: RaftHandle,
 }
+
+/// The largest audit context a worker may relay (an accessor and an
+/// address, in JSON).
+const AUDIT_CONTEXT_LEN_MAX: usize = 512;
 
 type FeedStream = Pin<Box<dyn Stream<Item = Result<pb::FeedItem, Status>> + Send>>;
 
@@ -182,8 +187,26 @@ impl pb::state_feed_server::StateFeed for FeedService {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let caller = super::require_node(&request, "StateFeed.Propose")?;
         self.require_member()?;
-        let command = Command::decode(&request.into_inner().command)
+        let request = request.into_inner();
+        let command = Command::decode(&request.command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The worker's word for who asked it, recorded as relayed by it.
+        let audit = match request.audit.as_slice() {
+            [] => None,
+            bytes if bytes.len() > AUDIT_CONTEXT_LEN_MAX => {
+                return Err(Status::invalid_argument(format!(
+                    "an audit context of {} bytes; at most {AUDIT_CONTEXT_LEN_MAX}",
+                    bytes.len()
+                )))
+            }
+            bytes => {
+                let mut audit: AuditContext = serde_json::from_slice(bytes).map_err(|e| {
+                    Status::invalid_argument(format!("undecodable audit context: {e}"))
+                })?;
+                audit.relayed_by = caller;
+                Some(audit)
+            }
+        };
         // A worker reports only about itself.
         if let (
             Some(caller),
@@ -206,7 +229,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
         forwardable(&command, &members).map_err(Status::permission_denied)?;
         blixard_consensus::validate::command(&command)
             .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
-        let response = match self.raft.propose(command).await {
+        let response = match self.raft.propose_audited(command, audit).await {
             Ok(applied) => pb::ProposeResponse {
                 revision: applied.revision,
                 outcome: Some(pb::propose_response::Outcome::AppliedVm(

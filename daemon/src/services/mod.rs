@@ -23,6 +23,7 @@ pub use vm_node::VmNode;
 
 use tonic::{Request, Status};
 
+use blixard_consensus::audit::{Actor, AuditContext};
 use blixard_consensus::TokenRole;
 
 use crate::handle::ClusterHandle;
@@ -67,7 +68,17 @@ impl tonic::service::Interceptor for Authorize {
         let caller = match (self.tls, certificate_node(&request)) {
             (false, _) => Caller::Unverified,
             (true, Some(node)) => Caller::Node(node),
-            (true, None) => self.client(&request)?,
+            (true, None) => self.client(&request).inspect_err(|status| {
+                // Refusals are logged where they happen (they leave no
+                // record in the audit trail).
+                tracing::warn!(
+                    path = request.extensions().get::<RpcPath>().map_or("", |p| p.0.as_str()),
+                    from = ?request.remote_addr(),
+                    code = ?status.code(),
+                    "refused a request: {}",
+                    status.message()
+                );
+            })?,
         };
         request.extensions_mut().insert(caller);
         Ok(request)
@@ -155,6 +166,26 @@ fn certificate_node(request: &Request<()>) -> Option<u64> {
 #[cfg(madsim)]
 fn certificate_node(_request: &Request<()>) -> Option<u64> {
     None
+}
+
+/// Who made `request`, for the audit trail of the change it asks for.
+pub fn audit_context<T>(request: &Request<T>) -> AuditContext {
+    let actor = match request.extensions().get::<Caller>() {
+        Some(Caller::Node(node_id)) => Actor::Node { node_id: *node_id },
+        Some(Caller::Client { accessor, .. }) => Actor::Token {
+            accessor: accessor.clone(),
+        },
+        Some(Caller::Unverified) | None => Actor::Anonymous,
+    };
+    AuditContext {
+        actor,
+        at_unix_ms: vm_node::now_unix_ms(),
+        from: request
+            .remote_addr()
+            .map(|address| address.to_string())
+            .unwrap_or_default(),
+        relayed_by: None,
+    }
 }
 
 /// Whether the caller may read secrets in VM specs (`vm:read-secrets`):

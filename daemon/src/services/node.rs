@@ -156,13 +156,17 @@ impl pb::node_server::Node for NodeService {
         &self,
         request: Request<pb::SetEligibilityRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
+        let audit = super::audit_context(&request);
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         self.raft
-            .propose(Command::SetNodeEligibility {
-                node_id: request.node_id,
-                eligible: request.eligible,
-            })
+            .propose_audited(
+                Command::SetNodeEligibility {
+                    node_id: request.node_id,
+                    eligible: request.eligible,
+                },
+                Some(audit),
+            )
             .await
             .map_err(Error::from)?;
         Ok(Response::new(self.row(request.node_id).await?))
@@ -172,6 +176,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
+        let audit = super::audit_context(&request);
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         let deadline_ms = match request.deadline_ms {
@@ -185,11 +190,14 @@ impl pb::node_server::Node for NodeService {
         };
         let now = now_unix_ms();
         self.raft
-            .propose(Command::DrainNode {
-                node_id: request.node_id,
-                at_unix_ms: now,
-                deadline_unix_ms: now + deadline_ms,
-            })
+            .propose_audited(
+                Command::DrainNode {
+                    node_id: request.node_id,
+                    at_unix_ms: now,
+                    deadline_unix_ms: now + deadline_ms,
+                },
+                Some(audit),
+            )
             .await
             .map_err(Error::from)?;
         Ok(Response::new(self.row(request.node_id).await?))

@@ -23,6 +23,8 @@ pub enum Permission {
     NodeWrite,
     /// Tokens.
     AclAdmin,
+    /// The audit trail.
+    AuditRead,
 }
 
 impl Permission {
@@ -37,6 +39,7 @@ impl Permission {
             Permission::NodeRead => "node:read",
             Permission::NodeWrite => "node:write",
             Permission::AclAdmin => "acl:admin",
+            Permission::AuditRead => "audit:read",
         }
     }
 }
@@ -66,6 +69,7 @@ pub fn rule(path: &str) -> Option<Rule> {
         ("Vm", "Get" | "List" | "Watch" | "Logs" | "Stats") => client(VmRead),
         ("Vm", "Create" | "Scale" | "Start" | "Stop" | "Delete") => client(VmWrite),
         ("Acl", "CreateToken" | "ListTokens" | "RevokeToken") => client(AclAdmin),
+        ("Acl", "Audit") => client(AuditRead),
         _ => None,
     }
 }
@@ -75,7 +79,7 @@ pub fn allows(role: TokenRole, permission: Permission) -> bool {
     use Permission::*;
     match role {
         TokenRole::Admin => true,
-        TokenRole::Operator => !matches!(permission, ClusterAdmin | AclAdmin),
+        TokenRole::Operator => !matches!(permission, ClusterAdmin | AclAdmin | AuditRead),
         TokenRole::Viewer => matches!(permission, ClusterRead | VmRead | NodeRead),
     }
 }
@@ -128,6 +132,7 @@ mod tests {
             NodeRead,
             NodeWrite,
             AclAdmin,
+            AuditRead,
         ];
         for permission in all {
             assert!(allows(TokenRole::Admin, permission));

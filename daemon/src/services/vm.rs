@@ -27,16 +27,21 @@ pub struct VmService {
 impl VmService {
     async fn set_desired(
         &self,
-        name: String,
+        request: Request<pb::VmNameRequest>,
         desired_state: DesiredState,
     ) -> Result<Response<pb::VmResponse>, Status> {
+        let audit = super::audit_context(&request);
+        let name = request.into_inner().name;
         validate::vm_name(&name).map_err(Error::from)?;
         let applied = self
             .raft
-            .propose(Command::SetVmDesiredState {
-                name,
-                desired_state,
-            })
+            .propose_audited(
+                Command::SetVmDesiredState {
+                    name,
+                    desired_state,
+                },
+                Some(audit),
+            )
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::VmResponse {
@@ -54,6 +59,7 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::CreateVmRequest>,
     ) -> Result<Response<pb::VmResponse>, Status> {
+        let audit = super::audit_context(&request);
         let request = request.into_inner();
         let spec = vm_spec_from_pb(request.spec).map_err(Error::from)?;
         if request.replicas > 0 {
@@ -73,12 +79,15 @@ impl pb::vm_server::Vm for VmService {
             }
             let applied = self
                 .raft
-                .propose(Command::SetReplicas {
-                    template: spec,
-                    replicas: request.replicas,
-                    start: !request.stopped,
-                    created_at_unix_ms: now_unix_ms(),
-                })
+                .propose_audited(
+                    Command::SetReplicas {
+                        template: spec,
+                        replicas: request.replicas,
+                        start: !request.stopped,
+                        created_at_unix_ms: now_unix_ms(),
+                    },
+                    Some(audit),
+                )
                 .await
                 .map_err(Error::from)?;
             let first = self
@@ -91,10 +100,13 @@ impl pb::vm_server::Vm for VmService {
         }
         let applied = self
             .raft
-            .propose(Command::CreateVm {
-                spec,
-                created_at_unix_ms: now_unix_ms(),
-            })
+            .propose_audited(
+                Command::CreateVm {
+                    spec,
+                    created_at_unix_ms: now_unix_ms(),
+                },
+                Some(audit),
+            )
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::VmResponse {
@@ -107,6 +119,7 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::ScaleVmRequest>,
     ) -> Result<Response<pb::ScaleVmResponse>, Status> {
+        let audit = super::audit_context(&request);
         let request = request.into_inner();
         validate::vm_name(&request.name).map_err(Error::from)?;
         if request.replicas > 0 {
@@ -131,12 +144,15 @@ impl pb::vm_server::Vm for VmService {
         })?;
         let applied = self
             .raft
-            .propose(Command::SetReplicas {
-                template,
-                replicas: request.replicas,
-                start: !request.stopped,
-                created_at_unix_ms: now_unix_ms(),
-            })
+            .propose_audited(
+                Command::SetReplicas {
+                    template,
+                    replicas: request.replicas,
+                    start: !request.stopped,
+                    created_at_unix_ms: now_unix_ms(),
+                },
+                Some(audit),
+            )
             .await
             .map_err(Error::from)?;
         let vms = self.raft.read_state(|s| {
@@ -156,27 +172,26 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::VmNameRequest>,
     ) -> Result<Response<pb::VmResponse>, Status> {
-        self.set_desired(request.into_inner().name, DesiredState::Running)
-            .await
+        self.set_desired(request, DesiredState::Running).await
     }
 
     async fn stop(
         &self,
         request: Request<pb::VmNameRequest>,
     ) -> Result<Response<pb::VmResponse>, Status> {
-        self.set_desired(request.into_inner().name, DesiredState::Stopped)
-            .await
+        self.set_desired(request, DesiredState::Stopped).await
     }
 
     async fn delete(
         &self,
         request: Request<pb::VmNameRequest>,
     ) -> Result<Response<pb::DeleteVmResponse>, Status> {
+        let audit = super::audit_context(&request);
         let name = request.into_inner().name;
         validate::vm_name(&name).map_err(Error::from)?;
         let applied = self
             .raft
-            .propose(Command::DeleteVm { name })
+            .propose_audited(Command::DeleteVm { name }, Some(audit))
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::DeleteVmResponse {

@@ -1,4 +1,5 @@
-//! `blixard acl token create | list | revoke`: client tokens.
+//! `blixard acl token create | list | revoke`: client tokens; `blixard
+//! audit`: who changed what.
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -127,4 +128,96 @@ pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyho
             })
         }
     }
+}
+
+/// One accepted change in the audit trail.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct AuditView {
+    pub seq: u64,
+    /// The state revision the change made.
+    pub revision: u64,
+    pub at_unix_ms: u64,
+    /// The token's name (or accessor), `node-ID`, or `anonymous`.
+    pub who: String,
+    /// token, node or anonymous.
+    pub actor_kind: String,
+    /// The token's accessor or the node id (empty for anonymous).
+    pub actor: String,
+    /// The node the client spoke to.
+    pub via_node: u64,
+    /// The client's address as that node saw it.
+    pub from: String,
+    /// The command, e.g. create_vm.
+    pub action: String,
+    /// What it changed: a VM, node-ID, a token accessor, settings.
+    pub target: String,
+}
+
+fn audit_view(record: pb::AuditRecord) -> AuditView {
+    let who = match record.actor_kind.as_str() {
+        "token" if !record.token_name.is_empty() => record.token_name.clone(),
+        "node" => format!("node-{}", record.actor),
+        "anonymous" => "anonymous".into(),
+        _ => record.actor.clone(),
+    };
+    AuditView {
+        seq: record.seq,
+        revision: record.revision,
+        at_unix_ms: record.at_unix_ms,
+        who,
+        actor_kind: record.actor_kind,
+        actor: record.actor,
+        via_node: record.via_node,
+        from: record.from,
+        action: record.action,
+        target: record.target,
+    }
+}
+
+/// `blixard audit`: the newest `limit` changes, oldest first.
+pub async fn audit(
+    addr: &str,
+    format: OutputFormat,
+    since_ms: Option<u64>,
+    who: String,
+    limit: u32,
+) -> anyhow::Result<()> {
+    let since_unix_ms = since_ms.map_or(0, |ago| {
+        let now = std::time::SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        now.saturating_sub(ago)
+    });
+    let records: Vec<AuditView> = client::acl(addr)
+        .await?
+        .audit(pb::AuditRequest {
+            since_unix_ms,
+            who,
+            limit,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner()
+        .records
+        .into_iter()
+        .map(audit_view)
+        .collect();
+    output::print(format, &records, |records| {
+        let mut table = output::table(&[
+            "SEQ", "TIME", "WHO", "ACTION", "TARGET", "VIA", "FROM", "REVISION",
+        ]);
+        for r in records {
+            table.add_row(vec![
+                r.seq.to_string(),
+                created_at(r.at_unix_ms),
+                r.who.clone(),
+                r.action.clone(),
+                r.target.clone(),
+                format!("node-{}", r.via_node),
+                r.from.clone(),
+                r.revision.to_string(),
+            ]);
+        }
+        table
+    })
 }

@@ -54,6 +54,9 @@ pub async fn on_cluster(command: Command, addr: &str, output: OutputFormat) -> a
         }
         Command::Cluster(command) => cluster::run(command, addr, output).await,
         Command::Acl(command) => acl::run(command, addr, output).await,
+        Command::Audit { since, who, limit } => {
+            acl::audit(addr, output, since, who.unwrap_or_default(), limit).await
+        }
         Command::Vm(command) => vm::run(command, addr, output).await,
         Command::Node(command) => node::run(command, addr, output).await,
         Command::Events { follow, recent } => events::run(addr, output, follow, recent).await,

@@ -68,6 +68,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("acl token create", of::<acl::CreatedTokenView>()),
         ("acl token list", of::<Vec<acl::TokenView>>()),
         ("acl token revoke", of::<acl::RevokedView>()),
+        ("audit", of::<Vec<acl::AuditView>>()),
         ("tls cert create", of::<tls::Written>()),
         ("man", of::<completions::ManView>()),
         ("dev", of::<Vec<dev::DevNodeView>>()),

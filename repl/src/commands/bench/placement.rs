@@ -175,6 +175,7 @@ impl SimulatedNodes {
             };
             feed.propose(pb::ProposeRequest {
                 command: facts.encode(),
+                audit: Vec::new(),
             })
             .await
             .map_err(client::status_error)?;
