@@ -22,6 +22,24 @@ use tokio::sync::broadcast;
 
 use crate::mirror::{self, Mirror};
 
+/// Who asked for a change, as the node that took the request knows it.
+#[derive(Clone)]
+pub struct Requester {
+    /// Recorded in the audit trail (never a secret).
+    pub audit: AuditContext,
+    /// The client's `authorization` header, for a worker to hand on.
+    pub authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
+}
+
+impl std::fmt::Debug for Requester {
+    // Never print a token.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Requester")
+            .field("audit", &self.audit)
+            .finish_non_exhaustive()
+    }
+}
+
 #[derive(Clone)]
 pub struct ClusterHandle {
     raft: RaftHandle,
@@ -109,28 +127,36 @@ impl ClusterHandle {
         self.raft.transfer_leadership(to).await
     }
 
+    /// Proposes one of the cluster's own decisions (no client asked).
     pub async fn propose(&self, command: Command) -> Result<Applied> {
-        self.propose_audited(command, None).await
+        self.propose_by(command, None).await
     }
 
-    /// Proposes a command a client asked for; `audit` says who, and the
-    /// audit trail records it once accepted. A worker hands both to a
-    /// voter.
-    pub async fn propose_audited(
-        &self,
-        command: Command,
-        audit: Option<AuditContext>,
-    ) -> Result<Applied> {
+    /// Proposes a command a client asked for: the audit trail records who
+    /// once it is accepted. A worker hands it to a voter with the client's
+    /// token, which the voter checks again.
+    pub async fn propose_for(&self, command: Command, requester: Requester) -> Result<Applied> {
+        self.propose_by(command, Some(requester)).await
+    }
+
+    async fn propose_by(&self, command: Command, requester: Option<Requester>) -> Result<Applied> {
         if self.is_member() {
+            let audit = requester.map(|r| r.audit);
             return self.raft.propose_audited(command, audit).await;
         }
         let mut client = self.feed_client().await?;
-        let request = pb::ProposeRequest {
+        let mut request = tonic::Request::new(pb::ProposeRequest {
             command: command.encode(),
-            audit: audit
-                .map(|audit| serde_json::to_vec(&audit).expect("audit contexts serialize"))
+            audit: requester
+                .as_ref()
+                .map(|r| serde_json::to_vec(&r.audit).expect("audit contexts serialize"))
                 .unwrap_or_default(),
-        };
+        });
+        if let Some(authorization) = requester.and_then(|r| r.authorization) {
+            request
+                .metadata_mut()
+                .insert(crate::services::AUTHORIZATION, authorization);
+        }
         let response = client
             .propose(request)
             .await

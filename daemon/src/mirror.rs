@@ -61,6 +61,8 @@ pub struct Mirror {
     recent_events: Mutex<VecDeque<EventRecord>>,
     revision: watch::Sender<u64>,
     upstream: Mutex<Upstream>,
+    /// When a voter with a leader last confirmed this mirror's feed.
+    confirmed_at: Mutex<Option<tokio::time::Instant>>,
 }
 
 impl Default for Mirror {
@@ -72,6 +74,7 @@ impl Default for Mirror {
             recent_events: Mutex::new(VecDeque::new()),
             revision: watch::channel(0).0,
             upstream: Mutex::new(Upstream::default()),
+            confirmed_at: Mutex::new(None),
         }
     }
 }
@@ -113,6 +116,15 @@ impl Mirror {
             revision: state.revision,
         });
         self.revision.send_replace(state.revision);
+    }
+
+    /// How long since a voter with a leader last confirmed the feed
+    /// (`None`: never), i.e. how stale the mirror may be.
+    pub fn unconfirmed_for(&self) -> Option<Duration> {
+        self.confirmed_at
+            .lock()
+            .expect("confirmation lock poisoned")
+            .map(|at| at.elapsed())
     }
 
     pub fn upstream(&self) -> Upstream {
@@ -354,6 +366,8 @@ async fn follow(
                     tracing::info!(%address, "mirror: feeding node has no leader; switching");
                     return;
                 }
+                *mirror.confirmed_at.lock().expect("confirmation lock poisoned") =
+                    Some(tokio::time::Instant::now());
                 *mirror.upstream.lock().expect("upstream lock poisoned") = Upstream {
                     address: Some(address.to_string()),
                     node_id: feeder.node_id,

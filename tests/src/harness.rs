@@ -646,12 +646,23 @@ impl TestCluster {
     /// of node `as_node` (an authenticated peer, for attack tests); no
     /// token.
     pub async fn peer_channel(&self, id: u64, as_node: u64) -> Option<Connection> {
+        self.peer_channel_with(id, as_node, None).await
+    }
+
+    /// [`Self::peer_channel`] sending a client's `token` too, as a node
+    /// forwarding that client's request does.
+    pub async fn peer_channel_with(
+        &self,
+        id: u64,
+        as_node: u64,
+        token: Option<&str>,
+    ) -> Option<Connection> {
         let ca = &test_ca().1;
         let node = tls::issue_node_cert(ca, as_node).unwrap();
         let channel = self
             .channel_as(id, &Security::node(&ca.cert_pem, &node))
             .await?;
-        Some(Connection::new(channel, Bearer::default()))
+        Some(Connection::new(channel, Bearer::new(token).unwrap()))
     }
 
     async fn channel_as(&self, id: u64, security: &Security) -> Option<Channel> {

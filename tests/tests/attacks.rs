@@ -128,6 +128,40 @@ async fn forged_proposals_are_refused_and_change_nothing() {
         );
     }
 
+    // A well-formed client write needs the client's token with it: a
+    // node's certificate alone writes nothing, and a viewer's token does
+    // not let a node write for it.
+    let create = Command::CreateVm {
+        spec: spec("via-cert"),
+        created_at_unix_ms: 1,
+    };
+    let refused = propose(channel.clone(), &create).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    let viewer: serde_json::Value = serde_json::from_str(&cluster.cli_ok(
+        1,
+        &[
+            "acl", "token", "create", "--name", "eyes", "--role", "viewer", "-o", "json",
+        ],
+    ))
+    .unwrap();
+    let as_viewer = cluster
+        .peer_channel_with(2, 3, viewer["secret"].as_str())
+        .await
+        .unwrap();
+    let refused = eventually(
+        "node 2 to know the viewer token",
+        Duration::from_secs(10),
+        || {
+            let (as_viewer, create) = (as_viewer.clone(), create.clone());
+            async move {
+                let refused = propose(as_viewer, &create).await.unwrap_err();
+                (refused.code() != tonic::Code::Unauthenticated).then_some(refused)
+            }
+        },
+    )
+    .await;
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+
     // Two address changes once left the cluster without a leader for good.
     for node_id in [1, 3] {
         let moved = Command::SetNodeAddress {
@@ -824,6 +858,19 @@ async fn every_rpc_enforces_its_rule() {
                         raw_call(channel, &path, client_streaming, server_streaming).await
                     }
                 };
+                // A node's certificate, alone or carrying a client's token
+                // as a node forwarding that client's request does.
+                let call_as_node = |token: Option<String>| {
+                    let path = path.clone();
+                    let cluster = &cluster;
+                    async move {
+                        let channel = cluster
+                            .peer_channel_with(1, 5, token.as_deref())
+                            .await
+                            .unwrap();
+                        raw_call(channel, &path, client_streaming, server_streaming).await
+                    }
+                };
                 let denied = tonic::Code::PermissionDenied;
                 let unauthenticated = tonic::Code::Unauthenticated;
                 let (anonymous, forged, as_viewer, as_operator) = (
@@ -839,6 +886,23 @@ async fn every_rpc_enforces_its_rule() {
                         }
                     }
                     Rule::Client(permission) => {
+                        let (node_alone, node_for_viewer) = (
+                            call_as_node(None).await,
+                            call_as_node(Some(viewer.clone())).await,
+                        );
+                        if permission.is_read() {
+                            assert!(
+                                node_alone != denied && node_alone != unauthenticated,
+                                "{path} refused a node certificate: {node_alone:?}"
+                            );
+                        } else {
+                            assert_eq!(node_alone, denied, "{path} let a node certificate write");
+                        }
+                        assert_eq!(
+                            node_for_viewer == denied,
+                            !allows(TokenRole::Viewer, permission),
+                            "{path} through a node with a viewer's token: {node_for_viewer:?}"
+                        );
                         assert_eq!(anonymous, unauthenticated, "{path} without a token");
                         assert_eq!(forged, unauthenticated, "{path} with a made-up token");
                         for (role, code) in [

@@ -199,3 +199,64 @@ async fn a_session_by_two_tokens_shows_in_the_audit_trail_of_every_node() {
         "the worker did not log the refusal"
     );
 }
+
+/// Goal: a worker cut off from the voters stops judging tokens by its
+/// copy of the state (a token revoked meanwhile would still pass), and
+/// judges them again once a voter confirms its copy. Method: three voters
+/// and a worker; the worker answers a client; SIGKILL every voter; the
+/// worker must refuse the same client with Unavailable saying why; restart
+/// the voters; the worker answers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_the_voters_stops_judging_tokens() {
+    let timings = Timings {
+        voters: 3,
+        ..Timings::default()
+    };
+    let mut cluster =
+        TestCluster::start_with(4, timings, Network::Loopback, |_| NodeOptions::default()).await;
+    cluster.wait_voters(3).await;
+    let mut worker = 0;
+    for id in 1..=4 {
+        if cluster.status(id).await.unwrap().node_role == "worker" {
+            worker = id;
+        }
+    }
+    assert_ne!(worker, 0, "no worker among four nodes with three voters");
+    let status = |cluster: &TestCluster| {
+        let output = cluster.cli(worker, &["cluster", "status", "-o", "json"]);
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stderr).to_string(),
+        )
+    };
+    eventually("the worker to answer", Duration::from_secs(15), || async {
+        (status(&cluster).0 == Some(0)).then_some(())
+    })
+    .await;
+    let voters: Vec<u64> = (1..=4).filter(|id| *id != worker).collect();
+    for id in &voters {
+        cluster.kill(*id);
+    }
+    let refusal = eventually(
+        "the worker to stop judging tokens",
+        Duration::from_secs(30),
+        || async {
+            let (code, stderr) = status(&cluster);
+            (code != Some(0)).then_some(stderr)
+        },
+    )
+    .await;
+    assert!(
+        refusal.contains("cannot check tokens"),
+        "the refusal does not say why: {refusal}"
+    );
+    for id in &voters {
+        cluster.restart(*id);
+    }
+    eventually(
+        "the worker to answer again",
+        Duration::from_secs(60),
+        || async { (status(&cluster).0 == Some(0)).then_some(()) },
+    )
+    .await;
+}

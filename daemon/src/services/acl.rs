@@ -50,7 +50,7 @@ impl pb::acl_server::Acl for AclService {
         &self,
         request: Request<pb::CreateTokenRequest>,
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let request = request.into_inner();
         let role = TokenRole::parse(&request.role).ok_or_else(|| {
             Status::invalid_argument(format!(
@@ -67,7 +67,7 @@ impl pb::acl_server::Acl for AclService {
         blixard_consensus::validate::command(&command)
             .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
         self.raft
-            .propose_audited(command, Some(audit))
+            .propose_for(command, requester)
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::CreateTokenResponse {
@@ -114,11 +114,11 @@ impl pb::acl_server::Acl for AclService {
         &self,
         request: Request<pb::RevokeTokenRequest>,
     ) -> Result<Response<pb::RevokeTokenResponse>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let accessor = request.into_inner().accessor;
         let applied = self
             .raft
-            .propose_audited(Command::RevokeToken { accessor }, Some(audit))
+            .propose_for(Command::RevokeToken { accessor }, requester)
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::RevokeTokenResponse {

@@ -150,7 +150,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::JoinRequest>,
     ) -> Result<Response<pb::JoinResponse>, Status> {
         let caller = super::require_node(&request, "Cluster.Join")?;
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         validate::address(&request.address).map_err(Error::from)?;
@@ -218,12 +218,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
             None => {
                 self.raft
-                    .propose_audited(
+                    .propose_for(
                         Command::RegisterWorker {
                             node_id: request.node_id,
                             address: request.address,
                         },
-                        Some(audit),
+                        requester,
                     )
                     .await
                     .map_err(Error::from)?;
@@ -252,7 +252,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::UpdateSettingsRequest>,
     ) -> Result<Response<pb::Settings>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let update = request.into_inner();
         self.raft.read_barrier().await.map_err(Error::from)?;
         let mut settings = self.raft.read_state(|s| s.settings.clone());
@@ -270,11 +270,11 @@ impl pb::cluster_server::Cluster for ClusterService {
         }
         blixard_consensus::validate_settings(&settings).map_err(Status::invalid_argument)?;
         self.raft
-            .propose_audited(
+            .propose_for(
                 Command::SetSettings {
                     settings: settings.clone(),
                 },
-                Some(audit),
+                requester,
             )
             .await
             .map_err(Error::from)?;
@@ -334,7 +334,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::RemoveNodeRequest>,
     ) -> Result<Response<pb::RemoveNodeResponse>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let request = request.into_inner();
         let node_id = request.node_id;
         validate::node_id(node_id).map_err(Error::from)?;
@@ -348,8 +348,16 @@ impl pb::cluster_server::Cluster for ClusterService {
             let channel = crate::mirror::connect(&address, upstream.node_id)
                 .await
                 .map_err(Status::unavailable)?;
+            // With the client's token: a worker's certificate alone
+            // removes nothing.
+            let mut forwarded = Request::new(request);
+            if let Some(authorization) = requester.authorization {
+                forwarded
+                    .metadata_mut()
+                    .insert(super::AUTHORIZATION, authorization);
+            }
             return pb::cluster_client::ClusterClient::new(channel)
-                .remove_node(request)
+                .remove_node(forwarded)
                 .await;
         }
         self.raft.read_barrier().await.map_err(Error::from)?;
@@ -370,7 +378,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             }
             (false, true) => {
                 self.raft
-                    .propose_audited(Command::UnregisterWorker { node_id }, Some(audit))
+                    .propose_for(Command::UnregisterWorker { node_id }, requester)
                     .await
                     .map_err(Error::from)?;
             }

@@ -6,13 +6,14 @@
 use std::pin::Pin;
 
 use blixard_api::pb;
-use blixard_consensus::audit::AuditContext;
+use blixard_consensus::audit::{Actor, AuditContext};
 use blixard_consensus::{Command, FeedEvent, RaftHandle, Transition};
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use super::rules::{self, Permission};
 use crate::mirror::is_member;
 use crate::Error;
 
@@ -59,28 +60,39 @@ impl FeedService {
     }
 }
 
+/// What a worker may forward.
+#[derive(Debug, PartialEq, Eq)]
+enum Forward {
+    /// A client's write: only with that client's token, allowing this.
+    Client(Permission),
+    /// The worker's report about itself.
+    Report,
+}
+
 /// Whether a worker may forward `command`: the client writes a worker's
 /// services make and the two reports a worker makes about itself. The
 /// leader's decisions (placement, loss, drains ending) and membership
 /// are never forwarded; node reports may not speak for a raft member,
 /// which proposes its own.
-fn forwardable(command: &Command, members: &[u64]) -> Result<(), String> {
+fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
     match command {
         Command::CreateVm { .. }
         | Command::SetVmDesiredState { .. }
         | Command::DeleteVm { .. }
-        | Command::SetReplicas { .. }
-        | Command::SetNodeEligibility { .. }
-        | Command::DrainNode { .. }
-        | Command::SetSettings { .. }
-        | Command::CreateToken { .. }
-        | Command::RevokeToken { .. } => Ok(()),
+        | Command::SetReplicas { .. } => Ok(Forward::Client(Permission::VmWrite)),
+        Command::SetNodeEligibility { .. } | Command::DrainNode { .. } => {
+            Ok(Forward::Client(Permission::NodeWrite))
+        }
+        Command::SetSettings { .. } => Ok(Forward::Client(Permission::ClusterAdmin)),
+        Command::CreateToken { .. } | Command::RevokeToken { .. } => {
+            Ok(Forward::Client(Permission::AclAdmin))
+        }
         Command::SetHostFacts { node_id, .. } | Command::ReportVm { node_id, .. } => {
             match members.contains(node_id) {
                 true => Err(format!(
                     "node {node_id} is a raft member: it reports for itself"
                 )),
-                false => Ok(()),
+                false => Ok(Forward::Report),
             }
         }
         Command::SetNodeAddress { .. }
@@ -187,6 +199,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let caller = super::require_node(&request, "StateFeed.Propose")?;
         self.require_member()?;
+        let metadata = request.metadata().clone();
         let request = request.into_inner();
         let command = Command::decode(&request.command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -226,9 +239,38 @@ impl pb::state_feed_server::StateFeed for FeedService {
             .iter()
             .map(|m| m.node_id)
             .collect();
-        forwardable(&command, &members).map_err(Status::permission_denied)?;
+        let forward = forwardable(&command, &members).map_err(Status::permission_denied)?;
+
         blixard_consensus::validate::command(&command)
             .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
+        // A client's write comes with the client's token, which must allow
+        // it here too: a worker's certificate alone writes nothing, and the
+        // trail names the token this node checked.
+        let audit = match (forward, caller) {
+            (Forward::Client(permission), Some(worker)) => {
+                let hash = super::bearer_hash(&metadata)?;
+                let (accessor, role) = self
+                    .raft
+                    .read_state(|state| super::token_verdict(state, &hash))?;
+                if !rules::allows(role, permission) {
+                    return Err(Status::permission_denied(format!(
+                        "token {accessor} ({}) may not {}",
+                        role.as_str(),
+                        permission.as_str()
+                    )));
+                }
+                let mut audit = audit.unwrap_or_else(|| AuditContext {
+                    actor: Actor::Anonymous,
+                    at_unix_ms: super::vm_node::now_unix_ms(),
+                    from: String::new(),
+                    relayed_by: None,
+                });
+                audit.actor = Actor::Token { accessor };
+                audit.relayed_by = Some(worker);
+                Some(audit)
+            }
+            _ => audit,
+        };
         let response = match self.raft.propose_audited(command, audit).await {
             Ok(applied) => pb::ProposeResponse {
                 revision: applied.revision,

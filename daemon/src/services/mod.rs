@@ -24,9 +24,9 @@ pub use vm_node::VmNode;
 use tonic::{Request, Status};
 
 use blixard_consensus::audit::{Actor, AuditContext};
-use blixard_consensus::TokenRole;
+use blixard_consensus::{ClusterState, TokenRole};
 
-use crate::handle::ClusterHandle;
+use crate::handle::{ClusterHandle, Requester};
 use crate::tokens;
 
 /// Who is calling, as the transport proved it.
@@ -34,8 +34,13 @@ use crate::tokens;
 pub enum Caller {
     /// A cluster node, by its certificate.
     Node(u64),
-    /// A client that presented a valid token (by its accessor).
-    Client { accessor: String, role: TokenRole },
+    /// A client that presented a valid token (by its accessor), directly
+    /// or through a node that forwarded its request (`relayed_by`).
+    Client {
+        accessor: String,
+        role: TokenRole,
+        relayed_by: Option<u64>,
+    },
     /// Security is off: nothing was proven.
     Unverified,
 }
@@ -66,50 +71,93 @@ pub fn record_path<B>(
 impl tonic::service::Interceptor for Authorize {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let caller = match (self.tls, certificate_node(&request)) {
-            (false, _) => Caller::Unverified,
-            (true, Some(node)) => Caller::Node(node),
-            (true, None) => self.client(&request).inspect_err(|status| {
-                // Refusals are logged where they happen (they leave no
-                // record in the audit trail).
-                tracing::warn!(
-                    path = request.extensions().get::<RpcPath>().map_or("", |p| p.0.as_str()),
-                    from = ?request.remote_addr(),
-                    code = ?status.code(),
-                    "refused a request: {}",
-                    status.message()
-                );
-            })?,
+            (false, _) => Ok(Caller::Unverified),
+            (true, Some(node)) => self.node(&request, node),
+            (true, None) => self.client(&request),
         };
+        let caller = caller.inspect_err(|status| {
+            // Refusals are logged where they happen (they leave no record
+            // in the audit trail).
+            tracing::warn!(
+                path = rpc_path(&request),
+                from = ?request.remote_addr(),
+                code = ?status.code(),
+                "refused a request: {}",
+                status.message()
+            );
+        })?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
 }
 
+fn rpc_path<T>(request: &Request<T>) -> &str {
+    request
+        .extensions()
+        .get::<RpcPath>()
+        .map_or("", |path| path.0.as_str())
+}
+
+/// The rule of the request's RPC; a path without one is refused.
+#[allow(clippy::result_large_err)]
+fn rule_of(request: &Request<()>) -> Result<rules::Rule, Status> {
+    let path = rpc_path(request);
+    rules::rule(path).ok_or_else(|| {
+        Status::permission_denied(format!(
+            "no access rule for {:?}",
+            blixard_api::validate::echo(path)
+        ))
+    })
+}
+
 impl Authorize {
+    /// A request with a node certificate: peer RPCs are the node's own;
+    /// a client RPC the node forwards for a client carries that client's
+    /// token and is judged as that client; without one a node only reads.
+    #[allow(clippy::result_large_err)]
+    fn node(&self, request: &Request<()>, node: u64) -> Result<Caller, Status> {
+        let permission = match rule_of(request)? {
+            rules::Rule::Peer => return Ok(Caller::Node(node)),
+            rules::Rule::Client(permission) => permission,
+        };
+        if request.metadata().get(AUTHORIZATION).is_some() {
+            return match self.client(request)? {
+                Caller::Client { accessor, role, .. } => Ok(Caller::Client {
+                    accessor,
+                    role,
+                    relayed_by: Some(node),
+                }),
+                other => Ok(other),
+            };
+        }
+        if permission.is_read() {
+            return Ok(Caller::Node(node));
+        }
+        Err(Status::permission_denied(format!(
+            "{} needs {}: a node forwards it only with the client's token (a node \
+             certificate alone only reads)",
+            rpc_path(request),
+            permission.as_str()
+        )))
+    }
+
     /// A request without a node certificate: the RPC's rule decides, with
     /// the bearer token's role for client RPCs.
     #[allow(clippy::result_large_err)]
     fn client(&self, request: &Request<()>) -> Result<Caller, Status> {
-        let path = request
-            .extensions()
-            .get::<RpcPath>()
-            .map_or("", |path| path.0.as_str());
-        let permission = match rules::rule(path) {
-            Some(rules::Rule::Client(permission)) => permission,
-            Some(rules::Rule::Peer) => {
+        let path = rpc_path(request);
+        let permission = match rule_of(request)? {
+            rules::Rule::Client(permission) => permission,
+            rules::Rule::Peer => {
                 return Err(Status::permission_denied(format!(
                     "{path} is for cluster nodes only: present a node certificate of the \
                      cluster CA (a token is not enough)"
                 )))
             }
-            None => {
-                return Err(Status::permission_denied(format!(
-                    "no access rule for {:?}",
-                    blixard_api::validate::echo(path)
-                )))
-            }
         };
-        let (accessor, role) = self.token(request)?;
+        let hash = bearer_hash(request.metadata())?;
+        self.require_fresh_tokens()?;
+        let (accessor, role) = self.state.read_state(|state| token_verdict(state, &hash))?;
         if !rules::allows(role, permission) {
             return Err(Status::permission_denied(format!(
                 "token {accessor} ({}) may not {}: {path} needs a token that may",
@@ -117,43 +165,78 @@ impl Authorize {
                 permission.as_str()
             )));
         }
-        Ok(Caller::Client { accessor, role })
+        Ok(Caller::Client {
+            accessor,
+            role,
+            relayed_by: None,
+        })
     }
+}
 
-    /// The accessor and role of the request's bearer token, or
-    /// `Unauthenticated`.
+/// How long a worker may go without a voter confirming its copy of the
+/// state before it stops judging tokens by that copy (a token revoked
+/// meanwhile would still pass).
+pub const TOKENS_STALE_AFTER_MS: u64 = 5_000;
+
+impl Authorize {
+    /// On a worker: `Unavailable` unless a voter confirmed its copy of
+    /// the state (and so its tokens) within [`TOKENS_STALE_AFTER_MS`].
     #[allow(clippy::result_large_err)]
-    fn token(&self, request: &Request<()>) -> Result<(String, TokenRole), Status> {
-        let Some(value) = request.metadata().get("authorization") else {
-            return Err(Status::unauthenticated(
-                "this cluster needs a token: give --token or set BLIXARD_TOKEN (the founding \
-                 node wrote the first one to DATA_DIR/management-token)",
-            ));
-        };
-        let secret = value
-            .to_str()
-            .ok()
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer TOKEN`"))?;
-        let hash = tokens::hash(secret);
-        let token = self.state.read_state(|state| {
-            state.token_by_secret_hash(&hash).map(|t| {
-                (
-                    t.accessor.clone(),
-                    t.role,
-                    t.is_valid_at(vm_node::now_unix_ms()),
-                )
-            })
-        });
-        match token {
-            Some((accessor, role, true)) => Ok((accessor, role)),
-            Some((accessor, _, false)) => Err(Status::unauthenticated(format!(
-                "token {accessor} has expired"
-            ))),
-            None => Err(Status::unauthenticated(
-                "the token is not valid here (unknown or revoked)",
-            )),
+    fn require_fresh_tokens(&self) -> Result<(), Status> {
+        if self.state.is_member() {
+            return Ok(());
         }
+        let stale_after = std::time::Duration::from_millis(TOKENS_STALE_AFTER_MS);
+        match self.state.mirror().unconfirmed_for() {
+            Some(age) if age <= stale_after => Ok(()),
+            age => Err(Status::unavailable(format!(
+                "this worker {} so it cannot check tokens; retry through a voter",
+                match age {
+                    Some(age) => format!("has not heard from the voters for {} s,", age.as_secs()),
+                    None => "has not heard from the voters yet,".to_string(),
+                }
+            ))),
+        }
+    }
+}
+
+/// The metadata key of a client's bearer token.
+pub const AUTHORIZATION: &str = "authorization";
+
+/// The hash of the bearer token in `metadata`, or `Unauthenticated`.
+#[allow(clippy::result_large_err)]
+pub fn bearer_hash(metadata: &tonic::metadata::MetadataMap) -> Result<String, Status> {
+    let Some(value) = metadata.get(AUTHORIZATION) else {
+        return Err(Status::unauthenticated(
+            "this cluster needs a token: give --token or set BLIXARD_TOKEN (the founding \
+             node wrote the first one to DATA_DIR/management-token)",
+        ));
+    };
+    let secret = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .ok_or_else(|| Status::unauthenticated("authorization must be `Bearer TOKEN`"))?;
+    Ok(tokens::hash(secret))
+}
+
+/// The accessor and role of the token whose secret hashes to
+/// `secret_sha256`, if `state` holds it and it has not expired; else
+/// `Unauthenticated`.
+#[allow(clippy::result_large_err)]
+pub fn token_verdict(
+    state: &ClusterState,
+    secret_sha256: &str,
+) -> Result<(String, TokenRole), Status> {
+    match state.token_by_secret_hash(secret_sha256) {
+        Some(t) if t.is_valid_at(vm_node::now_unix_ms()) => Ok((t.accessor.clone(), t.role)),
+        Some(t) => Err(Status::unauthenticated(format!(
+            "token {} has expired",
+            t.accessor
+        ))),
+        None => Err(Status::unauthenticated(
+            "the token is not valid here (unknown or revoked)",
+        )),
     }
 }
 
@@ -168,14 +251,26 @@ fn certificate_node(_request: &Request<()>) -> Option<u64> {
     None
 }
 
-/// Who made `request`, for the audit trail of the change it asks for.
-pub fn audit_context<T>(request: &Request<T>) -> AuditContext {
+/// Who made `request`: for the audit trail of the change it asks for,
+/// and the client's token for a worker to hand on with it.
+pub fn requester<T>(request: &Request<T>) -> Requester {
+    Requester {
+        audit: audit_context(request),
+        authorization: request.metadata().get(AUTHORIZATION).cloned(),
+    }
+}
+
+fn audit_context<T>(request: &Request<T>) -> AuditContext {
     let actor = match request.extensions().get::<Caller>() {
         Some(Caller::Node(node_id)) => Actor::Node { node_id: *node_id },
         Some(Caller::Client { accessor, .. }) => Actor::Token {
             accessor: accessor.clone(),
         },
         Some(Caller::Unverified) | None => Actor::Anonymous,
+    };
+    let relayed_by = match request.extensions().get::<Caller>() {
+        Some(Caller::Client { relayed_by, .. }) => *relayed_by,
+        _ => None,
     };
     AuditContext {
         actor,
@@ -184,7 +279,7 @@ pub fn audit_context<T>(request: &Request<T>) -> AuditContext {
             .remote_addr()
             .map(|address| address.to_string())
             .unwrap_or_default(),
-        relayed_by: None,
+        relayed_by,
     }
 }
 

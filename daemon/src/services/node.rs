@@ -156,16 +156,16 @@ impl pb::node_server::Node for NodeService {
         &self,
         request: Request<pb::SetEligibilityRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         self.raft
-            .propose_audited(
+            .propose_for(
                 Command::SetNodeEligibility {
                     node_id: request.node_id,
                     eligible: request.eligible,
                 },
-                Some(audit),
+                requester,
             )
             .await
             .map_err(Error::from)?;
@@ -176,7 +176,7 @@ impl pb::node_server::Node for NodeService {
         &self,
         request: Request<pb::DrainRequest>,
     ) -> Result<Response<pb::NodeInfo>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         let deadline_ms = match request.deadline_ms {
@@ -190,13 +190,13 @@ impl pb::node_server::Node for NodeService {
         };
         let now = now_unix_ms();
         self.raft
-            .propose_audited(
+            .propose_for(
                 Command::DrainNode {
                     node_id: request.node_id,
                     at_unix_ms: now,
                     deadline_unix_ms: now + deadline_ms,
                 },
-                Some(audit),
+                requester,
             )
             .await
             .map_err(Error::from)?;

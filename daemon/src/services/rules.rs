@@ -28,6 +28,14 @@ pub enum Permission {
 }
 
 impl Permission {
+    /// Whether it only reads (a node certificate alone may do these).
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            Permission::ClusterRead | Permission::VmRead | Permission::NodeRead
+        )
+    }
+
     /// As the refusal names it, e.g. `vm:write`.
     pub fn as_str(self) -> &'static str {
         match self {

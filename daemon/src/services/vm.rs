@@ -30,17 +30,17 @@ impl VmService {
         request: Request<pb::VmNameRequest>,
         desired_state: DesiredState,
     ) -> Result<Response<pb::VmResponse>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let name = request.into_inner().name;
         validate::vm_name(&name).map_err(Error::from)?;
         let applied = self
             .raft
-            .propose_audited(
+            .propose_for(
                 Command::SetVmDesiredState {
                     name,
                     desired_state,
                 },
-                Some(audit),
+                requester,
             )
             .await
             .map_err(Error::from)?;
@@ -59,7 +59,7 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::CreateVmRequest>,
     ) -> Result<Response<pb::VmResponse>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let request = request.into_inner();
         let spec = vm_spec_from_pb(request.spec).map_err(Error::from)?;
         if request.replicas > 0 {
@@ -79,14 +79,14 @@ impl pb::vm_server::Vm for VmService {
             }
             let applied = self
                 .raft
-                .propose_audited(
+                .propose_for(
                     Command::SetReplicas {
                         template: spec,
                         replicas: request.replicas,
                         start: !request.stopped,
                         created_at_unix_ms: now_unix_ms(),
                     },
-                    Some(audit),
+                    requester,
                 )
                 .await
                 .map_err(Error::from)?;
@@ -100,12 +100,12 @@ impl pb::vm_server::Vm for VmService {
         }
         let applied = self
             .raft
-            .propose_audited(
+            .propose_for(
                 Command::CreateVm {
                     spec,
                     created_at_unix_ms: now_unix_ms(),
                 },
-                Some(audit),
+                requester,
             )
             .await
             .map_err(Error::from)?;
@@ -119,7 +119,7 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::ScaleVmRequest>,
     ) -> Result<Response<pb::ScaleVmResponse>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let request = request.into_inner();
         validate::vm_name(&request.name).map_err(Error::from)?;
         if request.replicas > 0 {
@@ -144,14 +144,14 @@ impl pb::vm_server::Vm for VmService {
         })?;
         let applied = self
             .raft
-            .propose_audited(
+            .propose_for(
                 Command::SetReplicas {
                     template,
                     replicas: request.replicas,
                     start: !request.stopped,
                     created_at_unix_ms: now_unix_ms(),
                 },
-                Some(audit),
+                requester,
             )
             .await
             .map_err(Error::from)?;
@@ -186,12 +186,12 @@ impl pb::vm_server::Vm for VmService {
         &self,
         request: Request<pb::VmNameRequest>,
     ) -> Result<Response<pb::DeleteVmResponse>, Status> {
-        let audit = super::audit_context(&request);
+        let requester = super::requester(&request);
         let name = request.into_inner().name;
         validate::vm_name(&name).map_err(Error::from)?;
         let applied = self
             .raft
-            .propose_audited(Command::DeleteVm { name }, Some(audit))
+            .propose_for(Command::DeleteVm { name }, requester)
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::DeleteVmResponse {
