@@ -8,7 +8,7 @@
 //! refused command changes nothing. `apply` does no I/O and reads no
 //! clock, so every replica that applies the same log holds the same state.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde::{Deserialize, Serialize};
 
@@ -29,6 +29,8 @@ pub enum Touched {
     Tokens,
     /// An audit record, by sequence number (added, or fallen off).
     Audit(u64),
+    /// The set of removed node ids.
+    Removed,
 }
 
 /// Everything the cluster agrees on.
@@ -47,6 +49,11 @@ pub struct ClusterState {
     /// [`crate::audit`]).
     #[serde(default)]
     pub audit: VecDeque<AuditRecord>,
+    /// Nodes removed from the cluster: their ids (and so their
+    /// certificates) are never accepted again. One entry per removal of a
+    /// node a voter once admitted, so it grows only as fast as nodes do.
+    #[serde(default)]
+    pub removed_nodes: BTreeSet<u64>,
 }
 
 /// Tokens the cluster holds at most (each request scans them).
@@ -203,6 +210,13 @@ impl ClusterState {
             } => self.drain_node(node_id, at_unix_ms, deadline_unix_ms),
             Command::FinishDrain { node_id, force } => self.finish_drain(node_id, force),
             Command::SetSettings { settings } => self.set_settings(settings),
+            Command::RegisterWorker { node_id, .. } if self.removed_nodes.contains(&node_id) => {
+                Outcome::rejected(Rejection::Invalid {
+                    detail: format!(
+                        "node {node_id} was removed from the cluster; join with a new node id"
+                    ),
+                })
+            }
             Command::RegisterWorker { node_id, address } => {
                 // Registering again (a worker retrying its join) is a
                 // no-op change; taking over another node's id is not.
@@ -370,12 +384,13 @@ impl ClusterState {
     pub fn remove_member(&mut self, node_id: u64) -> Outcome {
         self.revision += 1;
         self.nodes.remove(&node_id);
+        self.removed_nodes.insert(node_id);
         let mut outcome = Outcome {
             result: Ok(Applied {
                 revision: self.revision,
                 vm: None,
             }),
-            touched: vec![Touched::Node(node_id)],
+            touched: vec![Touched::Node(node_id), Touched::Removed],
             ..Outcome::default()
         };
         let names: Vec<String> = self
@@ -992,6 +1007,26 @@ mod tests {
         );
         assert_eq!(state.audit[1].revision, state.revision);
         assert!(state.audit[0].is_by("ops") && !state.audit[0].is_by("ci"));
+    }
+
+    #[test]
+    fn a_removed_node_never_registers_again() {
+        let mut state = ClusterState::default();
+        let register = Command::RegisterWorker {
+            node_id: 4,
+            address: "127.0.0.1:4".into(),
+        };
+        assert!(state.apply(register.clone()).result.is_ok());
+        let removed = state.apply(Command::UnregisterWorker { node_id: 4 });
+        assert!(removed.touched.contains(&Touched::Removed));
+        assert!(state.removed_nodes.contains(&4));
+        let refused = state.apply(register).result.unwrap_err();
+        assert!(refused.to_string().contains("was removed"), "{refused}");
+        // A raft member removed by configuration change is retired too.
+        state.add_member(2, "127.0.0.1:2".into());
+        state.remove_member(2);
+        assert_eq!(state.removed_nodes, BTreeSet::from([2, 4]));
+        assert_eq!(ClusterState::decode(&state.encode()).unwrap(), state);
     }
 
     #[test]

@@ -45,6 +45,8 @@ const KEY_SETTINGS: &str = "settings";
 const KEY_TOKENS: &str = "tokens";
 /// Audit records are rows `audit/SEQ` (SEQ zero-padded, so they sort).
 const AUDIT_PREFIX: &str = "audit/";
+/// Removed node ids, one row (see `ClusterState::removed_nodes`).
+const KEY_REMOVED: &str = "removed_nodes";
 
 fn audit_key(seq: u64) -> String {
     format!("{AUDIT_PREFIX}{seq:020}")
@@ -270,6 +272,10 @@ impl LogStore {
         if let Some(bytes) = self.meta.get(rtxn, KEY_TOKENS)? {
             state.tokens = serde_json::from_slice(bytes).map_err(|e| corrupt("tokens", e))?;
         }
+        if let Some(bytes) = self.meta.get(rtxn, KEY_REMOVED)? {
+            state.removed_nodes =
+                serde_json::from_slice(bytes).map_err(|e| corrupt("removed nodes", e))?;
+        }
         for item in self.meta.prefix_iter(rtxn, AUDIT_PREFIX)? {
             let (_, bytes) = item?;
             state
@@ -410,6 +416,10 @@ impl LogStore {
                 let bytes = serde_json::to_vec(&state.tokens).expect("tokens serialize");
                 self.meta.put(wtxn, KEY_TOKENS, &bytes)?;
             }
+            Touched::Removed => {
+                let bytes = serde_json::to_vec(&state.removed_nodes).expect("ids serialize");
+                self.meta.put(wtxn, KEY_REMOVED, &bytes)?;
+            }
             // Records only ever join at the back and fall off the front.
             Touched::Audit(seq) => match state.audit.iter().rev().find(|r| r.seq == *seq) {
                 Some(record) => {
@@ -450,6 +460,8 @@ impl LogStore {
         self.meta.put(wtxn, KEY_SETTINGS, &settings)?;
         let tokens = serde_json::to_vec(&state.tokens).expect("tokens serialize");
         self.meta.put(wtxn, KEY_TOKENS, &tokens)?;
+        let removed = serde_json::to_vec(&state.removed_nodes).expect("ids serialize");
+        self.meta.put(wtxn, KEY_REMOVED, &removed)?;
         let stale: Vec<String> = self
             .meta
             .prefix_iter(wtxn, AUDIT_PREFIX)?

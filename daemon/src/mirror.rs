@@ -63,6 +63,9 @@ pub struct Mirror {
     upstream: Mutex<Upstream>,
     /// When a voter with a leader last confirmed this mirror's feed.
     confirmed_at: Mutex<Option<tokio::time::Instant>>,
+    /// The last refusal logged (each new one is logged once, not at every
+    /// retry).
+    last_refusal: Mutex<String>,
 }
 
 impl Default for Mirror {
@@ -75,6 +78,7 @@ impl Default for Mirror {
             revision: watch::channel(0).0,
             upstream: Mutex::new(Upstream::default()),
             confirmed_at: Mutex::new(None),
+            last_refusal: Mutex::new(String::new()),
         }
     }
 }
@@ -318,7 +322,15 @@ async fn follow(
     let mut stream = match subscribe.await {
         Ok(Ok(response)) => response.into_inner(),
         Ok(Err(status)) => {
-            tracing::debug!(%address, error = status.message(), "mirror: feed refused");
+            let refused = status.code() == tonic::Code::PermissionDenied;
+            let mut last = mirror.last_refusal.lock().expect("refusal lock poisoned");
+            if refused && *last != status.message() {
+                // Not a passing failure: this node is not let in.
+                tracing::warn!(%address, "mirror: feed refused: {}", status.message());
+                *last = status.message().to_string();
+            } else {
+                tracing::debug!(%address, error = status.message(), "mirror: feed refused");
+            }
             return;
         }
         Err(_) => {

@@ -260,3 +260,97 @@ async fn a_worker_cut_off_from_the_voters_stops_judging_tokens() {
     )
     .await;
 }
+
+/// Goal: a node removed from the cluster is refused everywhere by its
+/// certificate, loses its feed of the state, and cannot come back under
+/// its old id. Method: three voters and a worker; `cluster remove-node`
+/// of the worker; its certificate is then refused by every voter (even for
+/// reads), and the worker, restarted, is told it was removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_node_is_refused_by_its_certificate_and_cannot_return() {
+    use blixard_api::pb;
+    use blixard_api::pb::cluster_client::ClusterClient;
+    use blixard_api::pb::state_feed_client::StateFeedClient;
+    let timings = Timings {
+        voters: 3,
+        ..Timings::default()
+    };
+    let mut cluster =
+        TestCluster::start_with(4, timings, Network::Loopback, |_| NodeOptions::default()).await;
+    cluster.wait_voters(3).await;
+    let mut worker = 0;
+    for id in 1..=4 {
+        if cluster.status(id).await.unwrap().node_role == "worker" {
+            worker = id;
+        }
+    }
+    assert_ne!(worker, 0, "no worker among four nodes with three voters");
+    let voters: Vec<u64> = (1..=4).filter(|id| *id != worker).collect();
+    // Before: the worker's certificate reads and subscribes.
+    let as_worker = cluster.peer_channel(voters[0], worker).await.unwrap();
+    ClusterClient::new(as_worker.clone())
+        .status(pb::StatusRequest {})
+        .await
+        .unwrap();
+    let mut feed = StateFeedClient::new(as_worker.clone())
+        .subscribe(pb::FeedRequest { from_revision: 0 })
+        .await
+        .unwrap()
+        .into_inner();
+    feed.message().await.unwrap().unwrap();
+
+    cluster.cli_ok(voters[1], &["cluster", "remove-node", &worker.to_string()]);
+
+    // The open feed ends, saying why.
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        loop {
+            match feed.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => panic!("the feed ended without saying why"),
+                Err(status) => return status,
+            }
+        }
+    })
+    .await
+    .expect("the removed node's feed is still open");
+    assert!(ended.message().contains("was removed"), "{ended:?}");
+    for id in &voters {
+        let refused = eventually(
+            &format!("node {id} to refuse the removed node"),
+            Duration::from_secs(10),
+            || async {
+                let channel = cluster.peer_channel(*id, worker).await?;
+                ClusterClient::new(channel)
+                    .status(pb::StatusRequest {})
+                    .await
+                    .err()
+            },
+        )
+        .await;
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(refused.message().contains("was removed"), "{refused:?}");
+    }
+    cluster.kill(worker);
+    cluster.restart(worker);
+    eventually(
+        "the restarted node to hear it was removed",
+        Duration::from_secs(30),
+        || async {
+            cluster
+                .log(worker)
+                .contains("was removed from the cluster")
+                .then_some(())
+        },
+    )
+    .await;
+    let listed = cluster.cli_ok(voters[0], &["node", "list", "-o", "json"]);
+    let nodes: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert!(
+        !nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node_id"] == worker && n["role"] == "worker"),
+        "{listed}"
+    );
+}

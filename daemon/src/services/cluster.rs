@@ -154,6 +154,16 @@ impl pb::cluster_server::Cluster for ClusterService {
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         validate::address(&request.address).map_err(Error::from)?;
+        if self
+            .raft
+            .read_state(|s| s.removed_nodes.contains(&request.node_id))
+        {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from the cluster; join with a new node id (and its own \
+                 certificate)",
+                request.node_id
+            )));
+        }
         // A node joins as itself; only a node already in the cluster (a
         // worker forwarding a join to its voter) may ask for another.
         if let Some(caller) = caller.filter(|caller| *caller != request.node_id) {

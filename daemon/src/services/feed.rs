@@ -116,7 +116,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
         &self,
         request: Request<pb::FeedRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
-        super::require_node(&request, "StateFeed.Subscribe")?;
+        let subscriber = super::require_node(&request, "StateFeed.Subscribe")?;
         self.require_member()?;
         let from_revision = request.into_inner().from_revision;
         let (retained, mut events) = self.raft.feed();
@@ -188,9 +188,23 @@ impl pb::state_feed_server::StateFeed for FeedService {
                 }
             }
         });
-        Ok(Response::new(
-            Box::pin(ReceiverStream::new(rx)) as FeedStream
-        ))
+        let stream: FeedStream = Box::pin(ReceiverStream::new(rx));
+        let Some(subscriber) = subscriber else {
+            return Ok(Response::new(stream));
+        };
+        // A node removed from the cluster stops receiving its state.
+        let raft = self.raft.clone();
+        Ok(Response::new(super::lease::while_allowed(
+            stream,
+            move || {
+                raft.read_state(|s| s.removed_nodes.contains(&subscriber))
+                    .then(|| {
+                        Status::permission_denied(format!(
+                            "node {subscriber} was removed from the cluster; this feed ends"
+                        ))
+                    })
+            },
+        )))
     }
 
     async fn propose(

@@ -3,8 +3,9 @@
 //! Invariant: a stream opened with a token (`Caller::Client`) yields
 //! nothing more once that token is revoked or expired on this node: within
 //! [`TOKEN_RECHECK_INTERVAL_MS`] its last item is `Unauthenticated` naming
-//! why, and then it ends. Streams of nodes (certificates) and of a cluster
-//! run with security off are passed through.
+//! why, and then it ends. A node's feed ends likewise once the node is
+//! removed from the cluster ([`while_allowed`]). Streams of a cluster run
+//! with security off are passed through.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -33,49 +34,50 @@ pub fn while_token_valid<T: Send + 'static>(
     let Some(Caller::Client { accessor, .. }) = caller else {
         return stream;
     };
-    let mut recheck = tokio::time::interval(Duration::from_millis(TOKEN_RECHECK_INTERVAL_MS));
-    recheck.set_missed_tick_behavior(MissedTickBehavior::Skip);
-    Box::pin(TokenBound {
-        inner: stream,
-        accessor: accessor.clone(),
-        state,
-        recheck,
-        ended: false,
-    })
-}
-
-struct TokenBound<T> {
-    inner: BoxedStream<T>,
-    accessor: String,
-    state: ClusterHandle,
-    recheck: Interval,
-    ended: bool,
-}
-
-impl<T> TokenBound<T> {
-    /// Why the token no longer holds, if it does not.
-    fn refusal(&self) -> Option<Status> {
-        let valid = self.state.read_state(|state| {
+    let accessor = accessor.clone();
+    while_allowed(stream, move || {
+        let valid = state.read_state(|state| {
             state
                 .tokens
-                .get(&self.accessor)
+                .get(&accessor)
                 .map(|token| token.is_valid_at(now_unix_ms()))
         });
         match valid {
             Some(true) => None,
             Some(false) => Some(Status::unauthenticated(format!(
-                "token {} has expired; this stream ends",
-                self.accessor
+                "token {accessor} has expired; this stream ends"
             ))),
             None => Some(Status::unauthenticated(format!(
-                "token {} was revoked; this stream ends",
-                self.accessor
+                "token {accessor} was revoked; this stream ends"
             ))),
         }
-    }
+    })
 }
 
-impl<T> Stream for TokenBound<T> {
+/// `stream`, ended with the status `refusal` gives once it gives one
+/// (asked every [`TOKEN_RECHECK_INTERVAL_MS`]).
+pub fn while_allowed<T: Send + 'static>(
+    stream: BoxedStream<T>,
+    refusal: impl Fn() -> Option<Status> + Send + 'static,
+) -> BoxedStream<T> {
+    let mut recheck = tokio::time::interval(Duration::from_millis(TOKEN_RECHECK_INTERVAL_MS));
+    recheck.set_missed_tick_behavior(MissedTickBehavior::Skip);
+    Box::pin(Bounded {
+        inner: stream,
+        refusal: Box::new(refusal),
+        recheck,
+        ended: false,
+    })
+}
+
+struct Bounded<T> {
+    inner: BoxedStream<T>,
+    refusal: Box<dyn Fn() -> Option<Status> + Send>,
+    recheck: Interval,
+    ended: bool,
+}
+
+impl<T> Stream for Bounded<T> {
     type Item = Result<T, Status>;
 
     fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
@@ -85,7 +87,7 @@ impl<T> Stream for TokenBound<T> {
         }
         // Polling until pending leaves the timer registered to wake us.
         while this.recheck.poll_tick(cx).is_ready() {
-            if let Some(status) = this.refusal() {
+            if let Some(status) = (this.refusal)() {
                 this.ended = true;
                 return Poll::Ready(Some(Err(status)));
             }

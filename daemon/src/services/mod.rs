@@ -116,6 +116,12 @@ impl Authorize {
     /// token and is judged as that client; without one a node only reads.
     #[allow(clippy::result_large_err)]
     fn node(&self, request: &Request<()>, node: u64) -> Result<Caller, Status> {
+        if self.state.read_state(|s| s.removed_nodes.contains(&node)) {
+            return Err(Status::permission_denied(format!(
+                "node {node} was removed from the cluster: its certificate is no longer \
+                 accepted (a node joins again only under a new node id)"
+            )));
+        }
         let permission = match rule_of(request)? {
             rules::Rule::Peer => return Ok(Caller::Node(node)),
             rules::Rule::Client(permission) => permission,
