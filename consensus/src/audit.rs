@@ -128,6 +128,8 @@ pub fn target(command: &Command) -> String {
         Command::SetSettings { .. } => "settings".into(),
         Command::CreateToken { token } => token.accessor.clone(),
         Command::RevokeToken { accessor } => accessor.clone(),
+        Command::CreateRole { role } => role.name.clone(),
+        Command::DeleteRole { name } => name.clone(),
     }
 }
 

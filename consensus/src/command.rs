@@ -215,32 +215,147 @@ impl Token {
     }
 }
 
-/// The built-in roles, from most to least powerful.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+/// A token's role: one of the built-in ones, from most to least
+/// powerful, or one the cluster's admins made (`acl role create`).
+/// Stored as its name, so tokens made before custom roles read the same.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub enum TokenRole {
     /// Everything, tokens and cluster membership and settings included.
     Admin,
-    /// VMs and nodes (create, start, drain, ...), and reading everything.
+    /// VMs and nodes (create, start, drain, ...), and reading everything
+    /// but the audit trail.
     Operator,
-    /// Reading only.
+    /// Reading only (command-line secrets redacted).
     Viewer,
+    /// A role in `ClusterState::roles`, by name.
+    Custom(String),
 }
 
 impl TokenRole {
-    pub fn as_str(self) -> &'static str {
+    pub const BUILT_IN: [TokenRole; 3] = [TokenRole::Admin, TokenRole::Operator, TokenRole::Viewer];
+
+    pub fn as_str(&self) -> &str {
         match self {
             TokenRole::Admin => "admin",
             TokenRole::Operator => "operator",
             TokenRole::Viewer => "viewer",
+            TokenRole::Custom(name) => name,
+        }
+    }
+
+    /// The role named `text`: a built-in one, or else a custom one (which
+    /// must exist where it is used).
+    pub fn named(text: &str) -> Self {
+        Self::BUILT_IN
+            .into_iter()
+            .find(|role| role.as_str() == text)
+            .unwrap_or_else(|| TokenRole::Custom(text.to_string()))
+    }
+
+    /// What a built-in role allows (`None` for a custom role: ask the
+    /// state, see `ClusterState::role_allows`).
+    pub fn built_in_allows(&self, permission: Permission) -> Option<bool> {
+        use Permission::*;
+        Some(match self {
+            TokenRole::Admin => true,
+            // Whoever may write VMs reads them whole (an export applies
+            // back unchanged).
+            TokenRole::Operator => !matches!(permission, ClusterAdmin | AclAdmin | AuditRead),
+            TokenRole::Viewer => matches!(permission, ClusterRead | VmRead | NodeRead),
+            TokenRole::Custom(_) => return None,
+        })
+    }
+}
+
+impl Serialize for TokenRole {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for TokenRole {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        Ok(TokenRole::named(&String::deserialize(deserializer)?))
+    }
+}
+
+/// What a client RPC needs its token to allow, as `acl role create
+/// --allow` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Permission {
+    #[serde(rename = "cluster:read")]
+    ClusterRead,
+    /// Membership and settings.
+    #[serde(rename = "cluster:admin")]
+    ClusterAdmin,
+    #[serde(rename = "vm:read")]
+    VmRead,
+    /// Secret-looking values in VM command lines (`password=...`), which
+    /// are redacted for tokens without it.
+    #[serde(rename = "vm:read-secrets")]
+    VmReadSecrets,
+    #[serde(rename = "vm:write")]
+    VmWrite,
+    #[serde(rename = "node:read")]
+    NodeRead,
+    /// Eligibility and drains.
+    #[serde(rename = "node:write")]
+    NodeWrite,
+    /// Tokens and roles.
+    #[serde(rename = "acl:admin")]
+    AclAdmin,
+    /// The audit trail.
+    #[serde(rename = "audit:read")]
+    AuditRead,
+}
+
+impl Permission {
+    pub const ALL: [Permission; 9] = [
+        Permission::ClusterRead,
+        Permission::ClusterAdmin,
+        Permission::VmRead,
+        Permission::VmReadSecrets,
+        Permission::VmWrite,
+        Permission::NodeRead,
+        Permission::NodeWrite,
+        Permission::AclAdmin,
+        Permission::AuditRead,
+    ];
+
+    /// As refusals and `--allow` name it, e.g. `vm:write`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Permission::ClusterRead => "cluster:read",
+            Permission::ClusterAdmin => "cluster:admin",
+            Permission::VmRead => "vm:read",
+            Permission::VmReadSecrets => "vm:read-secrets",
+            Permission::VmWrite => "vm:write",
+            Permission::NodeRead => "node:read",
+            Permission::NodeWrite => "node:write",
+            Permission::AclAdmin => "acl:admin",
+            Permission::AuditRead => "audit:read",
         }
     }
 
     pub fn parse(text: &str) -> Option<Self> {
-        [TokenRole::Admin, TokenRole::Operator, TokenRole::Viewer]
-            .into_iter()
-            .find(|role| role.as_str() == text)
+        Self::ALL.into_iter().find(|p| p.as_str() == text)
     }
+
+    /// Whether it only reads (a node certificate alone may do these).
+    pub fn is_read(self) -> bool {
+        matches!(
+            self,
+            Permission::ClusterRead | Permission::VmRead | Permission::NodeRead
+        )
+    }
+}
+
+/// A role an admin made: a name and what it allows.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CustomRole {
+    pub name: String,
+    pub permissions: std::collections::BTreeSet<Permission>,
+    pub created_at_unix_ms: u64,
 }
 
 /// Cluster-wide settings, changed through the log like everything else.
@@ -377,6 +492,13 @@ pub enum Command {
     RevokeToken {
         accessor: String,
     },
+    CreateRole {
+        role: CustomRole,
+    },
+    /// Refused while a token has the role.
+    DeleteRole {
+        name: String,
+    },
 }
 
 /// One change of the cluster state, as workers replay it: every accepted
@@ -425,6 +547,8 @@ impl Command {
             Command::ReportVm { .. } => "report_vm",
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
+            Command::CreateRole { .. } => "create_role",
+            Command::DeleteRole { .. } => "delete_role",
         }
     }
 
@@ -515,6 +639,8 @@ pub enum EventKind {
     SettingsChanged,
     TokenCreated,
     TokenRevoked,
+    RoleCreated,
+    RoleDeleted,
 }
 
 impl EventKind {
@@ -535,6 +661,8 @@ impl EventKind {
             EventKind::SettingsChanged => "settings_changed",
             EventKind::TokenCreated => "token_created",
             EventKind::TokenRevoked => "token_revoked",
+            EventKind::RoleCreated => "role_created",
+            EventKind::RoleDeleted => "role_deleted",
         }
     }
 }

@@ -16,9 +16,9 @@ pub mod storage;
 pub mod validate;
 
 pub use command::{
-    validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
-    NodeRecord, PortForward, Rejection, RunnerSource, Settings, Token, TokenRole, Transition,
-    VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
+    validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
+    HostFacts, NodeRecord, Permission, PortForward, Rejection, RunnerSource, Settings, Token,
+    TokenRole, Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
 };
 pub use error::{Error, Result};
 pub use handle::{

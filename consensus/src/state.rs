@@ -15,9 +15,9 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{Actor, Audit, AuditRecord, AUDIT_RECORDS_MAX};
 
 use crate::command::{
-    validate_settings, Applied, Command, DesiredState, Drain, Event, EventKind, HostFacts,
-    NodeRecord, Rejection, Settings, Token, TokenRole, Transition, VmChange, VmObserved, VmPhase,
-    VmRecord, VmSpec,
+    validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
+    HostFacts, NodeRecord, Permission, Rejection, Settings, Token, TokenRole, Transition, VmChange,
+    VmObserved, VmPhase, VmRecord, VmSpec,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -31,6 +31,8 @@ pub enum Touched {
     Audit(u64),
     /// The set of removed node ids.
     Removed,
+    /// The custom roles.
+    Roles,
 }
 
 /// Everything the cluster agrees on.
@@ -54,7 +56,13 @@ pub struct ClusterState {
     /// node a voter once admitted, so it grows only as fast as nodes do.
     #[serde(default)]
     pub removed_nodes: BTreeSet<u64>,
+    /// Roles admins made, by name (see `TokenRole::Custom`).
+    #[serde(default)]
+    pub roles: BTreeMap<String, CustomRole>,
 }
+
+/// Custom roles the cluster holds at most.
+pub const ROLES_MAX: usize = 256;
 
 /// Tokens the cluster holds at most (each request scans them).
 pub const TOKENS_MAX: usize = 1024;
@@ -248,6 +256,8 @@ impl ClusterState {
             },
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { accessor } => self.revoke_token(&accessor),
+            Command::CreateRole { role } => self.create_role(role),
+            Command::DeleteRole { name } => self.delete_role(&name),
         }
     }
 
@@ -258,8 +268,83 @@ impl ClusterState {
             .find(|token| token.secret_sha256 == secret_sha256)
     }
 
+    /// Whether a token of `role` allows `permission` here: built-in
+    /// roles by their fixed grants, custom ones by what the state holds
+    /// (a role that does not exist allows nothing).
+    pub fn role_allows(&self, role: &TokenRole, permission: Permission) -> bool {
+        role.built_in_allows(permission).unwrap_or_else(|| {
+            self.roles
+                .get(role.as_str())
+                .is_some_and(|custom| custom.permissions.contains(&permission))
+        })
+    }
+
+    fn create_role(&mut self, role: CustomRole) -> Outcome {
+        let refuse = |detail: String| Outcome::rejected(Rejection::Invalid { detail });
+        if self.roles.contains_key(&role.name) {
+            return refuse(format!("a role named {} exists", role.name));
+        }
+        if self.roles.len() >= ROLES_MAX {
+            return refuse(format!(
+                "the cluster holds {ROLES_MAX} roles; delete some first"
+            ));
+        }
+        self.revision += 1;
+        let allowed: Vec<&str> = role.permissions.iter().map(|p| p.as_str()).collect();
+        let message = format!("role {} created: {}", role.name, allowed.join(", "));
+        self.roles.insert(role.name.clone(), role);
+        self.roles_changed()
+            .event(EventKind::RoleCreated, None, None, message)
+    }
+
+    fn delete_role(&mut self, name: &str) -> Outcome {
+        let refuse = |detail: String| Outcome::rejected(Rejection::Invalid { detail });
+        if !self.roles.contains_key(name) {
+            return refuse(format!("no role named {name}"));
+        }
+        let users: Vec<&str> = self
+            .tokens
+            .values()
+            .filter(|t| t.role.as_str() == name)
+            .map(|t| t.accessor.as_str())
+            .collect();
+        if !users.is_empty() {
+            return refuse(format!(
+                "role {name} is held by {} token(s) (e.g. {}); revoke them first",
+                users.len(),
+                users[0]
+            ));
+        }
+        self.roles.remove(name);
+        self.revision += 1;
+        self.roles_changed().event(
+            EventKind::RoleDeleted,
+            None,
+            None,
+            format!("role {name} deleted"),
+        )
+    }
+
+    fn roles_changed(&self) -> Outcome {
+        Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            touched: vec![Touched::Roles],
+            ..Outcome::default()
+        }
+    }
+
     fn create_token(&mut self, token: Token) -> Outcome {
         let refuse = |detail: String| Outcome::rejected(Rejection::Invalid { detail });
+        if let TokenRole::Custom(name) = &token.role {
+            if !self.roles.contains_key(name) {
+                return refuse(format!(
+                    "no role named {name}: make it with `acl role create` (built in: admin, operator, viewer)"
+                ));
+            }
+        }
         if self.tokens.contains_key(&token.accessor) {
             return refuse(format!("a token with accessor {} exists", token.accessor));
         }
@@ -1047,6 +1132,68 @@ mod tests {
             state.audit.back().unwrap().seq,
             AUDIT_RECORDS_MAX as u64 + 2
         );
+    }
+
+    #[test]
+    fn custom_roles_allow_what_they_name_and_outlive_no_token() {
+        let mut state = ClusterState::default();
+        let role = |name: &str, permissions: &[Permission]| Command::CreateRole {
+            role: CustomRole {
+                name: name.into(),
+                permissions: permissions.iter().copied().collect(),
+                created_at_unix_ms: 1,
+            },
+        };
+        let token = |role: TokenRole| Command::CreateToken {
+            token: Token {
+                accessor: "00000000000000c1".into(),
+                name: "ci".into(),
+                secret_sha256: "c".repeat(64),
+                created_at_unix_ms: 1,
+                role,
+                expires_at_unix_ms: None,
+            },
+        };
+        let deployer = TokenRole::named("deployer");
+        let refused = state.apply(token(deployer.clone())).result.unwrap_err();
+        assert!(
+            refused.to_string().contains("no role named deployer"),
+            "{refused}"
+        );
+        for bad in [role("admin", &[Permission::VmRead]), role("empty", &[])] {
+            assert!(state.apply(bad).result.is_err());
+        }
+        let made = state.apply(role("deployer", &[Permission::VmRead, Permission::VmWrite]));
+        assert!(made.touched.contains(&Touched::Roles));
+        assert!(state
+            .apply(role("deployer", &[Permission::VmRead]))
+            .result
+            .is_err());
+        assert!(state.apply(token(deployer.clone())).result.is_ok());
+        assert!(state.role_allows(&deployer, Permission::VmWrite));
+        assert!(!state.role_allows(&deployer, Permission::VmReadSecrets));
+        assert!(!state.role_allows(&TokenRole::named("ghost"), Permission::VmRead));
+        assert!(state.role_allows(&TokenRole::Viewer, Permission::VmRead));
+        let delete = Command::DeleteRole {
+            name: "deployer".into(),
+        };
+        let held = state.apply(delete.clone()).result.unwrap_err();
+        assert!(held.to_string().contains("held by 1 token"), "{held}");
+        assert!(state
+            .apply(Command::RevokeToken {
+                accessor: "00000000000000c1".into()
+            })
+            .result
+            .is_ok());
+        assert!(state.apply(delete).result.is_ok());
+        assert!(state.roles.is_empty());
+        assert_eq!(ClusterState::decode(&state.encode()).unwrap(), state);
+        // Tokens made before custom roles read the same.
+        let old: Token = serde_json::from_str(
+            r#"{"accessor":"00000000000000d1","name":"x","secret_sha256":"00","created_at_unix_ms":0,"role":"operator"}"#,
+        )
+        .unwrap();
+        assert_eq!(old.role, TokenRole::Operator);
     }
 
     #[test]

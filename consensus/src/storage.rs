@@ -47,6 +47,8 @@ const KEY_TOKENS: &str = "tokens";
 const AUDIT_PREFIX: &str = "audit/";
 /// Removed node ids, one row (see `ClusterState::removed_nodes`).
 const KEY_REMOVED: &str = "removed_nodes";
+/// Custom roles, one row (at most `ROLES_MAX`).
+const KEY_ROLES: &str = "roles";
 
 fn audit_key(seq: u64) -> String {
     format!("{AUDIT_PREFIX}{seq:020}")
@@ -272,6 +274,9 @@ impl LogStore {
         if let Some(bytes) = self.meta.get(rtxn, KEY_TOKENS)? {
             state.tokens = serde_json::from_slice(bytes).map_err(|e| corrupt("tokens", e))?;
         }
+        if let Some(bytes) = self.meta.get(rtxn, KEY_ROLES)? {
+            state.roles = serde_json::from_slice(bytes).map_err(|e| corrupt("roles", e))?;
+        }
         if let Some(bytes) = self.meta.get(rtxn, KEY_REMOVED)? {
             state.removed_nodes =
                 serde_json::from_slice(bytes).map_err(|e| corrupt("removed nodes", e))?;
@@ -416,6 +421,10 @@ impl LogStore {
                 let bytes = serde_json::to_vec(&state.tokens).expect("tokens serialize");
                 self.meta.put(wtxn, KEY_TOKENS, &bytes)?;
             }
+            Touched::Roles => {
+                let bytes = serde_json::to_vec(&state.roles).expect("roles serialize");
+                self.meta.put(wtxn, KEY_ROLES, &bytes)?;
+            }
             Touched::Removed => {
                 let bytes = serde_json::to_vec(&state.removed_nodes).expect("ids serialize");
                 self.meta.put(wtxn, KEY_REMOVED, &bytes)?;
@@ -460,6 +469,8 @@ impl LogStore {
         self.meta.put(wtxn, KEY_SETTINGS, &settings)?;
         let tokens = serde_json::to_vec(&state.tokens).expect("tokens serialize");
         self.meta.put(wtxn, KEY_TOKENS, &tokens)?;
+        let roles = serde_json::to_vec(&state.roles).expect("roles serialize");
+        self.meta.put(wtxn, KEY_ROLES, &roles)?;
         let removed = serde_json::to_vec(&state.removed_nodes).expect("ids serialize");
         self.meta.put(wtxn, KEY_REMOVED, &removed)?;
         let stale: Vec<String> = self

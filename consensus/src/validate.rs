@@ -16,7 +16,7 @@ use blixard_api::validate as api;
 use blixard_api::{limits, ValidationError};
 
 use crate::command::{
-    validate_settings, Command, HostFacts, RunnerSource, VmObserved, VmPhase, VmSpec,
+    validate_settings, Command, HostFacts, RunnerSource, TokenRole, VmObserved, VmPhase, VmSpec,
 };
 use crate::placement::Rule;
 use crate::Rejection;
@@ -116,6 +116,7 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             Ok(())
         }
         Command::CreateToken { token } => {
+            role_name(token.role.as_str())?;
             if let Some(expires) = token.expires_at_unix_ms {
                 if expires <= token.created_at_unix_ms {
                     return Err(refuse("a token must expire after it is made".into()));
@@ -131,6 +132,20 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             })
         }
         Command::RevokeToken { accessor } => hex("accessor", accessor, 16..=32),
+        Command::CreateRole { role } => {
+            role_name(&role.name)?;
+            if TokenRole::named(&role.name) != TokenRole::Custom(role.name.clone()) {
+                return Err(refuse(format!(
+                    "{} is a built-in role; pick another name",
+                    role.name
+                )));
+            }
+            if role.permissions.is_empty() {
+                return Err(refuse("a role must allow something".into()));
+            }
+            Ok(())
+        }
+        Command::DeleteRole { name } => role_name(name),
         Command::SetSettings { settings } => {
             validate_settings(settings).map_err(refuse)?;
             if settings.dead_voter_after_ms > PERIOD_MS_MAX
@@ -146,6 +161,18 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
 }
 
 /// Lowercase hex of a length in `len`.
+/// A role's name: a DNS label, as token names are.
+fn role_name(name: &str) -> Result<(), Rejection> {
+    api::vm_name(name)
+        .map(|_| ())
+        .map_err(|_| Rejection::Invalid {
+            detail: format!(
+                "role name {:?} must be a DNS label (lowercase letters, digits, '-')",
+                api::echo(name)
+            ),
+        })
+}
+
 fn hex(field: &str, value: &str, len: std::ops::RangeInclusive<usize>) -> Result<(), Rejection> {
     let ok = len.contains(&value.len())
         && value

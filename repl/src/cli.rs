@@ -230,6 +230,32 @@ pub enum AclCommand {
     /// Make, list and revoke client tokens.
     #[command(subcommand)]
     Token(AclTokenCommand),
+    /// Make, list and delete roles (what a token may do).
+    #[command(subcommand)]
+    Role(AclRoleCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AclRoleCommand {
+    /// Make a role allowing the given permissions.
+    Create {
+        /// Its name (a DNS label other than admin, operator, viewer).
+        name: String,
+        /// A permission it allows (repeat, or separate with commas):
+        /// cluster:read, cluster:admin, vm:read, vm:read-secrets, vm:write,
+        /// node:read, node:write, acl:admin, audit:read.
+        #[arg(
+            long = "allow",
+            required = true,
+            value_delimiter = ',',
+            value_name = "PERMISSION"
+        )]
+        permissions: Vec<String>,
+    },
+    /// Every role and what it allows, the built-in ones first.
+    List,
+    /// Delete a role no token holds.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -240,9 +266,10 @@ pub enum AclTokenCommand {
         #[arg(long)]
         name: String,
         /// What it may do: admin (everything), operator (VMs and nodes,
-        /// reading all), viewer (reading only).
-        #[arg(long, value_enum)]
-        role: TokenRoleArg,
+        /// reading all but the audit trail), viewer (reading only), or a
+        /// role made with `acl role create`.
+        #[arg(long)]
+        role: String,
         /// Refuse the token after this long, e.g. `1h`, `30d` [default: never].
         #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
         ttl: Option<u64>,
@@ -254,23 +281,6 @@ pub enum AclTokenCommand {
         /// The accessor `acl token list` shows.
         accessor: String,
     },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum TokenRoleArg {
-    Admin,
-    Operator,
-    Viewer,
-}
-
-impl TokenRoleArg {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TokenRoleArg::Admin => "admin",
-            TokenRoleArg::Operator => "operator",
-            TokenRoleArg::Viewer => "viewer",
-        }
-    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -826,7 +826,7 @@ async fn raw_call(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_rpc_enforces_its_rule() {
     use blixard_consensus::TokenRole;
-    use blixard_daemon::services::rules::{allows, rule, Rule};
+    use blixard_daemon::services::rules::{allows, rule, Permission, Rule};
     use prost::Message as _;
     let cluster = TestCluster::start(1, Timings::default()).await;
     let secret = |role: &str| {
@@ -841,6 +841,20 @@ async fn every_rpc_enforces_its_rule() {
     };
     let viewer = secret("viewer");
     let operator = secret("operator");
+    // A custom role: VMs only, reading and writing.
+    cluster.cli_ok(
+        1,
+        &[
+            "acl",
+            "role",
+            "create",
+            "vm-hands",
+            "--allow",
+            "vm:read,vm:write",
+        ],
+    );
+    let custom = secret("vm-hands");
+    let custom_allows = |permission| matches!(permission, Permission::VmRead | Permission::VmWrite);
     let set = prost_types::FileDescriptorSet::decode(blixard_api::FILE_DESCRIPTOR_SET).unwrap();
     let mut checked = 0;
     for file in &set.file {
@@ -873,15 +887,16 @@ async fn every_rpc_enforces_its_rule() {
                 };
                 let denied = tonic::Code::PermissionDenied;
                 let unauthenticated = tonic::Code::Unauthenticated;
-                let (anonymous, forged, as_viewer, as_operator) = (
+                let (anonymous, forged, as_viewer, as_operator, as_custom) = (
                     call(None).await,
                     call(Some("blx_made-up".into())).await,
                     call(Some(viewer.clone())).await,
                     call(Some(operator.clone())).await,
+                    call(Some(custom.clone())).await,
                 );
                 match rule {
                     Rule::Peer => {
-                        for code in [anonymous, forged, as_viewer, as_operator] {
+                        for code in [anonymous, forged, as_viewer, as_operator, as_custom] {
                             assert_eq!(code, denied, "{path}");
                         }
                     }
@@ -900,7 +915,7 @@ async fn every_rpc_enforces_its_rule() {
                         }
                         assert_eq!(
                             node_for_viewer == denied,
-                            !allows(TokenRole::Viewer, permission),
+                            !allows(&TokenRole::Viewer, permission),
                             "{path} through a node with a viewer's token: {node_for_viewer:?}"
                         );
                         assert_eq!(anonymous, unauthenticated, "{path} without a token");
@@ -908,8 +923,13 @@ async fn every_rpc_enforces_its_rule() {
                         for (role, code) in [
                             (TokenRole::Viewer, as_viewer),
                             (TokenRole::Operator, as_operator),
+                            (TokenRole::Custom("vm-hands".into()), as_custom),
                         ] {
-                            if allows(role, permission) {
+                            let allowed = match &role {
+                                TokenRole::Custom(_) => custom_allows(permission),
+                                built_in => allows(built_in, permission),
+                            };
+                            if allowed {
                                 assert!(
                                     code != denied && code != unauthenticated,
                                     "{path} refused a {role:?} token: {code:?}"

@@ -3,7 +3,9 @@
 
 use blixard_api::pb;
 use blixard_consensus::audit::{Actor, AuditRecord};
-use blixard_consensus::{Command, Token, TokenRole};
+use std::collections::BTreeSet;
+
+use blixard_consensus::{Command, CustomRole, Permission, Token, TokenRole};
 use tonic::{Request, Response, Status};
 
 use super::vm_node::now_unix_ms;
@@ -21,6 +23,15 @@ fn info(token: &Token) -> pb::TokenInfo {
         created_at_unix_ms: token.created_at_unix_ms,
         role: token.role.as_str().into(),
         expires_at_unix_ms: token.expires_at_unix_ms.unwrap_or(0),
+    }
+}
+
+fn role_info(role: &CustomRole) -> pb::RoleInfo {
+    pb::RoleInfo {
+        name: role.name.clone(),
+        permissions: role.permissions.iter().map(|p| p.as_str().into()).collect(),
+        built_in: false,
+        created_at_unix_ms: role.created_at_unix_ms,
     }
 }
 
@@ -52,12 +63,8 @@ impl pb::acl_server::Acl for AclService {
     ) -> Result<Response<pb::CreateTokenResponse>, Status> {
         let requester = super::requester(&request);
         let request = request.into_inner();
-        let role = TokenRole::parse(&request.role).ok_or_else(|| {
-            Status::invalid_argument(format!(
-                "unknown role {:?}: expected admin, operator or viewer",
-                blixard_api::validate::echo(&request.role)
-            ))
-        })?;
+        // A custom role must exist; the state machine says so if not.
+        let role = TokenRole::named(&request.role);
         let now = now_unix_ms();
         let expires = (request.ttl_ms > 0).then(|| now.saturating_add(request.ttl_ms));
         let new = tokens::generate(&request.name, role, now, expires);
@@ -108,6 +115,92 @@ impl pb::acl_server::Acl for AclService {
             (records, state.revision)
         });
         Ok(Response::new(pb::AuditResponse { records, revision }))
+    }
+
+    async fn create_role(
+        &self,
+        request: Request<pb::CreateRoleRequest>,
+    ) -> Result<Response<pb::RoleInfo>, Status> {
+        let requester = super::requester(&request);
+        let request = request.into_inner();
+        if request.permissions.len() > Permission::ALL.len() {
+            return Err(Status::invalid_argument(format!(
+                "{} permissions; there are only {}",
+                request.permissions.len(),
+                Permission::ALL.len()
+            )));
+        }
+        let permissions = request
+            .permissions
+            .iter()
+            .map(|text| {
+                Permission::parse(text).ok_or_else(|| {
+                    let known: Vec<&str> = Permission::ALL.iter().map(|p| p.as_str()).collect();
+                    Status::invalid_argument(format!(
+                        "unknown permission {:?}; known: {}",
+                        blixard_api::validate::echo(text),
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<BTreeSet<Permission>, Status>>()?;
+        let role = CustomRole {
+            name: request.name,
+            permissions,
+            created_at_unix_ms: now_unix_ms(),
+        };
+        let command = Command::CreateRole { role: role.clone() };
+        blixard_consensus::validate::command(&command)
+            .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
+        self.raft
+            .propose_for(command, requester)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(role_info(&role)))
+    }
+
+    async fn list_roles(
+        &self,
+        _request: Request<pb::ListRolesRequest>,
+    ) -> Result<Response<pb::ListRolesResponse>, Status> {
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let mut roles: Vec<pb::RoleInfo> = TokenRole::BUILT_IN
+            .iter()
+            .map(|role| pb::RoleInfo {
+                name: role.as_str().into(),
+                permissions: Permission::ALL
+                    .iter()
+                    .filter(|p| role.built_in_allows(**p) == Some(true))
+                    .map(|p| p.as_str().into())
+                    .collect(),
+                built_in: true,
+                created_at_unix_ms: 0,
+            })
+            .collect();
+        roles.extend(
+            self.raft
+                .read_state(|state| state.roles.values().map(role_info).collect::<Vec<_>>()),
+        );
+        Ok(Response::new(pb::ListRolesResponse { roles }))
+    }
+
+    async fn delete_role(
+        &self,
+        request: Request<pb::DeleteRoleRequest>,
+    ) -> Result<Response<pb::DeleteRoleResponse>, Status> {
+        let requester = super::requester(&request);
+        let name = request.into_inner().name;
+        let command = Command::DeleteRole { name };
+        blixard_consensus::validate::command(&command)
+            .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
+        let applied = self
+            .raft
+            .propose_for(command, requester)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::DeleteRoleResponse {
+            revision: applied.revision,
+        }))
     }
 
     async fn revoke_token(

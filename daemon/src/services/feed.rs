@@ -13,7 +13,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use super::rules::{self, Permission};
+use super::rules::Permission;
 use crate::mirror::is_member;
 use crate::Error;
 
@@ -84,9 +84,10 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
             Ok(Forward::Client(Permission::NodeWrite))
         }
         Command::SetSettings { .. } => Ok(Forward::Client(Permission::ClusterAdmin)),
-        Command::CreateToken { .. } | Command::RevokeToken { .. } => {
-            Ok(Forward::Client(Permission::AclAdmin))
-        }
+        Command::CreateToken { .. }
+        | Command::RevokeToken { .. }
+        | Command::CreateRole { .. }
+        | Command::DeleteRole { .. } => Ok(Forward::Client(Permission::AclAdmin)),
         Command::SetHostFacts { node_id, .. } | Command::ReportVm { node_id, .. } => {
             match members.contains(node_id) {
                 true => Err(format!(
@@ -263,16 +264,12 @@ impl pb::state_feed_server::StateFeed for FeedService {
         let audit = match (forward, caller) {
             (Forward::Client(permission), Some(worker)) => {
                 let hash = super::bearer_hash(&metadata)?;
-                let (accessor, role) = self
-                    .raft
-                    .read_state(|state| super::token_verdict(state, &hash))?;
-                if !rules::allows(role, permission) {
-                    return Err(Status::permission_denied(format!(
-                        "token {accessor} ({}) may not {}",
-                        role.as_str(),
-                        permission.as_str()
-                    )));
-                }
+                let verdict = self.raft.read_state(|state| {
+                    super::token_verdict(state, &hash, permission, command.kind())
+                })?;
+                let super::Caller::Client { accessor, .. } = verdict else {
+                    unreachable!("a token's verdict is a client");
+                };
                 let mut audit = audit.unwrap_or_else(|| AuditContext {
                     actor: Actor::Anonymous,
                     at_unix_ms: super::vm_node::now_unix_ms(),

@@ -39,6 +39,9 @@ pub enum Caller {
     Client {
         accessor: String,
         role: TokenRole,
+        /// Whether the role allows `vm:read-secrets` (resolved when the
+        /// request was let in).
+        reads_secrets: bool,
         relayed_by: Option<u64>,
     },
     /// Security is off: nothing was proven.
@@ -128,9 +131,15 @@ impl Authorize {
         };
         if request.metadata().get(AUTHORIZATION).is_some() {
             return match self.client(request)? {
-                Caller::Client { accessor, role, .. } => Ok(Caller::Client {
+                Caller::Client {
                     accessor,
                     role,
+                    reads_secrets,
+                    ..
+                } => Ok(Caller::Client {
+                    accessor,
+                    role,
+                    reads_secrets,
                     relayed_by: Some(node),
                 }),
                 other => Ok(other),
@@ -163,19 +172,8 @@ impl Authorize {
         };
         let hash = bearer_hash(request.metadata())?;
         self.require_fresh_tokens()?;
-        let (accessor, role) = self.state.read_state(|state| token_verdict(state, &hash))?;
-        if !rules::allows(role, permission) {
-            return Err(Status::permission_denied(format!(
-                "token {accessor} ({}) may not {}: {path} needs a token that may",
-                role.as_str(),
-                permission.as_str()
-            )));
-        }
-        Ok(Caller::Client {
-            accessor,
-            role,
-            relayed_by: None,
-        })
+        self.state
+            .read_state(|state| token_verdict(state, &hash, permission, path))
     }
 }
 
@@ -226,24 +224,44 @@ pub fn bearer_hash(metadata: &tonic::metadata::MetadataMap) -> Result<String, St
     Ok(tokens::hash(secret))
 }
 
-/// The accessor and role of the token whose secret hashes to
-/// `secret_sha256`, if `state` holds it and it has not expired; else
-/// `Unauthenticated`.
+/// The client whose token's secret hashes to `secret_sha256`, if `state`
+/// holds the token, it has not expired (else `Unauthenticated`) and its
+/// role allows `permission` for `what` (else `PermissionDenied`).
 #[allow(clippy::result_large_err)]
 pub fn token_verdict(
     state: &ClusterState,
     secret_sha256: &str,
-) -> Result<(String, TokenRole), Status> {
-    match state.token_by_secret_hash(secret_sha256) {
-        Some(t) if t.is_valid_at(vm_node::now_unix_ms()) => Ok((t.accessor.clone(), t.role)),
-        Some(t) => Err(Status::unauthenticated(format!(
-            "token {} has expired",
-            t.accessor
-        ))),
-        None => Err(Status::unauthenticated(
-            "the token is not valid here (unknown or revoked)",
-        )),
+    permission: rules::Permission,
+    what: &str,
+) -> Result<Caller, Status> {
+    let token = match state.token_by_secret_hash(secret_sha256) {
+        Some(t) if t.is_valid_at(vm_node::now_unix_ms()) => t,
+        Some(t) => {
+            return Err(Status::unauthenticated(format!(
+                "token {} has expired",
+                t.accessor
+            )))
+        }
+        None => {
+            return Err(Status::unauthenticated(
+                "the token is not valid here (unknown or revoked)",
+            ))
+        }
+    };
+    if !state.role_allows(&token.role, permission) {
+        return Err(Status::permission_denied(format!(
+            "token {} ({}) may not {}: {what} needs a token that may",
+            token.accessor,
+            token.role.as_str(),
+            permission.as_str()
+        )));
     }
+    Ok(Caller::Client {
+        accessor: token.accessor.clone(),
+        role: token.role.clone(),
+        reads_secrets: state.role_allows(&token.role, rules::Permission::VmReadSecrets),
+        relayed_by: None,
+    })
 }
 
 #[cfg(not(madsim))]
@@ -296,7 +314,7 @@ fn audit_context<T>(request: &Request<T>) -> AuditContext {
 pub fn reads_secrets<T>(request: &Request<T>) -> bool {
     match request.extensions().get::<Caller>() {
         Some(Caller::Node(_) | Caller::Unverified) => true,
-        Some(Caller::Client { role, .. }) => rules::allows(*role, rules::Permission::VmReadSecrets),
+        Some(Caller::Client { reads_secrets, .. }) => *reads_secrets,
         None => cfg!(madsim),
     }
 }

@@ -5,52 +5,8 @@
 //! test walks the compiled descriptor set, so an RPC added without a rule
 //! fails it), and a request for a path without a rule is refused.
 
+pub use blixard_consensus::Permission;
 use blixard_consensus::TokenRole;
-
-/// What a client RPC needs its token to allow.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Permission {
-    ClusterRead,
-    /// Membership and settings.
-    ClusterAdmin,
-    VmRead,
-    /// Secret-looking values in VM command lines (`password=...`), which
-    /// are redacted for tokens without it.
-    VmReadSecrets,
-    VmWrite,
-    NodeRead,
-    /// Eligibility and drains.
-    NodeWrite,
-    /// Tokens.
-    AclAdmin,
-    /// The audit trail.
-    AuditRead,
-}
-
-impl Permission {
-    /// Whether it only reads (a node certificate alone may do these).
-    pub fn is_read(self) -> bool {
-        matches!(
-            self,
-            Permission::ClusterRead | Permission::VmRead | Permission::NodeRead
-        )
-    }
-
-    /// As the refusal names it, e.g. `vm:write`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Permission::ClusterRead => "cluster:read",
-            Permission::ClusterAdmin => "cluster:admin",
-            Permission::VmRead => "vm:read",
-            Permission::VmReadSecrets => "vm:read-secrets",
-            Permission::VmWrite => "vm:write",
-            Permission::NodeRead => "node:read",
-            Permission::NodeWrite => "node:write",
-            Permission::AclAdmin => "acl:admin",
-            Permission::AuditRead => "audit:read",
-        }
-    }
-}
 
 /// Who may call an RPC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,20 +32,20 @@ pub fn rule(path: &str) -> Option<Rule> {
         ("Node", "SetEligibility" | "Drain") => client(NodeWrite),
         ("Vm", "Get" | "List" | "Watch" | "Logs" | "Stats") => client(VmRead),
         ("Vm", "Create" | "Scale" | "Start" | "Stop" | "Delete") => client(VmWrite),
-        ("Acl", "CreateToken" | "ListTokens" | "RevokeToken") => client(AclAdmin),
+        (
+            "Acl",
+            "CreateToken" | "ListTokens" | "RevokeToken" | "CreateRole" | "ListRoles"
+            | "DeleteRole",
+        ) => client(AclAdmin),
         ("Acl", "Audit") => client(AuditRead),
         _ => None,
     }
 }
 
-/// Whether a token of `role` allows `permission`.
-pub fn allows(role: TokenRole, permission: Permission) -> bool {
-    use Permission::*;
-    match role {
-        TokenRole::Admin => true,
-        TokenRole::Operator => !matches!(permission, ClusterAdmin | AclAdmin | AuditRead),
-        TokenRole::Viewer => matches!(permission, ClusterRead | VmRead | NodeRead),
-    }
+/// Whether a token of a built-in `role` allows `permission` (custom
+/// roles are the state's to answer: `ClusterState::role_allows`).
+pub fn allows(role: &TokenRole, permission: Permission) -> bool {
+    role.built_in_allows(permission).unwrap_or(false)
 }
 
 #[cfg(test)]
@@ -131,29 +87,19 @@ mod tests {
     #[test]
     fn roles_nest() {
         use Permission::*;
-        let all = [
-            ClusterRead,
-            ClusterAdmin,
-            VmRead,
-            VmReadSecrets,
-            VmWrite,
-            NodeRead,
-            NodeWrite,
-            AclAdmin,
-            AuditRead,
-        ];
-        for permission in all {
-            assert!(allows(TokenRole::Admin, permission));
-            if allows(TokenRole::Viewer, permission) {
-                assert!(allows(TokenRole::Operator, permission), "{permission:?}");
+        for permission in Permission::ALL {
+            assert!(allows(&TokenRole::Admin, permission));
+            if allows(&TokenRole::Viewer, permission) {
+                assert!(allows(&TokenRole::Operator, permission), "{permission:?}");
             }
         }
-        assert!(!allows(TokenRole::Operator, AclAdmin));
-        assert!(!allows(TokenRole::Viewer, VmWrite));
-        assert!(allows(TokenRole::Viewer, VmRead));
+        assert!(!allows(&TokenRole::Operator, AclAdmin));
+        assert!(!allows(&TokenRole::Viewer, VmWrite));
+        assert!(allows(&TokenRole::Viewer, VmRead));
         // Whoever may write VMs reads them whole (an export applies back
         // unchanged); a viewer sees secrets redacted.
-        assert!(allows(TokenRole::Operator, VmReadSecrets));
-        assert!(!allows(TokenRole::Viewer, VmReadSecrets));
+        assert!(allows(&TokenRole::Operator, VmReadSecrets));
+        assert!(!allows(&TokenRole::Viewer, VmReadSecrets));
+        assert!(!allows(&TokenRole::Custom("ops".into()), VmRead));
     }
 }

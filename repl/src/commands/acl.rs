@@ -6,7 +6,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use blixard_api::pb;
 use serde::Serialize;
 
-use crate::cli::{AclCommand, AclTokenCommand, OutputFormat};
+use crate::cli::{AclCommand, AclRoleCommand, AclTokenCommand, OutputFormat};
 use crate::client::{self, status_error};
 use crate::output;
 
@@ -32,6 +32,42 @@ pub struct CreatedTokenView {
     pub expires_at_unix_ms: Option<u64>,
     /// Send as `--token`, `BLIXARD_TOKEN` or `token` in the client config.
     pub secret: String,
+}
+
+/// A role and what it allows.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RoleView {
+    pub name: String,
+    /// e.g. vm:read, vm:write.
+    pub permissions: Vec<String>,
+    /// admin, operator and viewer are built in.
+    pub built_in: bool,
+}
+
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct DeletedRoleView {
+    pub name: String,
+    pub revision: u64,
+}
+
+fn role_view(role: pb::RoleInfo) -> RoleView {
+    RoleView {
+        name: role.name,
+        permissions: role.permissions,
+        built_in: role.built_in,
+    }
+}
+
+fn roles_table(roles: &[RoleView]) -> comfy_table::Table {
+    let mut table = output::table(&["ROLE", "ALLOWS", "BUILT IN"]);
+    for role in roles {
+        table.add_row(vec![
+            role.name.clone(),
+            role.permissions.join(", "),
+            if role.built_in { "yes" } else { "no" }.to_string(),
+        ]);
+    }
+    table
 }
 
 #[derive(Serialize, schemars::JsonSchema)]
@@ -61,7 +97,7 @@ pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyho
             let created = acl
                 .create_token(pb::CreateTokenRequest {
                     name,
-                    role: role.as_str().into(),
+                    role,
                     ttl_ms: ttl.unwrap_or(0),
                 })
                 .await
@@ -108,6 +144,43 @@ pub async fn run(command: AclCommand, addr: &str, format: OutputFormat) -> anyho
                         t.expires_at_unix_ms.map_or("never".into(), created_at),
                     ]);
                 }
+                table
+            })
+        }
+        AclCommand::Role(AclRoleCommand::Create { name, permissions }) => {
+            let role = acl
+                .create_role(pb::CreateRoleRequest { name, permissions })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let role = role_view(role);
+            output::print(format, &role, |role| {
+                roles_table(std::slice::from_ref(role))
+            })
+        }
+        AclCommand::Role(AclRoleCommand::List) => {
+            let roles: Vec<RoleView> = acl
+                .list_roles(pb::ListRolesRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .roles
+                .into_iter()
+                .map(role_view)
+                .collect();
+            output::print(format, &roles, |roles| roles_table(roles))
+        }
+        AclCommand::Role(AclRoleCommand::Delete { name }) => {
+            let revision = acl
+                .delete_role(pb::DeleteRoleRequest { name: name.clone() })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .revision;
+            let deleted = DeletedRoleView { name, revision };
+            output::print(format, &deleted, |d| {
+                let mut table = output::table(&["DELETED", "REVISION"]);
+                table.add_row(vec![d.name.clone(), d.revision.to_string()]);
                 table
             })
         }
