@@ -94,6 +94,36 @@ pub fn create_ca(cluster_name: &str) -> Result<CertifiedKey, TlsError> {
 pub fn issue_node_cert(ca: &CertifiedKey, node_id: u64) -> Result<CertifiedKey, TlsError> {
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    let key = KeyPair::generate()?;
+    let cert = node_params(node_id)?.signed_by(&key, &issuer)?;
+    Ok(CertifiedKey {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// A new key for a node and a signing request for it (PEM), as a node
+/// joining with a join token makes them: the key never leaves the node.
+pub fn create_node_csr() -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let request = CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
+    Ok((request.pem()?, key.serialize_pem()))
+}
+
+/// Signs the key in `csr_pem` (whose signature proves its holder has the
+/// key) as node `node_id`'s certificate. Only the key is taken from the
+/// request: the names, usages and lifetime are the CA's to set.
+pub fn sign_node_csr(ca: &CertifiedKey, node_id: u64, csr_pem: &str) -> Result<String, TlsError> {
+    let request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    let ca_key = KeyPair::from_pem(&ca.key_pem)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
+    Ok(node_params(node_id)?
+        .signed_by(&request.public_key, &issuer)?
+        .pem())
+}
+
+/// What every node certificate says (see the module invariants).
+fn node_params(node_id: u64) -> Result<CertificateParams, TlsError> {
     let mut params =
         CertificateParams::new(vec![SERVER_NAME.to_string(), node_server_name(node_id)])?;
     params.subject_alt_names.push(SanType::URI(
@@ -110,12 +140,7 @@ pub fn issue_node_cert(ca: &CertifiedKey, node_id: u64) -> Result<CertifiedKey, 
         ExtendedKeyUsagePurpose::ServerAuth,
         ExtendedKeyUsagePurpose::ClientAuth,
     ];
-    let key = KeyPair::generate()?;
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(CertifiedKey {
-        cert_pem: cert.pem(),
-        key_pem: key.serialize_pem(),
-    })
+    Ok(params)
 }
 
 /// The TLS server name only node `node_id`'s certificate holds.
@@ -268,6 +293,24 @@ mod tests {
         assert_eq!(node_id_of(&der(&ca.cert_pem)), None, "the CA is no node");
         assert_eq!(node_id_of(b"garbage"), None);
         assert!(!format!("{node:?}").contains("PRIVATE"));
+    }
+
+    #[test]
+    fn a_signing_request_gets_the_cas_names_not_its_own() {
+        let ca = create_ca("test").unwrap();
+        let (csr, key_pem) = create_node_csr().unwrap();
+        let cert_pem = sign_node_csr(&ca, 9, &csr).unwrap();
+        assert_eq!(node_id_of_pem(Path::new("node.pem"), &cert_pem).unwrap(), 9);
+        assert!(key_pem.contains("PRIVATE KEY") && !cert_pem.contains("PRIVATE"));
+        // The certificate carries the requester's key.
+        let node = CertifiedKey { cert_pem, key_pem };
+        let signer = crate::identity::NodeSigner::new(&node).unwrap();
+        let verifier = crate::identity::NodeVerifier::new(&ca.cert_pem).unwrap();
+        let signature = signer.sign(b"m").unwrap();
+        verifier
+            .check_signature(signer.certificate_der(), b"m", &signature)
+            .unwrap();
+        assert!(sign_node_csr(&ca, 9, "not a request").is_err());
     }
 
     #[test]

@@ -129,6 +129,8 @@ pub fn target(command: &Command) -> String {
         Command::CreateToken { token } => token.accessor.clone(),
         Command::RevokeToken { accessor } => accessor.clone(),
         Command::CreateRole { role } => role.name.clone(),
+        Command::CreateJoinToken { token } => token.accessor.clone(),
+        Command::UseJoinToken { node_id, .. } => format!("node-{node_id}"),
         Command::DeleteRole { name } => name.clone(),
     }
 }

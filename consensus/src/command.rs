@@ -207,6 +207,20 @@ pub struct Token {
     pub expires_at_unix_ms: Option<u64>,
 }
 
+/// A one-time token a new node presents to get its certificate (`cluster
+/// join-token create`); only its hash is kept, and it is gone once used.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinToken {
+    pub accessor: String,
+    /// SHA-256 of the secret, lowercase hex.
+    pub secret_sha256: String,
+    pub created_at_unix_ms: u64,
+    pub expires_at_unix_ms: u64,
+}
+
+/// The longest a join token may live.
+pub const JOIN_TOKEN_TTL_MS_MAX: u64 = 7 * 24 * 3600 * 1000;
+
 impl Token {
     /// Whether the token is still good at `now_unix_ms` (a node's clock).
     pub fn is_valid_at(&self, now_unix_ms: u64) -> bool {
@@ -495,6 +509,17 @@ pub enum Command {
     CreateRole {
         role: CustomRole,
     },
+    CreateJoinToken {
+        token: JoinToken,
+    },
+    /// A node holding the CA key spends a join token on a certificate for
+    /// `node_id` (a new id); `at_unix_ms` is that node's clock, against
+    /// which the token's expiry is judged.
+    UseJoinToken {
+        accessor: String,
+        node_id: u64,
+        at_unix_ms: u64,
+    },
     /// Refused while a token has the role.
     DeleteRole {
         name: String,
@@ -548,6 +573,8 @@ impl Command {
             Command::CreateToken { .. } => "create_token",
             Command::RevokeToken { .. } => "revoke_token",
             Command::CreateRole { .. } => "create_role",
+            Command::CreateJoinToken { .. } => "create_join_token",
+            Command::UseJoinToken { .. } => "use_join_token",
             Command::DeleteRole { .. } => "delete_role",
         }
     }
@@ -641,6 +668,8 @@ pub enum EventKind {
     TokenRevoked,
     RoleCreated,
     RoleDeleted,
+    JoinTokenCreated,
+    JoinTokenUsed,
 }
 
 impl EventKind {
@@ -663,6 +692,8 @@ impl EventKind {
             EventKind::TokenRevoked => "token_revoked",
             EventKind::RoleCreated => "role_created",
             EventKind::RoleDeleted => "role_deleted",
+            EventKind::JoinTokenCreated => "join_token_created",
+            EventKind::JoinTokenUsed => "join_token_used",
         }
     }
 }

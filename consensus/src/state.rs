@@ -16,8 +16,8 @@ use crate::audit::{Actor, Audit, AuditRecord, AUDIT_RECORDS_MAX};
 
 use crate::command::{
     validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
-    HostFacts, NodeRecord, Permission, Rejection, Settings, Token, TokenRole, Transition, VmChange,
-    VmObserved, VmPhase, VmRecord, VmSpec,
+    HostFacts, JoinToken, NodeRecord, Permission, Rejection, Settings, Token, TokenRole,
+    Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -33,6 +33,8 @@ pub enum Touched {
     Removed,
     /// The custom roles.
     Roles,
+    /// The unspent join tokens.
+    JoinTokens,
 }
 
 /// Everything the cluster agrees on.
@@ -59,7 +61,14 @@ pub struct ClusterState {
     /// Roles admins made, by name (see `TokenRole::Custom`).
     #[serde(default)]
     pub roles: BTreeMap<String, CustomRole>,
+    /// Unspent join tokens, by accessor.
+    #[serde(default)]
+    pub join_tokens: BTreeMap<String, JoinToken>,
 }
+
+/// Unspent join tokens the cluster holds at most (expired ones are
+/// dropped whenever one is made).
+pub const JOIN_TOKENS_MAX: usize = 256;
 
 /// Custom roles the cluster holds at most.
 pub const ROLES_MAX: usize = 256;
@@ -257,6 +266,12 @@ impl ClusterState {
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { accessor } => self.revoke_token(&accessor),
             Command::CreateRole { role } => self.create_role(role),
+            Command::CreateJoinToken { token } => self.create_join_token(token),
+            Command::UseJoinToken {
+                accessor,
+                node_id,
+                at_unix_ms,
+            } => self.use_join_token(&accessor, node_id, at_unix_ms),
             Command::DeleteRole { name } => self.delete_role(&name),
         }
     }
@@ -323,6 +338,69 @@ impl ClusterState {
             None,
             format!("role {name} deleted"),
         )
+    }
+
+    fn create_join_token(&mut self, token: JoinToken) -> Outcome {
+        let refuse = |detail: String| Outcome::rejected(Rejection::Invalid { detail });
+        let taken = self
+            .join_tokens
+            .values()
+            .any(|t| t.accessor == token.accessor || t.secret_sha256 == token.secret_sha256);
+        if taken {
+            return refuse("a join token with this accessor or secret exists".into());
+        }
+        // Judged by the maker's clock, as every node applies it.
+        let live = self
+            .join_tokens
+            .values()
+            .filter(|t| t.expires_at_unix_ms > token.created_at_unix_ms)
+            .count();
+        if live >= JOIN_TOKENS_MAX {
+            return refuse(format!(
+                "the cluster holds {JOIN_TOKENS_MAX} unspent join tokens; wait for some to expire"
+            ));
+        }
+        self.join_tokens
+            .retain(|_, t| t.expires_at_unix_ms > token.created_at_unix_ms);
+        self.revision += 1;
+        let message = format!("join token {} created", token.accessor);
+        self.join_tokens.insert(token.accessor.clone(), token);
+        self.join_tokens_changed()
+            .event(EventKind::JoinTokenCreated, None, None, message)
+    }
+
+    fn use_join_token(&mut self, accessor: &str, node_id: u64, at_unix_ms: u64) -> Outcome {
+        let refuse = |detail: String| Outcome::rejected(Rejection::Invalid { detail });
+        let Some(token) = self.join_tokens.get(accessor) else {
+            return refuse("the join token was already used, or never made".into());
+        };
+        if at_unix_ms >= token.expires_at_unix_ms {
+            return refuse("the join token has expired; make a new one".into());
+        }
+        if self.removed_nodes.contains(&node_id) || self.nodes.contains_key(&node_id) {
+            return refuse(format!(
+                "node {node_id} is or was in the cluster; a join token is for a new node id"
+            ));
+        }
+        self.join_tokens.remove(accessor);
+        self.revision += 1;
+        self.join_tokens_changed().event(
+            EventKind::JoinTokenUsed,
+            None,
+            Some(node_id),
+            format!("join token {accessor} spent on node {node_id}'s certificate"),
+        )
+    }
+
+    fn join_tokens_changed(&self) -> Outcome {
+        Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            touched: vec![Touched::JoinTokens],
+            ..Outcome::default()
+        }
     }
 
     fn roles_changed(&self) -> Outcome {

@@ -49,6 +49,8 @@ const AUDIT_PREFIX: &str = "audit/";
 const KEY_REMOVED: &str = "removed_nodes";
 /// Custom roles, one row (at most `ROLES_MAX`).
 const KEY_ROLES: &str = "roles";
+/// Unspent join tokens, one row (at most `JOIN_TOKENS_MAX`).
+const KEY_JOIN_TOKENS: &str = "join_tokens";
 
 fn audit_key(seq: u64) -> String {
     format!("{AUDIT_PREFIX}{seq:020}")
@@ -274,6 +276,10 @@ impl LogStore {
         if let Some(bytes) = self.meta.get(rtxn, KEY_TOKENS)? {
             state.tokens = serde_json::from_slice(bytes).map_err(|e| corrupt("tokens", e))?;
         }
+        if let Some(bytes) = self.meta.get(rtxn, KEY_JOIN_TOKENS)? {
+            state.join_tokens =
+                serde_json::from_slice(bytes).map_err(|e| corrupt("join tokens", e))?;
+        }
         if let Some(bytes) = self.meta.get(rtxn, KEY_ROLES)? {
             state.roles = serde_json::from_slice(bytes).map_err(|e| corrupt("roles", e))?;
         }
@@ -421,6 +427,10 @@ impl LogStore {
                 let bytes = serde_json::to_vec(&state.tokens).expect("tokens serialize");
                 self.meta.put(wtxn, KEY_TOKENS, &bytes)?;
             }
+            Touched::JoinTokens => {
+                let bytes = serde_json::to_vec(&state.join_tokens).expect("tokens serialize");
+                self.meta.put(wtxn, KEY_JOIN_TOKENS, &bytes)?;
+            }
             Touched::Roles => {
                 let bytes = serde_json::to_vec(&state.roles).expect("roles serialize");
                 self.meta.put(wtxn, KEY_ROLES, &bytes)?;
@@ -469,6 +479,8 @@ impl LogStore {
         self.meta.put(wtxn, KEY_SETTINGS, &settings)?;
         let tokens = serde_json::to_vec(&state.tokens).expect("tokens serialize");
         self.meta.put(wtxn, KEY_TOKENS, &tokens)?;
+        let join_tokens = serde_json::to_vec(&state.join_tokens).expect("tokens serialize");
+        self.meta.put(wtxn, KEY_JOIN_TOKENS, &join_tokens)?;
         let roles = serde_json::to_vec(&state.roles).expect("roles serialize");
         self.meta.put(wtxn, KEY_ROLES, &roles)?;
         let removed = serde_json::to_vec(&state.removed_nodes).expect("ids serialize");

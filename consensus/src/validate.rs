@@ -17,6 +17,7 @@ use blixard_api::{limits, ValidationError};
 
 use crate::command::{
     validate_settings, Command, HostFacts, RunnerSource, TokenRole, VmObserved, VmPhase, VmSpec,
+    JOIN_TOKEN_TTL_MS_MAX,
 };
 use crate::placement::Rule;
 use crate::Rejection;
@@ -146,6 +147,28 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             Ok(())
         }
         Command::DeleteRole { name } => role_name(name),
+        Command::CreateJoinToken { token } => {
+            hex("accessor", &token.accessor, 16..=32)?;
+            hex("secret hash", &token.secret_sha256, 64..=64)?;
+            let ttl_ms = token
+                .expires_at_unix_ms
+                .checked_sub(token.created_at_unix_ms)
+                .filter(|ttl| *ttl > 0)
+                .ok_or_else(|| refuse("a join token must expire after it is made".into()))?;
+            if ttl_ms > JOIN_TOKEN_TTL_MS_MAX {
+                return Err(refuse(format!(
+                    "a join token lives at most {} days",
+                    JOIN_TOKEN_TTL_MS_MAX / (24 * 3600 * 1000)
+                )));
+            }
+            Ok(())
+        }
+        Command::UseJoinToken {
+            accessor, node_id, ..
+        } => {
+            hex("accessor", accessor, 16..=32)?;
+            api::node_id(*node_id).map_err(invalid)
+        }
         Command::SetSettings { settings } => {
             validate_settings(settings).map_err(refuse)?;
             if settings.dead_voter_after_ms > PERIOD_MS_MAX

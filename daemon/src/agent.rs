@@ -229,6 +229,8 @@ async fn request_join(config: &Config) -> Result<String, Error> {
 /// fails or the raft loop stops on a storage failure.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
+    #[cfg(not(madsim))]
+    crate::security::obtain_certificate(&config).await?;
     let node_tls = NodeTls::load(&config)?;
     // Every connection this node opens, from the join probe on, proves it
     // is this node (a simulation runs several nodes in one process; they
@@ -529,6 +531,7 @@ async fn serve(
         raft: raft.clone(),
         membership: membership.clone(),
         join_lock: tokio::sync::Mutex::new(()),
+        issuer: node_tls.issuer(),
     });
     let node_service = NodeServer::new(NodeService {
         raft: raft.clone(),

@@ -55,6 +55,10 @@ pub struct TlsSection {
     /// The cluster's gossip keys (one per line; the first seals).
     #[serde(default)]
     pub gossip_key_file: Option<PathBuf>,
+    /// The CA's private key, on the voters that issue certificates for
+    /// join tokens (default: `DATA_DIR/tls/ca-key.pem` if it is there).
+    #[serde(default)]
+    pub ca_key_file: Option<PathBuf>,
 }
 
 /// Where a node's certificates and keys are (see [`Config::tls_files`]).
@@ -64,6 +68,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub gossip_key: PathBuf,
+    pub ca_key: PathBuf,
+    /// `ca_key` was configured, so it must be there.
+    pub ca_key_required: bool,
 }
 
 /// Turning security off takes this, and the node says so at every start.
@@ -294,6 +301,10 @@ pub struct ClusterSection {
     /// Labels matched by placement rules, e.g. `{ zone = "a" }`.
     #[serde(default)]
     pub labels: std::collections::BTreeMap<String, String>,
+    /// A join token: a node without a certificate gets one with it
+    /// through a `join` address on its first start.
+    #[serde(default)]
+    pub join_token: Option<String>,
 }
 
 fn default_cluster_name() -> String {
@@ -354,6 +365,7 @@ impl Default for ClusterSection {
             join: Vec::new(),
             name: default_cluster_name(),
             labels: Default::default(),
+            join_token: None,
         }
     }
 }
@@ -388,6 +400,7 @@ pub struct Overrides {
     /// `--label KEY=VALUE`, added to (and overriding) the file's labels.
     pub labels: Vec<(String, String)>,
     pub gossip_bind: Option<String>,
+    pub join_token: Option<String>,
 }
 
 impl Config {
@@ -423,6 +436,9 @@ impl Config {
         self.cluster.labels.extend(overrides.labels);
         if overrides.gossip_bind.is_some() {
             self.membership.gossip_bind = overrides.gossip_bind;
+        }
+        if overrides.join_token.is_some() {
+            self.cluster.join_token = overrides.join_token;
         }
     }
 
@@ -590,12 +606,14 @@ impl Config {
         let or_default =
             |path: &Option<PathBuf>, name: &str| path.clone().unwrap_or_else(|| dir.join(name));
         use blixard_api::identity::GOSSIP_KEY_FILE;
-        use blixard_api::tls::{CA_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
+        use blixard_api::tls::{CA_FILE, CA_KEY_FILE, NODE_CERT_FILE, NODE_KEY_FILE};
         TlsFiles {
             ca: or_default(&self.tls.ca_file, CA_FILE),
             cert: or_default(&self.tls.cert_file, NODE_CERT_FILE),
             key: or_default(&self.tls.key_file, NODE_KEY_FILE),
             gossip_key: or_default(&self.tls.gossip_key_file, GOSSIP_KEY_FILE),
+            ca_key: or_default(&self.tls.ca_key_file, CA_KEY_FILE),
+            ca_key_required: self.tls.ca_key_file.is_some(),
         }
     }
 

@@ -11,6 +11,16 @@ pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationErr
     let spec = spec.ok_or(ValidationError::Missing { field: "spec" })?;
     validate::vm_spec(&spec)?;
     let runner = match spec.runner.and_then(|r| r.source) {
+        // A spec read back redacted (an export by a token without
+        // vm:read-secrets) must not overwrite the real secret.
+        Some(pb::runner_source::Source::Kernel(k)) if k.cmdline.contains(REDACTED) => {
+            return Err(ValidationError::Text {
+                field: "kernel command line",
+                reason: format!(
+                    "holds {REDACTED}, as a redacted read shows it: give the real value"
+                ),
+            })
+        }
         Some(pb::runner_source::Source::Kernel(k)) => RunnerSource::Kernel {
             kernel_path: k.kernel_path,
             initrd_path: k.initrd_path,

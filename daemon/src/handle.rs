@@ -220,7 +220,9 @@ impl ClusterHandle {
         let channel = mirror::connect_for_calls(&address, upstream.node_id)
             .await
             .map_err(|detail| Error::Unreachable { detail })?;
-        Ok(StateFeedClient::new(channel))
+        Ok(StateFeedClient::new(channel)
+            .max_encoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX)
+            .max_decoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX))
     }
 
     fn forward_error(&self, status: tonic::Status) -> Error {

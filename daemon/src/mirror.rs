@@ -313,7 +313,10 @@ async fn follow(
         true => 0,
         false => mirror.revision(),
     };
-    let mut feed = StateFeedClient::new(channel.clone());
+    // A snapshot of the whole state comes as one message (the voter sends
+    // up to the raft message bound).
+    let mut feed = StateFeedClient::new(channel.clone())
+        .max_decoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX);
     let mut cluster = pb::cluster_client::ClusterClient::new(channel);
     let subscribe = tokio::time::timeout(
         Duration::from_millis(UPSTREAM_CHECK_INTERVAL_MS * 3),

@@ -27,7 +27,17 @@ pub enum NodeTls {
         ca_pem: String,
         node: CertifiedKey,
         gossip: GossipSecurity,
+        /// On nodes holding the CA key: what join tokens are exchanged for.
+        issuer: Option<Issuer>,
     },
+}
+
+/// What a node holding the CA key hands a new node for a join token.
+#[derive(Clone)]
+pub struct Issuer {
+    pub ca: CertifiedKey,
+    /// The gossip key file's text.
+    pub gossip_keys: String,
 }
 
 impl NodeTls {
@@ -46,8 +56,10 @@ impl NodeTls {
             Error::Tls {
             detail: format!(
                 "{e}; create the node's certificates with `blixard tls cert create --ca-dir CA_DIR \
-                 --node-id {} --out {}` (and the CA once with `blixard tls ca create --out CA_DIR`), \
-                 or set [security] insecure = true for a throwaway cluster",
+                 --node-id {} --out {}` (and the CA once with `blixard tls ca create --out CA_DIR`; \
+                 a CA directory made before gossip keys needs one: `openssl rand -hex 32 > \
+                 CA_DIR/gossip.key`, then copy it to every node), or set [security] insecure = \
+                 true for a throwaway cluster",
                 config.cluster.node_id,
                 config.cluster.data_dir.join("tls").display()
             ),
@@ -74,11 +86,36 @@ impl NodeTls {
         let gossip = gossip_security(&ca_pem, &node, keys).map_err(|e| Error::Tls {
             detail: format!("{}: {e}", files.cert.display()),
         })?;
+        let issuer = match (files.ca_key.exists(), files.ca_key_required) {
+            (false, false) => None,
+            _ => Some(Issuer {
+                ca: CertifiedKey {
+                    cert_pem: ca_pem.clone(),
+                    key_pem: tls::read(&files.ca_key).map_err(tls_error)?,
+                },
+                gossip_keys: tls::read(&files.gossip_key).map_err(tls_error)?,
+            }),
+        };
+        if issuer.is_some() {
+            tracing::info!(
+                ca_key = %files.ca_key.display(),
+                "this node holds the CA key: it issues certificates for join tokens"
+            );
+        }
         Ok(Self::Tls {
             ca_pem,
             node,
             gossip,
+            issuer,
         })
+    }
+
+    /// The certificate issuer, on nodes holding the CA key.
+    pub fn issuer(&self) -> Option<Issuer> {
+        match self {
+            Self::Insecure => None,
+            Self::Tls { issuer, .. } => issuer.clone(),
+        }
     }
 
     /// What gossip is sealed and signed with (`None` with security off).
@@ -155,4 +192,96 @@ impl Identity for CertificateIdentity {
             .check_signature(certificate_der, message, signature)
             .map_err(|e| IdentityError(e.to_string()))
     }
+}
+
+/// On a first start with a join token and no certificate: gets this
+/// node's certificate (and the cluster's gossip keys) from a node of its
+/// `join` list holding the CA key, for a signing request of a key made
+/// here (the key never leaves this node). The CA certificate must already
+/// be in place: it is how this node knows it reached the cluster.
+#[cfg(not(madsim))]
+pub async fn obtain_certificate(config: &Config) -> Result<(), Error> {
+    let files = config.tls_files();
+    let Some(join_token) = &config.cluster.join_token else {
+        return Ok(());
+    };
+    if config.security.insecure || files.cert.exists() {
+        return Ok(());
+    }
+    let failed = |detail: String| Error::Tls { detail };
+    if config.cluster.join.is_empty() {
+        return Err(failed(
+            "a join token is spent through a --join address; give one".into(),
+        ));
+    }
+    let ca_pem = tls::read(&files.ca).map_err(|e| {
+        failed(format!(
+            "{e}: copy the cluster's ca.pem there (it is public) so this node can check the \
+             node it joins through"
+        ))
+    })?;
+    let (csr_pem, key_pem) = tls::create_node_csr().map_err(|e| failed(e.to_string()))?;
+    let mut last_error = String::from("no join address answered");
+    for address in &config.cluster.join {
+        let endpoint = match Security::client(&ca_pem).endpoint(address) {
+            Ok(endpoint) => endpoint,
+            Err(e) => {
+                last_error = format!("{address}: {e}");
+                continue;
+            }
+        };
+        let channel = match endpoint.connect().await {
+            Ok(channel) => channel,
+            Err(e) => {
+                last_error = format!("{address}: {e}");
+                continue;
+            }
+        };
+        let issued = blixard_api::pb::cluster_client::ClusterClient::new(channel)
+            .issue_certificate(blixard_api::pb::IssueCertificateRequest {
+                join_token: join_token.clone(),
+                node_id: config.cluster.node_id,
+                csr_pem: csr_pem.clone(),
+            })
+            .await;
+        let issued = match issued {
+            Ok(issued) => issued.into_inner(),
+            Err(status) => {
+                last_error = format!("{address}: {}", status.message());
+                // The token is spent or refused: other addresses cannot help.
+                if status.code() == tonic::Code::Unauthenticated
+                    || status.code() == tonic::Code::InvalidArgument
+                {
+                    break;
+                }
+                continue;
+            }
+        };
+        let named = tls::node_id_of_pem(&files.cert, &issued.cert_pem)
+            .map_err(|e| failed(e.to_string()))?;
+        if named != config.cluster.node_id || issued.ca_pem.trim() != ca_pem.trim() {
+            return Err(failed(format!(
+                "{address} issued a certificate for node {named} or under another CA"
+            )));
+        }
+        identity::parse_gossip_keys(&files.gossip_key, &issued.gossip_keys)
+            .map_err(|e| failed(e.to_string()))?;
+        // A key left by an attempt that stopped before its certificate
+        // was written belongs to no certificate.
+        let _ = std::fs::remove_file(&files.key);
+        let write = |path: &std::path::Path, text: &str, mode| {
+            tls::write_new(path, text, mode).map_err(|e| failed(e.to_string()))
+        };
+        if !files.gossip_key.exists() {
+            write(&files.gossip_key, &issued.gossip_keys, 0o600)?;
+        }
+        write(&files.key, &key_pem, 0o600)?;
+        // Last: its presence says the others are in place.
+        write(&files.cert, &issued.cert_pem, 0o644)?;
+        tracing::info!(%address, cert = %files.cert.display(), "got this node's certificate for the join token");
+        return Ok(());
+    }
+    Err(failed(format!(
+        "could not get a certificate for the join token: {last_error}"
+    )))
 }

@@ -9,7 +9,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use blixard_consensus::{Token, TokenRole};
+use blixard_consensus::{JoinToken, Token, TokenRole};
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 
@@ -18,6 +18,38 @@ use crate::Error;
 pub use blixard_api::MANAGEMENT_TOKEN_FILE;
 /// Secrets start with this, so scanners and people can tell them apart.
 const SECRET_PREFIX: &str = "blx_";
+
+/// Join tokens start with this; the accessor follows, then the secret.
+const JOIN_PREFIX: &str = "blxj.";
+
+/// A join token as made: its record for the cluster, the token for the
+/// operator to hand to the new node.
+pub struct NewJoinToken {
+    pub token: JoinToken,
+    pub secret: String,
+}
+
+/// A new join token, good until `expires_at_unix_ms`.
+pub fn generate_join_token(now_unix_ms: u64, expires_at_unix_ms: u64) -> NewJoinToken {
+    let accessor = random_hex(8);
+    let secret = format!("{JOIN_PREFIX}{accessor}.{}", random_hex(32));
+    NewJoinToken {
+        token: JoinToken {
+            accessor,
+            secret_sha256: hash(&secret),
+            created_at_unix_ms: now_unix_ms,
+            expires_at_unix_ms,
+        },
+        secret,
+    }
+}
+
+/// The accessor a presented join token names (its record is looked up by
+/// it, then the whole token's hash compared).
+pub fn join_token_accessor(presented: &str) -> Option<&str> {
+    let (accessor, _secret) = presented.strip_prefix(JOIN_PREFIX)?.split_once('.')?;
+    (accessor.len() == 16 && accessor.bytes().all(|b| b.is_ascii_hexdigit())).then_some(accessor)
+}
 
 /// A token as made: its record for the cluster, its secret for the caller.
 pub struct NewToken {
@@ -84,6 +116,27 @@ pub fn write_management_token(data_dir: &Path, secret: &str) -> Result<PathBuf, 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn join_tokens_name_their_record_and_keep_only_a_hash() {
+        let made = generate_join_token(1, 2);
+        assert_eq!(
+            join_token_accessor(&made.secret),
+            Some(made.token.accessor.as_str())
+        );
+        assert_eq!(made.token.secret_sha256, hash(&made.secret));
+        for bad in [
+            "",
+            "blxj.",
+            "blxj.zz.x",
+            "blx_0123456789abcdef.x",
+            "blxj.0123456789abcdef",
+        ] {
+            assert_eq!(join_token_accessor(bad), None, "{bad}");
+        }
+        let command = blixard_consensus::Command::CreateJoinToken { token: made.token };
+        assert_eq!(blixard_consensus::validate::command(&command), Ok(()));
+    }
 
     #[test]
     fn secrets_are_random_and_only_their_hash_is_kept() {

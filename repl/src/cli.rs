@@ -356,6 +356,11 @@ pub struct AgentArgs {
     /// UDP address to gossip on (default: the --bind address, over UDP).
     #[arg(long, value_name = "IP:PORT")]
     pub gossip_bind: Option<String>,
+    /// A join token (`cluster join-token create`): on first start, a node
+    /// without a certificate gets one through its --join address (it needs
+    /// the cluster's ca.pem in DATA_DIR/tls/ or [tls] ca_file).
+    #[arg(long, env = "BLIXARD_JOIN_TOKEN", hide_env_values = true)]
+    pub join_token: Option<String>,
 }
 
 fn parse_label(text: &str) -> Result<(String, String), String> {
@@ -499,6 +504,19 @@ pub enum ClusterCommand {
         /// Whether lost VMs start on other nodes.
         #[arg(long)]
         replace_lost: Option<bool>,
+    },
+    /// One-time tokens a new node gets its certificate with.
+    #[command(subcommand)]
+    JoinToken(JoinTokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JoinTokenCommand {
+    /// Make a join token; it is printed once, here.
+    Create {
+        /// How long it is good for, e.g. `30m` [default: 1h; at most 7 days].
+        #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
+        ttl: Option<u64>,
     },
 }
 

@@ -89,9 +89,20 @@ fn prepare_tls(dir: &Path, nodes: u64) -> anyhow::Result<LocalTls> {
         tls::write_ca(&ca_dir, &tls::create_ca("dev")?)?;
     }
     let ca = tls::read_ca(&ca_dir)?;
+    // A directory kept from before gossip was sealed has no gossip key.
+    if !ca_dir.join(GOSSIP_KEY_FILE).exists() {
+        tls::write_new(
+            &ca_dir.join(GOSSIP_KEY_FILE),
+            &identity::create_gossip_key()?,
+            0o600,
+        )?;
+    }
     let gossip_keys = tls::read_gossip_key_text(&ca_dir)?;
     for node_id in 1..=nodes {
         let node_dir = data_dir(dir, node_id).join("tls");
+        if node_dir.join(tls::NODE_CERT_FILE).exists() && !node_dir.join(GOSSIP_KEY_FILE).exists() {
+            tls::write_new(&node_dir.join(GOSSIP_KEY_FILE), &gossip_keys, 0o600)?;
+        }
         if !node_dir.join(tls::NODE_CERT_FILE).exists() {
             tls::write_node(
                 &node_dir,

@@ -150,6 +150,11 @@ pub struct NodeOptions {
     pub labels: Vec<(String, String)>,
     /// Run a node agent (VMs); without it the node only places and votes.
     pub agent: bool,
+    /// Give the node no certificate, only the CA's, and this join token
+    /// to get one with.
+    pub join_token: Option<String>,
+    /// Give the node the CA's key too (it then issues certificates).
+    pub ca_key: bool,
 }
 
 impl Default for NodeOptions {
@@ -158,6 +163,8 @@ impl Default for NodeOptions {
             join_via: None,
             labels: Vec::new(),
             agent: true,
+            join_token: None,
+            ca_key: false,
         }
     }
 }
@@ -478,10 +485,13 @@ impl TestCluster {
         let data_dir = self.dir.path().join(format!("node{id}"));
         let config_path = self.dir.path().join(format!("node{id}.toml"));
         let t = self.timings;
-        let join = options
+        let mut join = options
             .join_via
             .map(|via| format!("join = [\"{}\"]\n", self.nodes[&via].address))
             .unwrap_or_default();
+        if let Some(token) = &options.join_token {
+            join.push_str(&format!("join_token = \"{token}\"\n"));
+        }
         let labels: Vec<String> = options
             .labels
             .iter()
@@ -514,9 +524,16 @@ impl TestCluster {
         // A test may have put other certificates there on purpose.
         let ca = &test_ca().1;
         let tls_dir = data_dir.join("tls");
-        if !tls_dir.join(tls::NODE_CERT_FILE).exists() {
+        if options.join_token.is_some() {
+            if !tls_dir.join(tls::CA_FILE).exists() {
+                tls::write_new(&tls_dir.join(tls::CA_FILE), &ca.cert_pem, 0o644).unwrap();
+            }
+        } else if !tls_dir.join(tls::NODE_CERT_FILE).exists() {
             let node = tls::issue_node_cert(ca, id).unwrap();
             tls::write_node(&tls_dir, ca, &test_gossip_keys(), &node).unwrap();
+        }
+        if options.ca_key && !tls_dir.join(tls::CA_KEY_FILE).exists() {
+            tls::write_new(&tls_dir.join(tls::CA_KEY_FILE), &ca.key_pem, 0o600).unwrap();
         }
         let node = TestNode {
             id,

@@ -895,6 +895,16 @@ async fn every_rpc_enforces_its_rule() {
                     call(Some(custom.clone())).await,
                 );
                 match rule {
+                    // Anyone reaches it; the join token in the request
+                    // (here none) is the credential the service checks.
+                    Rule::JoinToken => {
+                        for code in [anonymous, forged, as_viewer, as_operator, as_custom] {
+                            assert!(
+                                code != denied && code != unauthenticated,
+                                "{path} refused before its service: {code:?}"
+                            );
+                        }
+                    }
                     Rule::Peer => {
                         for code in [anonymous, forged, as_viewer, as_operator, as_custom] {
                             assert_eq!(code, denied, "{path}");
@@ -1168,4 +1178,122 @@ async fn forged_gossip_is_refused_and_changes_nothing() {
     for forger in forgers {
         forger.shutdown().await;
     }
+}
+
+/// Goal: a new node gets its certificate with a one-time join token
+/// instead of a hand-made one: the token works once, and an expired one
+/// not at all. Method: node 1 holds the CA key; `cluster join-token
+/// create`; node 4 starts with only ca.pem and the token and joins; node
+/// 5 with the same (used) token and node 6 with an expired one exit
+/// saying why, and never join.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_tokens_give_a_new_node_its_certificate_once() {
+    use blixard_tests::{Network, NodeOptions};
+    let mut cluster =
+        TestCluster::start_with(3, Timings::default(), Network::Loopback, |id| NodeOptions {
+            ca_key: id == 1,
+            ..NodeOptions::default()
+        })
+        .await;
+    cluster.wait_voters(3).await;
+    let made = |ttl: &str| -> serde_json::Value {
+        serde_json::from_str(&cluster.cli_ok(
+            2,
+            &[
+                "cluster",
+                "join-token",
+                "create",
+                "--ttl",
+                ttl,
+                "-o",
+                "json",
+            ],
+        ))
+        .unwrap()
+    };
+    let token = made("10m")["join_token"].as_str().unwrap().to_string();
+    let brief = made("1s");
+    let with_token = |token: &str| NodeOptions {
+        join_via: Some(1),
+        join_token: Some(token.to_string()),
+        ..NodeOptions::default()
+    };
+    cluster.add_node_with(4, with_token(&token));
+    eventually(
+        "node 4 to join with its new certificate",
+        Duration::from_secs(30),
+        || async {
+            let members = cluster.status(1).await?.members;
+            let listed = cluster.cli(1, &["node", "list", "-o", "json"]);
+            let nodes: serde_json::Value = serde_json::from_slice(&listed.stdout).ok()?;
+            let joined = nodes["nodes"].as_array()?.iter().any(|n| {
+                n["node_id"] == 4
+                    && (n["role"] == "worker" || n["role"] == "voter" || n["role"] == "learner")
+            });
+            (joined || members.iter().any(|m| m.node_id == 4)).then_some(())
+        },
+    )
+    .await;
+    let tls_dir = cluster.dir.path().join("node4").join("tls");
+    let cert = std::fs::read_to_string(tls_dir.join("node.pem")).unwrap();
+    assert_eq!(
+        blixard_api::tls::node_id_of_pem(std::path::Path::new("node.pem"), &cert).unwrap(),
+        4
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for secret in ["node-key.pem", "gossip.key"] {
+            let mode = std::fs::metadata(tls_dir.join(secret))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{secret}");
+        }
+    }
+
+    // The expired token's time passes by the clock, not by a sleep.
+    let expires = brief["expires_at_unix_ms"].as_u64().unwrap();
+    eventually(
+        "the brief token to expire",
+        Duration::from_secs(10),
+        || async {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_millis() as u64;
+            (now > expires).then_some(())
+        },
+    )
+    .await;
+    let brief = brief["join_token"].as_str().unwrap().to_string();
+    for (id, token, reason) in [
+        (5, token.as_str(), "not valid here"),
+        (6, brief.as_str(), "expired"),
+    ] {
+        cluster.add_node_with(id, with_token(token));
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = cluster.exit_status(id) {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {id} still runs");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(!status.success(), "node {id} exited {status}");
+        let log = cluster.log(id);
+        assert!(
+            log.contains(reason),
+            "node {id}'s log lacks {reason:?}:\n{log}"
+        );
+        assert!(
+            !cluster
+                .dir
+                .path()
+                .join(format!("node{id}/tls/node.pem"))
+                .exists(),
+            "node {id} got a certificate"
+        );
+    }
+    let trail = cluster.cli_ok(1, &["audit", "-o", "json"]);
+    assert!(trail.contains("use_join_token"), "{trail}");
 }

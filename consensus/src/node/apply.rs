@@ -88,6 +88,21 @@ impl<T: Transport> RaftNode<T> {
                         .write_state(|state| state.apply_audited(command.clone(), audit.as_ref())),
                     Err(rejection) => Outcome::rejected(rejection),
                 };
+                if let (Ok(applied), Some(audit)) = (&outcome.result, &audit) {
+                    // Each voter also logs the trail as it grows: the
+                    // replicated trail keeps only the newest records.
+                    tracing::info!(
+                        target: "blixard::audit",
+                        revision = applied.revision,
+                        actor = ?audit.context.actor,
+                        via = audit.context.relayed_by.unwrap_or(audit.proposer),
+                        from = %audit.context.from,
+                        at_unix_ms = audit.context.at_unix_ms,
+                        action = command.kind(),
+                        target = %crate::audit::target(&command),
+                        "audit"
+                    );
+                }
                 if let Ok(applied) = &outcome.result {
                     transitions.push((
                         applied.revision,

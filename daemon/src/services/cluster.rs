@@ -4,7 +4,7 @@ use crate::handle::ClusterHandle;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use blixard_api::{pb, validate};
+use blixard_api::{pb, tls, validate};
 use blixard_consensus::{ClusterState, Command, MembershipChange, RaftStatus, StateEvent};
 use blixard_membership::Membership;
 use futures::Stream;
@@ -23,7 +23,14 @@ pub struct ClusterService {
     pub raft: ClusterHandle,
     pub membership: Arc<Membership>,
     pub join_lock: tokio::sync::Mutex<()>,
+    /// Set on nodes holding the CA key (they issue certificates).
+    pub issuer: Option<crate::security::Issuer>,
 }
+
+/// A join token lives this long unless asked otherwise.
+const JOIN_TOKEN_TTL_MS_DEFAULT: u64 = 3_600_000;
+/// The largest signing request taken (one key, no extensions to speak of).
+const CSR_LEN_MAX: usize = 8 * 1024;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterEvent, Status>> + Send>>;
 
@@ -182,6 +189,17 @@ impl pb::cluster_server::Cluster for ClusterService {
         // take the last seat among the voters-to-be.
         let _serialized = self.join_lock.lock().await;
         self.raft.read_barrier().await.map_err(Error::from)?;
+        // Again, as of the barrier: a removal this node had not applied
+        // when the join arrived must still keep the id out.
+        if self
+            .raft
+            .read_state(|s| s.removed_nodes.contains(&request.node_id))
+        {
+            return Err(Status::permission_denied(format!(
+                "node {} was removed from the cluster; join with a new node id",
+                request.node_id
+            )));
+        }
         let (known, wanted_members) = self.raft.read_state(|s| {
             (
                 s.nodes.get(&request.node_id).map(|n| n.address.clone()),
@@ -338,6 +356,97 @@ impl pb::cluster_server::Cluster for ClusterService {
             self.raft.clone(),
             Box::pin(ReceiverStream::new(rx)),
         )))
+    }
+
+    async fn create_join_token(
+        &self,
+        request: Request<pb::CreateJoinTokenRequest>,
+    ) -> Result<Response<pb::CreateJoinTokenResponse>, Status> {
+        let requester = super::requester(&request);
+        let ttl_ms = match request.into_inner().ttl_ms {
+            0 => JOIN_TOKEN_TTL_MS_DEFAULT,
+            ms => ms,
+        };
+        let now = super::vm_node::now_unix_ms();
+        let made = crate::tokens::generate_join_token(now, now.saturating_add(ttl_ms));
+        let command = Command::CreateJoinToken {
+            token: made.token.clone(),
+        };
+        blixard_consensus::validate::command(&command)
+            .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
+        self.raft
+            .propose_for(command, requester)
+            .await
+            .map_err(Error::from)?;
+        Ok(Response::new(pb::CreateJoinTokenResponse {
+            join_token: made.secret,
+            accessor: made.token.accessor,
+            expires_at_unix_ms: made.token.expires_at_unix_ms,
+        }))
+    }
+
+    async fn issue_certificate(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+    ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
+        let requester = super::requester(&request);
+        let request = request.into_inner();
+        let Some(issuer) = &self.issuer else {
+            return Err(Status::failed_precondition(
+                "this node holds no CA key ([tls] ca_key_file): join through a voter that does",
+            ));
+        };
+        if !self.raft.is_member() {
+            return Err(Status::failed_precondition(
+                "this node is a worker: join through a voter holding the CA key",
+            ));
+        }
+        validate::node_id(request.node_id).map_err(Error::from)?;
+        if request.csr_pem.len() > CSR_LEN_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a signing request of {} bytes; at most {CSR_LEN_MAX}",
+                request.csr_pem.len()
+            )));
+        }
+        let refused = || {
+            Status::unauthenticated("the join token is not valid here (unknown, used or revoked)")
+        };
+        let accessor = crate::tokens::join_token_accessor(&request.join_token)
+            .ok_or_else(refused)?
+            .to_string();
+        let presented = crate::tokens::hash(&request.join_token);
+        let known = self.raft.read_state(|s| {
+            s.join_tokens
+                .get(&accessor)
+                .is_some_and(|t| t.secret_sha256 == presented)
+        });
+        if !known {
+            return Err(refused());
+        }
+        // Sign first (a request that does not parse must not spend the
+        // token), hand the certificate out only once the token is spent.
+        let cert_pem = tls::sign_node_csr(&issuer.ca, request.node_id, &request.csr_pem)
+            .map_err(|e| Status::invalid_argument(format!("signing request: {e}")))?;
+        self.raft
+            .propose_for(
+                Command::UseJoinToken {
+                    accessor,
+                    node_id: request.node_id,
+                    at_unix_ms: super::vm_node::now_unix_ms(),
+                },
+                requester,
+            )
+            .await
+            .map_err(Error::from)?;
+        tracing::info!(
+            node_id = request.node_id,
+            "issued a certificate for a join token"
+        );
+        Ok(Response::new(pb::IssueCertificateResponse {
+            cert_pem,
+            ca_pem: issuer.ca.cert_pem.clone(),
+            gossip_keys: issuer.gossip_keys.clone(),
+        }))
     }
 
     async fn remove_node(

@@ -83,7 +83,9 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         Command::SetNodeEligibility { .. } | Command::DrainNode { .. } => {
             Ok(Forward::Client(Permission::NodeWrite))
         }
-        Command::SetSettings { .. } => Ok(Forward::Client(Permission::ClusterAdmin)),
+        Command::SetSettings { .. } | Command::CreateJoinToken { .. } => {
+            Ok(Forward::Client(Permission::ClusterAdmin))
+        }
         Command::CreateToken { .. }
         | Command::RevokeToken { .. }
         | Command::CreateRole { .. }
@@ -102,7 +104,8 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         | Command::MarkVmLost { .. }
         | Command::FinishDrain { .. }
         | Command::RegisterWorker { .. }
-        | Command::UnregisterWorker { .. } => Err(format!(
+        | Command::UnregisterWorker { .. }
+        | Command::UseJoinToken { .. } => Err(format!(
             "{} is decided by the cluster's members, never forwarded by a worker",
             command.kind()
         )),
@@ -280,7 +283,11 @@ impl pb::state_feed_server::StateFeed for FeedService {
                 audit.relayed_by = Some(worker);
                 Some(audit)
             }
-            _ => audit,
+            // A worker's reports about itself are the cluster's own
+            // business: no one asked for them, and a worker's word for who
+            // did never enters the trail unchecked.
+            (Forward::Report, Some(_)) => None,
+            (_, None) => audit,
         };
         let response = match self.raft.propose_audited(command, audit).await {
             Ok(applied) => pb::ProposeResponse {

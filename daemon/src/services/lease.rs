@@ -36,6 +36,19 @@ pub fn while_token_valid<T: Send + 'static>(
     };
     let accessor = accessor.clone();
     while_allowed(stream, move || {
+        // A worker cut off from the voters cannot know of a revocation.
+        if !state.is_member() {
+            let stale_after = Duration::from_millis(super::TOKENS_STALE_AFTER_MS);
+            if state
+                .mirror()
+                .unconfirmed_for()
+                .is_none_or(|age| age > stale_after)
+            {
+                return Some(Status::unavailable(
+                    "this worker lost the voters, so it cannot check tokens; this stream ends",
+                ));
+            }
+        }
         let valid = state.read_state(|state| {
             state
                 .tokens

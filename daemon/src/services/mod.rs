@@ -46,6 +46,9 @@ pub enum Caller {
     },
     /// Security is off: nothing was proven.
     Unverified,
+    /// Security is on and the caller proved nothing: only RPCs carrying
+    /// their own credential (a join token) let it in.
+    Anonymous,
 }
 
 /// The interceptor every RPC passes through.
@@ -78,19 +81,37 @@ impl tonic::service::Interceptor for Authorize {
             (true, Some(node)) => self.node(&request, node),
             (true, None) => self.client(&request),
         };
-        let caller = caller.inspect_err(|status| {
-            // Refusals are logged where they happen (they leave no record
-            // in the audit trail).
-            tracing::warn!(
-                path = rpc_path(&request),
-                from = ?request.remote_addr(),
-                code = ?status.code(),
-                "refused a request: {}",
-                status.message()
-            );
-        })?;
+        let caller = caller.inspect_err(|status| log_refusal(&request, status))?;
         request.extensions_mut().insert(caller);
         Ok(request)
+    }
+}
+
+/// Refusals are logged where they happen (they leave no record in the
+/// audit trail), at most one line per [`REFUSAL_LOG_INTERVAL_MS`] with the
+/// count since, so a flood of bad requests cannot fill the disk.
+const REFUSAL_LOG_INTERVAL_MS: u64 = 1_000;
+
+fn log_refusal(request: &Request<()>, status: &Status) {
+    static LOGGED: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
+        std::sync::Mutex::new((None, 0));
+    let mut logged = LOGGED
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner());
+    logged.1 += 1;
+    let due = logged
+        .0
+        .is_none_or(|at| at.elapsed() >= std::time::Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
+    if due {
+        tracing::warn!(
+            path = rpc_path(request),
+            from = ?request.remote_addr(),
+            code = ?status.code(),
+            refused_since_last_report = logged.1,
+            "refused a request: {}",
+            status.message()
+        );
+        *logged = (Some(std::time::Instant::now()), 0);
     }
 }
 
@@ -126,7 +147,7 @@ impl Authorize {
             )));
         }
         let permission = match rule_of(request)? {
-            rules::Rule::Peer => return Ok(Caller::Node(node)),
+            rules::Rule::Peer | rules::Rule::JoinToken => return Ok(Caller::Node(node)),
             rules::Rule::Client(permission) => permission,
         };
         if request.metadata().get(AUTHORIZATION).is_some() {
@@ -169,6 +190,7 @@ impl Authorize {
                      cluster CA (a token is not enough)"
                 )))
             }
+            rules::Rule::JoinToken => return Ok(Caller::Anonymous),
         };
         let hash = bearer_hash(request.metadata())?;
         self.require_fresh_tokens()?;
@@ -290,7 +312,7 @@ fn audit_context<T>(request: &Request<T>) -> AuditContext {
         Some(Caller::Client { accessor, .. }) => Actor::Token {
             accessor: accessor.clone(),
         },
-        Some(Caller::Unverified) | None => Actor::Anonymous,
+        Some(Caller::Unverified | Caller::Anonymous) | None => Actor::Anonymous,
     };
     let relayed_by = match request.extensions().get::<Caller>() {
         Some(Caller::Client { relayed_by, .. }) => *relayed_by,
@@ -315,6 +337,7 @@ pub fn reads_secrets<T>(request: &Request<T>) -> bool {
     match request.extensions().get::<Caller>() {
         Some(Caller::Node(_) | Caller::Unverified) => true,
         Some(Caller::Client { reads_secrets, .. }) => *reads_secrets,
+        Some(Caller::Anonymous) => false,
         None => cfg!(madsim),
     }
 }
@@ -332,8 +355,10 @@ pub fn require_node<T>(request: &Request<T>, what: &str) -> Result<Option<u64>, 
     match request.extensions().get::<Caller>().or(unverified) {
         Some(Caller::Node(id)) => Ok(Some(*id)),
         Some(Caller::Unverified) => Ok(None),
-        Some(Caller::Client { .. }) | None => Err(Status::permission_denied(format!(
-            "{what} is for cluster nodes only: present a node certificate of the cluster CA"
-        ))),
+        Some(Caller::Client { .. } | Caller::Anonymous) | None => {
+            Err(Status::permission_denied(format!(
+                "{what} is for cluster nodes only: present a node certificate of the cluster CA"
+            )))
+        }
     }
 }

@@ -15,6 +15,9 @@ pub enum Rule {
     Peer,
     /// Clients whose token allows this; nodes always.
     Client(Permission),
+    /// Anyone: the request carries its own credential (a join token),
+    /// which the service checks.
+    JoinToken,
 }
 
 /// The rule for a gRPC path (`/blixard.v1.Vm/Create`).
@@ -26,6 +29,8 @@ pub fn rule(path: &str) -> Option<Rule> {
         ("RaftTransport", "Stream") => Some(Rule::Peer),
         ("StateFeed", "Subscribe" | "Propose" | "Barrier") => Some(Rule::Peer),
         ("Cluster", "Join") => Some(Rule::Peer),
+        ("Cluster", "IssueCertificate") => Some(Rule::JoinToken),
+        ("Cluster", "CreateJoinToken") => client(ClusterAdmin),
         ("Cluster", "Status" | "GetSettings" | "Events") => client(ClusterRead),
         ("Cluster", "RemoveNode" | "UpdateSettings") => client(ClusterAdmin),
         ("Node", "List" | "Get") => client(NodeRead),

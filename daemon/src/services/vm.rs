@@ -31,6 +31,7 @@ impl VmService {
         desired_state: DesiredState,
     ) -> Result<Response<pb::VmResponse>, Status> {
         let requester = super::requester(&request);
+        let reads_secrets = super::reads_secrets(&request);
         let name = request.into_inner().name;
         validate::vm_name(&name).map_err(Error::from)?;
         let applied = self
@@ -45,7 +46,10 @@ impl VmService {
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::VmResponse {
-            vm: applied.vm.as_ref().map(vm_info_to_pb),
+            vm: applied
+                .vm
+                .as_ref()
+                .map(|vm| shown(vm_info_to_pb(vm), reads_secrets)),
             revision: applied.revision,
         }))
     }
@@ -60,6 +64,7 @@ impl pb::vm_server::Vm for VmService {
         request: Request<pb::CreateVmRequest>,
     ) -> Result<Response<pb::VmResponse>, Status> {
         let requester = super::requester(&request);
+        let reads_secrets = super::reads_secrets(&request);
         let request = request.into_inner();
         let spec = vm_spec_from_pb(request.spec).map_err(Error::from)?;
         if request.replicas > 0 {
@@ -92,7 +97,8 @@ impl pb::vm_server::Vm for VmService {
                 .map_err(Error::from)?;
             let first = self
                 .raft
-                .read_state(|s| s.vms.get(&format!("{group}-1")).map(vm_info_to_pb));
+                .read_state(|s| s.vms.get(&format!("{group}-1")).map(vm_info_to_pb))
+                .map(|vm| shown(vm, reads_secrets));
             return Ok(Response::new(pb::VmResponse {
                 vm: first,
                 revision: applied.revision,
@@ -110,7 +116,10 @@ impl pb::vm_server::Vm for VmService {
             .await
             .map_err(Error::from)?;
         Ok(Response::new(pb::VmResponse {
-            vm: applied.vm.as_ref().map(vm_info_to_pb),
+            vm: applied
+                .vm
+                .as_ref()
+                .map(|vm| shown(vm_info_to_pb(vm), reads_secrets)),
             revision: applied.revision,
         }))
     }
@@ -120,6 +129,7 @@ impl pb::vm_server::Vm for VmService {
         request: Request<pb::ScaleVmRequest>,
     ) -> Result<Response<pb::ScaleVmResponse>, Status> {
         let requester = super::requester(&request);
+        let reads_secrets = super::reads_secrets(&request);
         let request = request.into_inner();
         validate::vm_name(&request.name).map_err(Error::from)?;
         if request.replicas > 0 {
@@ -159,7 +169,7 @@ impl pb::vm_server::Vm for VmService {
             s.vms
                 .values()
                 .filter(|vm| vm.spec.group.as_deref() == Some(&group))
-                .map(vm_info_to_pb)
+                .map(|vm| shown(vm_info_to_pb(vm), reads_secrets))
                 .collect()
         });
         Ok(Response::new(pb::ScaleVmResponse {
@@ -315,6 +325,14 @@ impl pb::vm_server::Vm for VmService {
             Box::pin(ReceiverStream::new(rx)),
         )))
     }
+}
+
+/// `vm` with its secrets redacted unless the caller reads them.
+fn shown(mut vm: pb::VmInfo, reads_secrets: bool) -> pb::VmInfo {
+    if !reads_secrets {
+        redact_vm_info(&mut vm);
+    }
+    vm
 }
 
 /// `event` with its VM's secrets redacted unless the watcher reads them.

@@ -17,6 +17,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         join: args.join,
         labels: args.labels,
         gossip_bind: args.gossip_bind,
+        join_token: args.join_token,
     });
     config.validate()?;
     blixard_daemon::agent::run(config, shutdown_signal())

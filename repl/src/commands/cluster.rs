@@ -1,11 +1,21 @@
-//! `blixard cluster status | join | remove-node`.
+//! `blixard cluster status | join | remove-node | join-token create`.
 
 use blixard_api::{pb, validate};
 use serde::Serialize;
 
-use crate::cli::{ClusterCommand, OutputFormat};
+use crate::cli::{ClusterCommand, JoinTokenCommand, OutputFormat};
 use crate::client::{self, status_error};
 use crate::output;
+
+/// A join token just made.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct JoinTokenView {
+    /// Give it to the new node: `blixard agent --join ADDR --join-token
+    /// TOKEN` (with the cluster's ca.pem in its DATA_DIR/tls/).
+    pub join_token: String,
+    pub accessor: String,
+    pub expires_at_unix_ms: u64,
+}
 
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct MemberView {
@@ -148,6 +158,33 @@ pub async fn run(command: ClusterCommand, addr: &str, format: OutputFormat) -> a
                 ..Default::default()
             };
             settings(addr, format, update).await
+        }
+        ClusterCommand::JoinToken(JoinTokenCommand::Create { ttl }) => {
+            let made = client::cluster(addr)
+                .await?
+                .create_join_token(pb::CreateJoinTokenRequest {
+                    ttl_ms: ttl.unwrap_or(0),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner();
+            let view = JoinTokenView {
+                join_token: made.join_token,
+                accessor: made.accessor,
+                expires_at_unix_ms: made.expires_at_unix_ms,
+            };
+            output::print(format, &view, |v| {
+                let mut table = output::table(&["JOIN TOKEN (shown once)", "EXPIRES"]);
+                table.add_row(vec![
+                    v.join_token.clone(),
+                    humantime::format_rfc3339_seconds(
+                        std::time::UNIX_EPOCH
+                            + std::time::Duration::from_millis(v.expires_at_unix_ms),
+                    )
+                    .to_string(),
+                ]);
+                table
+            })
         }
         ClusterCommand::RemoveNode { node_id } => {
             validate::node_id(node_id)?;

@@ -45,6 +45,7 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("cluster status", of::<cluster::StatusView>()),
         ("cluster join", of::<Vec<cluster::MemberView>>()),
         ("cluster remove-node", of::<Vec<cluster::MemberView>>()),
+        ("cluster join-token create", of::<cluster::JoinTokenView>()),
         ("cluster autopilot", of::<cluster::SettingsView>()),
         ("cluster failover", of::<cluster::SettingsView>()),
         ("vm create", of::<CreateOutput>()),
