@@ -3,8 +3,10 @@
 //! Invariant: with a keyring, no datagram reaches chitchat's decoder unless
 //! it opened under one of the keys (ChaCha20-Poly1305; the authenticated
 //! data binds the format tag and the cluster name), and every datagram
-//! sent is sealed with the first key under a fresh random nonce. So a
-//! sender without the key can neither be heard nor read.
+//! sent is sealed with the first key under a fresh random nonce, naming
+//! that key by id so a receiver opens it with that key alone. So a sender
+//! without the key can neither be heard nor read, nor make a node try
+//! every key it holds.
 //!
 //! Replays of a sealed datagram are not detected. Chitchat ignores state
 //! no newer than what it holds, so a replay changes nothing but can draw a
@@ -21,10 +23,13 @@ use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_L
 use ring::rand::{SecureRandom, SystemRandom};
 
 /// Leads every sealed datagram; a new format gets a new tag.
-const FORMAT_TAG: &[u8; 4] = b"BXG1";
+const FORMAT_TAG: &[u8; 4] = b"BXG2";
+/// Names the sealing key (the head of its SHA-256), so a receiver tries
+/// only the key it names rather than every key it holds.
+const KEY_ID_LEN: usize = 4;
 const TAG_LEN: usize = 16;
 /// What sealing adds to a datagram.
-const SEAL_OVERHEAD: usize = FORMAT_TAG.len() + NONCE_LEN + TAG_LEN;
+const SEAL_OVERHEAD: usize = FORMAT_TAG.len() + KEY_ID_LEN + NONCE_LEN + TAG_LEN;
 const _: () = assert!(SEAL_OVERHEAD <= TRANSPORT_OVERHEAD_MAX);
 /// The largest UDP payload over IPv4.
 const DATAGRAM_LEN_MAX: usize = 65_507;
@@ -34,7 +39,8 @@ const REFUSAL_LOG_INTERVAL_MS: u64 = 10_000;
 
 /// The cluster's gossip keys: the first seals, each opens.
 pub struct Keyring {
-    keys: Vec<LessSafeKey>,
+    /// Each key with its id.
+    keys: Vec<([u8; KEY_ID_LEN], LessSafeKey)>,
     /// Format tag and cluster name.
     aad: Vec<u8>,
     rng: SystemRandom,
@@ -48,9 +54,13 @@ impl Keyring {
         let keys = keys
             .iter()
             .map(|key| {
-                LessSafeKey::new(
+                let digest = ring::digest::digest(&ring::digest::SHA256, key);
+                let mut id = [0u8; KEY_ID_LEN];
+                id.copy_from_slice(&digest.as_ref()[..KEY_ID_LEN]);
+                let key = LessSafeKey::new(
                     UnboundKey::new(&CHACHA20_POLY1305, key).expect("32-byte ChaCha20 key"),
-                )
+                );
+                (id, key)
             })
             .collect();
         let mut aad = FORMAT_TAG.to_vec();
@@ -74,15 +84,17 @@ impl Keyring {
         self.rng
             .fill(&mut nonce)
             .map_err(|_| anyhow::anyhow!("the system random generator failed"))?;
+        let (id, key) = &self.keys[0];
         out.clear();
         out.extend_from_slice(FORMAT_TAG);
+        out.extend_from_slice(id);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
-        let tag = self.keys[0]
+        let tag = key
             .seal_in_place_separate_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(&self.aad),
-                &mut out[FORMAT_TAG.len() + NONCE_LEN..],
+                &mut out[FORMAT_TAG.len() + KEY_ID_LEN + NONCE_LEN..],
             )
             .map_err(|_| anyhow::anyhow!("sealing a gossip datagram failed"))?;
         out.extend_from_slice(tag.as_ref());
@@ -92,13 +104,16 @@ impl Keyring {
     /// The plain text of `datagram` in `scratch`, if a key opens it.
     fn open<'a>(&self, datagram: &[u8], scratch: &'a mut Vec<u8>) -> Option<&'a [u8]> {
         let rest = datagram.strip_prefix(FORMAT_TAG)?;
-        if rest.len() < NONCE_LEN + TAG_LEN {
+        if rest.len() < KEY_ID_LEN + NONCE_LEN + TAG_LEN {
             return None;
         }
+        let (id, rest) = rest.split_at(KEY_ID_LEN);
         let (nonce, sealed) = rest.split_at(NONCE_LEN);
         let nonce: [u8; NONCE_LEN] = nonce.try_into().ok()?;
         let mut opened_len = None;
-        for key in &self.keys {
+        // Only the key the datagram names (two keys sharing an id, one in
+        // 2^32, are both tried).
+        for (_, key) in self.keys.iter().filter(|(key_id, _)| key_id == id) {
             // A failed open leaves the buffer unspecified: start over from
             // the datagram for each key.
             scratch.clear();
@@ -264,7 +279,7 @@ mod tests {
             assert_eq!(sender.open(&tampered, &mut scratch), None, "byte {index}");
         }
         assert_eq!(sender.open(&sealed[..sealed.len() - 1], &mut scratch), None);
-        assert_eq!(sender.open(b"BXG1", &mut scratch), None);
+        assert_eq!(sender.open(b"BXG2", &mut scratch), None);
         assert_eq!(sender.open(b"", &mut scratch), None);
 
         // Fresh nonces: the same text never seals to the same bytes.
