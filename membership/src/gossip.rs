@@ -352,7 +352,7 @@ pub(crate) mod tests {
         }
     }
 
-    fn free_udp_address() -> SocketAddr {
+    pub(crate) fn free_udp_address() -> SocketAddr {
         let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         socket.local_addr().unwrap()
     }
@@ -361,7 +361,7 @@ pub(crate) mod tests {
         start_with(node_id, address, seeds, None).await
     }
 
-    async fn start_with(
+    pub(crate) async fn start_with(
         node_id: u64,
         address: SocketAddr,
         seeds: Vec<String>,
@@ -454,7 +454,7 @@ pub(crate) mod tests {
 
 #[cfg(test)]
 mod secured_tests {
-    use super::tests::info;
+    use super::tests::{free_udp_address, start_with};
     use super::*;
     use crate::verify::tests::FakeIdentity;
 
@@ -467,29 +467,14 @@ mod secured_tests {
         })
     }
 
-    fn free_udp_address() -> SocketAddr {
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        socket.local_addr().unwrap()
-    }
-
     async fn start(
         node_id: u64,
         address: SocketAddr,
         seeds: &[SocketAddr],
         security: Option<GossipSecurity>,
     ) -> Membership {
-        let config = MembershipConfig {
-            node_id,
-            cluster_name: "test".into(),
-            gossip_bind: address,
-            gossip_advertise: address,
-            seeds: seeds.iter().map(ToString::to_string).collect(),
-            gossip_interval_ms: 50,
-            phi_threshold: 8.0,
-            dead_node_forget_after_ms: 60_000,
-            security,
-        };
-        Membership::start(config, &info(node_id)).await.unwrap()
+        let seeds = seeds.iter().map(ToString::to_string).collect();
+        start_with(node_id, address, seeds, security).await
     }
 
     async fn wait_until(what: &str, mut done: impl AsyncFnMut() -> bool) {

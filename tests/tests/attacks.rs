@@ -80,6 +80,24 @@ fn raft_message(kind: MessageType, from: u64, to: u64, term: u64) -> RaftMessage
     message
 }
 
+/// Waits for node `id` to exit unsuccessfully with `reason` in its log.
+async fn assert_exits_saying(cluster: &mut TestCluster, id: u64, reason: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = cluster.exit_status(id) {
+            break status;
+        }
+        assert!(std::time::Instant::now() < deadline, "node {id} still runs");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!status.success(), "node {id} exited {status}");
+    let log = cluster.log(id);
+    assert!(
+        log.contains(reason),
+        "node {id}'s log lacks {reason:?}:\n{log}"
+    );
+}
+
 /// The cluster is whole: every node answers with one leader, a write
 /// through each node commits, and no VM but `expected` exists.
 async fn assert_healthy(cluster: &TestCluster, round: &str, expected: &[&str]) {
@@ -422,20 +440,7 @@ async fn nodes_without_the_clusters_certificate_cannot_join() {
     cluster.add_node(4, Some(1));
     cluster.add_node(5, Some(1));
     for (id, reason) in [(4, "could not join"), (5, "is the certificate of node 6")] {
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = cluster.exit_status(id) {
-                break status;
-            }
-            assert!(std::time::Instant::now() < deadline, "node {id} still runs");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert!(!status.success(), "node {id} exited {status}");
-        let log = cluster.log(id);
-        assert!(
-            log.contains(reason),
-            "node {id}'s log lacks {reason:?}:\n{log}"
-        );
+        assert_exits_saying(&mut cluster, id, reason).await;
     }
     let members = cluster.status(1).await.unwrap().members;
     assert_eq!(members.len(), 3, "{members:?}");
@@ -1271,20 +1276,7 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
         (6, brief.as_str(), "expired"),
     ] {
         cluster.add_node_with(id, with_token(token));
-        let deadline = std::time::Instant::now() + Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = cluster.exit_status(id) {
-                break status;
-            }
-            assert!(std::time::Instant::now() < deadline, "node {id} still runs");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
-        assert!(!status.success(), "node {id} exited {status}");
-        let log = cluster.log(id);
-        assert!(
-            log.contains(reason),
-            "node {id}'s log lacks {reason:?}:\n{log}"
-        );
+        assert_exits_saying(&mut cluster, id, reason).await;
         assert!(
             !cluster
                 .dir

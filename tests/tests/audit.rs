@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use blixard_tests::{eventually, Network, NodeOptions, TestCluster, Timings};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_session_by_two_tokens_shows_in_the_audit_trail_of_every_node() {
+/// Three voters and a worker on 127.0.0.1; returns them and the worker's id.
+async fn three_voters_and_a_worker() -> (TestCluster, u64) {
     let timings = Timings {
         voters: 3,
         ..Timings::default()
@@ -27,6 +27,12 @@ async fn a_session_by_two_tokens_shows_in_the_audit_trail_of_every_node() {
         }
     }
     assert_ne!(worker, 0, "no worker among four nodes with three voters");
+    (cluster, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_by_two_tokens_shows_in_the_audit_trail_of_every_node() {
+    let (cluster, worker) = three_voters_and_a_worker().await;
     let voters: Vec<u64> = (1..=4).filter(|id| *id != worker).collect();
 
     let created: serde_json::Value = serde_json::from_str(&cluster.cli_ok(
@@ -232,20 +238,7 @@ async fn a_session_by_two_tokens_shows_in_the_audit_trail_of_every_node() {
 /// the voters; the worker answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_the_voters_stops_judging_tokens() {
-    let timings = Timings {
-        voters: 3,
-        ..Timings::default()
-    };
-    let mut cluster =
-        TestCluster::start_with(4, timings, Network::Loopback, |_| NodeOptions::default()).await;
-    cluster.wait_voters(3).await;
-    let mut worker = 0;
-    for id in 1..=4 {
-        if cluster.status(id).await.unwrap().node_role == "worker" {
-            worker = id;
-        }
-    }
-    assert_ne!(worker, 0, "no worker among four nodes with three voters");
+    let (mut cluster, worker) = three_voters_and_a_worker().await;
     let status = |cluster: &TestCluster| {
         let output = cluster.cli(worker, &["cluster", "status", "-o", "json"]);
         (
@@ -295,20 +288,7 @@ async fn a_removed_node_is_refused_by_its_certificate_and_cannot_return() {
     use blixard_api::pb;
     use blixard_api::pb::cluster_client::ClusterClient;
     use blixard_api::pb::state_feed_client::StateFeedClient;
-    let timings = Timings {
-        voters: 3,
-        ..Timings::default()
-    };
-    let mut cluster =
-        TestCluster::start_with(4, timings, Network::Loopback, |_| NodeOptions::default()).await;
-    cluster.wait_voters(3).await;
-    let mut worker = 0;
-    for id in 1..=4 {
-        if cluster.status(id).await.unwrap().node_role == "worker" {
-            worker = id;
-        }
-    }
-    assert_ne!(worker, 0, "no worker among four nodes with three voters");
+    let (mut cluster, worker) = three_voters_and_a_worker().await;
     let voters: Vec<u64> = (1..=4).filter(|id| *id != worker).collect();
     // Before: the worker's certificate reads and subscribes.
     let as_worker = cluster.peer_channel(voters[0], worker).await.unwrap();
