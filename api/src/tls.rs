@@ -106,20 +106,48 @@ pub fn issue_node_cert(ca: &CertifiedKey, node_id: u64) -> Result<CertifiedKey, 
 /// joining with a join token makes them: the key never leaves the node.
 pub fn create_node_csr() -> Result<(String, String), TlsError> {
     let key = KeyPair::generate()?;
-    let request = CertificateParams::new(Vec::<String>::new())?.serialize_request(&key)?;
-    Ok((request.pem()?, key.serialize_pem()))
+    Ok((node_csr_for(&key)?, key.serialize_pem()))
+}
+
+/// A signing request for the key in `key_pem` (a node asking again for
+/// the certificate of a key it already made).
+pub fn create_node_csr_for(key_pem: &str) -> Result<String, TlsError> {
+    node_csr_for(&KeyPair::from_pem(key_pem)?)
+}
+
+fn node_csr_for(key: &KeyPair) -> Result<String, TlsError> {
+    let request = CertificateParams::new(Vec::<String>::new())?.serialize_request(key)?;
+    Ok(request.pem()?)
+}
+
+/// A certificate signed for a node's signing request.
+#[derive(Debug)]
+pub struct SignedNode {
+    pub cert_pem: String,
+    /// SHA-256 of the certified key (SubjectPublicKeyInfo DER), hex: what
+    /// a join token is spent on.
+    pub key_sha256: String,
 }
 
 /// Signs the key in `csr_pem` (whose signature proves its holder has the
 /// key) as node `node_id`'s certificate. Only the key is taken from the
 /// request: the names, usages and lifetime are the CA's to set.
-pub fn sign_node_csr(ca: &CertifiedKey, node_id: u64, csr_pem: &str) -> Result<String, TlsError> {
+pub fn sign_node_csr(
+    ca: &CertifiedKey,
+    node_id: u64,
+    csr_pem: &str,
+) -> Result<SignedNode, TlsError> {
     let request = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
     let ca_key = KeyPair::from_pem(&ca.key_pem)?;
     let issuer = Issuer::from_ca_cert_pem(&ca.cert_pem, ca_key)?;
-    Ok(node_params(node_id)?
+    let cert_pem = node_params(node_id)?
         .signed_by(&request.public_key, &issuer)?
-        .pem())
+        .pem();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&request.public_key);
+    Ok(SignedNode {
+        cert_pem,
+        key_sha256: hex::encode(ring::digest::digest(&ring::digest::SHA256, &spki)),
+    })
 }
 
 /// What every node certificate says (see the module invariants).
@@ -299,8 +327,19 @@ mod tests {
     fn a_signing_request_gets_the_cas_names_not_its_own() {
         let ca = create_ca("test").unwrap();
         let (csr, key_pem) = create_node_csr().unwrap();
-        let cert_pem = sign_node_csr(&ca, 9, &csr).unwrap();
+        let signed = sign_node_csr(&ca, 9, &csr).unwrap();
+        let cert_pem = signed.cert_pem;
         assert_eq!(node_id_of_pem(Path::new("node.pem"), &cert_pem).unwrap(), 9);
+        // Asking again for the same key names the same key; another key
+        // another.
+        let again = sign_node_csr(&ca, 9, &create_node_csr_for(&key_pem).unwrap()).unwrap();
+        assert_eq!(again.key_sha256, signed.key_sha256);
+        assert_eq!(signed.key_sha256.len(), 64);
+        let (other, _) = create_node_csr().unwrap();
+        assert_ne!(
+            sign_node_csr(&ca, 9, &other).unwrap().key_sha256,
+            signed.key_sha256
+        );
         assert!(key_pem.contains("PRIVATE KEY") && !cert_pem.contains("PRIVATE"));
         // The certificate carries the requester's key.
         let node = CertifiedKey { cert_pem, key_pem };

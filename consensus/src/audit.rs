@@ -130,6 +130,7 @@ pub fn target(command: &Command) -> String {
         Command::RevokeToken { accessor } => accessor.clone(),
         Command::CreateRole { role } => role.name.clone(),
         Command::CreateJoinToken { token } => token.accessor.clone(),
+        Command::RevokeJoinToken { accessor } => accessor.clone(),
         Command::UseJoinToken { node_id, .. } => format!("node-{node_id}"),
         Command::DeleteRole { name } => name.clone(),
     }

@@ -208,7 +208,9 @@ pub struct Token {
 }
 
 /// A one-time token a new node presents to get its certificate (`cluster
-/// join-token create`); only its hash is kept, and it is gone once used.
+/// join-token create`); only its hash is kept. Once spent it names the
+/// node and key it was spent on, so that node (and only it) can ask again
+/// if the answer was lost, until the token expires.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JoinToken {
     pub accessor: String,
@@ -216,6 +218,17 @@ pub struct JoinToken {
     pub secret_sha256: String,
     pub created_at_unix_ms: u64,
     pub expires_at_unix_ms: u64,
+    #[serde(default)]
+    pub spent: Option<JoinTokenUse>,
+}
+
+/// The certificate a join token was spent on.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JoinTokenUse {
+    pub node_id: u64,
+    /// SHA-256 of the certified public key (SubjectPublicKeyInfo DER),
+    /// lowercase hex.
+    pub key_sha256: String,
 }
 
 /// The longest a join token may live.
@@ -513,12 +526,19 @@ pub enum Command {
         token: JoinToken,
     },
     /// A node holding the CA key spends a join token on a certificate for
-    /// `node_id` (a new id); `at_unix_ms` is that node's clock, against
-    /// which the token's expiry is judged.
+    /// `node_id` (a new id) and the key hashing to `key_sha256`;
+    /// `at_unix_ms` is that node's clock, against which the token's expiry
+    /// is judged. Spending it again on the same id and key is accepted
+    /// (the node asking again after losing the answer).
     UseJoinToken {
         accessor: String,
         node_id: u64,
+        key_sha256: String,
         at_unix_ms: u64,
+    },
+    /// A join token is withdrawn, spent or not.
+    RevokeJoinToken {
+        accessor: String,
     },
     /// Refused while a token has the role.
     DeleteRole {
@@ -575,6 +595,7 @@ impl Command {
             Command::CreateRole { .. } => "create_role",
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::UseJoinToken { .. } => "use_join_token",
+            Command::RevokeJoinToken { .. } => "revoke_join_token",
             Command::DeleteRole { .. } => "delete_role",
         }
     }
@@ -670,6 +691,7 @@ pub enum EventKind {
     RoleDeleted,
     JoinTokenCreated,
     JoinTokenUsed,
+    JoinTokenRevoked,
 }
 
 impl EventKind {
@@ -694,6 +716,7 @@ impl EventKind {
             EventKind::RoleDeleted => "role_deleted",
             EventKind::JoinTokenCreated => "join_token_created",
             EventKind::JoinTokenUsed => "join_token_used",
+            EventKind::JoinTokenRevoked => "join_token_revoked",
         }
     }
 }

@@ -17,8 +17,9 @@ pub mod validate;
 
 pub use command::{
     validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
-    HostFacts, JoinToken, NodeRecord, Permission, PortForward, Rejection, RunnerSource, Settings,
-    Token, TokenRole, Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
+    HostFacts, JoinToken, JoinTokenUse, NodeRecord, Permission, PortForward, Rejection,
+    RunnerSource, Settings, Token, TokenRole, Transition, VmChange, VmObserved, VmPhase, VmRecord,
+    VmSpec,
 };
 pub use error::{Error, Result};
 pub use handle::{
@@ -28,5 +29,5 @@ pub use handle::{
 pub use node::{RaftConfig, RaftNode, Transport};
 pub use placement::{FailoverPolicy, Placement, Rule, RuleError, Strategy};
 pub use raft::prelude::Message as RaftMessage;
-pub use state::ClusterState;
+pub use state::{ClusterState, JoinTokenRefusal};
 pub use storage::LogStore;

@@ -5,7 +5,9 @@
 //! `assigned_node` names a member or is `None`; only the assigned node's
 //! reports change a VM's observed state; an evicting VM keeps its node
 //! until that node reports it stopped (so it never runs in two places); a
-//! refused command changes nothing. `apply` does no I/O and reads no
+//! refused command changes nothing; a join token is spent on at most one
+//! node id and key, and an id it was spent on is never spent on again.
+//! `apply` does no I/O and reads no
 //! clock, so every replica that applies the same log holds the same state.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -16,8 +18,8 @@ use crate::audit::{Actor, Audit, AuditRecord, AUDIT_RECORDS_MAX};
 
 use crate::command::{
     validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
-    HostFacts, JoinToken, NodeRecord, Permission, Rejection, Settings, Token, TokenRole,
-    Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
+    HostFacts, JoinToken, JoinTokenUse, NodeRecord, Permission, Rejection, Settings, Token,
+    TokenRole, Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -61,12 +63,32 @@ pub struct ClusterState {
     /// Roles admins made, by name (see `TokenRole::Custom`).
     #[serde(default)]
     pub roles: BTreeMap<String, CustomRole>,
-    /// Unspent join tokens, by accessor.
+    /// Join tokens, by accessor, until they expire (spent ones too, so
+    /// their node can ask again for a lost certificate).
     #[serde(default)]
     pub join_tokens: BTreeMap<String, JoinToken>,
+    /// Node ids a join token was spent on: each has a certificate out
+    /// there, joined or not, so no other token is spent on it (and
+    /// `UnregisterWorker` retires one that never joined).
+    #[serde(default)]
+    pub issued_node_ids: BTreeSet<u64>,
 }
 
-/// Unspent join tokens the cluster holds at most (expired ones are
+/// Why a join token may not be spent (see
+/// [`ClusterState::join_token_spend`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinTokenRefusal {
+    #[error("the join token is not valid here (unknown, revoked or expired long ago)")]
+    Unknown,
+    #[error("the join token has expired; make a new one")]
+    Expired,
+    #[error("the join token is not valid here: it was spent on another node's certificate")]
+    SpentElsewhere,
+    #[error("node {0} is or was in the cluster (or has a certificate); a join token is for a new node id")]
+    NodeIdTaken(u64),
+}
+
+/// Join tokens the cluster holds at most, spent or not (expired ones are
 /// dropped whenever one is made).
 pub const JOIN_TOKENS_MAX: usize = 256;
 
@@ -259,10 +281,19 @@ impl ClusterState {
                     false => outcome,
                 }
             }
-            Command::UnregisterWorker { node_id } => match self.nodes.contains_key(&node_id) {
-                true => self.remove_member(node_id),
-                false => Outcome::rejected(Rejection::NoSuchNode { node_id }),
-            },
+            Command::UnregisterWorker { node_id } => {
+                match (
+                    self.nodes.contains_key(&node_id),
+                    self.issued_node_ids.contains(&node_id)
+                        && !self.removed_nodes.contains(&node_id),
+                ) {
+                    (true, _) => self.remove_member(node_id),
+                    // A certificate was issued but its node never joined:
+                    // retiring the id is what refuses that certificate.
+                    (false, true) => self.retire_issued(node_id),
+                    (false, false) => Outcome::rejected(Rejection::NoSuchNode { node_id }),
+                }
+            }
             Command::CreateToken { token } => self.create_token(token),
             Command::RevokeToken { accessor } => self.revoke_token(&accessor),
             Command::CreateRole { role } => self.create_role(role),
@@ -270,8 +301,10 @@ impl ClusterState {
             Command::UseJoinToken {
                 accessor,
                 node_id,
+                key_sha256,
                 at_unix_ms,
-            } => self.use_join_token(&accessor, node_id, at_unix_ms),
+            } => self.use_join_token(&accessor, node_id, key_sha256, at_unix_ms),
+            Command::RevokeJoinToken { accessor } => self.revoke_join_token(&accessor),
             Command::DeleteRole { name } => self.delete_role(&name),
         }
     }
@@ -369,26 +402,115 @@ impl ClusterState {
             .event(EventKind::JoinTokenCreated, None, None, message)
     }
 
-    fn use_join_token(&mut self, accessor: &str, node_id: u64, at_unix_ms: u64) -> Outcome {
-        let refuse = |detail: String| Outcome::rejected(Rejection::Invalid { detail });
-        let Some(token) = self.join_tokens.get(accessor) else {
-            return refuse("the join token was already used, or never made".into());
-        };
+    /// Whether join token `accessor` may be spent on a certificate for
+    /// `node_id` and the key hashing to `key_sha256` at `at_unix_ms`:
+    /// `Ok(true)` for a first spend, `Ok(false)` for the same node asking
+    /// again with the same key. The one rule both the signing node (before
+    /// it signs) and `apply` (identically everywhere) go by.
+    pub fn join_token_spend(
+        &self,
+        accessor: &str,
+        node_id: u64,
+        key_sha256: &str,
+        at_unix_ms: u64,
+    ) -> Result<bool, JoinTokenRefusal> {
+        let token = self
+            .join_tokens
+            .get(accessor)
+            .ok_or(JoinTokenRefusal::Unknown)?;
         if at_unix_ms >= token.expires_at_unix_ms {
-            return refuse("the join token has expired; make a new one".into());
+            return Err(JoinTokenRefusal::Expired);
         }
-        if self.removed_nodes.contains(&node_id) || self.nodes.contains_key(&node_id) {
-            return refuse(format!(
-                "node {node_id} is or was in the cluster; a join token is for a new node id"
-            ));
+        // A retired id gets nothing, not even the certificate it had.
+        if self.removed_nodes.contains(&node_id) {
+            return Err(JoinTokenRefusal::NodeIdTaken(node_id));
         }
-        self.join_tokens.remove(accessor);
+        match &token.spent {
+            Some(spent) if spent.node_id == node_id && spent.key_sha256 == key_sha256 => Ok(false),
+            Some(_) => Err(JoinTokenRefusal::SpentElsewhere),
+            None if self.nodes.contains_key(&node_id)
+                || self.issued_node_ids.contains(&node_id) =>
+            {
+                Err(JoinTokenRefusal::NodeIdTaken(node_id))
+            }
+            None => Ok(true),
+        }
+    }
+
+    fn use_join_token(
+        &mut self,
+        accessor: &str,
+        node_id: u64,
+        key_sha256: String,
+        at_unix_ms: u64,
+    ) -> Outcome {
+        match self.join_token_spend(accessor, node_id, &key_sha256, at_unix_ms) {
+            Err(refusal) => Outcome::rejected(Rejection::Invalid {
+                detail: refusal.to_string(),
+            }),
+            // Asked again (every accepted command is a revision, and the
+            // trail shows the second certificate).
+            Ok(false) => {
+                self.revision += 1;
+                self.join_tokens_changed().event(
+                    EventKind::JoinTokenUsed,
+                    None,
+                    Some(node_id),
+                    format!(
+                        "join token {accessor}: node {node_id} asked again for its certificate"
+                    ),
+                )
+            }
+            Ok(true) => {
+                let token = self.join_tokens.get_mut(accessor).expect("checked above");
+                token.spent = Some(JoinTokenUse {
+                    node_id,
+                    key_sha256,
+                });
+                self.issued_node_ids.insert(node_id);
+                self.revision += 1;
+                self.join_tokens_changed().event(
+                    EventKind::JoinTokenUsed,
+                    None,
+                    Some(node_id),
+                    format!("join token {accessor} spent on node {node_id}'s certificate"),
+                )
+            }
+        }
+    }
+
+    fn revoke_join_token(&mut self, accessor: &str) -> Outcome {
+        if self.join_tokens.remove(accessor).is_none() {
+            return Outcome::rejected(Rejection::Invalid {
+                detail: format!("no join token {accessor} (revoked, or expired and dropped)"),
+            });
+        }
         self.revision += 1;
         self.join_tokens_changed().event(
-            EventKind::JoinTokenUsed,
+            EventKind::JoinTokenRevoked,
+            None,
+            None,
+            format!("join token {accessor} revoked"),
+        )
+    }
+
+    /// Retires `node_id`, which holds a certificate but never joined.
+    fn retire_issued(&mut self, node_id: u64) -> Outcome {
+        self.removed_nodes.insert(node_id);
+        self.revision += 1;
+        Outcome {
+            result: Ok(Applied {
+                revision: self.revision,
+                vm: None,
+            }),
+            touched: vec![Touched::Removed],
+            ..Outcome::default()
+        }
+        .event(
+            EventKind::NodeRemoved,
             None,
             Some(node_id),
-            format!("join token {accessor} spent on node {node_id}'s certificate"),
+            format!("node {node_id}'s certificate was retired before it joined"),
         )
     }
 
@@ -1539,6 +1661,103 @@ mod tests {
         assert!(state.apply(again(1)).result.is_ok());
     }
 
+    /// A valid accessor made of one hex digit.
+    fn accessor(digit: &str) -> String {
+        digit.repeat(16)
+    }
+
+    fn join_token(digit: &str, expires_at_unix_ms: u64) -> Command {
+        Command::CreateJoinToken {
+            token: JoinToken {
+                accessor: accessor(digit),
+                secret_sha256: digit.repeat(64),
+                created_at_unix_ms: 1,
+                expires_at_unix_ms,
+                spent: None,
+            },
+        }
+    }
+
+    fn spend(digit: &str, node_id: u64, key: char, at_unix_ms: u64) -> Command {
+        Command::UseJoinToken {
+            accessor: accessor(digit),
+            node_id,
+            key_sha256: key.to_string().repeat(64),
+            at_unix_ms,
+        }
+    }
+
+    #[test]
+    fn a_join_token_is_spent_on_one_new_node_and_key() {
+        let mut state = ClusterState::default();
+        state.add_member(1, "n1:1".into());
+        assert!(state.apply(join_token("a", 100)).result.is_ok());
+        assert!(state.apply(join_token("b", 100)).result.is_ok());
+        let refused = |state: &mut ClusterState, command: Command, why: &str| {
+            let before = state.clone();
+            match state.apply(command).result {
+                Err(Rejection::Invalid { detail }) => assert!(detail.contains(why), "{detail}"),
+                other => panic!("accepted, or refused otherwise: {other:?}"),
+            }
+            assert_eq!(*state, before);
+        };
+        refused(
+            &mut state,
+            spend("a", 1, 'c', 2),
+            "is or was in the cluster",
+        );
+        refused(&mut state, spend("a", 4, 'c', 100), "expired");
+        refused(&mut state, spend("f", 4, 'c', 2), "not valid here");
+        assert!(state.apply(spend("a", 4, 'c', 2)).result.is_ok());
+        assert!(state.issued_node_ids.contains(&4));
+        // The same node may ask again with the same key.
+        let before = state.clone();
+        assert!(state.apply(spend("a", 4, 'c', 3)).result.is_ok());
+        assert_eq!(state.join_tokens, before.join_tokens);
+        assert_eq!(state.issued_node_ids, before.issued_node_ids);
+        refused(&mut state, spend("a", 4, 'd', 3), "another node's");
+        refused(&mut state, spend("a", 5, 'c', 3), "another node's");
+        // Another token never gets a second certificate for node 4.
+        refused(
+            &mut state,
+            spend("b", 4, 'd', 3),
+            "is or was in the cluster",
+        );
+        // Node 4 never joined: removing it retires its certificate's id.
+        assert!(state
+            .apply(Command::UnregisterWorker { node_id: 4 })
+            .result
+            .is_ok());
+        assert!(state.removed_nodes.contains(&4));
+        assert!(matches!(
+            state.apply(Command::UnregisterWorker { node_id: 4 }).result,
+            Err(Rejection::NoSuchNode { node_id: 4 })
+        ));
+        refused(
+            &mut state,
+            spend("a", 4, 'c', 3),
+            "is or was in the cluster",
+        );
+        assert!(state
+            .apply(Command::RevokeJoinToken {
+                accessor: accessor("b")
+            })
+            .result
+            .is_ok());
+        refused(&mut state, spend("b", 6, 'd', 3), "not valid here");
+        refused(
+            &mut state,
+            Command::RevokeJoinToken {
+                accessor: accessor("b"),
+            },
+            "no join token",
+        );
+        assert_eq!(
+            ClusterState::decode(&state.encode()).unwrap(),
+            state.clone()
+        );
+    }
+
     #[test]
     fn settings_are_validated() {
         let mut state = ClusterState::default();
@@ -1603,6 +1822,18 @@ mod tests {
                 start: true,
                 created_at_unix_ms: 0,
             }),
+            (prop::sample::select(vec!["a", "b"]), 1u64..50)
+                .prop_map(|(a, expires)| join_token(a, expires)),
+            (
+                prop::sample::select(vec!["a", "b"]),
+                node.clone(),
+                prop::sample::select(vec!['c', 'd']),
+                0u64..60
+            )
+                .prop_map(|(a, node_id, key, at)| spend(a, node_id, key, at)),
+            prop::sample::select(vec!["a", "b"]).prop_map(|a| Command::RevokeJoinToken {
+                accessor: accessor(a)
+            }),
             (name, any::<bool>()).prop_map(|(n, run)| Command::SetVmDesiredState {
                 name: n.into(),
                 desired_state: if run {
@@ -1641,6 +1872,11 @@ mod tests {
                         prop_assert!(one.nodes.contains_key(&node));
                     }
                     prop_assert!(!vm.evicting || vm.assigned_node.is_some());
+                }
+                for token in one.join_tokens.values() {
+                    if let Some(spent) = &token.spent {
+                        prop_assert!(one.issued_node_ids.contains(&spent.node_id));
+                    }
                 }
             }
             prop_assert_eq!(&one, &two);

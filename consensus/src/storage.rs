@@ -51,6 +51,9 @@ const KEY_REMOVED: &str = "removed_nodes";
 const KEY_ROLES: &str = "roles";
 /// Unspent join tokens, one row (at most `JOIN_TOKENS_MAX`).
 const KEY_JOIN_TOKENS: &str = "join_tokens";
+/// Node ids a join token was spent on (see `ClusterState::issued_node_ids`),
+/// written with the join tokens.
+const KEY_ISSUED: &str = "issued_node_ids";
 
 fn audit_key(seq: u64) -> String {
     format!("{AUDIT_PREFIX}{seq:020}")
@@ -280,6 +283,10 @@ impl LogStore {
             state.join_tokens =
                 serde_json::from_slice(bytes).map_err(|e| corrupt("join tokens", e))?;
         }
+        if let Some(bytes) = self.meta.get(rtxn, KEY_ISSUED)? {
+            state.issued_node_ids =
+                serde_json::from_slice(bytes).map_err(|e| corrupt("issued node ids", e))?;
+        }
         if let Some(bytes) = self.meta.get(rtxn, KEY_ROLES)? {
             state.roles = serde_json::from_slice(bytes).map_err(|e| corrupt("roles", e))?;
         }
@@ -430,6 +437,8 @@ impl LogStore {
             Touched::JoinTokens => {
                 let bytes = serde_json::to_vec(&state.join_tokens).expect("tokens serialize");
                 self.meta.put(wtxn, KEY_JOIN_TOKENS, &bytes)?;
+                let bytes = serde_json::to_vec(&state.issued_node_ids).expect("ids serialize");
+                self.meta.put(wtxn, KEY_ISSUED, &bytes)?;
             }
             Touched::Roles => {
                 let bytes = serde_json::to_vec(&state.roles).expect("roles serialize");
@@ -481,6 +490,8 @@ impl LogStore {
         self.meta.put(wtxn, KEY_TOKENS, &tokens)?;
         let join_tokens = serde_json::to_vec(&state.join_tokens).expect("tokens serialize");
         self.meta.put(wtxn, KEY_JOIN_TOKENS, &join_tokens)?;
+        let issued = serde_json::to_vec(&state.issued_node_ids).expect("ids serialize");
+        self.meta.put(wtxn, KEY_ISSUED, &issued)?;
         let roles = serde_json::to_vec(&state.roles).expect("roles serialize");
         self.meta.put(wtxn, KEY_ROLES, &roles)?;
         let removed = serde_json::to_vec(&state.removed_nodes).expect("ids serialize");

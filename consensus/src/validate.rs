@@ -150,6 +150,9 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
         Command::CreateJoinToken { token } => {
             hex("accessor", &token.accessor, 16..=32)?;
             hex("secret hash", &token.secret_sha256, 64..=64)?;
+            if token.spent.is_some() {
+                return Err(refuse("a join token is made unspent".into()));
+            }
             let ttl_ms = token
                 .expires_at_unix_ms
                 .checked_sub(token.created_at_unix_ms)
@@ -164,11 +167,16 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             Ok(())
         }
         Command::UseJoinToken {
-            accessor, node_id, ..
+            accessor,
+            node_id,
+            key_sha256,
+            ..
         } => {
             hex("accessor", accessor, 16..=32)?;
+            hex("key hash", key_sha256, 64..=64)?;
             api::node_id(*node_id).map_err(invalid)
         }
+        Command::RevokeJoinToken { accessor } => hex("accessor", accessor, 16..=32),
         Command::SetSettings { settings } => {
             validate_settings(settings).map_err(refuse)?;
             if settings.dead_voter_after_ms > PERIOD_MS_MAX

@@ -220,7 +220,25 @@ pub async fn obtain_certificate(config: &Config) -> Result<(), Error> {
              node it joins through"
         ))
     })?;
-    let (csr_pem, key_pem) = tls::create_node_csr().map_err(|e| failed(e.to_string()))?;
+    let write = |path: &std::path::Path, text: &str, mode| {
+        tls::write_new(path, text, mode).map_err(|e| failed(e.to_string()))
+    };
+    // The key is kept before it is asked for, so a node whose answer was
+    // lost (or that was stopped) asks again for the same key, which the
+    // spent token still allows; a key file that does not parse belongs to
+    // no certificate and is replaced.
+    let pending = std::fs::read_to_string(&files.key)
+        .ok()
+        .and_then(|key_pem| tls::create_node_csr_for(&key_pem).ok());
+    let csr_pem = match pending {
+        Some(csr_pem) => csr_pem,
+        None => {
+            let (csr_pem, key_pem) = tls::create_node_csr().map_err(|e| failed(e.to_string()))?;
+            let _ = std::fs::remove_file(&files.key);
+            write(&files.key, &key_pem, 0o600)?;
+            csr_pem
+        }
+    };
     let mut last_error = String::from("no join address answered");
     for address in &config.cluster.join {
         let endpoint = match Security::client(&ca_pem).endpoint(address) {
@@ -266,16 +284,9 @@ pub async fn obtain_certificate(config: &Config) -> Result<(), Error> {
         }
         identity::parse_gossip_keys(&files.gossip_key, &issued.gossip_keys)
             .map_err(|e| failed(e.to_string()))?;
-        // A key left by an attempt that stopped before its certificate
-        // was written belongs to no certificate.
-        let _ = std::fs::remove_file(&files.key);
-        let write = |path: &std::path::Path, text: &str, mode| {
-            tls::write_new(path, text, mode).map_err(|e| failed(e.to_string()))
-        };
         if !files.gossip_key.exists() {
             write(&files.gossip_key, &issued.gossip_keys, 0o600)?;
         }
-        write(&files.key, &key_pem, 0o600)?;
         // Last: its presence says the others are in place.
         write(&files.cert, &issued.cert_pem, 0o644)?;
         tracing::info!(%address, cert = %files.cert.display(), "got this node's certificate for the join token");

@@ -39,6 +39,7 @@ pub fn generate_join_token(now_unix_ms: u64, expires_at_unix_ms: u64) -> NewJoin
             secret_sha256: hash(&secret),
             created_at_unix_ms: now_unix_ms,
             expires_at_unix_ms,
+            spent: None,
         },
         secret,
     }

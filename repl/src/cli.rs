@@ -518,6 +518,10 @@ pub enum JoinTokenCommand {
         #[arg(long, value_parser = parse_duration_ms, value_name = "DURATION")]
         ttl: Option<u64>,
     },
+    /// The join tokens not yet expired, and the node each was spent on.
+    List,
+    /// Withdraw a join token (by accessor), spent or not.
+    Revoke { accessor: String },
 }
 
 #[derive(Debug, Subcommand)]

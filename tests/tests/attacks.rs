@@ -1190,7 +1190,11 @@ async fn forged_gossip_is_refused_and_changes_nothing() {
 /// not at all. Method: node 1 holds the CA key; `cluster join-token
 /// create`; node 4 starts with only ca.pem and the token and joins; node
 /// 5 with the same (used) token and node 6 with an expired one exit
-/// saying why, and never join.
+/// saying why, and never join. Then, by raw requests: node 4 may ask
+/// again for its own key (a lost answer) but not for another; an id a
+/// certificate was issued for gets no second one, even after it is
+/// retired with `remove-node` before it ever joined; a revoked token
+/// signs nothing; `join-token list` shows what each was spent on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn join_tokens_give_a_new_node_its_certificate_once() {
     use blixard_tests::{Network, NodeOptions};
@@ -1288,4 +1292,104 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
     }
     let trail = cluster.cli_ok(1, &["audit", "-o", "json"]);
     assert!(trail.contains("use_join_token"), "{trail}");
+
+    let made = |ttl: &str| -> serde_json::Value {
+        serde_json::from_str(&cluster.cli_ok(
+            2,
+            &[
+                "cluster",
+                "join-token",
+                "create",
+                "--ttl",
+                ttl,
+                "-o",
+                "json",
+            ],
+        ))
+        .unwrap()
+    };
+    let issue = |token: String, node_id: u64, csr_pem: String| {
+        let cluster = &cluster;
+        async move {
+            let channel = cluster.channel_with(1, None).await.unwrap();
+            pb::cluster_client::ClusterClient::new(channel)
+                .issue_certificate(pb::IssueCertificateRequest {
+                    join_token: token,
+                    node_id,
+                    csr_pem,
+                })
+                .await
+                .map(|answer| answer.into_inner())
+        }
+    };
+    let refused = |answer: Result<pb::IssueCertificateResponse, tonic::Status>, why: &str| {
+        let status = answer.expect_err(why);
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+        assert!(status.message().contains(why), "{status:?}");
+    };
+    // Node 4 lost its answer: the same key gets its certificate again.
+    let key_pem = std::fs::read_to_string(tls_dir.join("node-key.pem")).unwrap();
+    let same_key = blixard_api::tls::create_node_csr_for(&key_pem).unwrap();
+    let again = issue(token.clone(), 4, same_key.clone()).await.unwrap();
+    assert_eq!(
+        blixard_api::tls::node_id_of_pem(std::path::Path::new("again"), &again.cert_pem).unwrap(),
+        4
+    );
+    let (other_key, _) = blixard_api::tls::create_node_csr().unwrap();
+    refused(
+        issue(token.clone(), 4, other_key.clone()).await,
+        "another node's",
+    );
+    refused(issue(token.clone(), 7, same_key).await, "another node's");
+
+    // Node 8 gets a certificate but never joins; removing it retires the id.
+    let eight = made("10m");
+    let eight_token = eight["join_token"].as_str().unwrap().to_string();
+    issue(eight_token.clone(), 8, other_key.clone())
+        .await
+        .unwrap();
+    let fresh = made("10m")["join_token"].as_str().unwrap().to_string();
+    refused(
+        issue(fresh, 8, other_key.clone()).await,
+        "is or was in the cluster",
+    );
+    cluster.cli_ok(2, &["cluster", "remove-node", "8"]);
+    refused(
+        issue(eight_token, 8, other_key.clone()).await,
+        "is or was in the cluster",
+    );
+
+    // A revoked token signs nothing.
+    let revoked = made("10m");
+    let accessor = revoked["accessor"].as_str().unwrap();
+    cluster.cli_ok(2, &["cluster", "join-token", "revoke", accessor]);
+    refused(
+        issue(
+            revoked["join_token"].as_str().unwrap().to_string(),
+            9,
+            other_key,
+        )
+        .await,
+        "not valid here",
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&cluster.cli_ok(3, &["cluster", "join-token", "list", "-o", "json"]))
+            .unwrap();
+    let spent_on = |accessor: &str| {
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["accessor"] == accessor)
+            .map(|t| t["spent_on_node_id"].clone())
+    };
+    assert_eq!(
+        spent_on(eight["accessor"].as_str().unwrap()),
+        Some(8.into())
+    );
+    assert_eq!(spent_on(accessor), None, "revoked, yet listed: {listed}");
+    assert!(
+        !listed.to_string().contains("blxj."),
+        "a secret listed: {listed}"
+    );
 }

@@ -5,7 +5,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use blixard_api::{pb, tls, validate};
-use blixard_consensus::{ClusterState, Command, MembershipChange, RaftStatus, StateEvent};
+use blixard_consensus::{
+    ClusterState, Command, JoinTokenRefusal, MembershipChange, RaftStatus, StateEvent,
+};
 use blixard_membership::Membership;
 use futures::Stream;
 use tokio::sync::{broadcast, mpsc};
@@ -25,6 +27,99 @@ pub struct ClusterService {
     pub join_lock: tokio::sync::Mutex<()>,
     /// Set on nodes holding the CA key (they issue certificates).
     pub issuer: Option<crate::security::Issuer>,
+}
+
+/// Signing requests served at once; more wait their turn (anyone may
+/// ask, so a flood must not take every core).
+static SIGNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+/// How long a request waits for a signing slot before it is refused.
+const SIGNING_WAIT_MS: u64 = 5_000;
+
+impl ClusterService {
+    /// Spends a join token on a certificate: checked against the state
+    /// (after a read barrier, so a token made a moment ago is known)
+    /// before anything is signed, signed, then spent through the log;
+    /// the certificate is handed out only once the spend is committed.
+    async fn issue(
+        &self,
+        request: Request<pb::IssueCertificateRequest>,
+    ) -> Result<pb::IssueCertificateResponse, Status> {
+        let requester = super::requester(&request);
+        let request = request.into_inner();
+        let Some(issuer) = &self.issuer else {
+            return Err(Status::failed_precondition(
+                "this node holds no CA key ([tls] ca_key_file): join through a voter that does",
+            ));
+        };
+        if !self.raft.is_member() {
+            return Err(Status::failed_precondition(
+                "this node is a worker: join through a voter holding the CA key",
+            ));
+        }
+        validate::node_id(request.node_id).map_err(Error::from)?;
+        if request.csr_pem.len() > CSR_LEN_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a signing request of {} bytes; at most {CSR_LEN_MAX}",
+                request.csr_pem.len()
+            )));
+        }
+        let refused = |detail: String| Status::unauthenticated(detail);
+        let unknown = || refused(JoinTokenRefusal::Unknown.to_string());
+        let accessor = crate::tokens::join_token_accessor(&request.join_token)
+            .ok_or_else(unknown)?
+            .to_string();
+        let _slot = tokio::time::timeout(
+            std::time::Duration::from_millis(SIGNING_WAIT_MS),
+            SIGNING.acquire(),
+        )
+        .await
+        .map_err(|_| Status::resource_exhausted("too many signing requests; retry shortly"))?
+        .map_err(|_| Status::unavailable("this node is shutting down"))?;
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let presented = crate::tokens::hash(&request.join_token);
+        let known = self.raft.read_state(|s| {
+            s.join_tokens
+                .get(&accessor)
+                .is_some_and(|t| t.secret_sha256 == presented)
+        });
+        if !known {
+            return Err(unknown());
+        }
+        // Signing proves the request parses and names its key; nothing is
+        // handed out unless the spend below commits.
+        let signed = tls::sign_node_csr(&issuer.ca, request.node_id, &request.csr_pem)
+            .map_err(|e| Status::invalid_argument(format!("signing request: {e}")))?;
+        let at_unix_ms = super::vm_node::now_unix_ms();
+        self.raft
+            .read_state(|s| {
+                s.join_token_spend(&accessor, request.node_id, &signed.key_sha256, at_unix_ms)
+            })
+            .map_err(|refusal| refused(refusal.to_string()))?;
+        self.raft
+            .propose_for(
+                Command::UseJoinToken {
+                    accessor,
+                    node_id: request.node_id,
+                    key_sha256: signed.key_sha256,
+                    at_unix_ms,
+                },
+                requester,
+            )
+            .await
+            .map_err(|e| match e {
+                blixard_consensus::Error::Rejected(rejection) => refused(rejection.to_string()),
+                other => Status::from(Error::from(other)),
+            })?;
+        tracing::info!(
+            node_id = request.node_id,
+            "issued a certificate for a join token"
+        );
+        Ok(pb::IssueCertificateResponse {
+            cert_pem: signed.cert_pem,
+            ca_pem: issuer.ca.cert_pem.clone(),
+            gossip_keys: issuer.gossip_keys.clone(),
+        })
+    }
 }
 
 /// A join token lives this long unless asked otherwise.
@@ -389,63 +484,54 @@ impl pb::cluster_server::Cluster for ClusterService {
         &self,
         request: Request<pb::IssueCertificateRequest>,
     ) -> Result<Response<pb::IssueCertificateResponse>, Status> {
-        let requester = super::requester(&request);
-        let request = request.into_inner();
-        let Some(issuer) = &self.issuer else {
-            return Err(Status::failed_precondition(
-                "this node holds no CA key ([tls] ca_key_file): join through a voter that does",
-            ));
-        };
-        if !self.raft.is_member() {
-            return Err(Status::failed_precondition(
-                "this node is a worker: join through a voter holding the CA key",
-            ));
+        // Anyone may ask: every refusal is logged (rate-limited) here, as
+        // the interceptor logs its own.
+        let from = request.remote_addr();
+        let answer = self.issue(request).await;
+        if let Err(status) = &answer {
+            super::note_refusal("/blixard.v1.Cluster/IssueCertificate", from, status);
         }
-        validate::node_id(request.node_id).map_err(Error::from)?;
-        if request.csr_pem.len() > CSR_LEN_MAX {
-            return Err(Status::invalid_argument(format!(
-                "a signing request of {} bytes; at most {CSR_LEN_MAX}",
-                request.csr_pem.len()
-            )));
-        }
-        let refused = || {
-            Status::unauthenticated("the join token is not valid here (unknown, used or revoked)")
-        };
-        let accessor = crate::tokens::join_token_accessor(&request.join_token)
-            .ok_or_else(refused)?
-            .to_string();
-        let presented = crate::tokens::hash(&request.join_token);
-        let known = self.raft.read_state(|s| {
+        answer.map(Response::new)
+    }
+
+    async fn list_join_tokens(
+        &self,
+        _request: Request<pb::ListJoinTokensRequest>,
+    ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let now = super::vm_node::now_unix_ms();
+        let join_tokens = self.raft.read_state(|s| {
             s.join_tokens
-                .get(&accessor)
-                .is_some_and(|t| t.secret_sha256 == presented)
+                .values()
+                .filter(|t| t.expires_at_unix_ms > now)
+                .map(|t| pb::JoinTokenInfo {
+                    accessor: t.accessor.clone(),
+                    created_at_unix_ms: t.created_at_unix_ms,
+                    expires_at_unix_ms: t.expires_at_unix_ms,
+                    spent_on_node_id: t.spent.as_ref().map(|spent| spent.node_id),
+                })
+                .collect()
         });
-        if !known {
-            return Err(refused());
-        }
-        // Sign first (a request that does not parse must not spend the
-        // token), hand the certificate out only once the token is spent.
-        let cert_pem = tls::sign_node_csr(&issuer.ca, request.node_id, &request.csr_pem)
-            .map_err(|e| Status::invalid_argument(format!("signing request: {e}")))?;
-        self.raft
-            .propose_for(
-                Command::UseJoinToken {
-                    accessor,
-                    node_id: request.node_id,
-                    at_unix_ms: super::vm_node::now_unix_ms(),
-                },
-                requester,
-            )
+        Ok(Response::new(pb::ListJoinTokensResponse { join_tokens }))
+    }
+
+    async fn revoke_join_token(
+        &self,
+        request: Request<pb::RevokeJoinTokenRequest>,
+    ) -> Result<Response<pb::RevokeJoinTokenResponse>, Status> {
+        let requester = super::requester(&request);
+        let command = Command::RevokeJoinToken {
+            accessor: request.into_inner().accessor,
+        };
+        blixard_consensus::validate::command(&command)
+            .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
+        let applied = self
+            .raft
+            .propose_for(command, requester)
             .await
             .map_err(Error::from)?;
-        tracing::info!(
-            node_id = request.node_id,
-            "issued a certificate for a join token"
-        );
-        Ok(Response::new(pb::IssueCertificateResponse {
-            cert_pem,
-            ca_pem: issuer.ca.cert_pem.clone(),
-            gossip_keys: issuer.gossip_keys.clone(),
+        Ok(Response::new(pb::RevokeJoinTokenResponse {
+            revision: applied.revision,
         }))
     }
 
@@ -486,7 +572,12 @@ impl pb::cluster_server::Cluster for ClusterService {
             .members
             .iter()
             .any(|m| m.node_id == node_id);
-        let is_worker = self.raft.read_state(|s| s.nodes.contains_key(&node_id));
+        // A node given a certificate that never joined is retired the way
+        // a worker is: by id, so its certificate is refused from now on.
+        let is_worker = self.raft.read_state(|s| {
+            s.nodes.contains_key(&node_id)
+                || (s.issued_node_ids.contains(&node_id) && !s.removed_nodes.contains(&node_id))
+        });
         match (is_member, is_worker) {
             (true, _) => {
                 self.move_leadership_off(node_id).await?;

@@ -83,11 +83,11 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         Command::SetNodeEligibility { .. } | Command::DrainNode { .. } => {
             Ok(Forward::Client(Permission::NodeWrite))
         }
-        Command::SetSettings { .. } | Command::CreateJoinToken { .. } => {
-            Ok(Forward::Client(Permission::ClusterAdmin))
-        }
+        Command::SetSettings { .. } => Ok(Forward::Client(Permission::ClusterAdmin)),
         Command::CreateToken { .. }
         | Command::RevokeToken { .. }
+        | Command::CreateJoinToken { .. }
+        | Command::RevokeJoinToken { .. }
         | Command::CreateRole { .. }
         | Command::DeleteRole { .. } => Ok(Forward::Client(Permission::AclAdmin)),
         Command::SetHostFacts { node_id, .. } | Command::ReportVm { node_id, .. } => {

@@ -93,6 +93,11 @@ impl tonic::service::Interceptor for Authorize {
 const REFUSAL_LOG_INTERVAL_MS: u64 = 1_000;
 
 fn log_refusal(request: &Request<()>, status: &Status) {
+    note_refusal(rpc_path(request), request.remote_addr(), status);
+}
+
+/// Logs a refusal a service made itself (see [`log_refusal`]).
+pub(super) fn note_refusal(path: &str, from: Option<std::net::SocketAddr>, status: &Status) {
     static LOGGED: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
         std::sync::Mutex::new((None, 0));
     let mut logged = LOGGED
@@ -104,8 +109,8 @@ fn log_refusal(request: &Request<()>, status: &Status) {
         .is_none_or(|at| at.elapsed() >= std::time::Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
     if due {
         tracing::warn!(
-            path = rpc_path(request),
-            from = ?request.remote_addr(),
+            path,
+            from = ?from,
             code = ?status.code(),
             refused_since_last_report = logged.1,
             "refused a request: {}",

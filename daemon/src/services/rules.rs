@@ -30,7 +30,8 @@ pub fn rule(path: &str) -> Option<Rule> {
         ("StateFeed", "Subscribe" | "Propose" | "Barrier") => Some(Rule::Peer),
         ("Cluster", "Join") => Some(Rule::Peer),
         ("Cluster", "IssueCertificate") => Some(Rule::JoinToken),
-        ("Cluster", "CreateJoinToken") => client(ClusterAdmin),
+        // A join token makes a node identity: as powerful as a token.
+        ("Cluster", "CreateJoinToken" | "ListJoinTokens" | "RevokeJoinToken") => client(AclAdmin),
         ("Cluster", "Status" | "GetSettings" | "Events") => client(ClusterRead),
         ("Cluster", "RemoveNode" | "UpdateSettings") => client(ClusterAdmin),
         ("Node", "List" | "Get") => client(NodeRead),

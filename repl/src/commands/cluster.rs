@@ -1,4 +1,4 @@
-//! `blixard cluster status | join | remove-node | join-token create`.
+//! `blixard cluster status | join | remove-node | join-token create|list|revoke`.
 
 use blixard_api::{pb, validate};
 use serde::Serialize;
@@ -15,6 +15,30 @@ pub struct JoinTokenView {
     pub join_token: String,
     pub accessor: String,
     pub expires_at_unix_ms: u64,
+}
+
+/// A join token as listed (never its secret).
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct JoinTokenInfoView {
+    pub accessor: String,
+    pub created_at_unix_ms: u64,
+    pub expires_at_unix_ms: u64,
+    /// The node it was spent on; null while unspent.
+    pub spent_on_node_id: Option<u64>,
+}
+
+/// A join token withdrawn.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct JoinTokenRevokedView {
+    pub accessor: String,
+    pub revision: u64,
+}
+
+fn rfc3339(unix_ms: u64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms),
+    )
+    .to_string()
 }
 
 #[derive(Serialize, schemars::JsonSchema)]
@@ -175,14 +199,54 @@ pub async fn run(command: ClusterCommand, addr: &str, format: OutputFormat) -> a
             };
             output::print(format, &view, |v| {
                 let mut table = output::table(&["JOIN TOKEN (shown once)", "EXPIRES"]);
-                table.add_row(vec![
-                    v.join_token.clone(),
-                    humantime::format_rfc3339_seconds(
-                        std::time::UNIX_EPOCH
-                            + std::time::Duration::from_millis(v.expires_at_unix_ms),
-                    )
-                    .to_string(),
-                ]);
+                table.add_row(vec![v.join_token.clone(), rfc3339(v.expires_at_unix_ms)]);
+                table
+            })
+        }
+        ClusterCommand::JoinToken(JoinTokenCommand::List) => {
+            let listed: Vec<JoinTokenInfoView> = client::cluster(addr)
+                .await?
+                .list_join_tokens(pb::ListJoinTokensRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .join_tokens
+                .into_iter()
+                .map(|t| JoinTokenInfoView {
+                    accessor: t.accessor,
+                    created_at_unix_ms: t.created_at_unix_ms,
+                    expires_at_unix_ms: t.expires_at_unix_ms,
+                    spent_on_node_id: t.spent_on_node_id,
+                })
+                .collect();
+            output::print(format, &listed, |listed| {
+                let mut table = output::table(&["ACCESSOR", "CREATED", "EXPIRES", "SPENT ON"]);
+                for t in listed {
+                    table.add_row(vec![
+                        t.accessor.clone(),
+                        rfc3339(t.created_at_unix_ms),
+                        rfc3339(t.expires_at_unix_ms),
+                        t.spent_on_node_id
+                            .map_or("-".into(), |id| format!("node {id}")),
+                    ]);
+                }
+                table
+            })
+        }
+        ClusterCommand::JoinToken(JoinTokenCommand::Revoke { accessor }) => {
+            let revision = client::cluster(addr)
+                .await?
+                .revoke_join_token(pb::RevokeJoinTokenRequest {
+                    accessor: accessor.clone(),
+                })
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .revision;
+            let view = JoinTokenRevokedView { accessor, revision };
+            output::print(format, &view, |v| {
+                let mut table = output::table(&["REVOKED", "REVISION"]);
+                table.add_row(vec![v.accessor.clone(), v.revision.to_string()]);
                 table
             })
         }

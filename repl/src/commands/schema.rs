@@ -46,6 +46,14 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("cluster join", of::<Vec<cluster::MemberView>>()),
         ("cluster remove-node", of::<Vec<cluster::MemberView>>()),
         ("cluster join-token create", of::<cluster::JoinTokenView>()),
+        (
+            "cluster join-token list",
+            of::<Vec<cluster::JoinTokenInfoView>>(),
+        ),
+        (
+            "cluster join-token revoke",
+            of::<cluster::JoinTokenRevokedView>(),
+        ),
         ("cluster autopilot", of::<cluster::SettingsView>()),
         ("cluster failover", of::<cluster::SettingsView>()),
         ("vm create", of::<CreateOutput>()),
