@@ -98,21 +98,6 @@ fn client_config(ca_pem: &str) -> tonic::transport::ClientTlsConfig {
         .domain_name(crate::tls::SERVER_NAME)
 }
 
-/// The TLS a node serves with: its certificate, and the CA that peers'
-/// certificates must chain to. Client certificates are optional (clients
-/// authenticate with tokens); the services that only peers may call
-/// check for one ([`crate::identity`]).
-#[cfg(not(madsim))]
-pub fn server_config(ca_pem: &str, node: &CertifiedKey) -> tonic::transport::ServerTlsConfig {
-    tonic::transport::ServerTlsConfig::new()
-        .identity(tonic::transport::Identity::from_pem(
-            &node.cert_pem,
-            &node.key_pem,
-        ))
-        .client_ca_root(tonic::transport::Certificate::from_pem(ca_pem))
-        .client_auth_optional(true)
-}
-
 static INSTALLED: RwLock<Security> = RwLock::new(Security::Insecure);
 
 /// Sets what this process's connections prove and check from now on.

@@ -171,6 +171,23 @@ fn node_params(node_id: u64) -> Result<CertificateParams, TlsError> {
     Ok(params)
 }
 
+/// SHA-256 of the (first) certificate in `cert_pem`, over its DER, hex:
+/// what `openssl x509 -fingerprint -sha256` shows, without the colons.
+pub fn fingerprint_sha256(cert_pem: &str) -> Result<String, TlsError> {
+    use rustls_pki_types::pem::PemObject;
+    let invalid = |reason: String| TlsError::Rejected { reason };
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .ok_or_else(|| invalid("no certificate in the PEM text".into()))?
+        .map_err(|e| invalid(format!("certificate PEM: {e}")))?;
+    Ok(fingerprint_sha256_der(der.as_ref()))
+}
+
+/// SHA-256 of a certificate's DER, hex.
+pub fn fingerprint_sha256_der(der: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, der))
+}
+
 /// The TLS server name only node `node_id`'s certificate holds.
 pub fn node_server_name(node_id: u64) -> String {
     format!("node-{node_id}.{SERVER_NAME}")

@@ -533,6 +533,7 @@ pub enum Command {
     UseJoinToken {
         accessor: String,
         node_id: u64,
+        #[serde(default)]
         key_sha256: String,
         at_unix_ms: u64,
     },

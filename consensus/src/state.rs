@@ -390,7 +390,7 @@ impl ClusterState {
             .count();
         if live >= JOIN_TOKENS_MAX {
             return refuse(format!(
-                "the cluster holds {JOIN_TOKENS_MAX} unspent join tokens; wait for some to expire"
+                "the cluster holds {JOIN_TOKENS_MAX} join tokens not yet expired; revoke some or wait"
             ));
         }
         self.join_tokens

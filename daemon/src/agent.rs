@@ -532,6 +532,7 @@ async fn serve(
         membership: membership.clone(),
         join_lock: tokio::sync::Mutex::new(()),
         issuer: node_tls.issuer(),
+        renewal: node_tls.renewal(),
     });
     let node_service = NodeServer::new(NodeService {
         raft: raft.clone(),
@@ -552,15 +553,15 @@ async fn serve(
         },
     });
     let server = tonic::transport::Server::builder();
-    // The simulated network carries no TLS.
+    // TLS is this node's own listener's (`crate::listener`), so a renewed
+    // certificate is served without a restart; the simulated network
+    // carries none.
     #[cfg(not(madsim))]
-    let server = match &node_tls {
-        NodeTls::Tls { ca_pem, node, .. } => server
-            .tls_config(blixard_api::connect::server_config(ca_pem, node))
-            .map_err(|e| Error::Tls {
-                detail: e.to_string(),
-            })?,
-        NodeTls::Insecure => server,
+    let tls_config = match &node_tls {
+        NodeTls::Tls {
+            ca_pem, renewal, ..
+        } => Some(renewal.live.server_config(ca_pem)?),
+        NodeTls::Insecure => None,
     };
     let router = server
         .layer(
@@ -587,14 +588,26 @@ async fn serve(
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .map_err(|e| serve_error(&e))?;
-        // `serve_with_incoming` ignores the builder's nodelay; without it
-        // Nagle holds small raft messages back for a delayed ACK (~40 ms).
-        let incoming =
-            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-        router
-            .serve_with_incoming_shutdown(incoming, stopped)
-            .await
-            .map_err(|e| serve_error(&e))
+        match tls_config {
+            Some(tls_config) => router
+                .serve_with_incoming_shutdown(
+                    crate::listener::tls_incoming(listener, tls_config),
+                    stopped,
+                )
+                .await
+                .map_err(|e| serve_error(&e)),
+            None => {
+                // `serve_with_incoming` ignores the builder's nodelay;
+                // without it Nagle holds small raft messages back for a
+                // delayed ACK (~40 ms).
+                let incoming =
+                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
+                router
+                    .serve_with_incoming_shutdown(incoming, stopped)
+                    .await
+                    .map_err(|e| serve_error(&e))
+            }
+        }
     }
     #[cfg(madsim)]
     {

@@ -10,6 +10,7 @@ pub mod controllers;
 mod convert;
 mod error;
 pub mod handle;
+pub mod listener;
 pub mod mirror;
 pub mod security;
 pub mod services;

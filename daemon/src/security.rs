@@ -16,7 +16,8 @@ use blixard_api::identity::{self, GossipKey, NodeSigner, NodeVerifier};
 use blixard_api::tls::{self, CertifiedKey};
 use blixard_membership::{GossipSecurity, Identity, IdentityError};
 
-use crate::config::Config;
+use crate::config::{Config, TlsFiles};
+use crate::listener::LiveCertificate;
 use crate::Error;
 
 /// The node's transport security.
@@ -29,6 +30,8 @@ pub enum NodeTls {
         gossip: GossipSecurity,
         /// On nodes holding the CA key: what join tokens are exchanged for.
         issuer: Option<Issuer>,
+        /// The certificate served now, and how it is renewed.
+        renewal: Arc<Renewal>,
     },
 }
 
@@ -52,6 +55,12 @@ impl NodeTls {
             return Ok(Self::Insecure);
         }
         let files = config.tls_files();
+        finish_renewal(&files).map_err(|e| Error::Tls {
+            detail: format!(
+                "finishing a certificate renewal a stop interrupted ({}): {e}",
+                files.cert.display()
+            ),
+        })?;
         let tls_error = |e: tls::TlsError| {
             Error::Tls {
             detail: format!(
@@ -102,12 +111,33 @@ impl NodeTls {
                 "this node holds the CA key: it issues certificates for join tokens"
             );
         }
+        tracing::info!(
+            ca_sha256 = %tls::fingerprint_sha256(&ca_pem).map_err(tls_error)?,
+            "the cluster CA (clients pin it with `blixard tls trust --fingerprint`)"
+        );
+        let renewal = Arc::new(Renewal {
+            node_id: config.cluster.node_id,
+            ca_pem: ca_pem.clone(),
+            files,
+            live: Arc::new(LiveCertificate::new(&node, &ca_pem)?),
+            issuer: issuer.clone(),
+            running: tokio::sync::Mutex::new(()),
+        });
         Ok(Self::Tls {
             ca_pem,
             node,
             gossip,
             issuer,
+            renewal,
         })
+    }
+
+    /// How this node's certificate is renewed (`None` with security off).
+    pub fn renewal(&self) -> Option<Arc<Renewal>> {
+        match self {
+            Self::Insecure => None,
+            Self::Tls { renewal, .. } => Some(renewal.clone()),
+        }
     }
 
     /// The certificate issuer, on nodes holding the CA key.
@@ -137,6 +167,123 @@ impl NodeTls {
     pub fn is_tls(&self) -> bool {
         matches!(self, Self::Tls { .. })
     }
+}
+
+/// What a node renews its certificate with (`cluster rotate-certs`): a
+/// new key, certified by a node holding the CA key, kept so a crash at
+/// any point leaves the old pair or the new one, then served and dialled
+/// with from the next connection on. Open connections keep the
+/// certificate they were made with (it chains to the same CA).
+pub struct Renewal {
+    pub node_id: u64,
+    pub ca_pem: String,
+    pub files: TlsFiles,
+    pub live: Arc<LiveCertificate>,
+    /// This node signs its own renewals when it holds the CA key.
+    pub issuer: Option<Issuer>,
+    /// One renewal of this node at a time.
+    pub running: tokio::sync::Mutex<()>,
+}
+
+impl Renewal {
+    /// Checks `node` is this node's certificate from the cluster CA for
+    /// its key, keeps it, and serves and dials with it from now on.
+    pub fn install(&self, node: &CertifiedKey) -> Result<(), Error> {
+        let failed = |detail: String| Error::Tls { detail };
+        let named = tls::node_id_of_pem(&self.files.cert, &node.cert_pem)
+            .map_err(|e| failed(e.to_string()))?;
+        if named != self.node_id {
+            return Err(failed(format!(
+                "the renewed certificate names node {named}, not this node {}",
+                self.node_id
+            )));
+        }
+        NodeVerifier::new(&self.ca_pem)
+            .and_then(|verifier| verifier.node_id(NodeSigner::new(node)?.certificate_der()))
+            .map_err(|e| failed(format!("the renewed certificate: {e}")))?;
+        // Refuses a certificate that is not the key's before anything is kept.
+        let served = LiveCertificate::new(node, &self.ca_pem)?;
+        drop(served);
+        keep_renewed(&self.files, node)
+            .map_err(|e| failed(format!("keeping the renewed certificate: {e}")))?;
+        self.live.swap(node)?;
+        blixard_api::connect::install(Security::node(&self.ca_pem, node));
+        Ok(())
+    }
+}
+
+/// The file a renewed `path` is written to before it replaces `path`.
+fn next_of(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".next");
+    std::path::PathBuf::from(name)
+}
+
+fn write_synced(path: &std::path::Path, text: &str, mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = std::fs::remove_file(path);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
+fn sync_dir_of(path: &std::path::Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => std::fs::File::open(dir)?.sync_all(),
+        _ => Ok(()),
+    }
+}
+
+/// Replaces the node's key and certificate: both are written beside as
+/// `.next` (the certificate through a `.partial` renamed last, the commit
+/// point), then renamed over key first, certificate last. A crash before
+/// the commit point leaves the old pair (the leftovers are removed at
+/// start-up); after it, [`finish_renewal`] completes the renames.
+fn keep_renewed(files: &TlsFiles, node: &CertifiedKey) -> std::io::Result<()> {
+    let key_next = next_of(&files.key);
+    let cert_next = next_of(&files.cert);
+    let mut cert_partial = cert_next.clone().into_os_string();
+    cert_partial.push(".partial");
+    let cert_partial = std::path::PathBuf::from(cert_partial);
+    // Whatever an earlier renewal left is finished (or dropped) first, so
+    // this one's files are never paired with another's.
+    finish_renewal(files)?;
+    write_synced(&key_next, &node.key_pem, 0o600)?;
+    write_synced(&cert_partial, &node.cert_pem, 0o644)?;
+    sync_dir_of(&key_next)?;
+    std::fs::rename(&cert_partial, &cert_next)?;
+    sync_dir_of(&cert_next)?;
+    finish_renewal(files)
+}
+
+/// Completes a renewal a crash interrupted after its commit point, or
+/// drops one interrupted before it (see [`keep_renewed`]); nothing to do
+/// otherwise. Runs at start-up before the certificates are read.
+pub fn finish_renewal(files: &TlsFiles) -> std::io::Result<()> {
+    let key_next = next_of(&files.key);
+    let cert_next = next_of(&files.cert);
+    if cert_next.exists() {
+        if key_next.exists() {
+            std::fs::rename(&key_next, &files.key)?;
+            sync_dir_of(&files.key)?;
+        }
+        std::fs::rename(&cert_next, &files.cert)?;
+        sync_dir_of(&files.cert)?;
+        return Ok(());
+    }
+    let mut cert_partial = cert_next.into_os_string();
+    cert_partial.push(".partial");
+    for leftover in [key_next, std::path::PathBuf::from(cert_partial)] {
+        if leftover.exists() {
+            std::fs::remove_file(&leftover)?;
+        }
+    }
+    Ok(())
 }
 
 /// Gossip sealed with `keys` and signed with `node`'s certificate, which
@@ -220,8 +367,13 @@ pub async fn obtain_certificate(config: &Config) -> Result<(), Error> {
              node it joins through"
         ))
     })?;
+    // Synced: a power cut must not leave an empty key (which would make
+    // the node ask with another key, which the spent token refuses) or a
+    // torn certificate (which would look like one already got).
     let write = |path: &std::path::Path, text: &str, mode| {
-        tls::write_new(path, text, mode).map_err(|e| failed(e.to_string()))
+        write_synced(path, text, mode)
+            .and_then(|()| sync_dir_of(path))
+            .map_err(|e| failed(format!("{}: {e}", path.display())))
     };
     // The key is kept before it is asked for, so a node whose answer was
     // lost (or that was stopped) asks again for the same key, which the
@@ -287,12 +439,98 @@ pub async fn obtain_certificate(config: &Config) -> Result<(), Error> {
         if !files.gossip_key.exists() {
             write(&files.gossip_key, &issued.gossip_keys, 0o600)?;
         }
-        // Last: its presence says the others are in place.
-        write(&files.cert, &issued.cert_pem, 0o644)?;
+        // Last, whole or not at all: its presence says the others are in
+        // place.
+        let partial = next_of(&files.cert);
+        write(&partial, &issued.cert_pem, 0o644)?;
+        std::fs::rename(&partial, &files.cert)
+            .and_then(|()| sync_dir_of(&files.cert))
+            .map_err(|e| failed(format!("{}: {e}", files.cert.display())))?;
         tracing::info!(%address, cert = %files.cert.display(), "got this node's certificate for the join token");
         return Ok(());
     }
     Err(failed(format!(
         "could not get a certificate for the join token: {last_error}"
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn files(dir: &std::path::Path) -> TlsFiles {
+        TlsFiles {
+            ca: dir.join("ca.pem"),
+            cert: dir.join("node.pem"),
+            key: dir.join("node-key.pem"),
+            gossip_key: dir.join("gossip.key"),
+            ca_key: dir.join("ca-key.pem"),
+            ca_key_required: false,
+        }
+    }
+
+    fn pair(files: &TlsFiles) -> (String, String) {
+        (
+            std::fs::read_to_string(&files.cert).unwrap(),
+            std::fs::read_to_string(&files.key).unwrap(),
+        )
+    }
+
+    /// A renewal stopped at any step leaves the old pair or the new one,
+    /// never a certificate with another's key.
+    #[test]
+    fn an_interrupted_renewal_keeps_a_whole_pair() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = files(dir.path());
+        let old = ("old cert", "old key");
+        let new = ("new cert", "new key");
+        let reset = || {
+            for path in std::fs::read_dir(dir.path()).unwrap() {
+                std::fs::remove_file(path.unwrap().path()).unwrap();
+            }
+            std::fs::write(&files.cert, old.0).unwrap();
+            std::fs::write(&files.key, old.1).unwrap();
+        };
+        let next =
+            |path: &std::path::Path, text: &str| std::fs::write(next_of(path), text).unwrap();
+        let partial = dir.path().join("node.pem.next.partial");
+        // Stopped before the commit point: the old pair stays.
+        reset();
+        next(&files.key, new.1);
+        std::fs::write(&partial, "new ce").unwrap();
+        finish_renewal(&files).unwrap();
+        assert_eq!(pair(&files), (old.0.into(), old.1.into()));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        // After it, with no rename done, or the key's done: the new pair.
+        for key_renamed in [false, true] {
+            reset();
+            next(&files.cert, new.0);
+            match key_renamed {
+                true => std::fs::write(&files.key, new.1).unwrap(),
+                false => next(&files.key, new.1),
+            }
+            finish_renewal(&files).unwrap();
+            assert_eq!(pair(&files), (new.0.into(), new.1.into()));
+            assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        }
+        // Nothing to finish: nothing changes.
+        reset();
+        finish_renewal(&files).unwrap();
+        assert_eq!(pair(&files), (old.0.into(), old.1.into()));
+        // A renewal after one that stopped past its commit point finishes
+        // that one first, and never pairs its key with the other's
+        // certificate.
+        reset();
+        next(&files.cert, "stale cert");
+        let newest = CertifiedKey {
+            cert_pem: "newest cert".into(),
+            key_pem: "newest key".into(),
+        };
+        keep_renewed(&files, &newest).unwrap();
+        assert_eq!(pair(&files), (newest.cert_pem, newest.key_pem));
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&files.key).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
 }

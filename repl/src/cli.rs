@@ -292,6 +292,19 @@ pub enum TlsCommand {
     /// Issue node certificates.
     #[command(subcommand)]
     Cert(TlsCertCommand),
+    /// Pin the CA of the cluster at --addr on first use (as ssh pins a
+    /// host key): shows its SHA-256 fingerprint to confirm, then keeps it
+    /// where later commands find it.
+    Trust {
+        /// The CA fingerprint to expect (from `tls ca fingerprint`); needed
+        /// when not on a terminal.
+        #[arg(long, value_name = "SHA256")]
+        fingerprint: Option<String>,
+        /// Where to keep it [default: $XDG_CONFIG_HOME/blixard/ca.pem, read
+        /// by every command given no --ca-file].
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -304,6 +317,12 @@ pub enum TlsCaCommand {
         /// The cluster's name, written into the CA's subject.
         #[arg(long, default_value = "blixard")]
         name: String,
+    },
+    /// Show the CA's SHA-256 fingerprint (what `tls trust` asks to confirm).
+    Fingerprint {
+        /// Directory holding ca.pem.
+        #[arg(long, value_name = "DIR")]
+        ca_dir: PathBuf,
     },
 }
 
@@ -487,6 +506,13 @@ pub enum ClusterCommand {
     },
     /// Remove a node from the cluster.
     RemoveNode { node_id: u64 },
+    /// Give every node (or the ones named) a new key and certificate from
+    /// the cluster CA, one node at a time, without restarting any.
+    RotateCerts {
+        /// Only this node (repeatable).
+        #[arg(long = "node", value_name = "ID")]
+        nodes: Vec<u64>,
+    },
     /// Show or set how many voters autopilot keeps and when it replaces a
     /// dead one.
     Autopilot {

@@ -1,7 +1,8 @@
 //! Where the client connects and with which token, from (first wins):
 //! flags, the environment (`BLIXARD_ADDR`, `BLIXARD_TOKEN`,
 //! `BLIXARD_CA_FILE`; clap reads
-//! both), the client config file, the defaults.
+//! both), the client config file, the defaults (a CA pinned by `blixard
+//! tls trust`).
 //!
 //! Invariant: a config file named explicitly must exist and parse; the
 //! default one may be absent; a file with an unknown key or a bad value is
@@ -46,6 +47,12 @@ pub struct Settings {
 /// `$XDG_CONFIG_HOME/blixard/client.toml`, else `~/.config/blixard/client.toml`.
 pub fn default_path() -> Option<PathBuf> {
     xdg_dir("XDG_CONFIG_HOME", ".config").map(|dir| dir.join("blixard/client.toml"))
+}
+
+/// Where `blixard tls trust` keeps a pinned CA, and where the client
+/// looks for one when no CA file is named: `$XDG_CONFIG_HOME/blixard/ca.pem`.
+pub fn pinned_ca_file() -> Option<PathBuf> {
+    xdg_dir("XDG_CONFIG_HOME", ".config").map(|dir| dir.join("blixard/ca.pem"))
 }
 
 /// An XDG base directory: the variable if set and absolute, else
@@ -96,7 +103,9 @@ pub fn resolve(
             .or(from_file.addr)
             .unwrap_or_else(|| blixard_api::DEFAULT_ADDR.to_string()),
         token: token.or(from_file.token),
-        ca_file: ca_file.or(from_file.ca_file),
+        ca_file: ca_file
+            .or(from_file.ca_file)
+            .or_else(|| pinned_ca_file().filter(|pinned| pinned.exists())),
         edit_mode: from_file.edit_mode.unwrap_or_default(),
     })
 }

@@ -1335,7 +1335,7 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
         blixard_api::tls::node_id_of_pem(std::path::Path::new("again"), &again.cert_pem).unwrap(),
         4
     );
-    let (other_key, _) = blixard_api::tls::create_node_csr().unwrap();
+    let (other_key, other_key_pem) = blixard_api::tls::create_node_csr().unwrap();
     refused(
         issue(token.clone(), 4, other_key.clone()).await,
         "another node's",
@@ -1345,15 +1345,46 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
     // Node 8 gets a certificate but never joins; removing it retires the id.
     let eight = made("10m");
     let eight_token = eight["join_token"].as_str().unwrap().to_string();
-    issue(eight_token.clone(), 8, other_key.clone())
+    let eight_cert = issue(eight_token.clone(), 8, other_key.clone())
         .await
-        .unwrap();
+        .unwrap()
+        .cert_pem;
+    // Its certificate is a node's: a peer-only RPC lets it in, until the
+    // id is retired.
+    let as_eight = || async {
+        let node = blixard_api::tls::CertifiedKey {
+            cert_pem: eight_cert.clone(),
+            key_pem: other_key_pem.clone(),
+        };
+        let ca = &blixard_tests::test_ca().1.cert_pem;
+        let channel = blixard_api::connect::Security::node(ca, &node)
+            .endpoint(cluster.address(1))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let channel = Connection::new(channel, blixard_api::connect::Bearer::new(None).unwrap());
+        StateFeedClient::new(channel)
+            .barrier(pb::BarrierRequest {})
+            .await
+            .map(|_| ())
+    };
+    as_eight().await.expect("node 8's certificate let in");
     let fresh = made("10m")["join_token"].as_str().unwrap().to_string();
     refused(
         issue(fresh, 8, other_key.clone()).await,
         "is or was in the cluster",
     );
     cluster.cli_ok(2, &["cluster", "remove-node", "8"]);
+    eventually(
+        "node 8's certificate to be refused",
+        Duration::from_secs(10),
+        || async {
+            let refused = as_eight().await.err()?;
+            (refused.code() == tonic::Code::PermissionDenied).then_some(())
+        },
+    )
+    .await;
     refused(
         issue(eight_token, 8, other_key.clone()).await,
         "is or was in the cluster",
@@ -1392,4 +1423,76 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
         !listed.to_string().contains("blxj."),
         "a secret listed: {listed}"
     );
+}
+
+/// Goal: a client with no CA file pins the cluster's CA on first use,
+/// only with the fingerprint the operator confirms, and never swaps a
+/// pinned CA for another. Method: `tls trust` against node 1 with a
+/// wrong fingerprint (refused, exit 5, nothing written), without one off
+/// a terminal (refused, exit 2), with the right one (the CA file
+/// written); then `cluster status` with no `--ca-file` reads the pinned
+/// CA from `$XDG_CONFIG_HOME`; a CA file holding another CA is never
+/// overwritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_pins_the_cluster_ca_it_confirms() {
+    let cluster = TestCluster::start(1, Timings::default()).await;
+    let home = tempfile::tempdir().unwrap();
+    let pinned = home.path().join("blixard/ca.pem");
+    let blixard = |args: &[&str]| {
+        let mut command = std::process::Command::new(blixard_tests::blixard_bin());
+        for (key, _) in std::env::vars_os() {
+            if key.to_string_lossy().starts_with("BLIXARD_") {
+                command.env_remove(key);
+            }
+        }
+        command
+            .env("XDG_CONFIG_HOME", home.path())
+            .arg("--addr")
+            .arg(cluster.address(1))
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ca_pem = &blixard_tests::test_ca().1.cert_pem;
+    let fingerprint = blixard_api::tls::fingerprint_sha256(ca_pem).unwrap();
+    let wrong = "00".repeat(32);
+    let refused = blixard(&["tls", "trust", "--fingerprint", &wrong]);
+    assert_eq!(refused.status.code(), Some(5), "{refused:?}");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains(&fingerprint));
+    assert!(!pinned.exists());
+    let unconfirmed = blixard(&["tls", "trust"]);
+    assert_eq!(unconfirmed.status.code(), Some(2), "{unconfirmed:?}");
+    assert!(!pinned.exists());
+
+    // Pasted as openssl shows it: upper case, with colons.
+    let pasted = fingerprint
+        .to_uppercase()
+        .as_bytes()
+        .chunks(2)
+        .map(|pair| std::str::from_utf8(pair).unwrap())
+        .collect::<Vec<_>>()
+        .join(":");
+    let trusted = blixard(&["tls", "trust", "--fingerprint", &pasted, "-o", "json"]);
+    assert!(trusted.status.success(), "{trusted:?}");
+    let trusted: serde_json::Value = serde_json::from_slice(&trusted.stdout).unwrap();
+    assert_eq!(trusted["ca_sha256"], fingerprint.as_str());
+    assert_eq!(trusted["node_id"], 1);
+    assert_eq!(
+        blixard_api::tls::fingerprint_sha256(&std::fs::read_to_string(&pinned).unwrap()).unwrap(),
+        fingerprint
+    );
+    let token = cluster.token().unwrap();
+    let status = blixard(&["--token", &token, "cluster", "status", "-o", "json"]);
+    assert!(status.status.success(), "{status:?}");
+
+    // Another CA pinned there stays, and the cluster is then not trusted.
+    let other = blixard_api::tls::create_ca("other").unwrap();
+    std::fs::write(&pinned, &other.cert_pem).unwrap();
+    let replaced = blixard(&["tls", "trust", "--fingerprint", &fingerprint]);
+    assert_eq!(replaced.status.code(), Some(2), "{replaced:?}");
+    assert!(String::from_utf8_lossy(&replaced.stderr).contains("already trusts another CA"));
+    assert_eq!(std::fs::read_to_string(&pinned).unwrap(), other.cert_pem);
+    let status = blixard(&["--token", &token, "cluster", "status"]);
+    assert!(!status.status.success(), "{status:?}");
 }

@@ -27,13 +27,30 @@ pub struct ClusterService {
     pub join_lock: tokio::sync::Mutex<()>,
     /// Set on nodes holding the CA key (they issue certificates).
     pub issuer: Option<crate::security::Issuer>,
+    /// How this node's certificate is renewed (`None` with security off).
+    pub renewal: Option<Arc<crate::security::Renewal>>,
 }
 
-/// Signing requests served at once; more wait their turn (anyone may
-/// ask, so a flood must not take every core).
+/// Signatures made at once; more wait their turn (a flood must not take
+/// every core). Held only while signing.
 static SIGNING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
 /// How long a request waits for a signing slot before it is refused.
 const SIGNING_WAIT_MS: u64 = 5_000;
+/// Read barriers for join tokens this node does not know yet, at once;
+/// past that an unknown token is refused at once.
+static UNKNOWN_TOKEN_BARRIERS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Runs `sign` holding a [`SIGNING`] slot.
+async fn signing<T>(sign: impl FnOnce() -> T) -> Result<T, Status> {
+    let _slot = tokio::time::timeout(
+        std::time::Duration::from_millis(SIGNING_WAIT_MS),
+        SIGNING.acquire(),
+    )
+    .await
+    .map_err(|_| Status::resource_exhausted("too many signing requests; retry shortly"))?
+    .map_err(|_| Status::unavailable("this node is shutting down"))?;
+    Ok(sign())
+}
 
 impl ClusterService {
     /// Spends a join token on a certificate: checked against the state
@@ -68,26 +85,30 @@ impl ClusterService {
         let accessor = crate::tokens::join_token_accessor(&request.join_token)
             .ok_or_else(unknown)?
             .to_string();
-        let _slot = tokio::time::timeout(
-            std::time::Duration::from_millis(SIGNING_WAIT_MS),
-            SIGNING.acquire(),
-        )
-        .await
-        .map_err(|_| Status::resource_exhausted("too many signing requests; retry shortly"))?
-        .map_err(|_| Status::unavailable("this node is shutting down"))?;
-        self.raft.read_barrier().await.map_err(Error::from)?;
         let presented = crate::tokens::hash(&request.join_token);
-        let known = self.raft.read_state(|s| {
-            s.join_tokens
-                .get(&accessor)
-                .is_some_and(|t| t.secret_sha256 == presented)
-        });
-        if !known {
-            return Err(unknown());
+        let known = || {
+            self.raft.read_state(|s| {
+                s.join_tokens
+                    .get(&accessor)
+                    .is_some_and(|t| t.secret_sha256 == presented)
+            })
+        };
+        // A token made a moment ago may not be applied here yet: only then
+        // is the leader asked, and only a few callers at a time, so made-up
+        // tokens cost nothing but a local lookup.
+        if !known() {
+            let Ok(_barrier) = UNKNOWN_TOKEN_BARRIERS.try_acquire() else {
+                return Err(unknown());
+            };
+            self.raft.read_barrier().await.map_err(Error::from)?;
+            if !known() {
+                return Err(unknown());
+            }
         }
         // Signing proves the request parses and names its key; nothing is
         // handed out unless the spend below commits.
-        let signed = tls::sign_node_csr(&issuer.ca, request.node_id, &request.csr_pem)
+        let signed = signing(|| tls::sign_node_csr(&issuer.ca, request.node_id, &request.csr_pem))
+            .await?
             .map_err(|e| Status::invalid_argument(format!("signing request: {e}")))?;
         let at_unix_ms = super::vm_node::now_unix_ms();
         self.raft
@@ -119,6 +140,57 @@ impl ClusterService {
             ca_pem: issuer.ca.cert_pem.clone(),
             gossip_keys: issuer.gossip_keys.clone(),
         })
+    }
+}
+
+impl ClusterService {
+    /// A certificate for `node_id`'s new key from the first other voter
+    /// that holds the CA key (workers never hold it).
+    async fn signed_by_a_peer(
+        &self,
+        node_id: u64,
+        csr_pem: String,
+    ) -> Result<(String, u64), Status> {
+        let voters: Vec<u64> = self
+            .raft
+            .status()
+            .members
+            .iter()
+            .map(|m| m.node_id)
+            .collect();
+        let peers: Vec<(u64, String)> = self.raft.read_state(|s| {
+            s.nodes
+                .values()
+                .filter(|n| n.node_id != node_id && voters.contains(&n.node_id))
+                .map(|n| (n.node_id, n.address.clone()))
+                .collect()
+        });
+        let mut answers = Vec::new();
+        for (peer, address) in peers {
+            let channel = match crate::mirror::connect_for_calls(&address, Some(peer)).await {
+                Ok(channel) => channel,
+                Err(e) => {
+                    answers.push(format!("node {peer}: {e}"));
+                    continue;
+                }
+            };
+            let signed = pb::cluster_client::ClusterClient::new(channel)
+                .sign_certificate(pb::SignCertificateRequest {
+                    csr_pem: csr_pem.clone(),
+                })
+                .await;
+            match signed {
+                Ok(signed) => return Ok((signed.into_inner().cert_pem, peer)),
+                Err(status) => answers.push(format!("node {peer}: {}", status.message())),
+            }
+        }
+        Err(Status::unavailable(format!(
+            "no voter holding the CA key signed the new certificate ({})",
+            match answers.is_empty() {
+                true => "no other voter is known".to_string(),
+                false => answers.join("; "),
+            }
+        )))
     }
 }
 
@@ -492,6 +564,108 @@ impl pb::cluster_server::Cluster for ClusterService {
             super::note_refusal("/blixard.v1.Cluster/IssueCertificate", from, status);
         }
         answer.map(Response::new)
+    }
+
+    async fn renew_certificate(
+        &self,
+        request: Request<pb::RenewCertificateRequest>,
+    ) -> Result<Response<pb::RenewCertificateResponse>, Status> {
+        let requester = super::requester(&request);
+        let node_id = request.get_ref().node_id;
+        validate::node_id(node_id).map_err(Error::from)?;
+        let Some(renewal) = &self.renewal else {
+            return Err(Status::failed_precondition(
+                "security is off ([security] insecure = true): no certificate to renew",
+            ));
+        };
+        if node_id != renewal.node_id {
+            // Passed on with the client's token: a node's certificate
+            // alone renews nothing.
+            let address = self
+                .raft
+                .read_state(|s| s.nodes.get(&node_id).map(|n| n.address.clone()))
+                .ok_or_else(|| Status::not_found(format!("node {node_id} is not a member")))?;
+            let channel = crate::mirror::connect_for_calls(&address, Some(node_id))
+                .await
+                .map_err(Status::unavailable)?;
+            let mut forwarded = Request::new(request.into_inner());
+            if let Some(authorization) = requester.authorization {
+                forwarded
+                    .metadata_mut()
+                    .insert(super::AUTHORIZATION, authorization);
+            }
+            return pb::cluster_client::ClusterClient::new(channel)
+                .renew_certificate(forwarded)
+                .await;
+        }
+        let Ok(_running) = renewal.running.try_lock() else {
+            return Err(Status::aborted(format!(
+                "node {node_id} is renewing its certificate already"
+            )));
+        };
+        let (csr_pem, key_pem) =
+            tls::create_node_csr().map_err(|e| Status::internal(e.to_string()))?;
+        let (cert_pem, signed_by) = match &renewal.issuer {
+            Some(issuer) => {
+                let signed = tls::sign_node_csr(&issuer.ca, node_id, &csr_pem)
+                    .map_err(|e| Status::internal(e.to_string()))?;
+                (signed.cert_pem, node_id)
+            }
+            None => self.signed_by_a_peer(node_id, csr_pem).await?,
+        };
+        let node = tls::CertifiedKey { cert_pem, key_pem };
+        renewal
+            .install(&node)
+            .map_err(|e| Status::internal(e.to_string()))?;
+        let cert_sha256 =
+            tls::fingerprint_sha256(&node.cert_pem).map_err(|e| Status::internal(e.to_string()))?;
+        tracing::info!(%cert_sha256, signed_by, "renewed this node's certificate");
+        Ok(Response::new(pb::RenewCertificateResponse {
+            node_id,
+            cert_sha256,
+            signed_by,
+        }))
+    }
+
+    async fn sign_certificate(
+        &self,
+        request: Request<pb::SignCertificateRequest>,
+    ) -> Result<Response<pb::SignCertificateResponse>, Status> {
+        // The rule lets only nodes in, by their certificate; the new one
+        // names the id the old one proves.
+        let Some(Caller::Node(node_id)) = request.extensions().get::<Caller>().cloned() else {
+            return Err(Status::permission_denied(
+                "only a node renews its own certificate",
+            ));
+        };
+        let Some(issuer) = &self.issuer else {
+            return Err(Status::failed_precondition(
+                "this node holds no CA key ([tls] ca_key_file)",
+            ));
+        };
+        let csr_pem = request.into_inner().csr_pem;
+        if csr_pem.len() > CSR_LEN_MAX {
+            return Err(Status::invalid_argument(format!(
+                "a signing request of {} bytes; at most {CSR_LEN_MAX}",
+                csr_pem.len()
+            )));
+        }
+        // The interceptor checked the caller against this node's copy of
+        // the removed ids; a removal committed a moment ago is seen after
+        // a barrier.
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        if self.raft.read_state(|s| s.removed_nodes.contains(&node_id)) {
+            return Err(Status::permission_denied(format!(
+                "node {node_id} was removed from the cluster"
+            )));
+        }
+        let signed = signing(|| tls::sign_node_csr(&issuer.ca, node_id, &csr_pem))
+            .await?
+            .map_err(|e| Status::invalid_argument(format!("signing request: {e}")))?;
+        tracing::info!(node_id, "signed a renewed certificate");
+        Ok(Response::new(pb::SignCertificateResponse {
+            cert_pem: signed.cert_pem,
+        }))
     }
 
     async fn list_join_tokens(

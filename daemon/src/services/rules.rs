@@ -28,7 +28,8 @@ pub fn rule(path: &str) -> Option<Rule> {
     match (service, method) {
         ("RaftTransport", "Stream") => Some(Rule::Peer),
         ("StateFeed", "Subscribe" | "Propose" | "Barrier") => Some(Rule::Peer),
-        ("Cluster", "Join") => Some(Rule::Peer),
+        ("Cluster", "Join" | "SignCertificate") => Some(Rule::Peer),
+        ("Cluster", "RenewCertificate") => client(ClusterAdmin),
         ("Cluster", "IssueCertificate") => Some(Rule::JoinToken),
         // A join token makes a node identity: as powerful as a token.
         ("Cluster", "CreateJoinToken" | "ListJoinTokens" | "RevokeJoinToken") => client(AclAdmin),

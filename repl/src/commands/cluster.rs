@@ -1,4 +1,5 @@
-//! `blixard cluster status | join | remove-node | join-token create|list|revoke`.
+//! `blixard cluster status | join | remove-node | rotate-certs |
+//! join-token create|list|revoke`.
 
 use blixard_api::{pb, validate};
 use serde::Serialize;
@@ -25,6 +26,18 @@ pub struct JoinTokenInfoView {
     pub expires_at_unix_ms: u64,
     /// The node it was spent on; null while unspent.
     pub spent_on_node_id: Option<u64>,
+}
+
+/// One node's certificate renewal.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct RenewedView {
+    pub node_id: u64,
+    /// SHA-256 of the new certificate (DER), hex; null if it failed.
+    pub cert_sha256: Option<String>,
+    /// The node that signed it.
+    pub signed_by: Option<u64>,
+    /// Why it failed; null when renewed.
+    pub error: Option<String>,
 }
 
 /// A join token withdrawn.
@@ -250,6 +263,7 @@ pub async fn run(command: ClusterCommand, addr: &str, format: OutputFormat) -> a
                 table
             })
         }
+        ClusterCommand::RotateCerts { nodes } => rotate_certs(addr, format, nodes).await,
         ClusterCommand::RemoveNode { node_id } => {
             validate::node_id(node_id)?;
             let response = client::cluster(addr)
@@ -304,4 +318,73 @@ async fn settings(
         }
         table
     })
+}
+
+/// Renews the certificates of `only` (every node the cluster records
+/// when empty), one at a time through the node at `addr`; reports each,
+/// and fails if any was not renewed (running it again is safe).
+async fn rotate_certs(addr: &str, format: OutputFormat, only: Vec<u64>) -> anyhow::Result<()> {
+    for node_id in &only {
+        validate::node_id(*node_id)?;
+    }
+    let nodes: Vec<u64> = match only.is_empty() {
+        false => only,
+        true => client::node(addr)
+            .await?
+            .list(pb::ListNodesRequest::default())
+            .await
+            .map_err(status_error)?
+            .into_inner()
+            .nodes
+            .into_iter()
+            // A node only gossip knows holds no certificate of ours.
+            .filter(|n| n.role != "none")
+            .map(|n| n.node_id)
+            .collect(),
+    };
+    let mut cluster = client::cluster(addr).await?;
+    let bar = output::bar(nodes.len() as u64, "renewing certificates");
+    let mut renewed = Vec::with_capacity(nodes.len());
+    for node_id in nodes {
+        bar.set_message(format!("node {node_id}"));
+        let answer = cluster
+            .renew_certificate(pb::RenewCertificateRequest { node_id })
+            .await;
+        renewed.push(match answer {
+            Ok(answer) => {
+                let answer = answer.into_inner();
+                RenewedView {
+                    node_id,
+                    cert_sha256: Some(answer.cert_sha256),
+                    signed_by: Some(answer.signed_by),
+                    error: None,
+                }
+            }
+            Err(status) => RenewedView {
+                node_id,
+                cert_sha256: None,
+                signed_by: None,
+                error: Some(status_error(status).to_string()),
+            },
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    let failed = renewed.iter().filter(|r| r.error.is_some()).count();
+    output::print(format, &renewed, |renewed| {
+        let mut table = output::table(&["NODE", "CERTIFICATE SHA-256", "SIGNED BY", "ERROR"]);
+        for r in renewed {
+            table.add_row(vec![
+                r.node_id.to_string(),
+                r.cert_sha256.clone().unwrap_or_else(|| "-".into()),
+                r.signed_by.map_or("-".into(), |id| format!("node {id}")),
+                r.error.clone().unwrap_or_default(),
+            ]);
+        }
+        table
+    })?;
+    match failed {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} node(s) not renewed (see ERROR); run rotate-certs again"),
+    }
 }

@@ -12,11 +12,12 @@ mod image;
 mod node;
 mod schema;
 pub(crate) mod tls;
+mod trust;
 mod vm;
 pub mod wait;
 mod watch;
 
-use crate::cli::{Cli, Command, ImageCommand, OutputFormat};
+use crate::cli::{Cli, Command, ImageCommand, OutputFormat, TlsCommand};
 use crate::{client, settings};
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -31,6 +32,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Completions { shell } => completions::script(shell),
         Command::Man { out } => completions::man(&out, cli.output),
         Command::Schema { command } => schema::run(&command, cli.output),
+        Command::Tls(TlsCommand::Trust { fingerprint, out }) => {
+            let settings = settings::resolve(cli.addr, cli.token, cli.ca_file, cli.client_config)?;
+            trust::run(&settings.addr, fingerprint, out, cli.output).await
+        }
         Command::Tls(command) => tls::run(command, cli.output),
         command => {
             let settings = settings::resolve(cli.addr, cli.token, cli.ca_file, cli.client_config)?;
@@ -67,6 +72,9 @@ pub async fn on_cluster(command: Command, addr: &str, output: OutputFormat) -> a
         Command::Image(ImageCommand::Build { out }) => image::run(out, output),
         Command::Completions { shell } => completions::script(shell),
         Command::Schema { command } => schema::run(&command, output),
+        Command::Tls(TlsCommand::Trust { fingerprint, out }) => {
+            trust::run(addr, fingerprint, out, output).await
+        }
         Command::Tls(command) => tls::run(command, output),
         Command::Agent(_)
         | Command::Dev(_)

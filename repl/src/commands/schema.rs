@@ -12,7 +12,7 @@ use schemars::{generate::SchemaSettings, JsonSchema, Schema};
 use serde::Serialize;
 
 use crate::cli::OutputFormat;
-use crate::commands::{acl, cluster, completions, dev, events, image, node, tls, vm};
+use crate::commands::{acl, cluster, completions, dev, events, image, node, tls, trust, vm};
 use crate::exit::{self, Exit};
 use crate::platform::{plan::Plan, Document};
 
@@ -45,6 +45,9 @@ pub fn all() -> Vec<(&'static str, Schema)> {
         ("cluster status", of::<cluster::StatusView>()),
         ("cluster join", of::<Vec<cluster::MemberView>>()),
         ("cluster remove-node", of::<Vec<cluster::MemberView>>()),
+        ("cluster rotate-certs", of::<Vec<cluster::RenewedView>>()),
+        ("tls trust", of::<trust::Trusted>()),
+        ("tls ca fingerprint", of::<tls::Fingerprint>()),
         ("cluster join-token create", of::<cluster::JoinTokenView>()),
         (
             "cluster join-token list",

@@ -18,9 +18,39 @@ pub struct Written {
     pub files: Vec<PathBuf>,
 }
 
+/// A CA's fingerprint.
+#[derive(Serialize, schemars::JsonSchema)]
+pub struct Fingerprint {
+    pub ca_file: PathBuf,
+    /// SHA-256 of the CA certificate (DER), hex.
+    pub ca_sha256: String,
+}
+
 pub fn run(command: TlsCommand, format: OutputFormat) -> anyhow::Result<()> {
     let written = match command {
         TlsCommand::Ca(TlsCaCommand::Create { out, name }) => create_ca(&out, &name)?,
+        TlsCommand::Ca(TlsCaCommand::Fingerprint { ca_dir }) => {
+            let ca_file = ca_dir.join(tls::CA_FILE);
+            let ca_pem = tls::read(&ca_file).map_err(failed)?;
+            let shown = Fingerprint {
+                ca_sha256: tls::fingerprint_sha256(&ca_pem).map_err(failed)?,
+                ca_file,
+            };
+            return output::print(format, &shown, |shown| {
+                let mut table = output::table(&["CA", "SHA-256"]);
+                table.add_row(vec![
+                    shown.ca_file.display().to_string(),
+                    shown.ca_sha256.clone(),
+                ]);
+                table
+            });
+        }
+        TlsCommand::Trust { .. } => {
+            return Err(exit::error(
+                Exit::Usage,
+                "`tls trust` talks to a node: it runs with the cluster commands",
+            ))
+        }
         TlsCommand::Cert(TlsCertCommand::Create {
             ca_dir,
             node_id,
