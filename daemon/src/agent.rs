@@ -18,7 +18,7 @@ use blixard_consensus::{LogStore, RaftConfig, RaftNode};
 use blixard_membership::{GossipSecurity, Membership, MembershipConfig, NodeInfo, NodeRole};
 use tokio::sync::watch;
 
-use blixard_nodeagent::{accel, NodeAgent, Settings};
+use blixard_nodeagent::{accel, NodeAgent, Settings, VmUser};
 
 use crate::config::Config;
 use crate::controllers;
@@ -229,6 +229,17 @@ async fn request_join(config: &Config) -> Result<String, Error> {
 /// fails or the raft loop stops on a storage failure.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
+    // A VM user that does not exist stops the node now, not its first VM.
+    let vm_user = match (&config.agent.vm_user, config.agent.enabled) {
+        (Some(name), true) => Some(
+            VmUser::resolve(name, std::path::Path::new(accel::KVM_DEVICE)).map_err(|e| {
+                Error::InvalidConfig {
+                    detail: e.to_string(),
+                }
+            })?,
+        ),
+        _ => None,
+    };
     #[cfg(not(madsim))]
     crate::security::obtain_certificate(&config).await?;
     let node_tls = NodeTls::load(&config)?;
@@ -355,6 +366,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let reconciler = match config.agent.enabled {
         true => Some(tokio::spawn(start_node_agent(
             config.clone(),
+            vm_user,
             handle.clone(),
             accel_tx,
             stop_rx.clone(),
@@ -463,6 +475,7 @@ fn spawn_raft_loop<T: blixard_consensus::Transport>(
 /// `stop`.
 async fn start_node_agent(
     config: Config,
+    vm_user: Option<VmUser>,
     raft: ClusterHandle,
     accel_tx: watch::Sender<Option<String>>,
     stop: watch::Receiver<bool>,
@@ -490,6 +503,7 @@ async fn start_node_agent(
         supervision: agent_config.supervision,
         systemctl_binary: agent_config.systemctl.clone(),
         private_dirs: vec![config.cluster.data_dir.clone()],
+        vm_user,
     };
     let (agent, reports) = NodeAgent::new(settings);
     controllers::reconciler::run(

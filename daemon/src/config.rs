@@ -241,6 +241,11 @@ pub struct AgentSection {
     /// always left running, for adoption, when it crashes).
     #[serde(default)]
     pub stop_vms_on_shutdown: bool,
+    /// Run hypervisors as this unprivileged user (with `/dev/kvm`'s group
+    /// and nothing else) instead of the agent's; Blixard's qemu runner
+    /// only, under supervision = "child".
+    #[serde(default)]
+    pub vm_user: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -280,6 +285,7 @@ impl Default for AgentSection {
             boot_timeout_ms: default_boot_timeout_ms(),
             console_log_bytes_max: default_console_log_bytes_max(),
             stop_vms_on_shutdown: false,
+            vm_user: None,
         }
     }
 }
@@ -474,6 +480,13 @@ impl Config {
             blixard_api::validate::address(address).map_err(|e| Error::InvalidConfig {
                 detail: format!("join: {e}"),
             })?;
+        }
+        if self.agent.vm_user.is_some() && self.agent.supervision == Supervision::Systemd {
+            return invalid(
+                "agent.vm_user is for supervision = \"child\"; under systemd the microvm@ \
+                 unit names its user"
+                    .into(),
+            );
         }
         let consensus = &self.consensus;
         if consensus.heartbeat_interval_ms == 0 || consensus.heartbeat_interval_ms > 60_000 {

@@ -54,13 +54,16 @@ pub async fn resolve(mode: AccelMode, qemu_binary: &str) -> Accel {
     }
 }
 
+/// The KVM device (whose group a hypervisor run as `[agent] vm_user` gets).
+pub const KVM_DEVICE: &str = "/dev/kvm";
+
 /// Starts qemu with KVM and no guest; if it is still alive after
 /// `PROBE_ALIVE_MS`, KVM works.
 async fn kvm_works(qemu_binary: &str) -> bool {
     if std::fs::OpenOptions::new()
         .read(true)
         .write(true)
-        .open("/dev/kvm")
+        .open(KVM_DEVICE)
         .is_err()
     {
         return false;

@@ -17,9 +17,11 @@ pub mod qmp;
 pub mod runner;
 pub mod supervisor;
 pub mod systemd;
+pub mod vm_user;
 
 pub use accel::{Accel, AccelMode};
 pub use agent::NodeAgent;
 pub use error::{Error, Result};
 pub use supervisor::{Desired, Phase, PlanSource, RestartPolicy, Settings, VmPlan, VmReport};
 pub use systemd::Supervision;
+pub use vm_user::VmUser;

@@ -44,6 +44,10 @@ pub struct QemuRunner {
     pub ports: Vec<(u16, u16)>,
     pub accel: Accel,
     pub qemu_binary: String,
+    /// The QMP socket is inherited as descriptor
+    /// [`crate::vm_user::QMP_FD`] (bound by the agent, for a hypervisor
+    /// that may not write its state directory) rather than made by qemu.
+    pub qmp_inherited: bool,
 }
 
 impl QemuRunner {
@@ -106,8 +110,21 @@ impl QemuRunner {
             args.push("-device".into());
             args.push("virtio-net-device,netdev=n0".into());
         }
-        args.push("-qmp".into());
-        args.push(format!("unix:{}.sock,server=on,wait=off", self.name));
+        match self.qmp_inherited {
+            true => args.extend([
+                "-chardev".into(),
+                format!(
+                    "socket,id=qmp,fd={},server=on,wait=off",
+                    crate::vm_user::QMP_FD
+                ),
+                "-mon".into(),
+                "chardev=qmp,mode=control".into(),
+            ]),
+            false => args.extend([
+                "-qmp".into(),
+                format!("unix:{}.sock,server=on,wait=off", self.name),
+            ]),
+        }
         args
     }
 
@@ -306,6 +323,7 @@ mod tests {
             ports: vec![(8080, 80)],
             accel: Accel::Tcg,
             qemu_binary: "qemu-system-x86_64".into(),
+            qmp_inherited: false,
         };
         let state = dir.path().join("state");
         std::fs::create_dir_all(&state).unwrap();
@@ -324,6 +342,14 @@ mod tests {
         let hypervisor =
             std::fs::read_to_string(state.join("current/share/microvm/hypervisor")).unwrap();
         assert_eq!(hypervisor, "qemu\n");
+
+        let inherited = QemuRunner {
+            qmp_inherited: true,
+            ..runner.clone()
+        }
+        .command_line();
+        assert!(inherited.contains(&"socket,id=qmp,fd=3,server=on,wait=off".to_string()));
+        assert!(!inherited.iter().any(|w| w.contains("web.sock")));
 
         let missing = QemuRunner {
             kernel: "/nonexistent/vmlinuz".into(),

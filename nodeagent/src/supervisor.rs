@@ -10,6 +10,8 @@
 //! - Stopping escalates: `microvm-shutdown` or QMP `quit`, then SIGTERM,
 //!   then SIGKILL, each after half the stop timeout.
 
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -109,6 +111,9 @@ pub struct Settings {
     /// Directories whose files are never given to a guest as its kernel
     /// or initrd (the agent's data directory).
     pub private_dirs: Vec<PathBuf>,
+    /// The unprivileged user hypervisors run as (see [`crate::vm_user`]);
+    /// `None`: as the agent's user.
+    pub vm_user: Option<crate::VmUser>,
 }
 
 const POLL_INTERVAL_MS: u64 = 50;
@@ -395,41 +400,53 @@ impl Supervisor {
     async fn spawn(&mut self, plan: &VmPlan) -> Result<Option<u64>, String> {
         paths::create_private_dir(&self.state_dir).map_err(|e| e.to_string())?;
         let settings = &self.settings;
-        let prepared = match &plan.source {
-            PlanSource::Kernel {
-                kernel,
-                initrd,
-                cmdline,
-                ports,
-            } => {
-                let kernel = paths::guest_file(kernel, &settings.private_dirs)
-                    .map_err(|e| format!("kernel {e}"))?;
-                let initrd = paths::guest_file(initrd, &settings.private_dirs)
-                    .map_err(|e| format!("initrd {e}"))?;
-                QemuRunner {
-                    name: plan.name.clone(),
-                    vcpus: plan.vcpus,
-                    memory_mib: plan.memory_mib,
+        let prepared =
+            match &plan.source {
+                PlanSource::Kernel {
                     kernel,
                     initrd,
-                    cmdline: cmdline.clone(),
-                    ports: ports.clone(),
-                    accel: settings.accel,
-                    qemu_binary: settings.qemu_binary.clone(),
+                    cmdline,
+                    ports,
+                } => {
+                    let kernel = paths::guest_file(kernel, &settings.private_dirs)
+                        .map_err(|e| format!("kernel {e}"))?;
+                    let initrd = paths::guest_file(initrd, &settings.private_dirs)
+                        .map_err(|e| format!("initrd {e}"))?;
+                    if let Some(user) = &settings.vm_user {
+                        for file in [&kernel, &initrd] {
+                            user.check_readable(file).map_err(|e| e.to_string())?;
+                        }
+                    }
+                    QemuRunner {
+                        name: plan.name.clone(),
+                        vcpus: plan.vcpus,
+                        memory_mib: plan.memory_mib,
+                        kernel,
+                        initrd,
+                        cmdline: cmdline.clone(),
+                        ports: ports.clone(),
+                        accel: settings.accel,
+                        qemu_binary: settings.qemu_binary.clone(),
+                        qmp_inherited: settings.vm_user.is_some(),
+                    }
+                    .prepare(&self.state_dir)
+                    .await
                 }
-                .prepare(&self.state_dir)
-                .await
-            }
-            PlanSource::Flake { flake_ref } => {
-                FlakeRunner {
-                    name: plan.name.clone(),
-                    flake_ref: flake_ref.clone(),
-                    nix_binary: settings.nix_binary.clone(),
+                PlanSource::Flake { .. } if settings.vm_user.is_some() => return Err(
+                    "[agent] vm_user runs Blixard's qemu runner (kernel VMs) only; a microvm.nix \
+                     runner runs as microvm.nix's own user under supervision = \"systemd\""
+                        .into(),
+                ),
+                PlanSource::Flake { flake_ref } => {
+                    FlakeRunner {
+                        name: plan.name.clone(),
+                        flake_ref: flake_ref.clone(),
+                        nix_binary: settings.nix_binary.clone(),
+                    }
+                    .prepare(&self.state_dir)
+                    .await
                 }
-                .prepare(&self.state_dir)
-                .await
-            }
-        };
+            };
         prepared.map_err(|e| e.to_string())?;
         let socket = runner::qmp_socket(&self.state_dir, &self.name);
         let _ = std::fs::remove_file(&socket);
@@ -443,17 +460,38 @@ impl Supervisor {
             self.hypervisor = Some(Hypervisor::Systemd { systemctl, pid });
             return self.wait_until_running(&socket, spawned_at).await;
         }
-        let child =
-            tokio::process::Command::new(runner::current(&self.state_dir).join("bin/microvm-run"))
-                .current_dir(&self.state_dir)
-                .stdin(Stdio::null())
-                .stdout(log)
-                .stderr(stderr)
-                // Its own process group: a terminal's Ctrl-C to the agent must
-                // not reach the VMs, and the VM outlives an agent crash.
-                .process_group(0)
-                .spawn()
-                .map_err(|e| format!("cannot run microvm-run: {e}"))?;
+        let run = runner::current(&self.state_dir).join("bin/microvm-run");
+        let mut command = tokio::process::Command::new(&run);
+        command
+            .current_dir(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(stderr)
+            // Its own process group: a terminal's Ctrl-C to the agent must
+            // not reach the VMs, and the VM outlives an agent crash.
+            .process_group(0);
+        // Held until the child has its copy (see `crate::vm_user`).
+        let mut qmp_listener = None;
+        if let Some(user) = &self.settings.vm_user {
+            // The state directories stay the agent's: passable, not
+            // writable or listable by the hypervisor.
+            for dir in [&self.settings.state_root, &self.state_dir] {
+                std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+                    .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
+            }
+            user.check_readable(&run).map_err(|e| e.to_string())?;
+            let listener = std::os::unix::net::UnixListener::bind(&socket)
+                .map_err(|e| format!("QMP socket {}: {e}", socket.display()))?;
+            std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
+            crate::vm_user::pass_qmp_socket(&mut command, listener.as_raw_fd());
+            command.uid(user.uid).gid(user.gid);
+            qmp_listener = Some(listener);
+        }
+        let child = command
+            .spawn()
+            .map_err(|e| format!("cannot run microvm-run: {e}"))?;
+        drop(qmp_listener);
         let pid = child.id().unwrap_or_default();
         std::fs::write(self.pid_file(), format!("{pid}\n"))
             .map_err(|e| format!("pid file: {e}"))?;

@@ -54,6 +54,7 @@ async fn systemd_mode_starts_and_stops_the_microvm_unit() {
         supervision: Supervision::Systemd,
         systemctl_binary: systemctl.display().to_string(),
         private_dirs: Vec::new(),
+        vm_user: None,
     });
     let plan = VmPlan {
         name: "web".into(),

@@ -155,6 +155,9 @@ pub struct NodeOptions {
     pub join_token: Option<String>,
     /// Give the node the CA's key too (it then issues certificates).
     pub ca_key: bool,
+    /// Run its hypervisors as this user, with VM state under
+    /// `DIR/vms-nodeN` (which that user can pass through).
+    pub vm_user: Option<String>,
 }
 
 impl Default for NodeOptions {
@@ -165,6 +168,7 @@ impl Default for NodeOptions {
             agent: true,
             join_token: None,
             ca_key: false,
+            vm_user: None,
         }
     }
 }
@@ -492,6 +496,19 @@ impl TestCluster {
         if let Some(token) = &options.join_token {
             join.push_str(&format!("join_token = \"{token}\"\n"));
         }
+        let mut agent = String::new();
+        if let Some(user) = &options.vm_user {
+            // The test directory is private (0700): passable for the VM
+            // user, still not listable.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.dir.path(), std::fs::Permissions::from_mode(0o711))
+                .unwrap();
+            let state_dir = self.dir.path().join(format!("vms-node{id}"));
+            agent = format!(
+                "vm_user = \"{user}\"\nstate_dir = \"{}\"\n",
+                state_dir.display()
+            );
+        }
         let labels: Vec<String> = options
             .labels
             .iter()
@@ -503,7 +520,7 @@ impl TestCluster {
                 "[cluster]\nnode_id = {id}\ndata_dir = \"{}\"\n{join}labels = {{ {} }}\n\n\
                  [api]\nbind = \"{address}\"\n\n\
                  [consensus]\nelection_timeout_ms = {}\nheartbeat_interval_ms = {}\nsnapshot_threshold = {}\n\n\
-                 [agent]\nenabled = {}\naccel = \"tcg\"\nstop_timeout_ms = 4000\n\n\
+                 [agent]\nenabled = {}\naccel = \"tcg\"\nstop_timeout_ms = 4000\n{agent}\n\
                  [membership]\ngossip_interval_ms = {}\n\n\
                  [failover]\nfence_after_ms = {}\nlost_after_ms = {}\n\n\
                  [autopilot]\nvoters = {}\ndead_voter_after_ms = {}\n",

@@ -242,3 +242,111 @@ async fn failing_runner_sources_report_failed_with_reason() {
         cluster.vm_processes("nokernel").is_empty() && cluster.vm_processes("noflake").is_empty()
     );
 }
+
+/// The unprivileged user the VM-user test runs hypervisors as, created
+/// (as `.ci/run` does) when missing.
+const VM_USER: &str = "blixard-vm";
+
+fn ensure_vm_user() -> u32 {
+    let uid = || {
+        let output = std::process::Command::new("id")
+            .args(["-u", VM_USER])
+            .output()
+            .unwrap();
+        output.status.success().then(|| {
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse()
+                .unwrap()
+        })
+    };
+    if let Some(uid) = uid() {
+        return uid;
+    }
+    let created = std::process::Command::new("useradd")
+        .args([
+            "--system",
+            "--no-create-home",
+            "--shell",
+            "/usr/sbin/nologin",
+            VM_USER,
+        ])
+        .status()
+        .unwrap();
+    assert!(
+        created.success(),
+        "useradd {VM_USER} (run the tests as root)"
+    );
+    uid().unwrap()
+}
+
+/// The `Name: value` line of /proc/PID/status.
+fn proc_status(pid: u32, field: &str) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| {
+            line.strip_prefix(&format!("{field}:"))
+                .map(str::trim)
+                .map(String::from)
+        })
+        .unwrap_or_default()
+}
+
+/// Goal: with `[agent] vm_user`, qemu runs as that user (no root, no
+/// supplementary groups) and cannot write the VM's state directory, yet
+/// the guest boots and the agent still controls it. Method: one node
+/// whose hypervisors run as `blixard-vm`; start a guest; check the
+/// process's real and effective uid, its groups, the state directory's
+/// owner and mode and the QMP socket's; read the readiness marker; stop
+/// it through QMP and start it again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hypervisors_run_as_the_configured_vm_user() {
+    use blixard_tests::{Network, NodeOptions};
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let uid = ensure_vm_user();
+    let cluster =
+        TestCluster::start_with(1, Timings::default(), Network::Loopback, |_| NodeOptions {
+            vm_user: Some(VM_USER.into()),
+            ..NodeOptions::default()
+        })
+        .await;
+    cluster.create_guest(1, "guest", &[]);
+    cluster.cli_ok(1, &["vm", "start", "guest"]);
+    let vm = wait_status(&cluster, 1, "guest", "the guest to run", is_running).await;
+    let pid = vm["pid"].as_u64().unwrap() as u32;
+    let uids: Vec<String> = proc_status(pid, "Uid")
+        .split_whitespace()
+        .map(String::from)
+        .collect();
+    assert_eq!(
+        uids,
+        vec![uid.to_string(); 4],
+        "real, effective, saved, fs uid"
+    );
+    assert_eq!(proc_status(pid, "Groups"), "", "supplementary groups");
+    eventually("the readiness marker", BOOT_TIMEOUT, || async {
+        let logs = cluster.cli_ok(1, &["vm", "logs", "guest"]);
+        logs.contains(READY_MARKER).then_some(())
+    })
+    .await;
+    let state_dir = cluster.dir.path().join("vms-node1/guest");
+    let metadata = std::fs::metadata(&state_dir).unwrap();
+    assert_eq!(metadata.uid(), 0, "the state directory is the agent's");
+    assert_eq!(metadata.permissions().mode() & 0o777, 0o711);
+    let socket = std::fs::metadata(state_dir.join("guest.sock")).unwrap();
+    assert_eq!(
+        (socket.uid(), socket.permissions().mode() & 0o777),
+        (0, 0o600)
+    );
+
+    cluster.cli_ok(1, &["vm", "stop", "guest"]);
+    wait_status(&cluster, 1, "guest", "the guest to stop", |vm| {
+        vm["phase"] == "stopped"
+    })
+    .await;
+    assert!(cluster.vm_processes("guest").is_empty());
+    cluster.cli_ok(1, &["vm", "start", "guest"]);
+    let again = wait_status(&cluster, 1, "guest", "the guest to run again", is_running).await;
+    assert_ne!(again["pid"].as_u64().unwrap() as u32, pid);
+}
