@@ -176,7 +176,7 @@ pub fn tls_incoming(
                 ));
                 continue;
             };
-            let Some(address_slot) = AddressSlot::take(&per_address, from.ip()) else {
+            let Some(address_slot) = AddressSlot::take(&per_address, source_of(from.ip())) else {
                 log_at_most_each_second(format_args!(
                     "{HANDSHAKES_PER_ADDRESS_MAX} TLS handshakes in flight from {}; closed one",
                     from.ip()
@@ -193,7 +193,8 @@ pub fn tls_incoming(
                     acceptor.accept(stream),
                 )
                 .await;
-                drop((slot, address_slot));
+                // The slots are held until the server took the connection,
+                // so connections waiting for it are bounded too.
                 match handshake {
                     Ok(Ok(stream)) => {
                         let _ = accepted.send(Ok(stream)).await;
@@ -201,13 +202,28 @@ pub fn tls_incoming(
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%from, "TLS handshake timed out"),
                 }
+                drop((slot, address_slot));
             });
         }
     });
     ReceiverStream::new(incoming)
 }
 
-/// One handshake counted against its IP address until dropped.
+/// Whom a connection is counted against: its IPv4 address, or its IPv6
+/// /64 (one host usually holds a whole /64).
+#[cfg(not(madsim))]
+fn source_of(address: std::net::IpAddr) -> std::net::IpAddr {
+    match address {
+        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
+            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
+            std::net::IpAddr::V6(prefix.into())
+        }
+        std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
+        v4 => v4,
+    }
+}
+
+/// One handshake counted against its source until dropped.
 #[cfg(not(madsim))]
 struct AddressSlot {
     counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
@@ -345,5 +361,21 @@ mod tests {
         assert_eq!(handshake(address, &ca.cert_pem).await[0], two_der.to_vec());
         drop(silent);
         served.abort();
+    }
+
+    #[test]
+    fn an_ipv6_host_counts_as_its_slash_64() {
+        let one: std::net::IpAddr = "2001:db8:1:2::5".parse().unwrap();
+        let other: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert_eq!(source_of(one), source_of(other));
+        assert_ne!(
+            source_of(one),
+            source_of("2001:db8:1:3::5".parse().unwrap())
+        );
+        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
+        assert_eq!(
+            source_of(mapped),
+            "10.0.0.1".parse::<std::net::IpAddr>().unwrap()
+        );
     }
 }

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, ReadHalf, WriteHalf};
 use tokio::net::UnixStream;
 
 use crate::error::{Error, Result};
@@ -52,7 +52,10 @@ async fn send(write: &mut WriteHalf<UnixStream>, command: &str) -> Result<()> {
 async fn read_reply(lines: &mut BufReader<ReadHalf<UnixStream>>, what: &str) -> Result<Value> {
     for _ in 0..QMP_LINES_MAX {
         let mut line = String::new();
-        let read = lines
+        // Bounded while it is read: a hypervisor (which a guest may have
+        // taken over) never makes the agent buffer an endless line.
+        let read = (&mut *lines)
+            .take(QMP_LINE_BYTES_MAX as u64 + 1)
             .read_line(&mut line)
             .await
             .map_err(|e| Error::Qmp(format!("{what}: {e}")))?;

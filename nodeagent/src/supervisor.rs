@@ -10,7 +10,6 @@
 //! - Stopping escalates: `microvm-shutdown` or QMP `quit`, then SIGTERM,
 //!   then SIGKILL, each after half the stop timeout.
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -473,9 +472,11 @@ impl Supervisor {
         // Held until the child has its copy (see `crate::vm_user`).
         let mut qmp_listener = None;
         if let Some(user) = &self.settings.vm_user {
-            // The state directories stay the agent's: passable, not
-            // writable or listable by the hypervisor.
+            // The state directories must be the agent's alone (checked,
+            // never taken over by a chmod of someone else's), and are made
+            // passable, not listable or writable, for the hypervisor.
             for dir in [&self.settings.state_root, &self.state_dir] {
+                crate::vm_user::check_agent_owned(dir).map_err(|e| e.to_string())?;
                 std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
                     .map_err(|e| format!("chmod {}: {e}", dir.display()))?;
             }
@@ -484,9 +485,10 @@ impl Supervisor {
                 .map_err(|e| format!("QMP socket {}: {e}", socket.display()))?;
             std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o600))
                 .map_err(|e| format!("chmod {}: {e}", socket.display()))?;
-            crate::vm_user::pass_qmp_socket(&mut command, listener.as_raw_fd());
+            let copied = crate::vm_user::prepare_child(&mut command, &listener)
+                .map_err(|e| e.to_string())?;
             command.uid(user.uid).gid(user.gid);
-            qmp_listener = Some(listener);
+            qmp_listener = Some((listener, copied));
         }
         let child = command
             .spawn()

@@ -43,7 +43,18 @@ impl VmUser {
                 "[agent] vm_user {name:?} is root; name an unprivileged user"
             )));
         }
-        let gid = std::fs::metadata(kvm_device).map_or(user.gid.as_raw(), |device| device.gid());
+        // Never root's group, whatever the device's (a container's bind
+        // mount may be root:root).
+        let gid = std::fs::metadata(kvm_device)
+            .map(|device| device.gid())
+            .ok()
+            .filter(|gid| *gid != 0)
+            .unwrap_or(user.gid.as_raw());
+        if gid == 0 {
+            return Err(Error::Runner(format!(
+                "[agent] vm_user {name:?} has root's group; name an unprivileged user"
+            )));
+        }
         Ok(Self {
             name: name.to_string(),
             uid: user.uid.as_raw(),
@@ -109,24 +120,71 @@ impl VmUser {
     }
 }
 
-/// Makes the hypervisor's child process find `socket_fd` as [`QMP_FD`],
-/// inherited across exec.
-pub fn pass_qmp_socket(command: &mut tokio::process::Command, socket_fd: i32) {
+/// Refuses a directory the hypervisor's user could plant files or links
+/// in: `dir` must be a real directory (not a link) owned by the agent's
+/// user and writable by no one else, so whatever the agent opens, writes
+/// or removes there is its own.
+pub fn check_agent_owned(dir: &Path) -> Result<()> {
+    let metadata =
+        std::fs::symlink_metadata(dir).map_err(|e| Error::io(format!("{}", dir.display()), e))?;
+    let agent = nix::unistd::geteuid().as_raw();
+    let mode = metadata.mode();
+    if !metadata.is_dir() || metadata.uid() != agent || mode & 0o022 != 0 {
+        return Err(Error::Runner(format!(
+            "{} must be a directory of the agent's user (uid {agent}) that no one else may              write (it is {}uid {}, mode {:o}); with [agent] vm_user the agent makes its own              state directories: point state_dir at one no other tool manages",
+            dir.display(),
+            if metadata.file_type().is_symlink() { "a link, " } else { "" },
+            metadata.uid(),
+            mode & 0o7777
+        )));
+    }
+    Ok(())
+}
+
+/// Sets the hypervisor's child process up to drop what it may not keep:
+/// it finds `socket` as [`QMP_FD`] (inherited across exec), may never gain
+/// privileges again (`PR_SET_NO_NEW_PRIVS`: no set-uid binary lifts it),
+/// and gets only `PATH` of the agent's environment. Returns the
+/// descriptor the child copies from, which the caller keeps open until
+/// the child is spawned.
+pub fn prepare_child(
+    command: &mut tokio::process::Command,
+    socket: &std::os::unix::net::UnixListener,
+) -> Result<std::os::fd::OwnedFd> {
+    use std::os::fd::{AsRawFd, FromRawFd};
+    // Above the standard descriptors (which the child's stdio replaces
+    // before this runs) and above QMP_FD, so the copy below is always a
+    // real dup2 that clears close-on-exec.
+    // SAFETY: fcntl on a descriptor the listener owns; the result is a
+    // new descriptor that the OwnedFd takes.
+    let source = unsafe { libc::fcntl(socket.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 10) };
+    if source == -1 {
+        return Err(Error::io(
+            "copy the QMP socket",
+            std::io::Error::last_os_error(),
+        ));
+    }
+    // SAFETY: `source` was just returned by fcntl and is owned by no one else.
+    let source = unsafe { std::os::fd::OwnedFd::from_raw_fd(source) };
+    let raw = source.as_raw_fd();
+    command.env_clear();
+    if let Some(path) = std::env::var_os("PATH") {
+        command.env("PATH", path);
+    }
     // SAFETY: runs in the forked child before exec, where only
-    // async-signal-safe calls are allowed: dup2 and fcntl are.
+    // async-signal-safe calls are allowed: dup2 and prctl are.
     unsafe {
         command.pre_exec(move || {
-            let inherited = match socket_fd == QMP_FD {
-                // dup2 onto itself keeps close-on-exec; clear it instead.
-                true => libc::fcntl(QMP_FD, libc::F_SETFD, 0),
-                false => libc::dup2(socket_fd, QMP_FD),
-            };
-            match inherited {
-                -1 => Err(std::io::Error::last_os_error()),
-                _ => Ok(()),
+            if libc::dup2(raw, QMP_FD) == -1 {
+                return Err(std::io::Error::last_os_error());
             }
+            if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
         });
     }
+    Ok(source)
 }
 
 #[cfg(test)]

@@ -324,7 +324,27 @@ async fn hypervisors_run_as_the_configured_vm_user() {
         vec![uid.to_string(); 4],
         "real, effective, saved, fs uid"
     );
+    assert!(
+        proc_status(pid, "Gid")
+            .split_whitespace()
+            .all(|gid| gid != "0"),
+        "root's group: {}",
+        proc_status(pid, "Gid")
+    );
     assert_eq!(proc_status(pid, "Groups"), "", "supplementary groups");
+    assert_eq!(proc_status(pid, "NoNewPrivs"), "1");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let environ = String::from_utf8_lossy(&environ);
+    // PATH from the agent; the rest bash sets for itself.
+    assert!(
+        environ
+            .split('\0')
+            .filter(|v| !v.is_empty())
+            .all(|v| ["PATH=", "PWD=", "SHLVL=", "_="]
+                .iter()
+                .any(|ok| v.starts_with(ok))),
+        "the agent's environment reached qemu: {environ}"
+    );
     eventually("the readiness marker", BOOT_TIMEOUT, || async {
         let logs = cluster.cli_ok(1, &["vm", "logs", "guest"]);
         logs.contains(READY_MARKER).then_some(())
@@ -339,6 +359,35 @@ async fn hypervisors_run_as_the_configured_vm_user() {
         (socket.uid(), socket.permissions().mode() & 0o777),
         (0, 0o600)
     );
+    // What the hypervisor's user may not do there, tried as that user.
+    let as_vm_user = |args: &[&str]| {
+        std::process::Command::new("runuser")
+            .args(["-u", VM_USER, "--"])
+            .args(args)
+            .output()
+            .unwrap()
+            .status
+            .success()
+    };
+    let dir = state_dir.display().to_string();
+    assert!(
+        as_vm_user(&["test", "-x", &dir]),
+        "the runner's directory is passable"
+    );
+    assert!(
+        !as_vm_user(&["touch", &format!("{dir}/planted")]),
+        "planted a file"
+    );
+    assert!(!as_vm_user(&["ls", &dir]), "listed the state directory");
+    assert!(
+        !as_vm_user(&["cat", &format!("{dir}/console.log")]),
+        "read the console"
+    );
+    assert!(!as_vm_user(&[
+        "mv",
+        &format!("{dir}/pid"),
+        &format!("{dir}/pid2")
+    ]));
 
     cluster.cli_ok(1, &["vm", "stop", "guest"]);
     wait_status(&cluster, 1, "guest", "the guest to stop", |vm| {
