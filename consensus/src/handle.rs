@@ -95,6 +95,13 @@ pub struct RaftStatus {
     pub members: Vec<MemberStatus>,
 }
 
+impl RaftStatus {
+    /// The raft members' ids (voters and learners).
+    pub fn member_ids(&self) -> Vec<u64> {
+        self.members.iter().map(|m| m.node_id).collect()
+    }
+}
+
 /// raft-rs's `StateRole`, owned so the status is `Default` and printable.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub enum Role {

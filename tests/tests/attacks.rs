@@ -1185,6 +1185,23 @@ async fn forged_gossip_is_refused_and_changes_nothing() {
     }
 }
 
+/// `cluster join-token create --ttl TTL` through node 2, as JSON.
+fn make_join_token(cluster: &TestCluster, ttl: &str) -> serde_json::Value {
+    let made = cluster.cli_ok(
+        2,
+        &[
+            "cluster",
+            "join-token",
+            "create",
+            "--ttl",
+            ttl,
+            "-o",
+            "json",
+        ],
+    );
+    serde_json::from_str(&made).unwrap()
+}
+
 /// Goal: a new node gets its certificate with a one-time join token
 /// instead of a hand-made one: the token works once, and an expired one
 /// not at all. Method: node 1 holds the CA key; `cluster join-token
@@ -1205,21 +1222,7 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
         })
         .await;
     cluster.wait_voters(3).await;
-    let made = |ttl: &str| -> serde_json::Value {
-        serde_json::from_str(&cluster.cli_ok(
-            2,
-            &[
-                "cluster",
-                "join-token",
-                "create",
-                "--ttl",
-                ttl,
-                "-o",
-                "json",
-            ],
-        ))
-        .unwrap()
-    };
+    let made = |ttl: &str| make_join_token(&cluster, ttl);
     let token = made("10m")["join_token"].as_str().unwrap().to_string();
     let brief = made("1s");
     let with_token = |token: &str| NodeOptions {
@@ -1293,21 +1296,7 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
     let trail = cluster.cli_ok(1, &["audit", "-o", "json"]);
     assert!(trail.contains("use_join_token"), "{trail}");
 
-    let made = |ttl: &str| -> serde_json::Value {
-        serde_json::from_str(&cluster.cli_ok(
-            2,
-            &[
-                "cluster",
-                "join-token",
-                "create",
-                "--ttl",
-                ttl,
-                "-o",
-                "json",
-            ],
-        ))
-        .unwrap()
-    };
+    let made = |ttl: &str| make_join_token(&cluster, ttl);
     let issue = |token: String, node_id: u64, csr_pem: String| {
         let cluster = &cluster;
         async move {

@@ -151,13 +151,7 @@ impl ClusterService {
         node_id: u64,
         csr_pem: String,
     ) -> Result<(String, u64), Status> {
-        let voters: Vec<u64> = self
-            .raft
-            .status()
-            .members
-            .iter()
-            .map(|m| m.node_id)
-            .collect();
+        let voters = self.raft.status().member_ids();
         let peers: Vec<(u64, String)> = self.raft.read_state(|s| {
             s.nodes
                 .values()

@@ -250,13 +250,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
                 )));
             }
         }
-        let members: Vec<u64> = self
-            .raft
-            .status()
-            .members
-            .iter()
-            .map(|m| m.node_id)
-            .collect();
+        let members = self.raft.status().member_ids();
         let forward = forwardable(&command, &members).map_err(Status::permission_denied)?;
 
         blixard_consensus::validate::command(&command)
