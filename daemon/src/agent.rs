@@ -200,16 +200,36 @@ async fn request_join(config: &Config) -> Result<String, Error> {
         node_id: config.cluster.node_id,
         address: config.api.bind.clone(),
     };
+    let join_at = |address: String| {
+        let request = request.clone();
+        async move {
+            match connect_cluster(&address).await {
+                Ok(mut client) => client.join(request).await.map_err(|s| {
+                    let via = s
+                        .metadata()
+                        .get(crate::services::cluster::JOIN_VIA)
+                        .and_then(|v| v.to_str().ok())
+                        .filter(|v| blixard_api::validate::address(v).is_ok())
+                        .map(String::from);
+                    (s.code(), format!("{address}: {}", s.message()), via)
+                }),
+                Err(error) => Err((
+                    tonic::Code::Unavailable,
+                    format!("{address}: {error}"),
+                    None,
+                )),
+            }
+        }
+    };
     let mut last_error = String::new();
     for _ in 0..JOIN_ATTEMPTS_MAX {
         for address in &config.cluster.join {
-            let outcome = match connect_cluster(address).await {
-                Ok(mut client) => client
-                    .join(request.clone())
-                    .await
-                    .map_err(|s| (s.code(), format!("{address}: {}", s.message()))),
-                Err(error) => Err((tonic::Code::Unavailable, format!("{address}: {error}"))),
-            };
+            let mut outcome = join_at(address.clone()).await;
+            // A worker names the voter it follows: ask that one (once).
+            if let Err((tonic::Code::FailedPrecondition, _, Some(via))) = &outcome {
+                outcome = join_at(via.clone()).await;
+            }
+            let outcome = outcome.map_err(|(code, detail, _)| (code, detail));
             match outcome {
                 Ok(response) => return Ok(response.into_inner().role),
                 Err((tonic::Code::AlreadyExists | tonic::Code::InvalidArgument, detail)) => {

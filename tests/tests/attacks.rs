@@ -1485,3 +1485,65 @@ async fn a_client_pins_the_cluster_ca_it_confirms() {
     let status = blixard(&["--token", &token, "cluster", "status"]);
     assert!(!status.status.success(), "{status:?}");
 }
+
+/// Goal: a worker's certificate adds no node: joins go to a voter, never
+/// through a worker. Method: three voters and a worker; the worker's
+/// certificate asks a voter to join node 9 (refused; node 9 is nowhere);
+/// node 6, given only the worker's address, still joins: the worker
+/// names its voter and node 6 asks that one as itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_go_to_a_voter_never_through_a_worker() {
+    use blixard_tests::{Network, NodeOptions};
+    let timings = Timings {
+        voters: 3,
+        ..Timings::default()
+    };
+    let without_agent = |_| NodeOptions {
+        agent: false,
+        ..NodeOptions::default()
+    };
+    let mut cluster = TestCluster::start_with(4, timings, Network::Loopback, without_agent).await;
+    cluster.wait_voters(3).await;
+    let mut worker = 0;
+    for id in 1..=4 {
+        if cluster.status(id).await.unwrap().node_role == "worker" {
+            worker = id;
+        }
+    }
+    assert_ne!(worker, 0, "no worker among four nodes with three voters");
+    let voter = (1..=4).find(|id| *id != worker).unwrap();
+    let as_worker = cluster.peer_channel(voter, worker).await.unwrap();
+    let joined = pb::cluster_client::ClusterClient::new(as_worker)
+        .join(pb::JoinRequest {
+            node_id: 9,
+            address: "127.0.0.1:9".into(),
+        })
+        .await
+        .expect_err("a worker's certificate joined node 9");
+    assert_eq!(joined.code(), tonic::Code::PermissionDenied, "{joined:?}");
+    let listed = |cluster: &TestCluster, id: u64| {
+        let nodes = cluster.cli_ok(voter, &["node", "list", "-o", "json"]);
+        let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+        nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node_id"] == id && n["role"] != "none")
+    };
+    assert!(!listed(&cluster, 9), "node 9 was added");
+
+    cluster.add_node_with(
+        6,
+        NodeOptions {
+            join_via: Some(worker),
+            agent: false,
+            ..NodeOptions::default()
+        },
+    );
+    eventually(
+        "node 6 to join through the worker's voter",
+        Duration::from_secs(30),
+        || async { listed(&cluster, 6).then_some(()) },
+    )
+    .await;
+}

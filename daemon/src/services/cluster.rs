@@ -188,6 +188,9 @@ impl ClusterService {
     }
 }
 
+/// The metadata key of a worker's join refusal naming the voter to ask.
+pub const JOIN_VIA: &str = "blixard-join-via";
+
 /// A join token lives this long unless asked otherwise.
 const JOIN_TOKEN_TTL_MS_DEFAULT: u64 = 3_600_000;
 /// The largest signing request taken (one key, no extensions to speak of).
@@ -211,23 +214,23 @@ const LEADERSHIP_TRANSFER_TIMEOUT_MS: u64 = 10_000;
 const LEADERSHIP_POLL_INTERVAL_MS: u64 = 20;
 
 impl ClusterService {
-    /// A worker holds no raft log: joins go to the voter that feeds it.
-    async fn forward_join(
-        &self,
-        request: pb::JoinRequest,
-    ) -> Result<Response<pb::JoinResponse>, Status> {
+    /// A worker does not pass joins on (its certificate would vouch for
+    /// a node it cannot check): it names the voter it follows, in
+    /// [`JOIN_VIA`], for the joiner to ask itself.
+    fn redirect_join(&self) -> Status {
         let upstream = self.raft.mirror().upstream();
         let Some(address) = upstream.address else {
-            return Err(Status::unavailable(
+            return Status::unavailable(
                 "this worker is not connected to a voter yet; retry or join through a voter",
-            ));
+            );
         };
-        let channel = crate::mirror::connect(&address, upstream.node_id)
-            .await
-            .map_err(Status::unavailable)?;
-        pb::cluster_client::ClusterClient::new(channel)
-            .join(request)
-            .await
+        let mut status = Status::failed_precondition(format!(
+            "this node is a worker; join through a voter: {address}"
+        ));
+        if let Ok(value) = address.parse() {
+            status.metadata_mut().insert(JOIN_VIA, value);
+        }
+        status
     }
 
     /// If `node_id` leads, hands leadership to another voter (this node
@@ -332,19 +335,15 @@ impl pb::cluster_server::Cluster for ClusterService {
                 request.node_id
             )));
         }
-        // A node joins as itself; only a node already in the cluster (a
-        // worker forwarding a join to its voter) may ask for another.
+        // A node joins as itself, and only as itself.
         if let Some(caller) = caller.filter(|caller| *caller != request.node_id) {
-            let known = self.raft.read_state(|s| s.nodes.contains_key(&caller));
-            if !known {
-                return Err(Status::permission_denied(format!(
-                    "node {caller}'s certificate cannot join the cluster as node {}",
-                    request.node_id
-                )));
-            }
+            return Err(Status::permission_denied(format!(
+                "node {caller}'s certificate cannot join the cluster as node {}",
+                request.node_id
+            )));
         }
         if !self.raft.is_member() {
-            return self.forward_join(request).await;
+            return Err(self.redirect_join());
         }
         // One join at a time on this node, so two joiners cannot both
         // take the last seat among the voters-to-be.
