@@ -282,7 +282,8 @@ async fn a_worker_cut_off_from_the_voters_stops_judging_tokens() {
 /// certificate, loses its feed of the state, and cannot come back under
 /// its old id. Method: three voters and a worker; `cluster remove-node`
 /// of the worker; its certificate is then refused by every voter (even for
-/// reads), and the worker, restarted, is told it was removed.
+/// reads), no voter lists it though it still gossips, and the worker,
+/// restarted, is told it was removed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_node_is_refused_by_its_certificate_and_cannot_return() {
     use blixard_api::pb;
@@ -333,6 +334,15 @@ async fn a_removed_node_is_refused_by_its_certificate_and_cannot_return() {
         .await;
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
         assert!(refused.message().contains("was removed"), "{refused:?}");
+        // Still running and gossiping, it is listed nowhere.
+        let nodes = cluster.cli_ok(*id, &["node", "list", "-o", "json"]);
+        let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
+        let listed = nodes["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|n| n["node_id"] == worker);
+        assert!(!listed, "node {id} lists the removed node: {nodes}");
     }
     cluster.kill(worker);
     cluster.restart(worker);

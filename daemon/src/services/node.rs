@@ -113,7 +113,14 @@ impl NodeService {
                 .nodes
                 .keys()
                 .copied()
-                .chain(members.iter().map(|m| m.node_id))
+                // A removed node's gossip (it may still be running) lists
+                // nothing: its id is retired.
+                .chain(
+                    members
+                        .iter()
+                        .map(|m| m.node_id)
+                        .filter(|id| !state.removed_nodes.contains(id)),
+                )
                 .collect();
             let rows = ids
                 .into_iter()
