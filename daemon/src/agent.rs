@@ -90,7 +90,7 @@ fn raft_config(config: &Config) -> RaftConfig {
 async fn gossip_seeds(config: &Config, store: &LogStore) -> Vec<String> {
     let mut seeds = Vec::new();
     for address in &config.cluster.join {
-        match connect_cluster(address).await {
+        match connect_cluster(address, None).await {
             Ok(mut client) => match client.status(pb::StatusRequest {}).await {
                 Ok(status) => {
                     let status = status.into_inner();
@@ -157,10 +157,14 @@ async fn start_membership(
     Ok(Membership::start(membership_config, &info).await?)
 }
 
+/// A client of the node at `address` (only node `node_id`'s certificate
+/// accepted there, when given).
 async fn connect_cluster(
     address: &str,
+    node_id: Option<u64>,
 ) -> Result<ClusterClient<tonic::transport::Channel>, String> {
-    let endpoint = blixard_api::connect::endpoint(address)
+    let endpoint = blixard_api::connect::installed()
+        .endpoint_for(address, node_id)
         .map_err(|e| e.to_string())?
         .connect_timeout(Duration::from_millis(JOIN_PROBE_TIMEOUT_MS))
         .timeout(Duration::from_millis(JOIN_PROBE_TIMEOUT_MS));
@@ -180,7 +184,7 @@ async fn probe_join_addresses(join: &[String]) -> Result<(), Error> {
         }
         failures.clear();
         for address in join {
-            match connect_cluster(address).await {
+            match connect_cluster(address, None).await {
                 Ok(mut client) => match client.status(pb::StatusRequest {}).await {
                     Ok(_) => return Ok(()),
                     Err(status) => failures.push(format!("{address}: {}", status.message())),
@@ -200,17 +204,24 @@ async fn request_join(config: &Config) -> Result<String, Error> {
         node_id: config.cluster.node_id,
         address: config.api.bind.clone(),
     };
-    let join_at = |address: String| {
+    let join_at = |address: String, node_id: Option<u64>| {
         let request = request.clone();
         async move {
-            match connect_cluster(&address).await {
+            match connect_cluster(&address, node_id).await {
                 Ok(mut client) => client.join(request).await.map_err(|s| {
-                    let via = s
-                        .metadata()
-                        .get(crate::services::cluster::JOIN_VIA)
-                        .and_then(|v| v.to_str().ok())
-                        .filter(|v| blixard_api::validate::address(v).is_ok())
-                        .map(String::from);
+                    let text = |key| {
+                        s.metadata()
+                            .get(key)
+                            .and_then(|v| v.to_str().ok())
+                            .map(String::from)
+                    };
+                    let via = text(crate::services::cluster::JOIN_VIA)
+                        .filter(|v| blixard_api::validate::address(v).is_ok() && *v != address)
+                        .map(|via| {
+                            let id = text(crate::services::cluster::JOIN_VIA_NODE)
+                                .and_then(|id| id.parse::<u64>().ok());
+                            (via, id)
+                        });
                     (s.code(), format!("{address}: {}", s.message()), via)
                 }),
                 Err(error) => Err((
@@ -224,10 +235,14 @@ async fn request_join(config: &Config) -> Result<String, Error> {
     let mut last_error = String::new();
     for _ in 0..JOIN_ATTEMPTS_MAX {
         for address in &config.cluster.join {
-            let mut outcome = join_at(address.clone()).await;
-            // A worker names the voter it follows: ask that one (once).
-            if let Err((tonic::Code::FailedPrecondition, _, Some(via))) = &outcome {
-                outcome = join_at(via.clone()).await;
+            let mut outcome = join_at(address.clone(), None).await;
+            // A worker names the voter it follows (and its id, whose
+            // certificate alone is accepted there): ask that one, once.
+            if let Err((tonic::Code::FailedPrecondition, _, Some((via, id)))) = &outcome {
+                let (via, id) = (via.clone(), *id);
+                outcome = join_at(via.clone(), id).await.map_err(|(code, detail, _)| {
+                    (code, format!("{address} named voter {via}; {detail}"), None)
+                });
             }
             let outcome = outcome.map_err(|(code, detail, _)| (code, detail));
             match outcome {

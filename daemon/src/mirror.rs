@@ -45,7 +45,9 @@ pub struct Feeder {
 #[derive(Debug, Clone, Default)]
 pub struct Upstream {
     pub address: Option<String>,
-    /// The feeding node, when it was dialled by id.
+    /// The feeding node: the id it was dialled by, else the one it
+    /// reports (a claim only: a connection pinned to it fails closed if
+    /// the claim was false).
     pub node_id: Option<u64>,
     pub leader_id: u64,
     pub term: u64,
@@ -385,7 +387,9 @@ async fn follow(
                     Some(tokio::time::Instant::now());
                 *mirror.upstream.lock().expect("upstream lock poisoned") = Upstream {
                     address: Some(address.to_string()),
-                    node_id: feeder.node_id,
+                    node_id: feeder
+                        .node_id
+                        .or((status.node_id != 0).then_some(status.node_id)),
                     leader_id: status.leader_id,
                     term: status.term,
                     members: status

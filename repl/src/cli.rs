@@ -498,7 +498,9 @@ fn parse_skin(name: &str) -> Result<blixard_tui::skin::Skin, String> {
 pub enum ClusterCommand {
     /// Leader, term, log indexes and members as this node sees them.
     Status,
-    /// Add a node (it enters as a learner and is promoted once caught up).
+    /// Add a node (it enters as a learner and is promoted once caught up);
+    /// with TLS only the node itself may ask, through a voter (agents do
+    /// this themselves with --join).
     Join {
         node_id: u64,
         /// The new node's gRPC address (HOST:PORT).

@@ -775,6 +775,19 @@ impl TestCluster {
             .unwrap()
     }
 
+    /// The one node among `1..=count` that is a worker (call it once the
+    /// voters are in place; panics unless there is exactly one).
+    pub async fn the_worker(&self, count: u64) -> u64 {
+        let mut workers = Vec::new();
+        for id in 1..=count {
+            if self.status(id).await.unwrap().node_role == "worker" {
+                workers.push(id);
+            }
+        }
+        assert_eq!(workers.len(), 1, "workers among {count} nodes: {workers:?}");
+        workers[0]
+    }
+
     /// Runs the CLI against node `id`, asserts success, returns stdout.
     pub fn cli_ok(&self, id: u64, args: &[&str]) -> String {
         let output = self.cli(id, args);

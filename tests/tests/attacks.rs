@@ -1504,13 +1504,7 @@ async fn joins_go_to_a_voter_never_through_a_worker() {
     };
     let mut cluster = TestCluster::start_with(4, timings, Network::Loopback, without_agent).await;
     cluster.wait_voters(3).await;
-    let mut worker = 0;
-    for id in 1..=4 {
-        if cluster.status(id).await.unwrap().node_role == "worker" {
-            worker = id;
-        }
-    }
-    assert_ne!(worker, 0, "no worker among four nodes with three voters");
+    let worker = cluster.the_worker(4).await;
     let voter = (1..=4).find(|id| *id != worker).unwrap();
     let as_worker = cluster.peer_channel(voter, worker).await.unwrap();
     let joined = pb::cluster_client::ClusterClient::new(as_worker)
@@ -1531,6 +1525,35 @@ async fn joins_go_to_a_voter_never_through_a_worker() {
             .any(|n| n["node_id"] == id && n["role"] != "none")
     };
     assert!(!listed(&cluster, 9), "node 9 was added");
+
+    // Asked directly, the worker passes nothing on: it names its voter.
+    let as_six = cluster.peer_channel(worker, 6).await.unwrap();
+    let redirected = pb::cluster_client::ClusterClient::new(as_six)
+        .join(pb::JoinRequest {
+            node_id: 6,
+            address: "127.0.0.1:6".into(),
+        })
+        .await
+        .expect_err("a worker took a join");
+    assert_eq!(
+        redirected.code(),
+        tonic::Code::FailedPrecondition,
+        "{redirected:?}"
+    );
+    let named = |key| {
+        redirected
+            .metadata()
+            .get(key)
+            .and_then(|v| v.to_str().ok())
+            .map(String::from)
+    };
+    let via_node: u64 = named("blixard-join-via-node").unwrap().parse().unwrap();
+    assert_ne!(via_node, worker);
+    assert_eq!(
+        named("blixard-join-via").unwrap(),
+        cluster.address(via_node)
+    );
+    assert!(!listed(&cluster, 6), "the worker passed node 6's join on");
 
     cluster.add_node_with(
         6,

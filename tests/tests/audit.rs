@@ -20,13 +20,7 @@ async fn three_voters_and_a_worker() -> (TestCluster, u64) {
     let cluster =
         TestCluster::start_with(4, timings, Network::Loopback, |_| NodeOptions::default()).await;
     cluster.wait_voters(3).await;
-    let mut worker = 0;
-    for id in 1..=4 {
-        if cluster.status(id).await.unwrap().node_role == "worker" {
-            worker = id;
-        }
-    }
-    assert_ne!(worker, 0, "no worker among four nodes with three voters");
+    let worker = cluster.the_worker(4).await;
     (cluster, worker)
 }
 
@@ -335,6 +329,11 @@ async fn a_removed_node_is_refused_by_its_certificate_and_cannot_return() {
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
         assert!(refused.message().contains("was removed"), "{refused:?}");
         // Still running and gossiping, it is listed nowhere.
+        assert_eq!(
+            cluster.exit_status(worker),
+            None,
+            "the removed node stopped"
+        );
         let nodes = cluster.cli_ok(*id, &["node", "list", "-o", "json"]);
         let nodes: serde_json::Value = serde_json::from_str(&nodes).unwrap();
         let listed = nodes["nodes"]

@@ -190,6 +190,9 @@ impl ClusterService {
 
 /// The metadata key of a worker's join refusal naming the voter to ask.
 pub const JOIN_VIA: &str = "blixard-join-via";
+/// With [`JOIN_VIA`]: that voter's node id, so the joiner accepts only its
+/// certificate there.
+pub const JOIN_VIA_NODE: &str = "blixard-join-via-node";
 
 /// A join token lives this long unless asked otherwise.
 const JOIN_TOKEN_TTL_MS_DEFAULT: u64 = 3_600_000;
@@ -198,15 +201,17 @@ const CSR_LEN_MAX: usize = 8 * 1024;
 
 type EventStream = Pin<Box<dyn Stream<Item = Result<pb::ClusterEvent, Status>> + Send>>;
 
-/// Gossip addresses of the members this node sees alive (itself included).
-async fn gossip_seeds(membership: &Membership) -> Vec<String> {
-    membership
-        .members()
-        .await
-        .into_iter()
-        .filter(|m| m.alive)
-        .map(|m| m.gossip_address.to_string())
-        .collect()
+/// Gossip addresses of the members this node sees alive (itself
+/// included), never a removed node's.
+async fn gossip_seeds(membership: &Membership, raft: &ClusterHandle) -> Vec<String> {
+    let alive = membership.members().await;
+    raft.read_state(|s| {
+        alive
+            .into_iter()
+            .filter(|m| m.alive && !s.removed_nodes.contains(&m.node_id))
+            .map(|m| m.gossip_address.to_string())
+            .collect()
+    })
 }
 
 /// How long a leadership transfer may take before removal gives up.
@@ -229,6 +234,9 @@ impl ClusterService {
         ));
         if let Ok(value) = address.parse() {
             status.metadata_mut().insert(JOIN_VIA, value);
+        }
+        if let Some(value) = upstream.node_id.and_then(|id| id.to_string().parse().ok()) {
+            status.metadata_mut().insert(JOIN_VIA_NODE, value);
         }
         status
     }
@@ -306,7 +314,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             revision,
             first_log_index: status.first_log_index,
             gossip_address: self.membership.gossip_address().to_string(),
-            gossip_seeds: gossip_seeds(&self.membership).await,
+            gossip_seeds: gossip_seeds(&self.membership, &self.raft).await,
             node_role: self.raft.node_role().as_str().into(),
             feed_source: match self.raft.is_member() {
                 true => String::new(),
@@ -422,7 +430,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(pb::JoinResponse {
             members: self.raft.read_state(|state| members_to_pb(&status, state)),
             leader_id: status.leader_id,
-            gossip_seeds: gossip_seeds(&self.membership).await,
+            gossip_seeds: gossip_seeds(&self.membership, &self.raft).await,
             role: role.into(),
         }))
     }
