@@ -131,7 +131,9 @@ pub fn target(command: &Command) -> String {
         Command::CreateRole { role } => role.name.clone(),
         Command::CreateJoinToken { token } => token.accessor.clone(),
         Command::RevokeJoinToken { accessor } => accessor.clone(),
-        Command::UseJoinToken { node_id, .. } => format!("node-{node_id}"),
+        Command::UseJoinToken { node_id, .. }
+        | Command::AcceptNodeCertificate { node_id, .. }
+        | Command::RetireNodeCertificates { node_id, .. } => format!("node-{node_id}"),
         Command::DeleteRole { name } => name.clone(),
     }
 }

@@ -4,7 +4,7 @@
 //! timestamps, sizes), so applying it reads no clock, no randomness and no
 //! I/O, and every node computes the same result.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use serde::{Deserialize, Serialize};
 
@@ -154,7 +154,18 @@ pub struct NodeRecord {
     /// Set while `node drain` moves VMs away.
     #[serde(default)]
     pub drain: Option<Drain>,
+    /// The SHA-256 fingerprints (lowercase hex of the DER) of the
+    /// certificates this node is accepted with. Empty: any certificate of
+    /// the cluster CA naming it (one made by hand, not yet renewed). At
+    /// most [`NODE_CERTIFICATES_MAX`]: during a renewal, the one it had
+    /// and the one it was issued.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub certificates_sha256: BTreeSet<String>,
 }
+
+/// Certificates a node is accepted with at once (see
+/// [`NodeRecord::certificates_sha256`]).
+pub const NODE_CERTIFICATES_MAX: usize = 2;
 
 fn eligible_by_default() -> bool {
     true
@@ -541,6 +552,22 @@ pub enum Command {
     RevokeJoinToken {
         accessor: String,
     },
+    /// A voter holding the CA key issued node `node_id` the certificate
+    /// `issued_sha256` for a renewal the node asked for presenting
+    /// `presented_sha256`: the node is accepted with those two only from
+    /// now on. Refused if `presented_sha256` is no longer accepted.
+    AcceptNodeCertificate {
+        node_id: u64,
+        presented_sha256: String,
+        issued_sha256: String,
+    },
+    /// Node `node_id` serves its renewed certificate `keep_sha256`: every
+    /// other certificate naming it is refused from now on (a stolen old
+    /// key is cut off). Refused unless `keep_sha256` is accepted.
+    RetireNodeCertificates {
+        node_id: u64,
+        keep_sha256: String,
+    },
     /// Refused while a token has the role.
     DeleteRole {
         name: String,
@@ -597,6 +624,8 @@ impl Command {
             Command::CreateJoinToken { .. } => "create_join_token",
             Command::UseJoinToken { .. } => "use_join_token",
             Command::RevokeJoinToken { .. } => "revoke_join_token",
+            Command::AcceptNodeCertificate { .. } => "accept_node_certificate",
+            Command::RetireNodeCertificates { .. } => "retire_node_certificates",
             Command::DeleteRole { .. } => "delete_role",
         }
     }

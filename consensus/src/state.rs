@@ -6,7 +6,9 @@
 //! reports change a VM's observed state; an evicting VM keeps its node
 //! until that node reports it stopped (so it never runs in two places); a
 //! refused command changes nothing; a join token is spent on at most one
-//! node id and key, and an id it was spent on is never spent on again.
+//! node id and key, and an id it was spent on is never spent on again;
+//! once a node's certificate was renewed, the node is accepted only with
+//! the certificates its record names, at most two.
 //! `apply` does no I/O and reads no
 //! clock, so every replica that applies the same log holds the same state.
 
@@ -19,7 +21,7 @@ use crate::audit::{Actor, Audit, AuditRecord, AUDIT_RECORDS_MAX};
 use crate::command::{
     validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
     HostFacts, JoinToken, JoinTokenUse, NodeRecord, Permission, Rejection, Settings, Token,
-    TokenRole, Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec,
+    TokenRole, Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec, NODE_CERTIFICATES_MAX,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -169,7 +171,16 @@ impl ClusterState {
             Err(rejection) => Outcome::rejected(rejection),
         };
         match &outcome.result {
-            Ok(applied) => assert_eq!(applied.revision, revision_before + 1),
+            Ok(applied) => {
+                assert_eq!(applied.revision, revision_before + 1);
+                for touched in &outcome.touched {
+                    if let Touched::Node(node_id) = touched {
+                        assert!(self.nodes.get(node_id).is_none_or(|node| {
+                            node.certificates_sha256.len() <= NODE_CERTIFICATES_MAX
+                        }));
+                    }
+                }
+            }
             Err(_) => {
                 assert_eq!(self.revision, revision_before);
                 assert!(outcome.touched.is_empty() && outcome.events.is_empty());
@@ -306,7 +317,54 @@ impl ClusterState {
             } => self.use_join_token(&accessor, node_id, key_sha256, at_unix_ms),
             Command::RevokeJoinToken { accessor } => self.revoke_join_token(&accessor),
             Command::DeleteRole { name } => self.delete_role(&name),
+            Command::AcceptNodeCertificate {
+                node_id,
+                presented_sha256,
+                issued_sha256,
+            } => self.update_node(node_id, |node| {
+                if !node.certificates_sha256.is_empty()
+                    && !node.certificates_sha256.contains(&presented_sha256)
+                {
+                    return Err(Rejection::Invalid {
+                        detail: format!(
+                            "node {node_id}'s certificate {}… was retired by a renewal: it \
+                             renews nothing",
+                            &presented_sha256[..16]
+                        ),
+                    });
+                }
+                node.certificates_sha256 = BTreeSet::from([presented_sha256, issued_sha256]);
+                Ok(())
+            }),
+            Command::RetireNodeCertificates {
+                node_id,
+                keep_sha256,
+            } => self.update_node(node_id, |node| {
+                if !node.certificates_sha256.contains(&keep_sha256) {
+                    return Err(Rejection::Invalid {
+                        detail: format!(
+                            "certificate {}… is not one node {node_id} was issued by its \
+                             latest renewal",
+                            &keep_sha256[..16]
+                        ),
+                    });
+                }
+                node.certificates_sha256 = BTreeSet::from([keep_sha256]);
+                Ok(())
+            }),
         }
+    }
+
+    /// Whether node `node_id` is accepted presenting the certificate
+    /// whose SHA-256 is `certificate_sha256` (the CA having issued it for
+    /// that id): never after its removal, and after a renewal only with
+    /// the certificates the state names for it.
+    pub fn node_certificate_accepted(&self, node_id: u64, certificate_sha256: &str) -> bool {
+        !self.removed_nodes.contains(&node_id)
+            && self.nodes.get(&node_id).is_none_or(|node| {
+                node.certificates_sha256.is_empty()
+                    || node.certificates_sha256.contains(certificate_sha256)
+            })
     }
 
     /// The token whose secret hashes to `secret_sha256`.
@@ -1142,6 +1200,7 @@ impl ClusterState {
             host: None,
             eligible: true,
             drain: None,
+            certificates_sha256: BTreeSet::new(),
         });
         node.address = address;
         self.node_changed(node_id)
@@ -1312,6 +1371,63 @@ mod tests {
         state.remove_member(2);
         assert_eq!(state.removed_nodes, BTreeSet::from([2, 4]));
         assert_eq!(ClusterState::decode(&state.encode()).unwrap(), state);
+    }
+
+    #[test]
+    fn a_renewal_narrows_a_node_to_its_new_certificate() {
+        let [old, new, newer, stolen] = ["a", "b", "c", "d"].map(|c| c.repeat(64));
+        let mut state = ClusterState::default();
+        let register = Command::RegisterWorker {
+            node_id: 4,
+            address: "127.0.0.1:4".into(),
+        };
+        assert!(state.apply(register).result.is_ok());
+        // Never renewed: any certificate the CA issued for it.
+        assert!(state.node_certificate_accepted(4, &stolen));
+        let accept = |presented: &str, issued: &str| Command::AcceptNodeCertificate {
+            node_id: 4,
+            presented_sha256: presented.into(),
+            issued_sha256: issued.into(),
+        };
+        let retire = |keep: &str| Command::RetireNodeCertificates {
+            node_id: 4,
+            keep_sha256: keep.into(),
+        };
+        // Keeping a certificate before any renewal names one is refused.
+        assert!(state.apply(retire(&old)).result.is_err());
+        assert!(state.apply(accept(&old, &new)).result.is_ok());
+        for (certificate, accepted) in [(&old, true), (&new, true), (&stolen, false)] {
+            assert_eq!(state.node_certificate_accepted(4, certificate), accepted);
+        }
+        // A certificate outside the pair renews nothing.
+        let before = state.clone();
+        let refused = state.apply(accept(&stolen, &newer)).result.unwrap_err();
+        assert!(refused.to_string().contains("retired"), "{refused}");
+        assert!(state.apply(retire(&stolen)).result.is_err());
+        assert_eq!(state, before);
+        assert!(state.apply(retire(&new)).result.is_ok());
+        assert!(!state.node_certificate_accepted(4, &old));
+        assert!(state.node_certificate_accepted(4, &new));
+        // The old one is gone for good: it cannot start another renewal.
+        assert!(state.apply(accept(&old, &newer)).result.is_err());
+        assert!(state.apply(accept(&new, &newer)).result.is_ok());
+        assert_eq!(
+            state.nodes[&4].certificates_sha256,
+            BTreeSet::from([new.clone(), newer.clone()])
+        );
+        assert!(
+            state.apply(accept(&new, &new)).result.is_err(),
+            "same twice"
+        );
+        assert!(state.apply(retire("NOT-HEX")).result.is_err());
+        assert_eq!(ClusterState::decode(&state.encode()).unwrap(), state);
+        // A removed node is accepted with nothing.
+        assert!(state
+            .apply(Command::UnregisterWorker { node_id: 4 })
+            .result
+            .is_ok());
+        assert!(!state.node_certificate_accepted(4, &newer));
+        assert!(state.apply(accept(&newer, &stolen)).result.is_err());
     }
 
     #[test]
@@ -1788,6 +1904,7 @@ mod tests {
             VmPhase::Stopped,
             VmPhase::Failed,
         ]);
+        let certificate = prop::sample::select(vec!["a", "b", "c"]);
         prop_oneof![
             name.clone().prop_map(create),
             name.clone()
@@ -1833,6 +1950,19 @@ mod tests {
                 .prop_map(|(a, node_id, key, at)| spend(a, node_id, key, at)),
             prop::sample::select(vec!["a", "b"]).prop_map(|a| Command::RevokeJoinToken {
                 accessor: accessor(a)
+            }),
+            (node.clone(), certificate.clone(), certificate.clone()).prop_map(
+                |(node_id, presented, issued)| Command::AcceptNodeCertificate {
+                    node_id,
+                    presented_sha256: presented.repeat(64),
+                    issued_sha256: issued.repeat(64),
+                }
+            ),
+            (node.clone(), certificate).prop_map(|(node_id, keep)| {
+                Command::RetireNodeCertificates {
+                    node_id,
+                    keep_sha256: keep.repeat(64),
+                }
             }),
             (name, any::<bool>()).prop_map(|(n, run)| Command::SetVmDesiredState {
                 name: n.into(),

@@ -177,6 +177,27 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             api::node_id(*node_id).map_err(invalid)
         }
         Command::RevokeJoinToken { accessor } => hex("accessor", accessor, 16..=32),
+        Command::AcceptNodeCertificate {
+            node_id,
+            presented_sha256,
+            issued_sha256,
+        } => {
+            hex("presented certificate hash", presented_sha256, 64..=64)?;
+            hex("issued certificate hash", issued_sha256, 64..=64)?;
+            if presented_sha256 == issued_sha256 {
+                return Err(refuse(
+                    "a renewal issues a certificate other than the one presented".into(),
+                ));
+            }
+            api::node_id(*node_id).map_err(invalid)
+        }
+        Command::RetireNodeCertificates {
+            node_id,
+            keep_sha256,
+        } => {
+            hex("kept certificate hash", keep_sha256, 64..=64)?;
+            api::node_id(*node_id).map_err(invalid)
+        }
         Command::SetSettings { settings } => {
             validate_settings(settings).map_err(refuse)?;
             if settings.dead_voter_after_ms > PERIOD_MS_MAX

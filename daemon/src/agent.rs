@@ -321,6 +321,10 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         mirror.clone(),
         Duration::from_millis(config.consensus.request_timeout_ms),
     );
+    node_tls.judge_gossip_by(handle.clone());
+    let renewed = node_tls
+        .renewal()
+        .map_or_else(Default::default, |renewal| renewal.renewed.clone());
     tracing::info!(
         node_id = config.cluster.node_id,
         bind = %config.api.bind,
@@ -396,6 +400,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
                 + FENCE_SLACK_MS,
         },
         accel_rx,
+        renewed,
         stop_rx.clone(),
     ));
     let reconciler = match config.agent.enabled {

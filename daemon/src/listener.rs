@@ -74,6 +74,16 @@ impl LiveCertificate {
         Ok(())
     }
 
+    /// The SHA-256 of the certificate served now (lowercase hex of DER).
+    pub fn current_sha256(&self) -> String {
+        let current = self
+            .current
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone();
+        blixard_api::tls::fingerprint_sha256_der(current.cert[0].as_ref())
+    }
+
     /// The TLS a node serves: its current certificate, and the CA that
     /// peers' certificates must chain to. Client certificates are optional
     /// (clients authenticate with tokens); the services only peers may call

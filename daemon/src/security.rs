@@ -92,9 +92,16 @@ impl NodeTls {
         let keys = identity::read_gossip_keys(&files.gossip_key).map_err(tls_error)?;
         // A certificate the CA did not issue (or one expired) would be
         // refused by every peer's gossip: say so now, not by silence.
-        let gossip = gossip_security(&ca_pem, &node, keys).map_err(|e| Error::Tls {
-            detail: format!("{}: {e}", files.cert.display()),
-        })?;
+        let gossip_identity =
+            Arc::new(
+                CertificateIdentity::new(&ca_pem, &node).map_err(|e| Error::Tls {
+                    detail: format!("{}: {e}", files.cert.display()),
+                })?,
+            );
+        let gossip = GossipSecurity {
+            keys,
+            identity: gossip_identity.clone(),
+        };
         let issuer = match (files.ca_key.exists(), files.ca_key_required) {
             (false, false) => None,
             _ => Some(Issuer {
@@ -120,6 +127,8 @@ impl NodeTls {
             ca_pem: ca_pem.clone(),
             files,
             live: Arc::new(LiveCertificate::new(&node, &ca_pem)?),
+            gossip_identity,
+            renewed: Arc::new(tokio::sync::Notify::new()),
             issuer: issuer.clone(),
             running: tokio::sync::Mutex::new(()),
         });
@@ -145,6 +154,15 @@ impl NodeTls {
         match self {
             Self::Insecure => None,
             Self::Tls { issuer, .. } => issuer.clone(),
+        }
+    }
+
+    /// From now on gossip believes only the certificates `state` accepts
+    /// (see `ClusterState::node_certificate_accepted`).
+    pub fn judge_gossip_by(&self, state: crate::handle::ClusterHandle) {
+        if let Self::Tls { renewal, .. } = self {
+            // Set once per start; a second call changes nothing.
+            let _ = renewal.gossip_identity.judge.set(state);
         }
     }
 
@@ -179,6 +197,11 @@ pub struct Renewal {
     pub ca_pem: String,
     pub files: TlsFiles,
     pub live: Arc<LiveCertificate>,
+    /// What gossip signs with (swapped with `live`).
+    gossip_identity: Arc<CertificateIdentity>,
+    /// Notified after each renewal, so gossip carries the new certificate
+    /// at once (before the old one is retired), not at its next tick.
+    pub renewed: Arc<tokio::sync::Notify>,
     /// This node signs its own renewals when it holds the CA key.
     pub issuer: Option<Issuer>,
     /// One renewal of this node at a time.
@@ -208,6 +231,10 @@ impl Renewal {
             .map_err(|e| failed(format!("keeping the renewed certificate: {e}")))?;
         self.live.swap(node)?;
         blixard_api::connect::install(Security::node(&self.ca_pem, node));
+        self.gossip_identity
+            .swap(node)
+            .map_err(|e| failed(format!("gossip signing with the renewed certificate: {e}")))?;
+        self.renewed.notify_one();
         Ok(())
     }
 }
@@ -293,32 +320,60 @@ pub fn gossip_security(
     node: &CertifiedKey,
     keys: Vec<GossipKey>,
 ) -> Result<GossipSecurity, tls::TlsError> {
-    let certificates = CertificateIdentity {
-        signer: NodeSigner::new(node)?,
-        verifier: NodeVerifier::new(ca_pem)?,
-    };
-    certificates
-        .verifier
-        .node_id(certificates.signer.certificate_der())?;
     Ok(GossipSecurity {
         keys,
-        identity: Arc::new(certificates),
+        identity: Arc::new(CertificateIdentity::new(ca_pem, node)?),
     })
 }
 
-/// Gossip identity over the cluster's certificates.
-struct CertificateIdentity {
-    signer: NodeSigner,
+/// Gossip identity over the cluster's certificates: signs with this
+/// node's current certificate (a renewal swaps it) and, once it has the
+/// state, believes only certificates the state still accepts.
+pub struct CertificateIdentity {
+    signer: std::sync::RwLock<Arc<NodeSigner>>,
     verifier: NodeVerifier,
+    /// This node's copy of the state, set once it exists (until then,
+    /// every certificate of the CA counts, as it did before the state
+    /// could say otherwise).
+    judge: std::sync::OnceLock<crate::handle::ClusterHandle>,
+}
+
+impl CertificateIdentity {
+    fn new(ca_pem: &str, node: &CertifiedKey) -> Result<Self, tls::TlsError> {
+        let identity = Self {
+            signer: std::sync::RwLock::new(Arc::new(NodeSigner::new(node)?)),
+            verifier: NodeVerifier::new(ca_pem)?,
+            judge: std::sync::OnceLock::new(),
+        };
+        identity.verifier.node_id(&identity.certificate_der())?;
+        Ok(identity)
+    }
+
+    /// Signs with `node` from now on.
+    fn swap(&self, node: &CertifiedKey) -> Result<(), tls::TlsError> {
+        let signer = Arc::new(NodeSigner::new(node)?);
+        *self
+            .signer
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = signer;
+        Ok(())
+    }
+
+    fn signer(&self) -> Arc<NodeSigner> {
+        self.signer
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
 }
 
 impl Identity for CertificateIdentity {
-    fn certificate_der(&self) -> &[u8] {
-        self.signer.certificate_der()
+    fn certificate_der(&self) -> Vec<u8> {
+        self.signer().certificate_der().to_vec()
     }
 
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
-        self.signer
+        self.signer()
             .sign(message)
             .map_err(|e| IdentityError(e.to_string()))
     }
@@ -327,6 +382,13 @@ impl Identity for CertificateIdentity {
         self.verifier
             .node_id(certificate_der)
             .map_err(|e| IdentityError(e.to_string()))
+    }
+
+    fn accepts(&self, node_id: u64, certificate_der: &[u8]) -> bool {
+        self.judge.get().is_none_or(|state| {
+            let sha256 = tls::fingerprint_sha256_der(certificate_der);
+            state.read_state(|s| s.node_certificate_accepted(node_id, &sha256))
+        })
     }
 
     fn check_signature(

@@ -181,9 +181,17 @@ impl Membership {
             .map_or(0, |secured| secured.keyring.refused())
     }
 
-    /// Replaces this node's advertised info (a no-op if unchanged).
+    /// Replaces this node's advertised info (a no-op if unchanged), and
+    /// its certificate if a renewal replaced it (the info is then signed
+    /// again with the new key).
     pub async fn publish(&self, info: &NodeInfo) {
         assert_eq!(self.node_id, info.node_id, "gossip info of another node");
+        // Read before signing: a renewal in between leaves the two apart
+        // until the next publish, which sees the certificate changed.
+        let certificate = self
+            .secured
+            .as_ref()
+            .map(|secured| hex::encode(secured.identity.certificate_der()));
         let encoded = match info_value(
             self.secured.as_ref(),
             &self.cluster_name,
@@ -200,10 +208,17 @@ impl Membership {
         self.handle
             .with_chitchat(|chitchat| {
                 let own = chitchat.self_node_state();
+                let renewed = certificate
+                    .as_deref()
+                    .filter(|certificate| own.get(CERT_KEY) != Some(*certificate));
+                if let Some(certificate) = renewed {
+                    own.set(CERT_KEY, certificate);
+                }
                 // ECDSA signs differently each time: compare the info.
-                let unchanged = own
-                    .get(INFO_KEY)
-                    .is_some_and(|current| verify::same_info(current, &encoded));
+                let unchanged = renewed.is_none()
+                    && own
+                        .get(INFO_KEY)
+                        .is_some_and(|current| verify::same_info(current, &encoded));
                 if !unchanged {
                     own.set(INFO_KEY, &encoded);
                 }
@@ -532,6 +547,59 @@ mod secured_tests {
         for m in [outsider, stranger, impostor, other, b] {
             m.shutdown().await;
         }
+        a.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn a_renewed_certificate_is_gossiped_and_the_retired_one_stops_counting() {
+        let seed = free_udp_address();
+        let judge = Arc::new(FakeIdentity::new(1));
+        let a = start(
+            1,
+            seed,
+            &[],
+            Some(GossipSecurity {
+                keys: vec![KEY],
+                identity: judge.clone(),
+            }),
+        )
+        .await;
+        let renewing = Arc::new(FakeIdentity::new(2));
+        let b = start(
+            2,
+            free_udp_address(),
+            &[seed],
+            Some(GossipSecurity {
+                keys: vec![KEY],
+                identity: renewing.clone(),
+            }),
+        )
+        .await;
+        let lists_two = async |a: &Membership| a.members().await.iter().any(|m| m.node_id == 2);
+        wait_until("a to see b", async || lists_two(&a).await).await;
+        // The cluster retires b's first certificate: a stops believing it.
+        judge
+            .retired
+            .lock()
+            .unwrap()
+            .push(renewing.certificate_der());
+        wait_until("a to stop believing b's old record", async || {
+            !lists_two(&a).await
+        })
+        .await;
+        // b renews and publishes: its record is signed with the new one.
+        renewing.renew(2, 1);
+        let mut renewed_info = super::tests::info(2);
+        renewed_info.vms_running = 5;
+        b.publish(&renewed_info).await;
+        wait_until("a to believe b's renewed record", async || {
+            a.members()
+                .await
+                .iter()
+                .any(|m| m.node_id == 2 && m.info.as_ref().is_ok_and(|i| i.vms_running == 5))
+        })
+        .await;
+        b.shutdown().await;
         a.shutdown().await;
     }
 }

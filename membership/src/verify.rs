@@ -9,7 +9,9 @@
 //! node id its cluster-issued certificate names, with info that node signed
 //! for exactly that incarnation. A record that stops verifying (a key
 //! holder rewrote it) keeps the last info that verified for that
-//! incarnation, and a record that never verified is not reported at all.
+//! incarnation, and a record that never verified is not reported at all;
+//! nor is one whose believed info was signed with a certificate the cluster
+//! no longer accepts ([`Identity::accepts`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -28,11 +30,17 @@ const SIGNATURE_CONTEXT: &str = "blixard gossip info v1";
 /// How gossip proves and checks node identity; the daemon implements it
 /// over the cluster's certificates.
 pub trait Identity: Send + Sync + 'static {
-    /// This node's certificate, DER.
-    fn certificate_der(&self) -> &[u8];
+    /// This node's certificate now, DER (a renewal replaces it while the
+    /// node runs; [`crate::Membership::publish`] gossips the new one).
+    fn certificate_der(&self) -> Vec<u8>;
     fn sign(&self, message: &[u8]) -> Result<Vec<u8>, IdentityError>;
     /// The node id `certificate_der` proves, if the cluster issued it.
     fn certified_node(&self, certificate_der: &[u8]) -> Result<u64, IdentityError>;
+    /// Whether the cluster still accepts `certificate_der` for `node_id`
+    /// (a renewal retires the old certificate, a removal all of them).
+    /// Asked again on every read of the members, so a record a retired
+    /// certificate signed stops counting the moment the cluster says so.
+    fn accepts(&self, node_id: u64, certificate_der: &[u8]) -> bool;
     /// Whether `certificate_der`'s key signed `message`.
     fn check_signature(
         &self,
@@ -95,8 +103,9 @@ struct Seen {
     certified: Result<(), String>,
     info_value: String,
     info_checked: Result<(), String>,
-    /// The last info that verified.
-    believed: Option<NodeInfo>,
+    /// The last info that verified, and the certificate (DER) it
+    /// verified with.
+    believed: Option<(NodeInfo, Vec<u8>)>,
 }
 
 impl Verifier {
@@ -153,7 +162,7 @@ impl Verifier {
                         decoded.node_id
                     ));
                 }
-                seen.believed = Some(decoded);
+                seen.believed = Some((decoded, cert_der));
                 Ok(())
             });
             if let Err(why) = &seen.info_checked {
@@ -168,9 +177,17 @@ impl Verifier {
         }
         // A record that verified is believed, so `info_checked` holds the
         // reason whenever nothing is.
-        seen.believed
-            .clone()
-            .ok_or_else(|| seen.info_checked.clone().err().unwrap_or_default())
+        let (info, cert_der) = seen
+            .believed
+            .as_ref()
+            .ok_or_else(|| seen.info_checked.clone().err().unwrap_or_default())?;
+        if !self.identity.accepts(node_id, cert_der) {
+            return Err(format!(
+                "node {node_id}'s record is signed with a certificate the cluster no longer \
+                 accepts (renewed or removed)"
+            ));
+        }
+        Ok(info.clone())
     }
 
     /// Forgets incarnations gossip no longer holds.
@@ -196,36 +213,53 @@ fn certify(identity: &dyn Identity, cert: &str, node_id: u64) -> Result<(), Stri
 pub(crate) mod tests {
     use super::*;
 
-    /// A stand-in identity for unit tests: a "certificate" is `cert:ID`,
-    /// accepted for ids below 100, and a "signature" is the message with
+    /// A stand-in identity for unit tests: a "certificate" is `cert:ID`
+    /// (or `cert:ID/SERIAL` once renewed), accepted for ids below 100
+    /// unless listed in `retired`, and a "signature" is the message with
     /// the certificate prefixed. The real one (over the cluster CA) is
     /// tested in the api crate and against real daemons.
     pub(crate) struct FakeIdentity {
-        cert: Vec<u8>,
+        cert: std::sync::Mutex<Vec<u8>>,
+        /// Certificates the "cluster" no longer accepts.
+        pub(crate) retired: Arc<std::sync::Mutex<Vec<Vec<u8>>>>,
     }
 
     impl FakeIdentity {
         pub(crate) fn new(node_id: u64) -> Self {
             Self {
-                cert: format!("cert:{node_id}").into_bytes(),
+                cert: std::sync::Mutex::new(format!("cert:{node_id}").into_bytes()),
+                retired: Arc::default(),
             }
+        }
+
+        /// Signs with `cert:ID/serial` from now on.
+        pub(crate) fn renew(&self, node_id: u64, serial: u64) {
+            *self.cert.lock().unwrap() = format!("cert:{node_id}/{serial}").into_bytes();
         }
     }
 
     impl Identity for FakeIdentity {
-        fn certificate_der(&self) -> &[u8] {
-            &self.cert
+        fn certificate_der(&self) -> Vec<u8> {
+            self.cert.lock().unwrap().clone()
         }
         fn sign(&self, message: &[u8]) -> Result<Vec<u8>, IdentityError> {
-            Ok([self.certificate_der(), message].concat())
+            Ok([self.certificate_der().as_slice(), message].concat())
         }
         fn certified_node(&self, der: &[u8]) -> Result<u64, IdentityError> {
             std::str::from_utf8(der)
                 .ok()
                 .and_then(|text| text.strip_prefix("cert:"))
-                .and_then(|id| id.parse::<u64>().ok())
+                .and_then(|id| id.split('/').next()?.parse::<u64>().ok())
                 .filter(|id| *id < 100)
                 .ok_or_else(|| IdentityError("not issued by this cluster".into()))
+        }
+        fn accepts(&self, _node_id: u64, der: &[u8]) -> bool {
+            !self
+                .retired
+                .lock()
+                .unwrap()
+                .iter()
+                .any(|retired| retired == der)
         }
         fn check_signature(
             &self,
@@ -322,5 +356,45 @@ pub(crate) mod tests {
         );
         verifier.retain(|held| held != &two);
         assert!(verifier.check(&two, 2, Some(&cert), Some(&forged)).is_err());
+    }
+
+    #[test]
+    fn a_record_signed_with_a_retired_certificate_stops_counting() {
+        let own = FakeIdentity::new(1);
+        let retired = own.retired.clone();
+        let mut verifier = Verifier::new(Arc::new(own), "test".into());
+        let two = id("2", 10);
+        let (old_cert, old_value) = record(2, &two, &info(2, 1));
+        assert!(verifier
+            .check(&two, 2, Some(&old_cert), Some(&old_value))
+            .is_ok());
+        // Node 2 renews; a copy of its old key keeps gossiping a newer
+        // incarnation, and the cluster retires the old certificate.
+        let renewed = FakeIdentity::new(2);
+        renewed.renew(2, 1);
+        let new_cert = hex::encode(renewed.certificate_der());
+        let new_value = sign_info(&renewed, "test", &two, &info(2, 2).encode()).unwrap();
+        let impostor = id("2", 11);
+        let (_, impostor_value) = record(2, &impostor, &info(2, 7));
+        assert!(verifier
+            .check(&impostor, 2, Some(&old_cert), Some(&impostor_value))
+            .is_ok());
+        retired
+            .lock()
+            .unwrap()
+            .push(hex::decode(&old_cert).unwrap());
+        let refused = verifier
+            .check(&impostor, 2, Some(&old_cert), Some(&impostor_value))
+            .unwrap_err();
+        assert!(refused.contains("no longer accepts"), "{refused}");
+        // Until the renewed record arrives, the old one does not count
+        // either; then the renewed one does.
+        assert!(verifier
+            .check(&two, 2, Some(&old_cert), Some(&old_value))
+            .is_err());
+        assert_eq!(
+            verifier.check(&two, 2, Some(&new_cert), Some(&new_value)),
+            Ok(info(2, 2))
+        );
     }
 }

@@ -509,7 +509,8 @@ pub enum ClusterCommand {
     /// Remove a node from the cluster.
     RemoveNode { node_id: u64 },
     /// Give every node (or the ones named) a new key and certificate from
-    /// the cluster CA, one node at a time, without restarting any.
+    /// the cluster CA, one node at a time, without restarting any; each
+    /// node's old certificate is refused from then on.
     RotateCerts {
         /// Only this node (repeatable).
         #[arg(long = "node", value_name = "ID")]

@@ -699,6 +699,15 @@ impl TestCluster {
         Some(Connection::new(channel, Bearer::new(token).unwrap()))
     }
 
+    /// A connection to node `id` presenting `node` (a certificate and its
+    /// key, e.g. one a node kept before a renewal); no token.
+    pub async fn channel_holding(&self, id: u64, node: &tls::CertifiedKey) -> Option<Connection> {
+        let channel = self
+            .channel_as(id, &Security::node(&test_ca().1.cert_pem, node))
+            .await?;
+        Some(Connection::new(channel, Bearer::new(None).unwrap()))
+    }
+
     async fn channel_as(&self, id: u64, security: &Security) -> Option<Channel> {
         security
             .endpoint(self.address(id))

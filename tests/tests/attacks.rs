@@ -212,6 +212,17 @@ async fn forged_proposals_are_refused_and_change_nothing() {
             node_id: Some(1),
             reason: String::new(),
         },
+        // Nor pin a certificate of its choosing for itself (only the
+        // voter that signed one records it), nor retire another node's.
+        Command::AcceptNodeCertificate {
+            node_id: 3,
+            presented_sha256: "a".repeat(64),
+            issued_sha256: "b".repeat(64),
+        },
+        Command::RetireNodeCertificates {
+            node_id: 1,
+            keep_sha256: "b".repeat(64),
+        },
     ] {
         let refused = propose(channel.clone(), &command).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{command:?}");

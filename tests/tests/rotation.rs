@@ -7,6 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use blixard_api::pb;
+use blixard_api::pb::state_feed_client::StateFeedClient;
 use blixard_api::tls;
 use blixard_tests::{create_vm, eventually, Network, NodeOptions, TestCluster, Timings};
 
@@ -14,6 +16,15 @@ use blixard_tests::{create_vm, eventually, Network, NodeOptions, TestCluster, Ti
 fn kept_fingerprint(cluster: &TestCluster, id: u64) -> String {
     let path = cluster.dir.path().join(format!("node{id}/tls/node.pem"));
     tls::fingerprint_sha256(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// The certificate and key node `id` keeps in its data directory.
+fn kept_pair(cluster: &TestCluster, id: u64) -> tls::CertifiedKey {
+    let dir = cluster.dir.path().join(format!("node{id}/tls"));
+    tls::CertifiedKey {
+        cert_pem: std::fs::read_to_string(dir.join("node.pem")).unwrap(),
+        key_pem: std::fs::read_to_string(dir.join("node-key.pem")).unwrap(),
+    }
 }
 
 /// The SHA-256 of the certificate node `id` presents to a new TLS
@@ -48,7 +59,11 @@ async fn served_fingerprint(cluster: &TestCluster, id: u64) -> String {
 /// key; two writers create VMs through two other nodes; rotate through
 /// node 2; every node keeps and serves a new certificate; writes go on;
 /// a voter (not the CA's) SIGKILLed and restarted comes back on its new
-/// certificate; every node holds every acknowledged write.
+/// certificate; every node holds every acknowledged write. And the old
+/// certificates are retired: a copy of an old key (or a certificate made
+/// by hand for a renewed node) is refused on peer calls, a feed of the
+/// state opened with one ends, and every node stays alive in gossip
+/// (which carries and believes the new certificates only).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_certificates_under_load_loses_no_write() {
     let timings = Timings {
@@ -71,6 +86,22 @@ async fn rotating_certificates_under_load_loses_no_write() {
     let worker = cluster.the_worker(4).await;
     let victim = [3, 4, 2].into_iter().find(|id| *id != worker).unwrap();
     let before: Vec<String> = (1..=4).map(|id| kept_fingerprint(&cluster, id)).collect();
+    let old_pairs: Vec<tls::CertifiedKey> = (1..=4).map(|id| kept_pair(&cluster, id)).collect();
+    // A voter other than the CA holder answers the peer calls below.
+    let judge = [2, 3, 4].into_iter().find(|id| *id != worker).unwrap();
+    // A feed of the state a copy of the worker's old key holds open.
+    let mut stolen_feed = {
+        let channel = cluster
+            .channel_holding(judge, &old_pairs[worker as usize - 1])
+            .await
+            .unwrap();
+        StateFeedClient::new(channel)
+            .subscribe(pb::FeedRequest { from_revision: 0 })
+            .await
+            .unwrap()
+            .into_inner()
+    };
+    assert!(stolen_feed.message().await.unwrap().is_some());
 
     let acknowledged = Arc::new(Mutex::new(Vec::new()));
     let stop = Arc::new(AtomicBool::new(false));
@@ -122,10 +153,7 @@ async fn rotating_certificates_under_load_loses_no_write() {
         assert_eq!(served_fingerprint(&cluster, id).await, kept, "node {id}");
         let tls_dir = cluster.dir.path().join(format!("node{id}/tls"));
         // The kept key is the certificate's, and stays private.
-        let kept = tls::CertifiedKey {
-            cert_pem: std::fs::read_to_string(tls_dir.join("node.pem")).unwrap(),
-            key_pem: std::fs::read_to_string(tls_dir.join("node-key.pem")).unwrap(),
-        };
+        let kept = kept_pair(&cluster, id);
         let signer = blixard_api::identity::NodeSigner::new(&kept).unwrap();
         let signature = signer.sign(b"rotation").unwrap();
         blixard_api::identity::NodeVerifier::new(&blixard_tests::test_ca().1.cert_pem)
@@ -148,6 +176,41 @@ async fn rotating_certificates_under_load_loses_no_write() {
             assert!(!tls_dir.join(leftover).exists(), "node {id}: {leftover}");
         }
     }
+
+    // The old certificates are retired everywhere.
+    for id in 1..=4u64 {
+        let barrier = async |node: &tls::CertifiedKey| {
+            let channel = cluster.channel_holding(judge, node).await.unwrap();
+            StateFeedClient::new(channel)
+                .barrier(pb::BarrierRequest {})
+                .await
+        };
+        let refused = barrier(&old_pairs[id as usize - 1]).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("replaced by a renewal"),
+            "node {id}'s old certificate: {refused:?}"
+        );
+        // One the CA makes by hand now is not the renewed one either.
+        let by_hand = tls::issue_node_cert(&blixard_tests::test_ca().1, id).unwrap();
+        assert!(barrier(&by_hand).await.is_err(), "node {id}: by hand");
+        barrier(&kept_pair(&cluster, id))
+            .await
+            .unwrap_or_else(|e| panic!("node {id}'s renewed certificate: {e:?}"));
+    }
+    let ended = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match stolen_feed.message().await {
+                Ok(Some(_)) => continue,
+                Ok(None) => return None,
+                Err(status) => return Some(status),
+            }
+        }
+    })
+    .await
+    .expect("the feed opened with an old key ends within 10 s")
+    .expect("the feed ends with a refusal");
+    assert_eq!(ended.code(), tonic::Code::PermissionDenied, "{ended:?}");
 
     // Writes go on, and a voter restarted from its files comes back on
     // the new certificate (its peers accept it).
@@ -184,11 +247,17 @@ async fn rotating_certificates_under_load_loses_no_write() {
         || async {
             let listed = cluster.cli(1, &["node", "list", "-o", "json"]);
             let nodes: serde_json::Value = serde_json::from_slice(&listed.stdout).ok()?;
-            nodes["nodes"]
-                .as_array()?
-                .iter()
-                .any(|n| n["node_id"] == victim && n["role"] == "voter" && n["liveness"] == "alive")
-                .then_some(())
+            let nodes = nodes["nodes"].as_array()?;
+            let voter_again = nodes.iter().any(|n| {
+                n["node_id"] == victim && n["role"] == "voter" && n["liveness"] == "alive"
+            });
+            // Gossip believes every node on its renewed certificate.
+            let all_alive = (1..=4u64).all(|id| {
+                nodes
+                    .iter()
+                    .any(|n| n["node_id"] == id && n["liveness"] == "alive")
+            });
+            (voter_again && all_alive).then_some(())
         },
     )
     .await;

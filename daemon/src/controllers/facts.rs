@@ -65,12 +65,15 @@ fn vcpus_total() -> u32 {
 }
 
 /// Publishes this node's facts until `stop`. `accel` is `None` until the
-/// node agent has probed (and "" where no agent runs).
+/// node agent has probed (and "" where no agent runs); `renewed` is
+/// notified when the node's certificate was renewed (gossip then carries
+/// the new one at once).
 pub async fn run(
     raft: ClusterHandle,
     membership: Arc<Membership>,
     identity: Identity,
     accel: watch::Receiver<Option<String>>,
+    renewed: Arc<tokio::sync::Notify>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_millis(FACTS_INTERVAL_MS));
@@ -78,6 +81,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
+            _ = renewed.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
         let (memory_mib_total, memory_mib_free) = memory_mib();

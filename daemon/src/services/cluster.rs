@@ -606,10 +606,27 @@ impl pb::cluster_server::Cluster for ClusterService {
         };
         let (csr_pem, key_pem) =
             tls::create_node_csr().map_err(|e| Status::internal(e.to_string()))?;
-        let (cert_pem, signed_by) = match &renewal.issuer {
+        // Only a voter records what it signs itself (a worker holding the
+        // CA key asks a voter, as any worker does).
+        let self_signer = renewal.issuer.as_ref().filter(|_| self.raft.is_member());
+        let (cert_pem, signed_by) = match self_signer {
             Some(issuer) => {
                 let signed = tls::sign_node_csr(&issuer.ca, node_id, &csr_pem)
                     .map_err(|e| Status::internal(e.to_string()))?;
+                // As a peer signing it would: the pair is accepted before
+                // the new one is used.
+                self.raft
+                    .propose_for(
+                        Command::AcceptNodeCertificate {
+                            node_id,
+                            presented_sha256: renewal.live.current_sha256(),
+                            issued_sha256: tls::fingerprint_sha256(&signed.cert_pem)
+                                .map_err(|e| Status::internal(e.to_string()))?,
+                        },
+                        requester.clone(),
+                    )
+                    .await
+                    .map_err(Error::from)?;
                 (signed.cert_pem, node_id)
             }
             None => self.signed_by_a_peer(node_id, csr_pem).await?,
@@ -621,6 +638,24 @@ impl pb::cluster_server::Cluster for ClusterService {
         let cert_sha256 =
             tls::fingerprint_sha256(&node.cert_pem).map_err(|e| Status::internal(e.to_string()))?;
         tracing::info!(%cert_sha256, signed_by, "renewed this node's certificate");
+        // Served and dialled with from now on: every older certificate of
+        // this node (a copy of its old key included) is refused from here.
+        self.raft
+            .propose_for(
+                Command::RetireNodeCertificates {
+                    node_id,
+                    keep_sha256: cert_sha256.clone(),
+                },
+                requester,
+            )
+            .await
+            .map_err(|e| {
+                Status::unavailable(format!(
+                    "node {node_id} serves its new certificate {}…, but its old one is still \
+                     accepted: {e} (run rotate-certs for it again)",
+                    &cert_sha256[..16]
+                ))
+            })?;
         Ok(Response::new(pb::RenewCertificateResponse {
             node_id,
             cert_sha256,
@@ -634,11 +669,18 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::SignCertificateResponse>, Status> {
         // The rule lets only nodes in, by their certificate; the new one
         // names the id the old one proves.
-        let Some(Caller::Node(node_id)) = request.extensions().get::<Caller>().cloned() else {
+        let (Some(Caller::Node(node_id)), Some(presented)) = (
+            request.extensions().get::<Caller>().cloned(),
+            request
+                .extensions()
+                .get::<super::PresentedCertificate>()
+                .cloned(),
+        ) else {
             return Err(Status::permission_denied(
                 "only a node renews its own certificate",
             ));
         };
+        let requester = super::requester(&request);
         let Some(issuer) = &self.issuer else {
             return Err(Status::failed_precondition(
                 "this node holds no CA key ([tls] ca_key_file)",
@@ -655,14 +697,30 @@ impl pb::cluster_server::Cluster for ClusterService {
         // the removed ids; a removal committed a moment ago is seen after
         // a barrier.
         self.raft.read_barrier().await.map_err(Error::from)?;
-        if self.raft.read_state(|s| s.removed_nodes.contains(&node_id)) {
-            return Err(Status::permission_denied(format!(
-                "node {node_id} was removed from the cluster"
-            )));
+        if let Some(refusal) = self
+            .raft
+            .read_state(|s| super::certificate_refusal(s, &presented))
+        {
+            return Err(refusal);
         }
         let signed = signing(|| tls::sign_node_csr(&issuer.ca, node_id, &csr_pem))
             .await?
             .map_err(|e| Status::invalid_argument(format!("signing request: {e}")))?;
+        // The node is accepted with the certificate it asked with and the
+        // new one until it retires the old; handed out only once that is
+        // committed (apply refuses a presented certificate since retired).
+        self.raft
+            .propose_for(
+                Command::AcceptNodeCertificate {
+                    node_id,
+                    presented_sha256: presented.sha256,
+                    issued_sha256: tls::fingerprint_sha256(&signed.cert_pem)
+                        .map_err(|e| Status::internal(e.to_string()))?,
+                },
+                requester,
+            )
+            .await
+            .map_err(Error::from)?;
         tracing::info!(node_id, "signed a renewed certificate");
         Ok(Response::new(pb::SignCertificateResponse {
             cert_pem: signed.cert_pem,

@@ -83,7 +83,11 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         Command::SetNodeEligibility { .. } | Command::DrainNode { .. } => {
             Ok(Forward::Client(Permission::NodeWrite))
         }
-        Command::SetSettings { .. } => Ok(Forward::Client(Permission::ClusterAdmin)),
+        // A renewed worker retires its old certificates itself, with the
+        // token of the admin who asked for the renewal.
+        Command::SetSettings { .. } | Command::RetireNodeCertificates { .. } => {
+            Ok(Forward::Client(Permission::ClusterAdmin))
+        }
         Command::CreateToken { .. }
         | Command::RevokeToken { .. }
         | Command::CreateJoinToken { .. }
@@ -105,7 +109,8 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         | Command::FinishDrain { .. }
         | Command::RegisterWorker { .. }
         | Command::UnregisterWorker { .. }
-        | Command::UseJoinToken { .. } => Err(format!(
+        | Command::UseJoinToken { .. }
+        | Command::AcceptNodeCertificate { .. } => Err(format!(
             "{} is decided by the cluster's members, never forwarded by a worker",
             command.kind()
         )),
@@ -121,6 +126,10 @@ impl pb::state_feed_server::StateFeed for FeedService {
         request: Request<pb::FeedRequest>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let subscriber = super::require_node(&request, "StateFeed.Subscribe")?;
+        let presented = request
+            .extensions()
+            .get::<super::PresentedCertificate>()
+            .cloned();
         self.require_member()?;
         let from_revision = request.into_inner().from_revision;
         let (retained, mut events) = self.raft.feed();
@@ -193,21 +202,15 @@ impl pb::state_feed_server::StateFeed for FeedService {
             }
         });
         let stream: FeedStream = Box::pin(ReceiverStream::new(rx));
-        let Some(subscriber) = subscriber else {
+        let (Some(_), Some(presented)) = (subscriber, presented) else {
             return Ok(Response::new(stream));
         };
-        // A node removed from the cluster stops receiving its state.
+        // A node removed from the cluster, or one whose certificate a
+        // renewal retired, stops receiving the state on that connection.
         let raft = self.raft.clone();
         Ok(Response::new(super::lease::while_allowed(
             stream,
-            move || {
-                raft.read_state(|s| s.removed_nodes.contains(&subscriber))
-                    .then(|| {
-                        Status::permission_denied(format!(
-                            "node {subscriber} was removed from the cluster; this feed ends"
-                        ))
-                    })
-            },
+            move || raft.read_state(|s| super::certificate_refusal(s, &presented)),
         )))
     }
 
@@ -238,15 +241,19 @@ impl pb::state_feed_server::StateFeed for FeedService {
                 Some(audit)
             }
         };
-        // A worker reports only about itself.
+        // A worker reports only about itself, and retires only its own
+        // certificates.
         if let (
             Some(caller),
-            Command::SetHostFacts { node_id, .. } | Command::ReportVm { node_id, .. },
+            Command::SetHostFacts { node_id, .. }
+            | Command::ReportVm { node_id, .. }
+            | Command::RetireNodeCertificates { node_id, .. },
         ) = (caller, &command)
         {
             if *node_id != caller {
                 return Err(Status::permission_denied(format!(
-                    "node {caller} cannot report for node {node_id}"
+                    "node {caller} cannot {} for node {node_id}",
+                    command.kind()
                 )));
             }
         }

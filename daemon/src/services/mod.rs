@@ -74,17 +74,54 @@ pub fn record_path<B>(
     request
 }
 
+/// The certificate a node's request came with, by its SHA-256 (lowercase
+/// hex of the DER), for services that record or recheck it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PresentedCertificate {
+    pub node_id: u64,
+    pub sha256: String,
+}
+
 impl tonic::service::Interceptor for Authorize {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
-        let caller = match (self.tls, certificate_node(&request)) {
+        let caller = match (self.tls, presented_certificate(&request)) {
             (false, _) => Ok(Caller::Unverified),
-            (true, Some(node)) => self.node(&request, node),
+            (true, Some(presented)) => {
+                let caller = self.node(&request, &presented);
+                request.extensions_mut().insert(presented);
+                caller
+            }
             (true, None) => self.client(&request),
         };
         let caller = caller.inspect_err(|status| log_refusal(&request, status))?;
         request.extensions_mut().insert(caller);
         Ok(request)
     }
+}
+
+/// Why `state` refuses node `presented.node_id`'s certificate, if it does
+/// (see [`ClusterState::node_certificate_accepted`]).
+pub(crate) fn certificate_refusal(
+    state: &ClusterState,
+    presented: &PresentedCertificate,
+) -> Option<Status> {
+    let node = presented.node_id;
+    if state.node_certificate_accepted(node, &presented.sha256) {
+        return None;
+    }
+    Some(Status::permission_denied(
+        match state.removed_nodes.contains(&node) {
+            true => format!(
+                "node {node} was removed from the cluster: its certificate is no longer \
+                 accepted (a node joins again only under a new node id)"
+            ),
+            false => format!(
+                "node {node}'s certificate {}… was replaced by a renewal and is no longer \
+                 accepted (restart the node if it still holds an old certificate)",
+                &presented.sha256[..16]
+            ),
+        },
+    ))
 }
 
 /// Refusals are logged where they happen (they leave no record in the
@@ -144,13 +181,15 @@ impl Authorize {
     /// a client RPC the node forwards for a client carries that client's
     /// token and is judged as that client; without one a node only reads.
     #[allow(clippy::result_large_err)]
-    fn node(&self, request: &Request<()>, node: u64) -> Result<Caller, Status> {
-        if self.state.read_state(|s| s.removed_nodes.contains(&node)) {
-            return Err(Status::permission_denied(format!(
-                "node {node} was removed from the cluster: its certificate is no longer \
-                 accepted (a node joins again only under a new node id)"
-            )));
+    fn node(
+        &self,
+        request: &Request<()>,
+        presented: &PresentedCertificate,
+    ) -> Result<Caller, Status> {
+        if let Some(refusal) = self.state.read_state(|s| certificate_refusal(s, presented)) {
+            return Err(refusal);
         }
+        let node = presented.node_id;
         let permission = match rule_of(request)? {
             rules::Rule::Peer | rules::Rule::JoinToken => return Ok(Caller::Node(node)),
             rules::Rule::Client(permission) => permission,
@@ -292,13 +331,17 @@ pub fn token_verdict(
 }
 
 #[cfg(not(madsim))]
-fn certificate_node(request: &Request<()>) -> Option<u64> {
+fn presented_certificate(request: &Request<()>) -> Option<PresentedCertificate> {
     let certs = request.peer_certs()?;
-    blixard_api::tls::node_id_of(certs.first()?)
+    let certificate = certs.first()?;
+    Some(PresentedCertificate {
+        node_id: blixard_api::tls::node_id_of(certificate)?,
+        sha256: blixard_api::tls::fingerprint_sha256_der(certificate.as_ref()),
+    })
 }
 
 #[cfg(madsim)]
-fn certificate_node(_request: &Request<()>) -> Option<u64> {
+fn presented_certificate(_request: &Request<()>) -> Option<PresentedCertificate> {
     None
 }
 

@@ -2,12 +2,18 @@
 //!
 //! Invariant: with TLS on, only messages whose `from` is the node the
 //! connection's certificate names reach the raft loop (which checks the
-//! rest of each message before raft-rs sees it).
+//! rest of each message before raft-rs sees it), and a stream whose
+//! certificate the state stops accepting ends within a second of its next
+//! message.
 
 use blixard_api::pb;
 use blixard_consensus::{RaftHandle, RaftMessage};
 use protobuf::Message as _;
 use tonic::{Request, Response, Status, Streaming};
+
+/// How often an open stream's certificate is checked against the state
+/// again (every message would take the state lock at raft's pace).
+const CERTIFICATE_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct RaftService {
     pub node_id: u64,
@@ -21,8 +27,24 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
         request: Request<Streaming<pb::RaftMessage>>,
     ) -> Result<Response<pb::RaftStreamAck>, Status> {
         let peer = super::require_node(&request, "RaftTransport.Stream")?;
+        let presented = request
+            .extensions()
+            .get::<super::PresentedCertificate>()
+            .cloned();
         let mut stream = request.into_inner();
+        let mut rechecked = tokio::time::Instant::now();
         while let Some(item) = stream.message().await? {
+            // A stream opened with a certificate a renewal (or a removal)
+            // since retired ends; the node reconnects with its new one.
+            if rechecked.elapsed() >= CERTIFICATE_RECHECK_INTERVAL {
+                rechecked = tokio::time::Instant::now();
+                if let Some(refusal) = presented.as_ref().and_then(|presented| {
+                    self.raft
+                        .read_state(|s| super::certificate_refusal(s, presented))
+                }) {
+                    return Err(refusal);
+                }
+            }
             let message = RaftMessage::parse_from_bytes(&item.message)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
             // A node speaks only for itself: its certificate names it.
