@@ -158,14 +158,15 @@ pub struct NodeRecord {
     /// certificates this node is accepted with. Empty: any certificate of
     /// the cluster CA naming it (one made by hand, not yet renewed). At
     /// most [`NODE_CERTIFICATES_MAX`]: during a renewal, the one it had
-    /// and the one it was issued.
+    /// and the one (or, after a signer's retry, ones) it was issued; one
+    /// once it serves the new one.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub certificates_sha256: BTreeSet<String>,
 }
 
 /// Certificates a node is accepted with at once (see
 /// [`NodeRecord::certificates_sha256`]).
-pub const NODE_CERTIFICATES_MAX: usize = 2;
+pub const NODE_CERTIFICATES_MAX: usize = 4;
 
 fn eligible_by_default() -> bool {
     true
@@ -554,8 +555,9 @@ pub enum Command {
     },
     /// A voter holding the CA key issued node `node_id` the certificate
     /// `issued_sha256` for a renewal the node asked for presenting
-    /// `presented_sha256`: the node is accepted with those two only from
-    /// now on. Refused if `presented_sha256` is no longer accepted.
+    /// `presented_sha256`: both are added to the certificates the node is
+    /// accepted with (which then hold only the pair if the bound is
+    /// passed). Refused if `presented_sha256` is no longer accepted.
     AcceptNodeCertificate {
         node_id: u64,
         presented_sha256: String,

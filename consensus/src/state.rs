@@ -8,7 +8,7 @@
 //! refused command changes nothing; a join token is spent on at most one
 //! node id and key, and an id it was spent on is never spent on again;
 //! once a node's certificate was renewed, the node is accepted only with
-//! the certificates its record names, at most two.
+//! the certificates its record names, at most `NODE_CERTIFICATES_MAX`.
 //! `apply` does no I/O and reads no
 //! clock, so every replica that applies the same log holds the same state.
 
@@ -333,7 +333,15 @@ impl ClusterState {
                         ),
                     });
                 }
-                node.certificates_sha256 = BTreeSet::from([presented_sha256, issued_sha256]);
+                // Added, not swapped in: two signers may both answer one
+                // renewal (a retry after a timeout), and the node keeps
+                // whichever reached it. At the bound it starts over from
+                // the pair at hand.
+                node.certificates_sha256.insert(presented_sha256.clone());
+                node.certificates_sha256.insert(issued_sha256.clone());
+                if node.certificates_sha256.len() > NODE_CERTIFICATES_MAX {
+                    node.certificates_sha256 = BTreeSet::from([presented_sha256, issued_sha256]);
+                }
                 Ok(())
             }),
             Command::RetireNodeCertificates {
@@ -1415,6 +1423,23 @@ mod tests {
             state.nodes[&4].certificates_sha256,
             BTreeSet::from([new.clone(), newer.clone()])
         );
+        // A second signer answering the same renewal late adds its
+        // certificate; the node retires down to the one it kept.
+        let late = "e".repeat(64);
+        assert!(state.apply(accept(&new, &late)).result.is_ok());
+        assert!(state.node_certificate_accepted(4, &newer));
+        assert!(state.apply(retire(&newer)).result.is_ok());
+        assert!(!state.node_certificate_accepted(4, &late));
+        // The set stays bounded: past the bound it starts over.
+        for (i, issued) in ["1", "2", "3", "4", "5"].iter().enumerate() {
+            assert!(state
+                .apply(accept(&newer, &issued.repeat(64)))
+                .result
+                .is_ok());
+            let held = &state.nodes[&4].certificates_sha256;
+            assert!(held.len() <= NODE_CERTIFICATES_MAX, "{i}: {held:?}");
+            assert!(held.contains(&newer) && held.contains(&issued.repeat(64)));
+        }
         assert!(
             state.apply(accept(&new, &new)).result.is_err(),
             "same twice"

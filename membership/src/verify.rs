@@ -162,6 +162,14 @@ impl Verifier {
                         decoded.node_id
                     ));
                 }
+                // A replay of the node's own record from before a
+                // renewal verifies, but must not displace the renewed one.
+                if !self.identity.accepts(node_id, &cert_der) {
+                    return Err(format!(
+                        "signed with a certificate the cluster no longer accepts for node \
+                         {node_id} (renewed or removed)"
+                    ));
+                }
                 seen.believed = Some((decoded, cert_der));
                 Ok(())
             });
@@ -394,6 +402,12 @@ pub(crate) mod tests {
             .is_err());
         assert_eq!(
             verifier.check(&two, 2, Some(&new_cert), Some(&new_value)),
+            Ok(info(2, 2))
+        );
+        // A key holder replaying the record from before the renewal (a
+        // valid signature) does not displace the renewed one.
+        assert_eq!(
+            verifier.check(&two, 2, Some(&old_cert), Some(&old_value)),
             Ok(info(2, 2))
         );
     }

@@ -155,6 +155,13 @@ async fn forged_proposals_are_refused_and_change_nothing() {
     };
     let refused = propose(channel.clone(), &create).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
+    // Nor does it retire its own certificates (an admin's renewal does).
+    let retire = Command::RetireNodeCertificates {
+        node_id: 3,
+        keep_sha256: "b".repeat(64),
+    };
+    let refused = propose(channel.clone(), &retire).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     let viewer: serde_json::Value = serde_json::from_str(&cluster.cli_ok(
         1,
         &[

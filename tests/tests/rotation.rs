@@ -178,25 +178,41 @@ async fn rotating_certificates_under_load_loses_no_write() {
     }
 
     // The old certificates are retired everywhere.
+    let barrier = async |at: u64, node: &tls::CertifiedKey| {
+        let channel = cluster.channel_holding(at, node).await.unwrap();
+        StateFeedClient::new(channel)
+            .barrier(pb::BarrierRequest {})
+            .await
+    };
     for id in 1..=4u64 {
-        let barrier = async |node: &tls::CertifiedKey| {
-            let channel = cluster.channel_holding(judge, node).await.unwrap();
-            StateFeedClient::new(channel)
-                .barrier(pb::BarrierRequest {})
-                .await
-        };
-        let refused = barrier(&old_pairs[id as usize - 1]).await.unwrap_err();
-        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
-        assert!(
-            refused.message().contains("replaced by a renewal"),
-            "node {id}'s old certificate: {refused:?}"
-        );
-        // One the CA makes by hand now is not the renewed one either.
         let by_hand = tls::issue_node_cert(&blixard_tests::test_ca().1, id).unwrap();
-        assert!(barrier(&by_hand).await.is_err(), "node {id}: by hand");
-        barrier(&kept_pair(&cluster, id))
+        for at in 1..=4u64 {
+            let refused = barrier(at, &old_pairs[id as usize - 1]).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+            assert!(
+                refused.message().contains("replaced by a renewal"),
+                "node {id}'s old certificate at node {at}: {refused:?}"
+            );
+            // One the CA makes by hand now is not the renewed one either.
+            let refused = barrier(at, &by_hand).await.unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        }
+        barrier(judge, &kept_pair(&cluster, id))
             .await
             .unwrap_or_else(|e| panic!("node {id}'s renewed certificate: {e:?}"));
+    }
+    // A node's key alone (without an admin's token) renews nothing.
+    {
+        let (csr_pem, _key) = tls::create_node_csr().unwrap();
+        let channel = cluster
+            .channel_holding(1, &kept_pair(&cluster, worker))
+            .await
+            .unwrap();
+        let refused = pb::cluster_client::ClusterClient::new(channel)
+            .sign_certificate(pb::SignCertificateRequest { csr_pem })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated, "{refused:?}");
     }
     let ended = tokio::time::timeout(Duration::from_secs(10), async {
         loop {

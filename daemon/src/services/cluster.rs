@@ -146,10 +146,14 @@ impl ClusterService {
 impl ClusterService {
     /// A certificate for `node_id`'s new key from the first other voter
     /// that holds the CA key (workers never hold it).
+    /// Has a voter holding the CA key sign this node's renewal, with the
+    /// token of the admin who asked for it (a node's certificate alone,
+    /// or a copy of its key, renews nothing).
     async fn signed_by_a_peer(
         &self,
         node_id: u64,
         csr_pem: String,
+        authorization: Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>,
     ) -> Result<(String, u64), Status> {
         let voters = self.raft.status().member_ids();
         let peers: Vec<(u64, String)> = self.raft.read_state(|s| {
@@ -168,10 +172,16 @@ impl ClusterService {
                     continue;
                 }
             };
+            let mut request = Request::new(pb::SignCertificateRequest {
+                csr_pem: csr_pem.clone(),
+            });
+            if let Some(authorization) = &authorization {
+                request
+                    .metadata_mut()
+                    .insert(super::AUTHORIZATION, authorization.clone());
+            }
             let signed = pb::cluster_client::ClusterClient::new(channel)
-                .sign_certificate(pb::SignCertificateRequest {
-                    csr_pem: csr_pem.clone(),
-                })
+                .sign_certificate(request)
                 .await;
             match signed {
                 Ok(signed) => return Ok((signed.into_inner().cert_pem, peer)),
@@ -193,6 +203,11 @@ pub const JOIN_VIA: &str = "blixard-join-via";
 /// With [`JOIN_VIA`]: that voter's node id, so the joiner accepts only its
 /// certificate there.
 pub const JOIN_VIA_NODE: &str = "blixard-join-via-node";
+
+/// How often a renewed node asks to retire its old certificates, and how
+/// long it waits between asks.
+const RETIRE_ATTEMPTS_MAX: u32 = 10;
+const RETIRE_RETRY_MS: u64 = 300;
 
 /// A join token lives this long unless asked otherwise.
 const JOIN_TOKEN_TTL_MS_DEFAULT: u64 = 3_600_000;
@@ -629,7 +644,10 @@ impl pb::cluster_server::Cluster for ClusterService {
                     .map_err(Error::from)?;
                 (signed.cert_pem, node_id)
             }
-            None => self.signed_by_a_peer(node_id, csr_pem).await?,
+            None => {
+                self.signed_by_a_peer(node_id, csr_pem, requester.authorization.clone())
+                    .await?
+            }
         };
         let node = tls::CertifiedKey { cert_pem, key_pem };
         renewal
@@ -640,22 +658,28 @@ impl pb::cluster_server::Cluster for ClusterService {
         tracing::info!(%cert_sha256, signed_by, "renewed this node's certificate");
         // Served and dialled with from now on: every older certificate of
         // this node (a copy of its old key included) is refused from here.
-        self.raft
-            .propose_for(
-                Command::RetireNodeCertificates {
-                    node_id,
-                    keep_sha256: cert_sha256.clone(),
-                },
-                requester,
-            )
+        // Retried: the voter a worker hands this to may not have applied
+        // the signer's acceptance of the new certificate yet.
+        let retire = Command::RetireNodeCertificates {
+            node_id,
+            keep_sha256: cert_sha256.clone(),
+        };
+        let mut attempt = 1;
+        while let Err(error) = self
+            .raft
+            .propose_for(retire.clone(), requester.clone())
             .await
-            .map_err(|e| {
-                Status::unavailable(format!(
+        {
+            if attempt == RETIRE_ATTEMPTS_MAX {
+                return Err(Status::unavailable(format!(
                     "node {node_id} serves its new certificate {}…, but its old one is still \
-                     accepted: {e} (run rotate-certs for it again)",
+                     accepted: {error} (run rotate-certs for it again)",
                     &cert_sha256[..16]
-                ))
-            })?;
+                )));
+            }
+            attempt += 1;
+            tokio::time::sleep(std::time::Duration::from_millis(RETIRE_RETRY_MS)).await;
+        }
         Ok(Response::new(pb::RenewCertificateResponse {
             node_id,
             cert_sha256,
@@ -680,6 +704,9 @@ impl pb::cluster_server::Cluster for ClusterService {
                 "only a node renews its own certificate",
             ));
         };
+        // Renewing is an admin's decision: a copy of a node's key alone
+        // must not get a certificate the state then accepts.
+        let hash = super::bearer_hash(request.metadata())?;
         let requester = super::requester(&request);
         let Some(issuer) = &self.issuer else {
             return Err(Status::failed_precondition(
@@ -697,12 +724,25 @@ impl pb::cluster_server::Cluster for ClusterService {
         // the removed ids; a removal committed a moment ago is seen after
         // a barrier.
         self.raft.read_barrier().await.map_err(Error::from)?;
-        if let Some(refusal) = self
-            .raft
-            .read_state(|s| super::certificate_refusal(s, &presented))
-        {
-            return Err(refusal);
-        }
+        let verdict = self.raft.read_state(|s| {
+            super::certificate_refusal(s, &presented).map_or_else(
+                || {
+                    super::token_verdict(
+                        s,
+                        &hash,
+                        super::rules::Permission::ClusterAdmin,
+                        "a certificate renewal",
+                    )
+                },
+                Err,
+            )
+        })?;
+        let super::Caller::Client { accessor, .. } = verdict else {
+            unreachable!("a token's verdict is a client");
+        };
+        let mut requester = requester;
+        requester.audit.actor = blixard_consensus::audit::Actor::Token { accessor };
+        requester.audit.relayed_by = Some(node_id);
         let signed = signing(|| tls::sign_node_csr(&issuer.ca, node_id, &csr_pem))
             .await?
             .map_err(|e| Status::invalid_argument(format!("signing request: {e}")))?;
