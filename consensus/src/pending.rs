@@ -20,6 +20,9 @@ pub type ReadReply = oneshot::Sender<Result<()>>;
 struct Waiting<R> {
     reply: R,
     deadline_tick: u64,
+    /// When raft was last asked for it (reads only: they are asked again
+    /// until confirmed, see [`Pending::reads_to_ask_again`]).
+    asked_tick: u64,
 }
 
 /// Proposals keyed by request id, reads keyed by request id until raft
@@ -46,19 +49,44 @@ impl Pending {
             Waiting {
                 reply,
                 deadline_tick,
+                asked_tick: 0,
             },
         );
         assert!(previous.is_none(), "request id {request_id} reused");
     }
 
-    pub fn add_read(&mut self, request_id: u64, reply: ReadReply, deadline_tick: u64) {
+    pub fn add_read(
+        &mut self,
+        request_id: u64,
+        reply: ReadReply,
+        deadline_tick: u64,
+        now_tick: u64,
+    ) {
         self.reads_unconfirmed.insert(
             request_id,
             Waiting {
                 reply,
                 deadline_tick,
+                asked_tick: now_tick,
             },
         );
+    }
+
+    /// The reads raft has not confirmed though it was asked `every_ticks`
+    /// ago or more, now counted as asked again. A read index request is
+    /// lost without a word when the leader it went to dies, changes, or
+    /// has not committed in its term yet; asking again is safe (the
+    /// leader drops a request it already holds, and a second answer finds
+    /// the read gone), so a barrier waits a few ticks, not its timeout.
+    pub fn reads_to_ask_again(&mut self, now_tick: u64, every_ticks: u64) -> Vec<u64> {
+        self.reads_unconfirmed
+            .iter_mut()
+            .filter(|(_, w)| now_tick.saturating_sub(w.asked_tick) >= every_ticks)
+            .map(|(request_id, w)| {
+                w.asked_tick = now_tick;
+                *request_id
+            })
+            .collect()
     }
 
     /// Answers a proposal this node made; a proposal we no longer wait for

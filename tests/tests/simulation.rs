@@ -393,3 +393,63 @@ async fn failover_and_autopilot_heal_the_cluster() {
         .await
         .unwrap();
 }
+
+/// Goal: a linearizable read asked of a follower just as its leader dies
+/// is answered once another leader is elected, not left to time out (the
+/// dead leader took the follower's read index request with it, and a new
+/// leader drops those until it has committed in its term). Method: three
+/// nodes; cut the leader off and at once ask a follower for the settings
+/// (a read barrier, with a 5 s request timeout); it answers them.
+#[madsim::test]
+async fn a_read_outlives_the_leader_it_was_sent_to() {
+    init_logging();
+    let handle = Handle::current();
+    let root = tempfile::tempdir().unwrap();
+    let nodes: Vec<NodeHandle> = (1..=3)
+        .map(|id| start_node(&handle, id, root.path()))
+        .collect();
+    let client = handle.create_node().name("client").ip(ip(100)).build();
+    client
+        .spawn(async move {
+            wait_for("three voters", || async {
+                let voters = voters(1).await?;
+                (voters.len() == 3).then_some(())
+            })
+            .await;
+        })
+        .await
+        .unwrap();
+    let leader = client.spawn(leader_among(vec![1, 2, 3])).await.unwrap();
+    let follower = (1..=3).find(|id| *id != leader).unwrap();
+    let mut settings = client
+        .spawn(ClusterClient::connect(format!(
+            "http://{}",
+            address(follower)
+        )))
+        .await
+        .unwrap()
+        .unwrap();
+    // Answered while the leader is up (the connection is made).
+    let read = |mut settings: ClusterClient<tonic::transport::Channel>| async move {
+        settings.get_settings(pb::GetSettingsRequest {}).await
+    };
+    client.spawn(read(settings.clone())).await.unwrap().unwrap();
+
+    madsim::net::NetSim::current().clog_node(nodes[(leader - 1) as usize].id());
+    let answered = client.spawn(read(settings.clone())).await.unwrap();
+    answered.unwrap_or_else(|e| panic!("node {follower} after leader {leader} was cut off: {e:?}"));
+    let new_leader = client
+        .spawn(leader_among((1..=3).filter(|id| *id != leader).collect()))
+        .await
+        .unwrap();
+    assert_ne!(new_leader, leader);
+    settings = client
+        .spawn(ClusterClient::connect(format!(
+            "http://{}",
+            address(new_leader)
+        )))
+        .await
+        .unwrap()
+        .unwrap();
+    client.spawn(read(settings)).await.unwrap().unwrap();
+}

@@ -255,6 +255,16 @@ impl<T: Transport> RaftNode<T> {
         if self.ticks.is_multiple_of(ADDRESS_CHECK_TICKS) {
             self.check_own_address();
         }
+        if self.raw.raft.leader_id != raft::INVALID_ID {
+            let every_ticks = (2 * self.config.heartbeat_ticks as u64).max(1);
+            for request_id in self.pending.reads_to_ask_again(self.ticks, every_ticks) {
+                let context = ProposalTag {
+                    proposer: self.config.node_id,
+                    request_id,
+                };
+                self.raw.read_index(context.encode());
+            }
+        }
         let silence_ticks = 2 * self.config.election_ticks as u64;
         if self.ticks.is_multiple_of(silence_ticks) {
             self.reset_silent_peers(silence_ticks);
@@ -328,7 +338,8 @@ impl<T: Transport> RaftNode<T> {
                     request_id,
                 };
                 self.raw.read_index(context.encode());
-                self.pending.add_read(request_id, reply, deadline);
+                self.pending
+                    .add_read(request_id, reply, deadline, self.ticks);
             }
             Request::TransferLeader { to, reply } => {
                 let _ = reply.send(self.transfer_leader(to));
