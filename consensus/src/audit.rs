@@ -133,7 +133,8 @@ pub fn target(command: &Command) -> String {
         Command::RevokeJoinToken { accessor } => accessor.clone(),
         Command::UseJoinToken { node_id, .. }
         | Command::AcceptNodeCertificate { node_id, .. }
-        | Command::RetireNodeCertificates { node_id, .. } => format!("node-{node_id}"),
+        | Command::RetireNodeCertificates { node_id, .. }
+        | Command::PinNodeCertificate { node_id, .. } => format!("node-{node_id}"),
         Command::DeleteRole { name } => name.clone(),
     }
 }

@@ -156,7 +156,8 @@ pub struct NodeRecord {
     pub drain: Option<Drain>,
     /// The SHA-256 fingerprints (lowercase hex of the DER) of the
     /// certificates this node is accepted with. Empty: any certificate of
-    /// the cluster CA naming it (one made by hand, not yet renewed). At
+    /// the cluster CA naming it (until the node pins the one it serves,
+    /// a moment after it joins, or for a node of an older version). At
     /// most [`NODE_CERTIFICATES_MAX`]: during a renewal, the one it had
     /// and the one (or, after a signer's retry, ones) it was issued; one
     /// once it serves the new one.
@@ -570,6 +571,15 @@ pub enum Command {
         node_id: u64,
         keep_sha256: String,
     },
+    /// Node `node_id`, accepted so far with any certificate of the
+    /// cluster CA naming it, is held from now on to `certificate_sha256`,
+    /// the one it serves (a node pins itself once it is in the state, so
+    /// a certificate made by hand later for its id is refused). Refused
+    /// once the node is held to certificates already.
+    PinNodeCertificate {
+        node_id: u64,
+        certificate_sha256: String,
+    },
     /// Refused while a token has the role.
     DeleteRole {
         name: String,
@@ -628,6 +638,7 @@ impl Command {
             Command::RevokeJoinToken { .. } => "revoke_join_token",
             Command::AcceptNodeCertificate { .. } => "accept_node_certificate",
             Command::RetireNodeCertificates { .. } => "retire_node_certificates",
+            Command::PinNodeCertificate { .. } => "pin_node_certificate",
             Command::DeleteRole { .. } => "delete_role",
         }
     }

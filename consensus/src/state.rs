@@ -360,6 +360,21 @@ impl ClusterState {
                 node.certificates_sha256 = BTreeSet::from([keep_sha256]);
                 Ok(())
             }),
+            Command::PinNodeCertificate {
+                node_id,
+                certificate_sha256,
+            } => self.update_node(node_id, |node| {
+                if !node.certificates_sha256.is_empty() {
+                    return Err(Rejection::Invalid {
+                        detail: format!(
+                            "node {node_id} is held to its certificates already (a renewal \
+                             changes them, nothing else)"
+                        ),
+                    });
+                }
+                node.certificates_sha256 = BTreeSet::from([certificate_sha256]);
+                Ok(())
+            }),
         }
     }
 
@@ -1382,6 +1397,44 @@ mod tests {
     }
 
     #[test]
+    fn a_node_pins_the_certificate_it_serves_once() {
+        let [served, hand_made] = ["a", "b"].map(|c| c.repeat(64));
+        let mut state = ClusterState::default();
+        let pin = |certificate: &str| Command::PinNodeCertificate {
+            node_id: 4,
+            certificate_sha256: certificate.into(),
+        };
+        // Only a node in the state pins.
+        assert!(state.apply(pin(&served)).result.is_err());
+        let register = Command::RegisterWorker {
+            node_id: 4,
+            address: "127.0.0.1:4".into(),
+        };
+        assert!(state.apply(register).result.is_ok());
+        assert!(state.node_certificate_accepted(4, &hand_made));
+        assert!(state.apply(pin(&served)).result.is_ok());
+        assert!(state.node_certificate_accepted(4, &served));
+        assert!(!state.node_certificate_accepted(4, &hand_made));
+        // Pinned once: a second pin (the hand-made certificate's holder
+        // racing the node) changes nothing.
+        let before = state.clone();
+        let refused = state.apply(pin(&hand_made)).result.unwrap_err();
+        assert!(refused.to_string().contains("held to"), "{refused}");
+        assert!(state.apply(pin(&served)).result.is_err());
+        assert!(state.apply(pin("NOT-HEX")).result.is_err());
+        assert_eq!(state, before);
+        // A renewal goes on from the pinned certificate.
+        let renewed = "c".repeat(64);
+        let accept = Command::AcceptNodeCertificate {
+            node_id: 4,
+            presented_sha256: served.clone(),
+            issued_sha256: renewed.clone(),
+        };
+        assert!(state.apply(accept).result.is_ok());
+        assert!(state.node_certificate_accepted(4, &renewed));
+    }
+
+    #[test]
     fn a_renewal_narrows_a_node_to_its_new_certificate() {
         let [old, new, newer, stolen] = ["a", "b", "c", "d"].map(|c| c.repeat(64));
         let mut state = ClusterState::default();
@@ -1983,10 +2036,16 @@ mod tests {
                     issued_sha256: issued.repeat(64),
                 }
             ),
-            (node.clone(), certificate).prop_map(|(node_id, keep)| {
+            (node.clone(), certificate.clone()).prop_map(|(node_id, keep)| {
                 Command::RetireNodeCertificates {
                     node_id,
                     keep_sha256: keep.repeat(64),
+                }
+            }),
+            (node.clone(), certificate).prop_map(|(node_id, pinned)| {
+                Command::PinNodeCertificate {
+                    node_id,
+                    certificate_sha256: pinned.repeat(64),
                 }
             }),
             (name, any::<bool>()).prop_map(|(n, run)| Command::SetVmDesiredState {

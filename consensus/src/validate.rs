@@ -198,6 +198,13 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             hex("kept certificate hash", keep_sha256, 64..=64)?;
             api::node_id(*node_id).map_err(invalid)
         }
+        Command::PinNodeCertificate {
+            node_id,
+            certificate_sha256,
+        } => {
+            hex("pinned certificate hash", certificate_sha256, 64..=64)?;
+            api::node_id(*node_id).map_err(invalid)
+        }
         Command::SetSettings { settings } => {
             validate_settings(settings).map_err(refuse)?;
             if settings.dead_voter_after_ms > PERIOD_MS_MAX

@@ -325,6 +325,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let renewed = node_tls
         .renewal()
         .map_or_else(Default::default, |renewal| renewal.renewed.clone());
+    let certificate = node_tls.renewal().map(|renewal| renewal.live.clone());
     tracing::info!(
         node_id = config.cluster.node_id,
         bind = %config.api.bind,
@@ -401,6 +402,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         },
         accel_rx,
         renewed,
+        certificate,
         stop_rx.clone(),
     ));
     let reconciler = match config.agent.enabled {

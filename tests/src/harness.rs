@@ -692,11 +692,26 @@ impl TestCluster {
         token: Option<&str>,
     ) -> Option<Connection> {
         let ca = &test_ca().1;
-        let node = tls::issue_node_cert(ca, as_node).unwrap();
+        // A node of the cluster is held to the certificate it serves: a
+        // peer posing as it uses that one (its key, as an attacker who
+        // took over the node holds it); any other id gets a new one.
+        let node = self
+            .kept_pair(as_node)
+            .unwrap_or_else(|| tls::issue_node_cert(ca, as_node).unwrap());
         let channel = self
             .channel_as(id, &Security::node(&ca.cert_pem, &node))
             .await?;
         Some(Connection::new(channel, Bearer::new(token).unwrap()))
+    }
+
+    /// The certificate and key node `as_node` keeps in its data directory
+    /// (`None` if it has none there).
+    pub fn kept_pair(&self, as_node: u64) -> Option<tls::CertifiedKey> {
+        let dir = self.dir.path().join(format!("node{as_node}")).join("tls");
+        Some(tls::CertifiedKey {
+            cert_pem: std::fs::read_to_string(dir.join(tls::NODE_CERT_FILE)).ok()?,
+            key_pem: std::fs::read_to_string(dir.join(tls::NODE_KEY_FILE)).ok()?,
+        })
     }
 
     /// A connection to node `id` presenting `node` (a certificate and its

@@ -230,6 +230,16 @@ async fn forged_proposals_are_refused_and_change_nothing() {
             node_id: 1,
             keep_sha256: "b".repeat(64),
         },
+        // Nor pin a certificate it does not present, for itself or
+        // another node.
+        Command::PinNodeCertificate {
+            node_id: 3,
+            certificate_sha256: "c".repeat(64),
+        },
+        Command::PinNodeCertificate {
+            node_id: 1,
+            certificate_sha256: "c".repeat(64),
+        },
     ] {
         let refused = propose(channel.clone(), &command).await.unwrap_err();
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{command:?}");

@@ -18,15 +18,6 @@ fn kept_fingerprint(cluster: &TestCluster, id: u64) -> String {
     tls::fingerprint_sha256(&std::fs::read_to_string(path).unwrap()).unwrap()
 }
 
-/// The certificate and key node `id` keeps in its data directory.
-fn kept_pair(cluster: &TestCluster, id: u64) -> tls::CertifiedKey {
-    let dir = cluster.dir.path().join(format!("node{id}/tls"));
-    tls::CertifiedKey {
-        cert_pem: std::fs::read_to_string(dir.join("node.pem")).unwrap(),
-        key_pem: std::fs::read_to_string(dir.join("node-key.pem")).unwrap(),
-    }
-}
-
 /// The SHA-256 of the certificate node `id` presents to a new TLS
 /// connection now.
 async fn served_fingerprint(cluster: &TestCluster, id: u64) -> String {
@@ -51,6 +42,61 @@ async fn served_fingerprint(cluster: &TestCluster, id: u64) -> String {
     let stream = connector.connect(name, tcp).await.unwrap();
     let served = &stream.get_ref().1.peer_certificates().unwrap()[0];
     tls::fingerprint_sha256_der(served.as_ref())
+}
+
+/// Goal: a node is held to the certificate it serves from the moment it
+/// is in the state, not only after its first renewal, so a certificate
+/// the CA makes later for its id (a CA key holder posing as the node) is
+/// refused. Method: a voter and a worker (which pins through its voter's
+/// feed); a certificate made by hand for each is refused at both nodes
+/// within a deadline, while their own keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_is_held_to_the_certificate_it_serves() {
+    let timings = Timings {
+        voters: 1,
+        ..Timings::default()
+    };
+    let cluster = TestCluster::start_with(2, timings, Network::Loopback, |_| NodeOptions {
+        agent: false,
+        ..NodeOptions::default()
+    })
+    .await;
+    assert_eq!(cluster.the_worker(2).await, 2);
+    let barrier = async |at: u64, node: &tls::CertifiedKey| {
+        let channel = cluster.channel_holding(at, node).await.unwrap();
+        StateFeedClient::new(channel)
+            .barrier(pb::BarrierRequest {})
+            .await
+    };
+    for id in [1, 2] {
+        let by_hand = tls::issue_node_cert(&blixard_tests::test_ca().1, id).unwrap();
+        for at in [1, 2] {
+            let refused = eventually(
+                &format!("node {at} to refuse a hand-made certificate of node {id}"),
+                Duration::from_secs(20),
+                // (A worker feeds nobody: it refuses the hand-made
+                // certificate's barrier with FailedPrecondition until it
+                // refuses the certificate itself.)
+                || async {
+                    barrier(at, &by_hand)
+                        .await
+                        .err()
+                        .filter(|e| e.code() == tonic::Code::PermissionDenied)
+                },
+            )
+            .await;
+            assert!(
+                refused
+                    .message()
+                    .contains("not the one the cluster holds it to"),
+                "{refused:?}"
+            );
+        }
+        // The voter answers its own certificate (a worker feeds nobody).
+        barrier(1, &cluster.kept_pair(id).unwrap())
+            .await
+            .unwrap_or_else(|e| panic!("node {id}'s own certificate: {e:?}"));
+    }
 }
 
 /// Goal: `cluster rotate-certs` renews every node's certificate (voters
@@ -86,7 +132,8 @@ async fn rotating_certificates_under_load_loses_no_write() {
     let worker = cluster.the_worker(4).await;
     let victim = [3, 4, 2].into_iter().find(|id| *id != worker).unwrap();
     let before: Vec<String> = (1..=4).map(|id| kept_fingerprint(&cluster, id)).collect();
-    let old_pairs: Vec<tls::CertifiedKey> = (1..=4).map(|id| kept_pair(&cluster, id)).collect();
+    let old_pairs: Vec<tls::CertifiedKey> =
+        (1..=4).map(|id| cluster.kept_pair(id).unwrap()).collect();
     // A voter other than the CA holder answers the peer calls below.
     let judge = [2, 3, 4].into_iter().find(|id| *id != worker).unwrap();
     // A feed of the state a copy of the worker's old key holds open.
@@ -153,7 +200,7 @@ async fn rotating_certificates_under_load_loses_no_write() {
         assert_eq!(served_fingerprint(&cluster, id).await, kept, "node {id}");
         let tls_dir = cluster.dir.path().join(format!("node{id}/tls"));
         // The kept key is the certificate's, and stays private.
-        let kept = kept_pair(&cluster, id);
+        let kept = cluster.kept_pair(id).unwrap();
         let signer = blixard_api::identity::NodeSigner::new(&kept).unwrap();
         let signature = signer.sign(b"rotation").unwrap();
         blixard_api::identity::NodeVerifier::new(&blixard_tests::test_ca().1.cert_pem)
@@ -190,14 +237,16 @@ async fn rotating_certificates_under_load_loses_no_write() {
             let refused = barrier(at, &old_pairs[id as usize - 1]).await.unwrap_err();
             assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
             assert!(
-                refused.message().contains("replaced by a renewal"),
+                refused
+                    .message()
+                    .contains("not the one the cluster holds it to"),
                 "node {id}'s old certificate at node {at}: {refused:?}"
             );
             // One the CA makes by hand now is not the renewed one either.
             let refused = barrier(at, &by_hand).await.unwrap_err();
             assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
         }
-        barrier(judge, &kept_pair(&cluster, id))
+        barrier(judge, &cluster.kept_pair(id).unwrap())
             .await
             .unwrap_or_else(|e| panic!("node {id}'s renewed certificate: {e:?}"));
     }
@@ -205,7 +254,7 @@ async fn rotating_certificates_under_load_loses_no_write() {
     {
         let (csr_pem, _key) = tls::create_node_csr().unwrap();
         let channel = cluster
-            .channel_holding(1, &kept_pair(&cluster, worker))
+            .channel_holding(1, &cluster.kept_pair(worker).unwrap())
             .await
             .unwrap();
         let refused = pb::cluster_client::ClusterClient::new(channel)

@@ -7,6 +7,7 @@
 //! gossip carries everything that moves and the log stays quiet.
 
 use crate::handle::ClusterHandle;
+use crate::listener::LiveCertificate;
 use std::collections::BTreeMap;
 use std::ffi::CString;
 use std::os::unix::ffi::OsStrExt;
@@ -67,13 +68,15 @@ fn vcpus_total() -> u32 {
 /// Publishes this node's facts until `stop`. `accel` is `None` until the
 /// node agent has probed (and "" where no agent runs); `renewed` is
 /// notified when the node's certificate was renewed (gossip then carries
-/// the new one at once).
+/// the new one at once); `certificate` is the one this node serves
+/// (`None` with security off), which it pins once it is in the state.
 pub async fn run(
     raft: ClusterHandle,
     membership: Arc<Membership>,
     identity: Identity,
     accel: watch::Receiver<Option<String>>,
     renewed: Arc<tokio::sync::Notify>,
+    certificate: Option<Arc<LiveCertificate>>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_millis(FACTS_INTERVAL_MS));
@@ -115,6 +118,9 @@ pub async fn run(
             version: env!("CARGO_PKG_VERSION").into(),
         };
         membership.publish(&info).await;
+        if let Some(certificate) = &certificate {
+            pin_certificate(&raft, identity.node_id, certificate).await;
+        }
 
         let Some(accel) = accel_now else {
             continue;
@@ -146,5 +152,30 @@ pub async fn run(
         if let Err(error) = raft.propose(command).await {
             tracing::debug!(%error, "host facts not committed yet");
         }
+    }
+}
+
+/// Holds this node, once the state has it, to the certificate it serves:
+/// from then on only a renewal gives it another, so a certificate made
+/// later for its id (by whoever holds the CA key) is refused everywhere.
+/// Until then any certificate of the CA naming it is accepted, as for a
+/// node of an older version.
+async fn pin_certificate(raft: &ClusterHandle, node_id: u64, certificate: &LiveCertificate) {
+    let unpinned = raft.read_state(|s| {
+        s.nodes
+            .get(&node_id)
+            .is_some_and(|n| n.certificates_sha256.is_empty())
+    });
+    if !unpinned || raft.status().leader_id == 0 {
+        return;
+    }
+    let certificate_sha256 = certificate.current_sha256();
+    let command = Command::PinNodeCertificate {
+        node_id,
+        certificate_sha256: certificate_sha256.clone(),
+    };
+    match raft.propose(command).await {
+        Ok(_) => tracing::info!(%certificate_sha256, "pinned this node's certificate"),
+        Err(error) => tracing::debug!(%error, "certificate not pinned yet"),
     }
 }

@@ -94,14 +94,16 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         | Command::RevokeJoinToken { .. }
         | Command::CreateRole { .. }
         | Command::DeleteRole { .. } => Ok(Forward::Client(Permission::AclAdmin)),
-        Command::SetHostFacts { node_id, .. } | Command::ReportVm { node_id, .. } => {
-            match members.contains(node_id) {
-                true => Err(format!(
-                    "node {node_id} is a raft member: it reports for itself"
-                )),
-                false => Ok(Forward::Report),
-            }
-        }
+        // A worker pins the certificate it serves (checked by the caller
+        // to be the one it presents).
+        Command::SetHostFacts { node_id, .. }
+        | Command::ReportVm { node_id, .. }
+        | Command::PinNodeCertificate { node_id, .. } => match members.contains(node_id) {
+            true => Err(format!(
+                "node {node_id} is a raft member: it reports for itself"
+            )),
+            false => Ok(Forward::Report),
+        },
         Command::SetNodeAddress { .. }
         | Command::AssignVm { .. }
         | Command::MarkUnplaceable { .. }
@@ -220,6 +222,10 @@ impl pb::state_feed_server::StateFeed for FeedService {
     ) -> Result<Response<pb::ProposeResponse>, Status> {
         let caller = super::require_node(&request, "StateFeed.Propose")?;
         self.require_member()?;
+        let presented = request
+            .extensions()
+            .get::<super::PresentedCertificate>()
+            .cloned();
         let metadata = request.metadata().clone();
         let request = request.into_inner();
         let command = Command::decode(&request.command)
@@ -241,13 +247,14 @@ impl pb::state_feed_server::StateFeed for FeedService {
                 Some(audit)
             }
         };
-        // A worker reports only about itself, and retires only its own
-        // certificates.
+        // A worker reports only about itself, retires only its own
+        // certificates and pins only the one it presents.
         if let (
             Some(caller),
             Command::SetHostFacts { node_id, .. }
             | Command::ReportVm { node_id, .. }
-            | Command::RetireNodeCertificates { node_id, .. },
+            | Command::RetireNodeCertificates { node_id, .. }
+            | Command::PinNodeCertificate { node_id, .. },
         ) = (caller, &command)
         {
             if *node_id != caller {
@@ -255,6 +262,17 @@ impl pb::state_feed_server::StateFeed for FeedService {
                     "node {caller} cannot {} for node {node_id}",
                     command.kind()
                 )));
+            }
+        }
+        if let Command::PinNodeCertificate {
+            certificate_sha256, ..
+        } = &command
+        {
+            if caller.is_some() && presented.as_ref().map(|p| &p.sha256) != Some(certificate_sha256)
+            {
+                return Err(Status::permission_denied(
+                    "a node pins only the certificate it presents",
+                ));
             }
         }
         let members = self.raft.status().member_ids();

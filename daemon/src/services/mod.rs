@@ -116,8 +116,10 @@ pub(crate) fn certificate_refusal(
                  accepted (a node joins again only under a new node id)"
             ),
             false => format!(
-                "node {node}'s certificate {}… was replaced by a renewal and is no longer \
-                 accepted (restart the node if it still holds an old certificate)",
+                "node {node}'s certificate {}… is not the one the cluster holds it to (the \
+                 one it served since it joined, or its latest renewal): a certificate replaced \
+                 by a renewal or made for its id by hand is refused (restart the node if it \
+                 still holds an old certificate)",
                 &presented.sha256[..16]
             ),
         },
