@@ -111,7 +111,10 @@ impl AuditRecord {
 pub fn target(command: &Command) -> String {
     match command {
         Command::CreateVm { spec, .. } => spec.name.clone(),
-        Command::SetReplicas { template, .. } => template.name.clone(),
+        Command::SetReplicas { template, .. } | Command::CreateGroup { template, .. } => {
+            template.name.clone()
+        }
+        Command::ScaleGroup { group, .. } => group.clone(),
         Command::SetVmDesiredState { name, .. }
         | Command::DeleteVm { name }
         | Command::AssignVm { name, .. }
@@ -125,7 +128,7 @@ pub fn target(command: &Command) -> String {
         | Command::FinishDrain { node_id, .. }
         | Command::RegisterWorker { node_id, .. }
         | Command::UnregisterWorker { node_id } => format!("node-{node_id}"),
-        Command::SetSettings { .. } => "settings".into(),
+        Command::SetSettings { .. } | Command::UpdateSettings { .. } => "settings".into(),
         Command::CreateToken { token } => token.accessor.clone(),
         Command::RevokeToken { accessor } => accessor.clone(),
         Command::CreateRole { role } => role.name.clone(),

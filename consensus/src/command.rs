@@ -422,6 +422,34 @@ impl Default for Settings {
     }
 }
 
+/// The settings an update names (the others stay as they are when it
+/// applies, so two updates of different settings both take effect).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SettingsUpdate {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub voters: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_voter_after_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lost_after_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replace_lost: Option<bool>,
+}
+
+impl SettingsUpdate {
+    /// `settings` with this update's values in place.
+    pub fn applied_to(&self, settings: &Settings) -> Settings {
+        Settings {
+            voters: self.voters.unwrap_or(settings.voters),
+            dead_voter_after_ms: self
+                .dead_voter_after_ms
+                .unwrap_or(settings.dead_voter_after_ms),
+            lost_after_ms: self.lost_after_ms.unwrap_or(settings.lost_after_ms),
+            replace_lost: self.replace_lost.unwrap_or(settings.replace_lost),
+        }
+    }
+}
+
 /// Why a setting was refused.
 pub fn validate_settings(settings: &Settings) -> Result<(), String> {
     if !(1..=7).contains(&settings.voters) || settings.voters.is_multiple_of(2) {
@@ -484,8 +512,31 @@ pub enum Command {
     },
     /// Creates or deletes members NAME-1..N of a replica group so exactly
     /// `replicas` exist; new ones copy `template` (named after the group).
+    /// Unconditional: kept for entries already in logs; the services
+    /// propose [`Command::CreateGroup`] and [`Command::ScaleGroup`], whose
+    /// conditions apply decides.
     SetReplicas {
         template: VmSpec,
+        replicas: u32,
+        /// Desired state of new members.
+        start: bool,
+        created_at_unix_ms: u64,
+    },
+    /// Creates replica group `template.name` with members NAME-1..N, all
+    /// copies of `template`. Refused if a VM or a group of that name
+    /// exists when it applies (of two racing creates, one wins).
+    CreateGroup {
+        template: VmSpec,
+        replicas: u32,
+        /// Desired state of the members.
+        start: bool,
+        created_at_unix_ms: u64,
+    },
+    /// Resizes replica group `group` to `replicas` (0 deletes it), new
+    /// members copying an existing member as the group holds it when this
+    /// applies. Refused if the group is gone by then.
+    ScaleGroup {
+        group: String,
         replicas: u32,
         /// Desired state of new members.
         start: bool,
@@ -507,8 +558,15 @@ pub enum Command {
         node_id: u64,
         force: bool,
     },
+    /// Replaces every setting (kept for entries already in logs; the
+    /// services propose [`Command::UpdateSettings`]).
     SetSettings {
         settings: Settings,
+    },
+    /// Changes the settings the update names, merged into the settings
+    /// as they are when it applies (never as a caller read them).
+    UpdateSettings {
+        update: SettingsUpdate,
     },
     /// A node that runs VMs without holding the raft log (a worker).
     RegisterWorker {
@@ -623,10 +681,13 @@ impl Command {
             Command::MarkUnplaceable { .. } => "mark_unplaceable",
             Command::MarkVmLost { .. } => "mark_vm_lost",
             Command::SetReplicas { .. } => "set_replicas",
+            Command::CreateGroup { .. } => "create_group",
+            Command::ScaleGroup { .. } => "scale_group",
             Command::SetNodeEligibility { .. } => "set_node_eligibility",
             Command::DrainNode { .. } => "drain_node",
             Command::FinishDrain { .. } => "finish_drain",
             Command::SetSettings { .. } => "set_settings",
+            Command::UpdateSettings { .. } => "update_settings",
             Command::RegisterWorker { .. } => "register_worker",
             Command::UnregisterWorker { .. } => "unregister_worker",
             Command::ReportVm { .. } => "report_vm",
@@ -685,6 +746,10 @@ pub enum Rejection {
     NoSuchNode { node_id: u64 },
     #[error("no replica group named {group:?}")]
     NoSuchGroup { group: String },
+    #[error(
+        "a VM or replica group named {name:?} already exists; use `vm scale` to resize a group"
+    )]
+    GroupExists { name: String },
     #[error("no token with accessor {accessor:?}")]
     NoSuchToken { accessor: String },
     #[error("{detail}")]

@@ -18,8 +18,8 @@ pub mod validate;
 pub use command::{
     validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
     HostFacts, JoinToken, JoinTokenUse, NodeRecord, Permission, PortForward, Rejection,
-    RunnerSource, Settings, Token, TokenRole, Transition, VmChange, VmObserved, VmPhase, VmRecord,
-    VmSpec,
+    RunnerSource, Settings, SettingsUpdate, Token, TokenRole, Transition, VmChange, VmObserved,
+    VmPhase, VmRecord, VmSpec,
 };
 pub use error::{Error, Result};
 pub use handle::{

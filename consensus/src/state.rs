@@ -239,6 +239,42 @@ impl ClusterState {
                 start,
                 created_at_unix_ms,
             } => self.set_replicas(template, replicas, start, created_at_unix_ms),
+            Command::CreateGroup {
+                template,
+                replicas,
+                start,
+                created_at_unix_ms,
+            } => {
+                if self.vms.contains_key(&template.name) || self.has_group(&template.name) {
+                    return Outcome::rejected(Rejection::GroupExists {
+                        name: template.name,
+                    });
+                }
+                self.set_replicas(template, replicas, start, created_at_unix_ms)
+            }
+            Command::ScaleGroup {
+                group,
+                replicas,
+                start,
+                created_at_unix_ms,
+            } => {
+                // The template is the group as it is now, never as a
+                // caller read it (it may have been deleted and created
+                // again from another one since).
+                let Some(template) = self
+                    .vms
+                    .values()
+                    .find(|vm| vm.spec.group.as_deref() == Some(group.as_str()))
+                    .map(|vm| VmSpec {
+                        name: group.clone(),
+                        group: None,
+                        ..vm.spec.clone()
+                    })
+                else {
+                    return Outcome::rejected(Rejection::NoSuchGroup { group });
+                };
+                self.set_replicas(template, replicas, start, created_at_unix_ms)
+            }
             Command::SetNodeEligibility { node_id, eligible } => self
                 .update_node(node_id, |node| {
                     node.eligible = eligible;
@@ -260,6 +296,9 @@ impl ClusterState {
             } => self.drain_node(node_id, at_unix_ms, deadline_unix_ms),
             Command::FinishDrain { node_id, force } => self.finish_drain(node_id, force),
             Command::SetSettings { settings } => self.set_settings(settings),
+            Command::UpdateSettings { update } => {
+                self.set_settings(update.applied_to(&self.settings))
+            }
             Command::RegisterWorker { node_id, .. } if self.removed_nodes.contains(&node_id) => {
                 Outcome::rejected(Rejection::Invalid {
                     detail: format!(
@@ -780,9 +819,19 @@ impl ClusterState {
         )
     }
 
+    /// Whether replica group `group` has a member.
+    fn has_group(&self, group: &str) -> bool {
+        self.vms
+            .values()
+            .any(|vm| vm.spec.group.as_deref() == Some(group))
+    }
+
     fn create_vm(&mut self, spec: VmSpec, created_at_unix_ms: u64) -> Outcome {
         if self.vms.contains_key(&spec.name) {
             return Outcome::rejected(Rejection::VmExists { name: spec.name });
+        }
+        if self.has_group(&spec.name) {
+            return Outcome::rejected(Rejection::GroupExists { name: spec.name });
         }
         if let Some(node_id) = spec.pinned_node {
             if !self.nodes.contains_key(&node_id) {
@@ -890,7 +939,12 @@ impl ClusterState {
                 true => DesiredState::Running,
                 false => DesiredState::Stopped,
             };
-            self.insert_vm(spec, desired, created_at_unix_ms, &mut outcome);
+            let record = self.insert_vm(spec, desired, created_at_unix_ms, &mut outcome);
+            // The first new member answers the caller (a worker's copy of
+            // the state may not hold it yet).
+            if let Ok(applied) = &mut outcome.result {
+                applied.vm.get_or_insert(record);
+            }
         }
         for name in members.iter().filter(|name| !wanted.contains(name)) {
             let mut record = self.vms.remove(name).expect("member listed above");
@@ -1394,6 +1448,82 @@ mod tests {
         state.remove_member(2);
         assert_eq!(state.removed_nodes, BTreeSet::from([2, 4]));
         assert_eq!(ClusterState::decode(&state.encode()).unwrap(), state);
+    }
+
+    /// Replica group operations decide at apply time, so racing callers
+    /// (each having read the state before either applied) get the answer
+    /// the order of the log gives them.
+    #[test]
+    fn replica_group_operations_decide_when_they_apply() {
+        let mut state = ClusterState::default();
+        let create_group = |group: &str, replicas| Command::CreateGroup {
+            template: spec(group),
+            replicas,
+            start: true,
+            created_at_unix_ms: 0,
+        };
+        let scale = |group: &str, replicas| Command::ScaleGroup {
+            group: group.into(),
+            replicas,
+            start: true,
+            created_at_unix_ms: 0,
+        };
+        let members = |state: &ClusterState| -> Vec<String> {
+            state
+                .vms
+                .values()
+                .filter(|vm| vm.spec.group.as_deref() == Some("g"))
+                .map(|vm| vm.spec.name.clone())
+                .collect()
+        };
+        // Two creates of one group: the second is refused, the first's
+        // members stay.
+        assert!(state.apply(create_group("g", 4)).result.is_ok());
+        let before = state.clone();
+        let refused = state.apply(create_group("g", 2)).result.unwrap_err();
+        assert!(
+            matches!(refused, Rejection::GroupExists { .. }),
+            "{refused}"
+        );
+        assert_eq!(state, before);
+        assert_eq!(members(&state), ["g-1", "g-2", "g-3", "g-4"]);
+        // Nor may a plain VM take the group's name, or a group a VM's.
+        assert!(matches!(
+            state.apply(create("g")).result,
+            Err(Rejection::GroupExists { .. })
+        ));
+        assert!(state.apply(create("solo")).result.is_ok());
+        assert!(matches!(
+            state.apply(create_group("solo", 2)).result,
+            Err(Rejection::GroupExists { .. })
+        ));
+        // Two scales to zero: the second finds no group; nor does a
+        // scale up after it (no group is made from a stale template).
+        assert!(state.apply(scale("g", 1)).result.is_ok());
+        assert_eq!(members(&state), ["g-1"]);
+        assert!(state.apply(scale("g", 0)).result.is_ok());
+        assert!(members(&state).is_empty());
+        for replicas in [0, 3] {
+            assert!(matches!(
+                state.apply(scale("g", replicas)).result,
+                Err(Rejection::NoSuchGroup { .. })
+            ));
+        }
+        // A scale copies the group as it is when it applies.
+        let mut other = spec("g");
+        other.memory_mib = 512;
+        assert!(state
+            .apply(Command::CreateGroup {
+                template: other,
+                replicas: 1,
+                start: true,
+                created_at_unix_ms: 0,
+            })
+            .result
+            .is_ok());
+        assert!(state.apply(scale("g", 2)).result.is_ok());
+        assert_eq!(state.vms["g-2"].spec.memory_mib, 512);
+        assert!(state.apply(create_group("g", 0)).result.is_err());
     }
 
     #[test]
@@ -2016,6 +2146,22 @@ mod tests {
                 replicas,
                 start: true,
                 created_at_unix_ms: 0,
+            }),
+            (prop::sample::select(vec!["g", "a"]), 1u32..3).prop_map(|(group, replicas)| {
+                Command::CreateGroup {
+                    template: spec(group),
+                    replicas,
+                    start: true,
+                    created_at_unix_ms: 0,
+                }
+            }),
+            (prop::sample::select(vec!["g", "a"]), 0u32..3).prop_map(|(group, replicas)| {
+                Command::ScaleGroup {
+                    group: group.into(),
+                    replicas,
+                    start: false,
+                    created_at_unix_ms: 0,
+                }
             }),
             (prop::sample::select(vec!["a", "b"]), 1u64..50)
                 .prop_map(|(a, expires)| join_token(a, expires)),

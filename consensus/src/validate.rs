@@ -16,8 +16,8 @@ use blixard_api::validate as api;
 use blixard_api::{limits, ValidationError};
 
 use crate::command::{
-    validate_settings, Command, HostFacts, RunnerSource, TokenRole, VmObserved, VmPhase, VmSpec,
-    JOIN_TOKEN_TTL_MS_MAX,
+    validate_settings, Command, HostFacts, RunnerSource, Settings, TokenRole, VmObserved, VmPhase,
+    VmSpec, JOIN_TOKEN_TTL_MS_MAX,
 };
 use crate::placement::Rule;
 use crate::Rejection;
@@ -86,6 +86,22 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             vm_name(name)?;
             node(*node_id)?;
             observation(observed)
+        }
+        Command::CreateGroup {
+            template, replicas, ..
+        } => {
+            vm_spec(template)?;
+            api::replicas(&template.name, *replicas).map_err(invalid)
+        }
+        Command::ScaleGroup {
+            group, replicas, ..
+        } => {
+            vm_name(group)?;
+            // Zero deletes the group; every member name must be a label.
+            match *replicas {
+                0 => Ok(()),
+                replicas => api::replicas(group, replicas).map_err(invalid),
+            }
         }
         Command::SetReplicas {
             template, replicas, ..
@@ -205,18 +221,23 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             hex("pinned certificate hash", certificate_sha256, 64..=64)?;
             api::node_id(*node_id).map_err(invalid)
         }
-        Command::SetSettings { settings } => {
-            validate_settings(settings).map_err(refuse)?;
-            if settings.dead_voter_after_ms > PERIOD_MS_MAX
-                || settings.lost_after_ms > PERIOD_MS_MAX
-            {
-                return Err(refuse(format!(
-                    "dead-voter and lost-after periods must be at most {PERIOD_MS_MAX} ms"
-                )));
-            }
-            Ok(())
+        Command::SetSettings { settings } => cluster_settings(settings),
+        // Each value named is checked as the whole settings would be (the
+        // defaults are valid, and apply checks the merged result again).
+        Command::UpdateSettings { update } => {
+            cluster_settings(&update.applied_to(&Settings::default()))
         }
     }
+}
+
+fn cluster_settings(settings: &Settings) -> Result<(), Rejection> {
+    validate_settings(settings).map_err(refuse)?;
+    if settings.dead_voter_after_ms > PERIOD_MS_MAX || settings.lost_after_ms > PERIOD_MS_MAX {
+        return Err(refuse(format!(
+            "dead-voter and lost-after periods must be at most {PERIOD_MS_MAX} ms"
+        )));
+    }
+    Ok(())
 }
 
 /// Lowercase hex of a length in `len`.

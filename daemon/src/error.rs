@@ -41,7 +41,9 @@ impl From<Error> for Status {
         use blixard_consensus::{Error as C, Rejection as R};
         let code = match &error {
             Error::Validation(_) => Code::InvalidArgument,
-            Error::Consensus(C::Rejected(R::VmExists { .. })) => Code::AlreadyExists,
+            Error::Consensus(C::Rejected(R::VmExists { .. } | R::GroupExists { .. })) => {
+                Code::AlreadyExists
+            }
             Error::Consensus(C::Rejected(R::VmNotFound { .. })) => Code::NotFound,
             Error::Consensus(C::Rejected(
                 R::NoSuchNode { .. } | R::NoSuchGroup { .. } | R::NoSuchToken { .. },

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use blixard_api::{pb, tls, validate};
 use blixard_consensus::{
-    ClusterState, Command, JoinTokenRefusal, MembershipChange, RaftStatus, StateEvent,
+    ClusterState, Command, JoinTokenRefusal, MembershipChange, RaftStatus, SettingsUpdate,
+    StateEvent,
 };
 use blixard_membership::Membership;
 use futures::Stream;
@@ -465,30 +466,25 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<pb::Settings>, Status> {
         let requester = super::requester(&request);
         let update = request.into_inner();
-        self.raft.read_barrier().await.map_err(Error::from)?;
-        let mut settings = self.raft.read_state(|s| s.settings.clone());
-        if let Some(voters) = update.voters {
-            settings.voters = voters;
-        }
-        if let Some(ms) = update.dead_voter_after_ms {
-            settings.dead_voter_after_ms = ms;
-        }
-        if let Some(ms) = update.lost_after_ms {
-            settings.lost_after_ms = ms;
-        }
-        if let Some(replace) = update.replace_lost {
-            settings.replace_lost = replace;
-        }
-        blixard_consensus::validate_settings(&settings).map_err(Status::invalid_argument)?;
+        // Merged when it applies: two operators changing different
+        // settings at once both get their change.
+        let update = SettingsUpdate {
+            voters: update.voters,
+            dead_voter_after_ms: update.dead_voter_after_ms,
+            lost_after_ms: update.lost_after_ms,
+            replace_lost: update.replace_lost,
+        };
+        let command = Command::UpdateSettings { update };
+        blixard_consensus::validate::command(&command)
+            .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;
         self.raft
-            .propose_for(
-                Command::SetSettings {
-                    settings: settings.clone(),
-                },
-                requester,
-            )
+            .propose_for(command, requester)
             .await
             .map_err(Error::from)?;
+        // The settings as of this update or later (a worker's copy
+        // catches up first).
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let settings = self.raft.read_state(|s| s.settings.clone());
         Ok(Response::new(settings_to_pb(&settings)))
     }
 

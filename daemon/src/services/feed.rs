@@ -79,15 +79,17 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         Command::CreateVm { .. }
         | Command::SetVmDesiredState { .. }
         | Command::DeleteVm { .. }
-        | Command::SetReplicas { .. } => Ok(Forward::Client(Permission::VmWrite)),
+        | Command::SetReplicas { .. }
+        | Command::CreateGroup { .. }
+        | Command::ScaleGroup { .. } => Ok(Forward::Client(Permission::VmWrite)),
         Command::SetNodeEligibility { .. } | Command::DrainNode { .. } => {
             Ok(Forward::Client(Permission::NodeWrite))
         }
         // A renewed worker retires its old certificates itself, with the
         // token of the admin who asked for the renewal.
-        Command::SetSettings { .. } | Command::RetireNodeCertificates { .. } => {
-            Ok(Forward::Client(Permission::ClusterAdmin))
-        }
+        Command::SetSettings { .. }
+        | Command::UpdateSettings { .. }
+        | Command::RetireNodeCertificates { .. } => Ok(Forward::Client(Permission::ClusterAdmin)),
         Command::CreateToken { .. }
         | Command::RevokeToken { .. }
         | Command::CreateJoinToken { .. }

@@ -69,23 +69,12 @@ impl pb::vm_server::Vm for VmService {
         let spec = vm_spec_from_pb(request.spec).map_err(Error::from)?;
         if request.replicas > 0 {
             validate::replicas(&spec.name, request.replicas).map_err(Error::from)?;
-            self.raft.read_barrier().await.map_err(Error::from)?;
-            let group = spec.name.clone();
-            let exists = self.raft.read_state(|s| {
-                s.vms.contains_key(&group)
-                    || s.vms
-                        .values()
-                        .any(|vm| vm.spec.group.as_deref() == Some(&group))
-            });
-            if exists {
-                return Err(Status::already_exists(format!(
-                    "a VM or replica group named {group:?} already exists; use `vm scale` to resize a group"
-                )));
-            }
+            // Whether the name is free is decided when this applies: of
+            // two racing creates, one gets AlreadyExists.
             let applied = self
                 .raft
                 .propose_for(
-                    Command::SetReplicas {
+                    Command::CreateGroup {
                         template: spec,
                         replicas: request.replicas,
                         start: !request.stopped,
@@ -95,12 +84,12 @@ impl pb::vm_server::Vm for VmService {
                 )
                 .await
                 .map_err(Error::from)?;
-            let first = self
-                .raft
-                .read_state(|s| s.vms.get(&format!("{group}-1")).map(vm_info_to_pb))
-                .map(|vm| shown(vm, reads_secrets));
+            // The first member as this create made it.
             return Ok(Response::new(pb::VmResponse {
-                vm: first,
+                vm: applied
+                    .vm
+                    .as_ref()
+                    .map(|vm| shown(vm_info_to_pb(vm), reads_secrets)),
                 revision: applied.revision,
             }));
         }
@@ -135,28 +124,15 @@ impl pb::vm_server::Vm for VmService {
         if request.replicas > 0 {
             validate::replicas(&request.name, request.replicas).map_err(Error::from)?;
         }
-        self.raft.read_barrier().await.map_err(Error::from)?;
         let group = request.name.clone();
-        let template = self.raft.read_state(|s| {
-            s.vms
-                .values()
-                .find(|vm| vm.spec.group.as_deref() == Some(&group))
-                .map(|vm| blixard_consensus::VmSpec {
-                    name: group.clone(),
-                    group: None,
-                    ..vm.spec.clone()
-                })
-        });
-        let template = template.ok_or_else(|| {
-            Error::from(blixard_consensus::Rejection::NoSuchGroup {
-                group: group.clone(),
-            })
-        })?;
+        // The group's existence and its template are read when this
+        // applies, never before: a scale racing a deletion of the group
+        // gets NotFound instead of bringing it back from a stale copy.
         let applied = self
             .raft
             .propose_for(
-                Command::SetReplicas {
-                    template,
+                Command::ScaleGroup {
+                    group: group.clone(),
                     replicas: request.replicas,
                     start: !request.stopped,
                     created_at_unix_ms: now_unix_ms(),
