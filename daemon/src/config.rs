@@ -359,6 +359,53 @@ fn default_snapshot_threshold() -> u64 {
 fn default_request_timeout_ms() -> u64 {
     10_000
 }
+/// Longest election timeout: a minute (a cluster that takes longer to
+/// notice a dead leader is down, not tuned).
+const ELECTION_TIMEOUT_MS_MAX: u64 = 60_000;
+/// Most entries between snapshots: the log a restart replays stays small.
+const SNAPSHOT_THRESHOLD_MAX: u64 = 10_000_000;
+/// Longest a client request waits for commit.
+const REQUEST_TIMEOUT_MS_MAX: u64 = 600_000;
+/// Longest a guest may take to boot: an hour.
+const AGENT_TIMEOUT_MS_MAX: u64 = 3_600_000;
+/// Largest console log kept per VM: 1 GiB.
+const CONSOLE_LOG_BYTES_MAX: u64 = 1 << 30;
+
+/// Refuses `value` outside `range`, naming the setting and the range.
+fn within(name: &str, value: u64, range: std::ops::RangeInclusive<u64>) -> Result<(), Error> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    let detail = if *range.end() == u64::MAX {
+        format!("{name} {value} must be at least {}", range.start())
+    } else {
+        format!(
+            "{name} {value} must be between {} and {}",
+            range.start(),
+            range.end()
+        )
+    };
+    Err(Error::InvalidConfig { detail })
+}
+
+/// Refuses a bind address peers could not use: the node advertises the
+/// address it binds, so an unspecified IP (0.0.0.0, ::) or port 0 would
+/// send every peer nowhere.
+fn reachable(name: &str, address: &str) -> Result<(), Error> {
+    let invalid = |detail: String| Err(Error::InvalidConfig { detail });
+    let shown = format!("{:?}", blixard_api::validate::echo(address));
+    let Ok(socket) = address.parse::<SocketAddr>() else {
+        return invalid(format!("{name} {shown} is not an IP:PORT socket address"));
+    };
+    if socket.ip().is_unspecified() || socket.port() == 0 {
+        return invalid(format!(
+            "{name} {shown} is advertised to peers as this node's address: name one IP and \
+             port of this host they can reach (not 0.0.0.0, :: or port 0)"
+        ));
+    }
+    Ok(())
+}
+
 fn default_bind() -> String {
     blixard_api::DEFAULT_ADDR.to_string()
 }
@@ -470,12 +517,7 @@ impl Config {
         if self.cluster.data_dir.as_os_str().is_empty() {
             return invalid("cluster.data_dir is empty".into());
         }
-        if self.api.bind.parse::<SocketAddr>().is_err() {
-            return invalid(format!(
-                "api.bind {:?} is not an IP:PORT socket address",
-                self.api.bind
-            ));
-        }
+        reachable("api.bind", &self.api.bind)?;
         for address in &self.cluster.join {
             blixard_api::validate::address(address).map_err(|e| Error::InvalidConfig {
                 detail: format!("join: {e}"),
@@ -502,6 +544,13 @@ impl Config {
                 3 * consensus.heartbeat_interval_ms
             ));
         }
+        // Upper bounds: a timeout of u64::MAX is a node that never elects
+        // itself or a request that never fails, not a setting.
+        within(
+            "consensus.election_timeout_ms",
+            consensus.election_timeout_ms,
+            0..=ELECTION_TIMEOUT_MS_MAX,
+        )?;
         if let Some(max_ms) = consensus.election_timeout_max_ms {
             if max_ms <= consensus.election_timeout_ms {
                 return invalid(format!(
@@ -509,27 +558,37 @@ impl Config {
                     consensus.election_timeout_ms
                 ));
             }
+            within(
+                "consensus.election_timeout_max_ms",
+                max_ms,
+                0..=2 * ELECTION_TIMEOUT_MS_MAX,
+            )?;
         }
-        if consensus.snapshot_threshold < 2 {
-            return invalid(format!(
-                "consensus.snapshot_threshold {} must be at least 2",
-                consensus.snapshot_threshold
-            ));
-        }
-        if self.agent.stop_timeout_ms < 2 || self.agent.boot_timeout_ms == 0 {
-            return invalid(
-                "agent.stop_timeout_ms and agent.boot_timeout_ms must be positive".into(),
-            );
-        }
-        if self.agent.console_log_bytes_max < 4096 {
-            return invalid(format!(
-                "agent.console_log_bytes_max {} must be at least 4096",
-                self.agent.console_log_bytes_max
-            ));
-        }
-        if consensus.request_timeout_ms == 0 {
-            return invalid("consensus.request_timeout_ms must be positive".into());
-        }
+        within(
+            "consensus.snapshot_threshold",
+            consensus.snapshot_threshold,
+            2..=SNAPSHOT_THRESHOLD_MAX,
+        )?;
+        within(
+            "agent.stop_timeout_ms",
+            self.agent.stop_timeout_ms,
+            2..=u64::MAX,
+        )?;
+        within(
+            "agent.boot_timeout_ms",
+            self.agent.boot_timeout_ms,
+            1..=AGENT_TIMEOUT_MS_MAX,
+        )?;
+        within(
+            "agent.console_log_bytes_max",
+            self.agent.console_log_bytes_max,
+            4096..=CONSOLE_LOG_BYTES_MAX,
+        )?;
+        within(
+            "consensus.request_timeout_ms",
+            consensus.request_timeout_ms,
+            1..=REQUEST_TIMEOUT_MS_MAX,
+        )?;
         self.validate_cluster_features()
     }
 
@@ -557,11 +616,7 @@ impl Config {
             }
         }
         if let Some(address) = &self.membership.gossip_bind {
-            if address.parse::<SocketAddr>().is_err() {
-                return invalid(format!(
-                    "membership.gossip_bind {address:?} is not an IP:PORT socket address"
-                ));
-            }
+            reachable("membership.gossip_bind", address)?;
         }
         let membership = &self.membership;
         if !(10..=10_000).contains(&membership.gossip_interval_ms) {
@@ -689,5 +744,32 @@ mod tests {
         config.consensus.election_timeout_ms = 1000;
         config.api.bind = "nowhere".into();
         assert!(config.validate().is_err());
+        for unreachable in ["0.0.0.0:7000", "[::]:7000", "127.0.0.1:0"] {
+            config.api.bind = unreachable.into();
+            let refused = config.validate().unwrap_err().to_string();
+            assert!(refused.contains("advertised"), "{unreachable}: {refused}");
+        }
+        config.api.bind = "127.0.0.1:7000".into();
+        config.membership.gossip_bind = Some("0.0.0.0:7000".into());
+        assert!(config.validate().is_err());
+        config.membership.gossip_bind = None;
+        config.validate().unwrap();
+        for (field, refused) in [
+            ("election_timeout_ms", u64::MAX),
+            ("request_timeout_ms", u64::MAX),
+            ("snapshot_threshold", u64::MAX),
+        ] {
+            let mut bad = config.clone();
+            match field {
+                "election_timeout_ms" => bad.consensus.election_timeout_ms = refused,
+                "request_timeout_ms" => bad.consensus.request_timeout_ms = refused,
+                _ => bad.consensus.snapshot_threshold = refused,
+            }
+            let error = bad.validate().unwrap_err().to_string();
+            assert!(error.contains(field), "{field}: {error}");
+        }
+        let mut bad = config.clone();
+        bad.agent.console_log_bytes_max = u64::MAX;
+        assert!(bad.validate().is_err());
     }
 }

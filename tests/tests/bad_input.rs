@@ -47,6 +47,16 @@ fn bad_config_files_are_refused_before_touching_data() {
         ("node id zero", "[cluster]\nnode_id = 0\n", "node_id"),
         ("bad bind", "[cluster]\nnode_id = 1\n[api]\nbind = \"here\"\n", "api.bind"),
         (
+            "unreachable bind",
+            "[cluster]\nnode_id = 1\n[api]\nbind = \"0.0.0.0:7000\"\n",
+            "api.bind \"0.0.0.0:7000\" is advertised to peers",
+        ),
+        (
+            "endless election timeout",
+            "[cluster]\nnode_id = 1\n[consensus]\nelection_timeout_ms = 18446744073709551615\n",
+            "consensus.election_timeout_ms 18446744073709551615 must be between",
+        ),
+        (
             "election shorter than heartbeats",
             "[cluster]\nnode_id = 1\n[consensus]\nelection_timeout_ms = 100\nheartbeat_interval_ms = 100\n",
             "election_timeout_ms",
