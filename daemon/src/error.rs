@@ -52,7 +52,7 @@ impl From<Error> for Status {
                 Code::FailedPrecondition
             }
             Error::Consensus(C::Rejected(R::ConfChange { .. })) => Code::FailedPrecondition,
-            Error::Consensus(C::NoLeader | C::Stopped) => Code::Unavailable,
+            Error::Consensus(C::NoLeader | C::Stopped | C::Unreachable { .. }) => Code::Unavailable,
             Error::Consensus(C::Timeout { .. }) => Code::DeadlineExceeded,
             Error::Consensus(C::Busy { .. }) => Code::ResourceExhausted,
             Error::Join { .. } => Code::Unavailable,

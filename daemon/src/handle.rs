@@ -210,19 +210,36 @@ impl ClusterHandle {
         }
     }
 
+    /// A client of the voter this worker follows or, when that one does
+    /// not answer, of the next voter it knows of (nothing was sent to a
+    /// voter that could not be connected to, so trying another is safe).
     async fn feed_client(&self) -> Result<StateFeedClient<tonic::transport::Channel>> {
         let upstream = self.mirror.upstream();
-        let Some(address) = upstream.address else {
+        let Some(address) = upstream.address.clone() else {
             return Err(Error::Unreachable {
                 detail: "this worker is not following any voter yet".into(),
             });
         };
-        let channel = mirror::connect_for_calls(&address, upstream.node_id)
-            .await
-            .map_err(|detail| Error::Unreachable { detail })?;
-        Ok(StateFeedClient::new(channel)
-            .max_encoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX)
-            .max_decoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX))
+        let others = upstream
+            .members
+            .iter()
+            .filter(|m| m.voter && !m.address.is_empty() && m.address != address)
+            .map(|m| (m.address.clone(), Some(m.node_id)))
+            .collect::<Vec<_>>();
+        let mut failures = Vec::new();
+        for (address, node_id) in std::iter::once((address, upstream.node_id)).chain(others) {
+            match mirror::connect_for_calls(&address, node_id).await {
+                Ok(channel) => {
+                    return Ok(StateFeedClient::new(channel)
+                        .max_encoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX)
+                        .max_decoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX))
+                }
+                Err(detail) => failures.push(detail),
+            }
+        }
+        Err(Error::Unreachable {
+            detail: failures.join("; "),
+        })
     }
 
     fn forward_error(&self, status: tonic::Status) -> Error {

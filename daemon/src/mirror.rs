@@ -224,28 +224,39 @@ impl Mirror {
 /// given) for node-to-node calls: bounded connect and call times, and
 /// HTTP/2 pings so a silent peer breaks the channel.
 pub async fn connect(address: &str, node_id: Option<u64>) -> Result<Channel, String> {
-    blixard_api::connect::installed()
+    let endpoint = blixard_api::connect::installed()
         .endpoint_for(address, node_id)
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
         .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
-        .keep_alive_while_idle(true)
-        .connect()
-        .await
-        .map_err(|e| format!("{address}: {e}"))
+        .keep_alive_while_idle(true);
+    connect_within(address, endpoint).await
 }
 
 /// Like [`connect`], with a deadline on every call (not for streams).
 pub async fn connect_for_calls(address: &str, node_id: Option<u64>) -> Result<Channel, String> {
-    blixard_api::connect::installed()
+    let endpoint = blixard_api::connect::installed()
         .endpoint_for(address, node_id)
         .map_err(|e| e.to_string())?
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .timeout(Duration::from_millis(CALL_TIMEOUT_MS))
-        .connect()
-        .await
-        .map_err(|e| format!("{address}: {e}"))
+        .timeout(Duration::from_millis(CALL_TIMEOUT_MS));
+    connect_within(address, endpoint).await
+}
+
+/// Connects within [`CONNECT_TIMEOUT_MS`], handshakes included: a peer
+/// that accepts TCP but answers nothing (stopped, or its host cut off
+/// after the kernel queued the connection) fails here, not at the first
+/// call's deadline.
+async fn connect_within(
+    address: &str,
+    endpoint: tonic::transport::Endpoint,
+) -> Result<Channel, String> {
+    let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
+    match tokio::time::timeout(timeout, endpoint.connect_timeout(timeout).connect()).await {
+        Ok(connected) => connected.map_err(|e| format!("{address}: {e}")),
+        Err(_) => Err(format!(
+            "{address}: no answer within {CONNECT_TIMEOUT_MS} ms"
+        )),
+    }
 }
 
 /// Completes when `stop` turns true (holding no borrow of it, so the

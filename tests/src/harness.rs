@@ -602,6 +602,23 @@ impl TestCluster {
         child.wait().unwrap();
     }
 
+    /// SIGSTOPs node `id` (`resume` continues it): its sockets stay open
+    /// and answer nothing, like a host cut off without a reset.
+    pub fn pause(&self, id: u64) {
+        self.signal(id, libc::SIGSTOP);
+    }
+
+    pub fn resume(&self, id: u64) {
+        self.signal(id, libc::SIGCONT);
+    }
+
+    fn signal(&self, id: u64, signal: i32) {
+        let child = self.nodes[&id].child.as_ref().expect("node is not running");
+        // SAFETY: kill(2) on a child this harness started and has not reaped.
+        let sent = unsafe { libc::kill(child.id() as i32, signal) };
+        assert_eq!(sent, 0, "signal {signal} to node {id}");
+    }
+
     /// SIGKILLs node `id` and every hypervisor it started: the host died.
     pub fn kill_host(&mut self, id: u64) {
         self.kill(id);

@@ -228,7 +228,8 @@ async fn a_session_by_two_tokens_shows_in_the_audit_trail_of_every_node() {
 /// copy of the state (a token revoked meanwhile would still pass), and
 /// judges them again once a voter confirms its copy. Method: three voters
 /// and a worker; the worker answers a client; SIGKILL every voter; the
-/// worker must refuse the same client with Unavailable saying why; restart
+/// worker must refuse the same client with Unavailable saying why (and a
+/// write forwarded meanwhile fails as unavailable, exit 4); restart
 /// the voters; the worker answers again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_the_voters_stops_judging_tokens() {
@@ -248,15 +249,35 @@ async fn a_worker_cut_off_from_the_voters_stops_judging_tokens() {
     for id in &voters {
         cluster.kill(*id);
     }
+    // Within the tokens' grace the worker still judges the token, then
+    // finds no voter to forward the write to: unavailable (exit 4), not
+    // an internal error.
+    let write = cluster.cli(
+        worker,
+        &[
+            "vm",
+            "create",
+            "late",
+            "--vcpus",
+            "1",
+            "--memory",
+            "64",
+            "--flake",
+            "/etc/vms#late",
+        ],
+    );
+    assert_eq!(write.status.code(), Some(4), "{write:?}");
     let refusal = eventually(
         "the worker to stop judging tokens",
         Duration::from_secs(30),
         || async {
             let (code, stderr) = status(&cluster);
-            (code != Some(0)).then_some(stderr)
+            (code != Some(0)).then_some((code, stderr))
         },
     )
     .await;
+    assert_eq!(refusal.0, Some(4), "{}", refusal.1);
+    let refusal = refusal.1;
     assert!(
         refusal.contains("cannot check tokens"),
         "the refusal does not say why: {refusal}"

@@ -468,6 +468,54 @@ async fn a_cut_off_node_fences_its_vms() {
     }
 }
 
+/// Goal: a worker whose voter stops answering (no reset, as in a
+/// partition) forwards a client's write to another voter instead of
+/// failing it. Method: three voters and a worker; SIGSTOP the voter the
+/// worker follows and at once write through the worker: the write
+/// succeeds and every running voter has it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_forwards_a_write_past_a_silent_voter() {
+    let timings = Timings {
+        voters: 3,
+        dead_voter_after_ms: 600_000,
+        ..Timings::default()
+    };
+    let cluster =
+        TestCluster::start_with(4, timings, Network::Loopback, |_| no_agent(Vec::new())).await;
+    let worker = nodes(&cluster, 1)
+        .iter()
+        .find(|n| n["role"] == "worker")
+        .map(|n| n["node_id"].as_u64().unwrap())
+        .unwrap();
+    let source = eventually("the worker to follow a voter", TIMEOUT, || async {
+        let feed_source = cluster.status(worker).await?.feed_source;
+        (1..=4).find(|id| cluster.address(*id) == feed_source)
+    })
+    .await;
+    cluster.pause(source);
+    let write = cluster.cli(
+        worker,
+        &[
+            "vm", "create", "past", "--vcpus", "1", "--memory", "64", "--flake", "/x#y",
+        ],
+    );
+    let voters: Vec<u64> = (1..=4)
+        .filter(|id| *id != source && *id != worker)
+        .collect();
+    let listed: Vec<Vec<String>> = {
+        let mut listed = Vec::new();
+        for id in &voters {
+            listed.push(cluster.vm_names(*id).await.map(|l| l.0).unwrap_or_default());
+        }
+        listed
+    };
+    cluster.resume(source);
+    assert!(write.status.success(), "{write:?}");
+    for names in listed {
+        assert_eq!(names, ["past"]);
+    }
+}
+
 /// A worker follows one voter's feed; when that voter dies it resumes from
 /// its own revision at another voter (no new snapshot) and keeps seeing
 /// changes.
