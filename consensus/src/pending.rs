@@ -139,3 +139,59 @@ fn take_expired<R>(waiting: &mut HashMap<u64, Waiting<R>>, now_tick: u64) -> Vec
         .filter_map(|id| waiting.remove(&id))
         .collect()
 }
+
+/// Bits of a request id below its epoch: 2^40 requests (days at a million
+/// a second) before the node begins another epoch.
+const REQUEST_COUNTER_BITS: u32 = 40;
+
+/// The ids a node tags its proposals and reads with: a durable epoch
+/// (begun at every start and whenever the counter runs out) above a
+/// counter.
+///
+/// Invariant: no id repeats one this node handed out before, in this
+/// process or an earlier one (up to 2^24 epochs), so an entry an earlier
+/// incarnation proposed that applies after a restart answers no new
+/// request.
+#[derive(Debug)]
+pub struct RequestIds {
+    epoch: u64,
+    counter: u64,
+}
+
+impl RequestIds {
+    pub fn new(epoch: u64) -> Self {
+        Self { epoch, counter: 0 }
+    }
+
+    /// The next id, or `None` once this epoch is used up: the caller
+    /// begins a new durable epoch and calls [`RequestIds::new`].
+    pub fn next(&mut self) -> Option<u64> {
+        self.counter += 1;
+        if self.counter >= 1 << REQUEST_COUNTER_BITS {
+            return None;
+        }
+        let epoch = self.epoch & ((1 << (64 - REQUEST_COUNTER_BITS)) - 1);
+        Some(epoch << REQUEST_COUNTER_BITS | self.counter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_of_different_epochs_never_meet() {
+        let mut first = RequestIds::new(1);
+        let before: Vec<u64> = (0..1000).map(|_| first.next().unwrap()).collect();
+        let mut second = RequestIds::new(2);
+        let after: Vec<u64> = (0..1000).map(|_| second.next().unwrap()).collect();
+        assert!(before.iter().all(|id| *id != 0 && !after.contains(id)));
+        assert!(before.windows(2).all(|w| w[0] < w[1]));
+        let mut used_up = RequestIds {
+            epoch: 3,
+            counter: (1 << REQUEST_COUNTER_BITS) - 2,
+        };
+        assert!(used_up.next().is_some());
+        assert_eq!(used_up.next(), None);
+    }
+}

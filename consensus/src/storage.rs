@@ -41,6 +41,9 @@ const KEY_SNAPSHOT_META: &str = "snapshot_metadata";
 const KEY_APPLIED_INDEX: &str = "applied_index";
 const KEY_REVISION: &str = "revision";
 const KEY_SETTINGS: &str = "settings";
+/// How many request-id epochs this node has begun (see
+/// [`LogStore::begin_request_epoch`]).
+const KEY_REQUEST_EPOCH: &str = "request_epoch";
 /// All tokens as one row: they are few (`TOKENS_MAX`) and change rarely.
 const KEY_TOKENS: &str = "tokens";
 /// Audit records are rows `audit/SEQ` (SEQ zero-padded, so they sort).
@@ -182,6 +185,22 @@ impl LogStore {
             ));
         }
         Ok(())
+    }
+
+    /// Begins a new epoch of request ids and returns it (1 on a new store):
+    /// durable before any request of the epoch is proposed, so no id this
+    /// node hands out repeats one an earlier incarnation proposed, whose
+    /// entry may still apply after a restart.
+    pub fn begin_request_epoch(&mut self) -> Result<u64> {
+        let mut wtxn = self.env.write_txn()?;
+        let epoch = match self.meta.get(&wtxn, KEY_REQUEST_EPOCH)? {
+            Some(bytes) => decode_u64("request epoch", bytes)? + 1,
+            None => 1,
+        };
+        self.meta
+            .put(&mut wtxn, KEY_REQUEST_EPOCH, &epoch.to_be_bytes())?;
+        wtxn.commit()?;
+        Ok(epoch)
     }
 
     /// The environment, for opening a write transaction that spans a Ready.
@@ -673,6 +692,17 @@ mod tests {
             term,
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn request_epochs_never_repeat_across_reopens() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.begin_request_epoch().unwrap(), 1);
+        assert_eq!(store.begin_request_epoch().unwrap(), 2);
+        drop(store);
+        let mut store = LogStore::open(dir.path()).unwrap();
+        assert_eq!(store.begin_request_epoch().unwrap(), 3);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::handle::{
 mod apply;
 mod guard;
 
-use crate::pending::Pending;
+use crate::pending::{Pending, RequestIds};
 use crate::state::ClusterState;
 use crate::storage::LogStore;
 use crate::{Error, Result};
@@ -96,13 +96,28 @@ pub struct RaftNode<T: Transport> {
     /// state (which wins) names them.
     learned_addresses: HashMap<u64, String>,
     pending: Pending,
-    next_request_id: u64,
+    request_ids: RequestIds,
     ticks: u64,
     /// The tick at which each peer was last heard from.
     last_heard_tick: HashMap<u64, u64>,
     /// Peer messages the guard refused since start.
     messages_refused: u64,
     refusal_logged_tick: Option<u64>,
+}
+
+/// Answers `request` with the error `error` makes, without handling it.
+fn refuse(request: Request, error: impl Fn() -> Error) {
+    match request {
+        Request::Propose { reply, .. } | Request::ChangeMembership { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+        Request::ReadIndex { reply } => {
+            let _ = reply.send(Err(error()));
+        }
+        Request::TransferLeader { reply, .. } => {
+            let _ = reply.send(Err(error()));
+        }
+    }
 }
 
 fn raft_logger() -> slog::Logger {
@@ -128,6 +143,7 @@ impl<T: Transport> RaftNode<T> {
             )?;
         }
         let state = store.load_state()?;
+        let request_ids = RequestIds::new(store.begin_request_epoch()?);
         let raft_config = raft::Config {
             id: config.node_id,
             election_tick: config.election_ticks,
@@ -161,7 +177,7 @@ impl<T: Transport> RaftNode<T> {
             messages,
             pending: Pending::default(),
             learned_addresses: HashMap::new(),
-            next_request_id: 1,
+            request_ids,
             ticks: 0,
             last_heard_tick: HashMap::new(),
             messages_refused: 0,
@@ -277,24 +293,27 @@ impl<T: Transport> RaftNode<T> {
 
     fn on_request(&mut self, request: Request) {
         if self.pending.is_full() {
-            let busy = Error::Busy {
+            refuse(request, || Error::Busy {
                 queued_max: crate::pending::REQUESTS_PENDING_MAX,
-            };
-            match request {
-                Request::Propose { reply, .. } | Request::ChangeMembership { reply, .. } => {
-                    let _ = reply.send(Err(busy));
-                }
-                Request::ReadIndex { reply } => {
-                    let _ = reply.send(Err(busy));
-                }
-                Request::TransferLeader { reply, .. } => {
-                    let _ = reply.send(Err(busy));
-                }
-            }
+            });
             return;
         }
-        let request_id = self.next_request_id;
-        self.next_request_id += 1;
+        let request_id = match self.request_ids.next() {
+            Some(id) => id,
+            None => match self.raw.mut_store().begin_request_epoch() {
+                Ok(epoch) => {
+                    self.request_ids = RequestIds::new(epoch);
+                    self.request_ids
+                        .next()
+                        .expect("a new epoch has ids to give")
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot record a new request epoch");
+                    refuse(request, || Error::Stopped);
+                    return;
+                }
+            },
+        };
         let tag = ProposalTag {
             proposer: self.config.node_id,
             request_id,
