@@ -22,6 +22,11 @@ pub enum Error {
     /// No member of the cluster could be reached (from a worker).
     #[error("no cluster member reachable: {detail}")]
     Unreachable { detail: String },
+    /// A voter refused a request a worker forwarded (a token it does not
+    /// hold, a bad argument); `code` is its gRPC status code, kept so the
+    /// client sees the voter's refusal, not an outage.
+    #[error("{message}")]
+    Refused { code: i32, message: String },
     /// The raft loop is shutting down or has stopped.
     #[error("this node's raft loop has stopped")]
     Stopped,

@@ -908,12 +908,25 @@ impl ClusterState {
             .map(|vm| vm.spec.name.clone())
             .collect();
         let wanted: Vec<String> = (1..=replicas).map(|i| format!("{group}-{i}")).collect();
+        // A member may not take a group's name (create_vm keeps the same
+        // rule for single VMs).
+        let groups: std::collections::BTreeSet<&str> = self
+            .vms
+            .values()
+            .filter_map(|vm| vm.spec.group.as_deref())
+            .collect();
         for name in &wanted {
             if self.vms.contains_key(name) && !members.contains(name) {
                 return Outcome::rejected(Rejection::VmExists { name: name.clone() });
             }
+            if !members.contains(name) && groups.contains(name.as_str()) {
+                return Outcome::rejected(Rejection::GroupExists { name: name.clone() });
+            }
         }
-        if let Some(node_id) = template.pinned_node {
+        // Only members still to be made need their node: a group pinned to
+        // a node since removed can still shrink and be deleted.
+        let creates = wanted.iter().any(|name| !members.contains(name));
+        if let Some(node_id) = template.pinned_node.filter(|_| creates) {
             if !self.nodes.contains_key(&node_id) {
                 return Outcome::rejected(Rejection::NoSuchNode { node_id });
             }
@@ -1524,6 +1537,32 @@ mod tests {
         assert!(state.apply(scale("g", 2)).result.is_ok());
         assert_eq!(state.vms["g-2"].spec.memory_mib, 512);
         assert!(state.apply(create_group("g", 0)).result.is_err());
+        // A member may not take another group's name: group "a-1" exists,
+        // so group "a" cannot grow a member "a-1".
+        assert!(state.apply(create_group("a-1", 1)).result.is_ok());
+        assert!(matches!(
+            state.apply(create_group("a", 1)).result,
+            Err(Rejection::GroupExists { .. })
+        ));
+        // A group pinned to a node that is gone still shrinks to nothing.
+        let mut pinned = spec("p");
+        pinned.pinned_node = Some(1);
+        assert!(state.add_member(1, "127.0.0.1:1".into()).result.is_ok());
+        assert!(state
+            .apply(Command::CreateGroup {
+                template: pinned,
+                replicas: 2,
+                start: false,
+                created_at_unix_ms: 0,
+            })
+            .result
+            .is_ok());
+        assert!(state.remove_member(1).result.is_ok());
+        assert!(matches!(
+            state.apply(scale("p", 3)).result,
+            Err(Rejection::NoSuchNode { .. })
+        ));
+        assert!(state.apply(scale("p", 0)).result.is_ok());
     }
 
     #[test]

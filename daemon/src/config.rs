@@ -531,12 +531,12 @@ impl Config {
             );
         }
         let consensus = &self.consensus;
-        if consensus.heartbeat_interval_ms == 0 || consensus.heartbeat_interval_ms > 60_000 {
-            return invalid(format!(
-                "consensus.heartbeat_interval_ms {} must be between 1 and 60000",
-                consensus.heartbeat_interval_ms
-            ));
-        }
+        // Three heartbeats must fit in the longest election timeout.
+        within(
+            "consensus.heartbeat_interval_ms",
+            consensus.heartbeat_interval_ms,
+            1..=ELECTION_TIMEOUT_MS_MAX / 3,
+        )?;
         if consensus.election_timeout_ms < 3 * consensus.heartbeat_interval_ms {
             return invalid(format!(
                 "consensus.election_timeout_ms {} must be at least 3 heartbeats ({} ms)",

@@ -55,6 +55,7 @@ impl From<Error> for Status {
             Error::Consensus(C::NoLeader | C::Stopped | C::Unreachable { .. }) => Code::Unavailable,
             Error::Consensus(C::Timeout { .. }) => Code::DeadlineExceeded,
             Error::Consensus(C::Busy { .. }) => Code::ResourceExhausted,
+            Error::Consensus(C::Refused { code, .. }) => Code::from_i32(*code),
             Error::Join { .. } => Code::Unavailable,
             _ => Code::Internal,
         };

@@ -248,8 +248,15 @@ impl ClusterHandle {
                 timeout_ms: self.request_timeout.as_millis() as u64,
             },
             tonic::Code::ResourceExhausted => Error::Busy { queued_max: 0 },
-            _ => Error::Unreachable {
+            tonic::Code::Unavailable
+            | tonic::Code::Unknown
+            | tonic::Code::Internal
+            | tonic::Code::Cancelled => Error::Unreachable {
                 detail: status.message().to_string(),
+            },
+            code => Error::Refused {
+                code: code as i32,
+                message: status.message().to_string(),
             },
         }
     }

@@ -41,12 +41,13 @@ async fn group_members(client: &mut VmClient<Connection>, group: &str) -> Vec<St
     members
 }
 
-/// Runs `attempts` calls of `call` at once, spread over every node, and
-/// returns their results' codes (Ok as `Code::Ok`).
-async fn race<F, Fut>(cluster: &TestCluster, call: F) -> Vec<Code>
+/// Runs the call `call` makes on every racing client at once, spread over
+/// every node, and returns each outcome (a refusal by its code).
+async fn race<F, Fut, T>(cluster: &TestCluster, call: F) -> Vec<Result<T, Code>>
 where
     F: Fn(VmClient<Connection>) -> Fut,
-    Fut: std::future::Future<Output = Result<(), tonic::Status>> + Send + 'static,
+    Fut: std::future::Future<Output = Result<T, tonic::Status>> + Send + 'static,
+    T: Send + 'static,
 {
     let mut calls = Vec::new();
     for id in 1..=3 {
@@ -55,29 +56,22 @@ where
             calls.push(tokio::spawn(call(client.clone())));
         }
     }
-    let mut codes = Vec::new();
+    let mut outcomes = Vec::new();
     for call in calls {
-        codes.push(match call.await.expect("racing call panicked") {
-            Ok(()) => Code::Ok,
-            Err(status) => {
-                assert!(
-                    matches!(status.code(), Code::AlreadyExists | Code::NotFound),
-                    "a racing call failed for another reason: {status:?}"
-                );
-                status.code()
-            }
-        });
+        outcomes.push(call.await.expect("racing call panicked").map_err(|status| {
+            assert!(
+                matches!(status.code(), Code::AlreadyExists | Code::NotFound),
+                "a racing call failed for another reason: {status:?}"
+            );
+            status.code()
+        }));
     }
-    codes
-}
-
-fn count(codes: &[Code], code: Code) -> usize {
-    codes.iter().filter(|c| **c == code).count()
+    outcomes
 }
 
 /// Goal: of creates of one group racing from every node exactly one wins,
-/// of scales to zero racing exactly one deletes the group, and a scale
-/// after that finds no group (it does not bring it back). Method: six
+/// of scales to zero racing scales up at most one deletes the group and
+/// none brings it back, and a scale after that finds no group. Method: six
 /// clients on three nodes race each operation, several rounds.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn racing_group_operations_have_one_winner() {
@@ -101,7 +95,7 @@ async fn racing_group_operations_have_one_winner() {
         })
         .await;
         assert_eq!(
-            count(&created, Code::Ok),
+            created.iter().filter(|c| c.is_ok()).count(),
             1,
             "round {round}: racing creates of one group: {created:?}"
         );
@@ -110,25 +104,44 @@ async fn racing_group_operations_have_one_winner() {
             [format!("{group}-1"), format!("{group}-2")]
         );
 
-        let deleted = race(&cluster, |mut client| {
+        // Scales to zero race scales up: a scale up applied after the
+        // deletion must find no group, so the group ends deleted exactly
+        // when one scale to zero won, and at most one can.
+        let turn = std::sync::atomic::AtomicU32::new(0);
+        let scaled = race(&cluster, |mut client| {
             let group = group.clone();
+            let replicas = 3 * (turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % 2);
             async move {
                 client
                     .scale(pb::ScaleVmRequest {
                         name: group,
-                        replicas: 0,
+                        replicas,
                         stopped: true,
                     })
                     .await
-                    .map(drop)
+                    .map(|_| replicas)
             }
         })
         .await;
+        let deletions = scaled.iter().filter(|r| **r == Ok(0)).count();
+        let members = group_members(&mut reader, &group).await;
+        assert!(deletions <= 1, "round {round}: {scaled:?}");
         assert_eq!(
-            count(&deleted, Code::Ok),
-            1,
-            "round {round}: racing scales to zero: {deleted:?}"
+            members.is_empty(),
+            deletions == 1,
+            "round {round}: {scaled:?} left {members:?}"
         );
+        if !members.is_empty() {
+            assert_eq!(members.len(), 3, "round {round}: {scaled:?}");
+            reader
+                .scale(pb::ScaleVmRequest {
+                    name: group.clone(),
+                    replicas: 0,
+                    stopped: true,
+                })
+                .await
+                .expect("delete the group");
+        }
         let after = reader
             .scale(pb::ScaleVmRequest {
                 name: group.clone(),

@@ -159,6 +159,16 @@ async fn names(id: u64) -> Option<Vec<String>> {
     )
 }
 
+/// Three simulated nodes and a client node to drive them from.
+fn three_nodes_and_a_client(
+    handle: &Handle,
+    root: &std::path::Path,
+) -> (Vec<NodeHandle>, NodeHandle) {
+    let nodes = (1..=3).map(|id| start_node(handle, id, root)).collect();
+    let client = handle.create_node().name("client").ip(ip(100)).build();
+    (nodes, client)
+}
+
 /// Goal: the real consensus code keeps every acknowledged write through a
 /// leader crash and a partition. Method: three simulated nodes; writes
 /// through a client node; kill the leader, clog a follower's network,
@@ -168,10 +178,7 @@ async fn three_nodes_survive_leader_crash_and_partition() {
     init_logging();
     let handle = Handle::current();
     let root = tempfile::tempdir().unwrap();
-    let nodes: Vec<NodeHandle> = (1..=3)
-        .map(|id| start_node(&handle, id, root.path()))
-        .collect();
-    let client = handle.create_node().name("client").ip(ip(100)).build();
+    let (nodes, client) = three_nodes_and_a_client(&handle, root.path());
 
     client
         .spawn(async move {
@@ -405,10 +412,7 @@ async fn a_read_outlives_the_leader_it_was_sent_to() {
     init_logging();
     let handle = Handle::current();
     let root = tempfile::tempdir().unwrap();
-    let nodes: Vec<NodeHandle> = (1..=3)
-        .map(|id| start_node(&handle, id, root.path()))
-        .collect();
-    let client = handle.create_node().name("client").ip(ip(100)).build();
+    let (nodes, client) = three_nodes_and_a_client(&handle, root.path());
     client
         .spawn(async move {
             wait_for("three voters", || async {

@@ -481,9 +481,9 @@ impl pb::cluster_server::Cluster for ClusterService {
             .propose_for(command, requester)
             .await
             .map_err(Error::from)?;
-        // The settings as of this update or later (a worker's copy
-        // catches up first).
-        self.raft.read_barrier().await.map_err(Error::from)?;
+        // The settings as of this update or later: the proposal returns
+        // once this node (a worker's copy too) has applied it, and a
+        // failed read must not report a change that took effect as failed.
         let settings = self.raft.read_state(|s| s.settings.clone());
         Ok(Response::new(settings_to_pb(&settings)))
     }
