@@ -6,6 +6,37 @@
 
 use std::path::Path;
 
+/// Starts a runner at most this many times while its file is busy.
+const TEXT_BUSY_ATTEMPTS: u32 = 6;
+/// The first pause after a busy runner; each later one doubles.
+const TEXT_BUSY_BACKOFF_MS: u64 = 10;
+
+/// Calls `spawn` again while it fails with ETXTBSY, pausing a little
+/// longer each time (about 0.3 s in all).
+///
+/// A runner file is closed before it is run, but a process another
+/// thread forks at that moment inherits the writing descriptor until it
+/// execs, and the kernel refuses to run a file open for writing: the
+/// refusal passes within moments, so it is retried, not reported.
+pub async fn spawn_retrying_busy<T>(
+    mut spawn: impl FnMut() -> std::io::Result<T>,
+) -> std::io::Result<T> {
+    let mut attempt = 1;
+    loop {
+        match spawn() {
+            Err(error)
+                if error.raw_os_error() == Some(libc::ETXTBSY) && attempt < TEXT_BUSY_ATTEMPTS =>
+            {
+                let pause_ms = TEXT_BUSY_BACKOFF_MS << (attempt - 1);
+                tracing::debug!(attempt, pause_ms, "runner file busy; starting it again");
+                tokio::time::sleep(std::time::Duration::from_millis(pause_ms)).await;
+                attempt += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The argv[0] every runner gives the hypervisor of VM `name`.
 pub fn process_name(name: &str) -> String {
     format!("microvm@{name}")
@@ -80,5 +111,52 @@ mod tests {
         assert!(!is_vm_process(me, "anything"));
         let usage = usage(me).unwrap();
         assert!(usage.rss_bytes > 0);
+    }
+
+    /// Goal: a runner whose file is still open for writing somewhere (a
+    /// sibling's fork) starts once it is closed, and one that stays busy
+    /// fails with the kernel's reason. Method: a real script held open for
+    /// writing; the first refusal closes it.
+    #[tokio::test]
+    async fn a_busy_runner_is_started_again() {
+        use std::os::unix::fs::OpenOptionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("microvm-run");
+        let open_for_writing = || {
+            let mut file = std::fs::OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o755)
+                .open(&script)
+                .unwrap();
+            std::io::Write::write_all(&mut file, b"#!/bin/sh\nexit 0\n").unwrap();
+            file
+        };
+        let mut writer = Some(open_for_writing());
+        let mut attempts = 0;
+        let mut child = spawn_retrying_busy(|| {
+            attempts += 1;
+            let spawned = std::process::Command::new(&script).spawn();
+            if spawned.is_err() {
+                writer = None;
+            }
+            spawned
+        })
+        .await
+        .expect("the runner starts once its file is closed");
+        assert!(child.wait().unwrap().success());
+        assert_eq!(attempts, 2, "the first start found the file busy");
+
+        let _held = open_for_writing();
+        let mut attempts = 0;
+        let busy = spawn_retrying_busy(|| {
+            attempts += 1;
+            std::process::Command::new(&script).spawn()
+        })
+        .await
+        .unwrap_err();
+        assert_eq!(busy.raw_os_error(), Some(libc::ETXTBSY), "{busy}");
+        assert_eq!(attempts, TEXT_BUSY_ATTEMPTS);
     }
 }

@@ -7,7 +7,8 @@
 //! runner behind `current`.
 
 use std::future::Future;
-use std::os::unix::fs::PermissionsExt;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -160,10 +161,22 @@ impl RunnerSource for QemuRunner {
         };
         std::fs::create_dir_all(staging.join("bin")).map_err(io("create runner"))?;
         std::fs::create_dir_all(staging.join("share/microvm")).map_err(io("create runner"))?;
+        // Written whole and synced, then closed, before the directory is
+        // renamed into place: a crash leaves the old runner or the new
+        // one, never a torn script.
         let run = staging.join("bin/microvm-run");
-        std::fs::write(&run, self.script()?).map_err(io("write microvm-run"))?;
-        std::fs::set_permissions(&run, std::fs::Permissions::from_mode(0o755))
-            .map_err(io("chmod microvm-run"))?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o755)
+            .open(&run)
+            .map_err(io("create microvm-run"))?;
+        // The mode again past the umask: a vm_user must be able to read it.
+        file.write_all(self.script()?.as_bytes())
+            .and_then(|()| file.set_permissions(std::fs::Permissions::from_mode(0o755)))
+            .and_then(|()| file.sync_all())
+            .map_err(io("write microvm-run"))?;
+        drop(file);
         std::fs::write(staging.join("share/microvm/hypervisor"), "qemu\n")
             .map_err(io("write share/microvm/hypervisor"))?;
         let _ = std::fs::remove_dir_all(&runner);

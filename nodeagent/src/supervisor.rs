@@ -490,8 +490,8 @@ impl Supervisor {
             command.uid(user.uid).gid(user.gid);
             qmp_listener = Some((listener, copied));
         }
-        let child = command
-            .spawn()
+        let child = process::spawn_retrying_busy(|| command.spawn())
+            .await
             .map_err(|e| format!("cannot run microvm-run: {e}"))?;
         drop(qmp_listener);
         let pid = child.id().unwrap_or_default();
