@@ -36,6 +36,20 @@ pub enum Error {
     /// The state machine refused the command (deterministically, on every node).
     #[error("{0}")]
     Rejected(#[from] crate::command::Rejection),
+    /// The store file is not a store this node can read (not LMDB,
+    /// truncated); the node refuses to start rather than guess.
+    #[error(
+        "store {path} cannot be read ({detail}); restore it from a backup or recover the node \
+         as a new one (README: Recovering a node)"
+    )]
+    StoreUnreadable { path: String, detail: String },
+    /// A write failed with the disk (nearly) full.
+    #[error("no space left on device for the store in {path} ({free_bytes} bytes free): {detail}")]
+    DiskFull {
+        path: String,
+        free_bytes: u64,
+        detail: String,
+    },
     /// Opening the data directory failed.
     #[error("data directory {path}: {source}")]
     DataDir {

@@ -30,4 +30,4 @@ pub use node::{RaftConfig, RaftNode, Transport};
 pub use placement::{FailoverPolicy, Placement, Rule, RuleError, Strategy};
 pub use raft::prelude::Message as RaftMessage;
 pub use state::{ClusterState, JoinTokenRefusal};
-pub use storage::LogStore;
+pub use storage::{DataIdentity, LogStore, DATA_FORMAT_VERSION, STORE_FILE};

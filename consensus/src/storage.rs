@@ -44,6 +44,8 @@ const KEY_SETTINGS: &str = "settings";
 /// How many request-id epochs this node has begun (see
 /// [`LogStore::begin_request_epoch`]).
 const KEY_REQUEST_EPOCH: &str = "request_epoch";
+/// Who this store belongs to (see [`DataIdentity`]), as JSON.
+const KEY_IDENTITY: &str = "identity";
 /// All tokens as one row: they are few (`TOKENS_MAX`) and change rarely.
 const KEY_TOKENS: &str = "tokens";
 /// Audit records are rows `audit/SEQ` (SEQ zero-padded, so they sort).
@@ -57,6 +59,28 @@ const KEY_JOIN_TOKENS: &str = "join_tokens";
 /// Node ids a join token was spent on (see `ClusterState::issued_node_ids`),
 /// written with the join tokens.
 const KEY_ISSUED: &str = "issued_node_ids";
+
+/// The file LMDB keeps its pages in, inside the data directory.
+pub const STORE_FILE: &str = "data.mdb";
+/// The format of data directories this build writes and reads.
+pub const DATA_FORMAT_VERSION: u32 = 1;
+/// Below this much free space, a failed write is reported as a full disk
+/// (LMDB reports a short write as EIO, which names nothing useful).
+const DISK_FREE_BYTES_MIN: u64 = 1024 * 1024;
+
+/// Who a data directory belongs to: written on its first start, before
+/// anything else, beside the store (the daemon's `identity.toml`) and
+/// inside it, and checked on every start, so a store that was emptied,
+/// swapped or moved to another node is refused instead of founding or
+/// joining as something it is not.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DataIdentity {
+    pub format_version: u32,
+    /// The id the cluster got when it was founded.
+    pub cluster_id: String,
+    pub node_id: u64,
+}
 
 fn audit_key(seq: u64) -> String {
     format!("{AUDIT_PREFIX}{seq:020}")
@@ -99,9 +123,36 @@ fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
     Ok(u64::from_be_bytes(array))
 }
 
+/// Bytes an unprivileged writer may still use on the filesystem of
+/// `dir` (`None` when it cannot be asked).
+fn free_bytes(dir: &Path) -> Option<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
+    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
+    // SAFETY: `path` is a NUL-terminated string and `stat` is writable
+    // memory of the right type; statvfs writes it only on success.
+    let stat = unsafe {
+        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
+            return None;
+        }
+        stat.assume_init()
+    };
+    #[allow(clippy::unnecessary_cast)] // the field types differ by platform
+    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+}
+
 impl LogStore {
-    /// Opens (creating if needed) the store in `dir`.
+    /// Opens (creating if needed) the store in `dir`. A store that is not
+    /// an LMDB file, or is shorter than the pages its header names (a
+    /// truncated copy, a disk that lost its tail), is refused here: reading
+    /// a page past the end of a mapped file would kill the process with
+    /// SIGBUS, naming nothing.
     pub fn open(dir: &Path) -> Result<Self> {
+        let path = dir.join(STORE_FILE);
+        let unreadable = |detail: String| Error::StoreUnreadable {
+            path: path.display().to_string(),
+            detail,
+        };
         std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
             path: dir.display().to_string(),
             source,
@@ -115,8 +166,21 @@ impl LogStore {
                 .read_txn_without_tls()
                 .map_size(MAP_SIZE_BYTES)
                 .max_dbs(DATABASES_MAX)
-                .open(dir)?
-        };
+                .open(dir)
+        }
+        .map_err(|e| unreadable(e.to_string()))?;
+        // Opening read only the two meta pages (with pread); nothing past
+        // them has been touched through the map yet.
+        let len_bytes = std::fs::metadata(&path)
+            .map_err(|e| unreadable(e.to_string()))?
+            .len();
+        let page_bytes = u64::from(env.unnamed_database_stat().page_size);
+        let needed_bytes = (env.info().last_page_number as u64 + 1) * page_bytes;
+        if len_bytes < needed_bytes {
+            return Err(unreadable(format!(
+                "truncated: {len_bytes} bytes, but its last page ends at {needed_bytes}"
+            )));
+        }
         let wtxn = env.write_txn()?;
         let (entries, meta, vms, nodes) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_> {
@@ -199,8 +263,25 @@ impl LogStore {
         };
         self.meta
             .put(&mut wtxn, KEY_REQUEST_EPOCH, &epoch.to_be_bytes())?;
-        wtxn.commit()?;
+        self.commit(wtxn, true)?;
         Ok(epoch)
+    }
+
+    /// The identity recorded inside the store, if any.
+    pub fn identity(&self) -> Result<Option<DataIdentity>> {
+        let rtxn = self.env.read_txn()?;
+        self.meta
+            .get(&rtxn, KEY_IDENTITY)?
+            .map(|bytes| serde_json::from_slice(bytes).map_err(|e| corrupt("identity", e)))
+            .transpose()
+    }
+
+    /// Records `identity` inside the store, durably.
+    pub fn record_identity(&mut self, identity: &DataIdentity) -> Result<()> {
+        let bytes = serde_json::to_vec(identity).expect("an identity always encodes");
+        let mut wtxn = self.env.write_txn()?;
+        self.meta.put(&mut wtxn, KEY_IDENTITY, &bytes)?;
+        self.commit(wtxn, true)
     }
 
     /// The environment, for opening a write transaction that spans a Ready.
@@ -277,8 +358,7 @@ impl LogStore {
             ..Default::default()
         };
         self.set_hard_state(&mut wtxn, &hard_state)?;
-        wtxn.commit()?;
-        Ok(())
+        self.commit(wtxn, true)
     }
 
     /// Reads the cluster state tables (as of `applied_index`).
@@ -369,8 +449,20 @@ impl LogStore {
         // the ACI ... but not D"); flags are only changed here, on the one
         // thread that writes this environment.
         unsafe { self.env.set_flags(EnvFlags::NO_META_SYNC, mode)? };
-        wtxn.commit()?;
-        Ok(())
+        wtxn.commit().map_err(|e| self.explain_write_error(e))
+    }
+
+    /// Names a full disk as such: LMDB turns a short write into EIO.
+    fn explain_write_error(&self, error: heed::Error) -> Error {
+        let dir = self.env.path().to_path_buf();
+        match free_bytes(&dir) {
+            Some(free) if free < DISK_FREE_BYTES_MIN => Error::DiskFull {
+                path: dir.display().to_string(),
+                free_bytes: free,
+                detail: error.to_string(),
+            },
+            _ => Error::Storage(error),
+        }
     }
 
     /// Whether persisting `hard_state` must be durable: a changed term or

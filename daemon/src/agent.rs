@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use blixard_api::pb;
 use blixard_api::pb::cluster_client::ClusterClient;
-use blixard_consensus::{LogStore, RaftConfig, RaftNode};
+use blixard_consensus::{DataIdentity, LogStore, RaftConfig, RaftNode, DATA_FORMAT_VERSION};
 use blixard_membership::{GossipSecurity, Membership, MembershipConfig, NodeInfo, NodeRole};
 use tokio::sync::watch;
 
@@ -22,6 +22,7 @@ use blixard_nodeagent::{accel, NodeAgent, Settings, VmUser};
 
 use crate::config::Config;
 use crate::controllers;
+use crate::data_dir::{self, Start};
 use crate::handle::ClusterHandle;
 use crate::mirror::{self, Mirror};
 use crate::security::NodeTls;
@@ -123,6 +124,7 @@ async fn gossip_seeds(config: &Config, store: &LogStore) -> Vec<String> {
 
 async fn start_membership(
     config: &Config,
+    cluster_id: &str,
     store: &LogStore,
     security: Option<GossipSecurity>,
 ) -> Result<Membership, Error> {
@@ -130,6 +132,7 @@ async fn start_membership(
     let membership_config = MembershipConfig {
         node_id: config.cluster.node_id,
         cluster_name: config.cluster.name.clone(),
+        cluster_id: cluster_id.to_string(),
         gossip_bind,
         gossip_advertise: gossip_bind,
         seeds: gossip_seeds(config, store).await,
@@ -172,11 +175,22 @@ async fn connect_cluster(
     Ok(ClusterClient::new(channel))
 }
 
-/// Checks that at least one join address answers before anything is
+/// What the join addresses said.
+enum Probe {
+    /// One answered for the cluster with this id.
+    Cluster(String),
+    /// None answered; why, per address.
+    NoAnswer(String),
+}
+
+/// Asks the join addresses which cluster they serve before anything is
 /// written, so a typo leaves the data directory untouched. Nodes started
 /// together (one boot, one `systemctl start`) may come up before the node
-/// they join through, so the probe keeps trying for a few seconds.
-async fn probe_join_addresses(join: &[String]) -> Result<(), Error> {
+/// they join through, so the probe keeps trying for a few seconds. A
+/// first start under an id the cluster already counts as a raft member is
+/// refused: that member's data is elsewhere or lost, and a member with an
+/// empty log would forget the votes it gave.
+async fn probe_join_addresses(join: &[String], node_id: u64) -> Result<Probe, Error> {
     let mut failures = Vec::new();
     for attempt in 0..JOIN_PROBE_ATTEMPTS_MAX {
         if attempt > 0 {
@@ -184,25 +198,132 @@ async fn probe_join_addresses(join: &[String]) -> Result<(), Error> {
         }
         failures.clear();
         for address in join {
-            match connect_cluster(address, None).await {
+            let status = match connect_cluster(address, None).await {
                 Ok(mut client) => match client.status(pb::StatusRequest {}).await {
-                    Ok(_) => return Ok(()),
-                    Err(status) => failures.push(format!("{address}: {}", status.message())),
+                    Ok(status) => status.into_inner(),
+                    Err(status) => {
+                        failures.push(format!("{address}: {}", status.message()));
+                        continue;
+                    }
                 },
-                Err(error) => failures.push(format!("{address}: {error}")),
+                Err(error) => {
+                    failures.push(format!("{address}: {error}"));
+                    continue;
+                }
+            };
+            if let Err(detail) = data_dir::check_cluster_id(&status.cluster_id) {
+                failures.push(format!("{address}: {detail}"));
+                continue;
             }
+            if status.members.iter().any(|m| m.node_id == node_id) {
+                return Err(Error::Join {
+                    detail: format!(
+                        "node {node_id} is already a raft member of the cluster at {address} \
+                         (cluster {}), but this data directory is new: if this node's data was \
+                         lost, run `blixard cluster remove-node {node_id}` on a member and start \
+                         this host as a new node id (README: Recovering a node)",
+                        status.cluster_id
+                    ),
+                });
+            }
+            return Ok(Probe::Cluster(status.cluster_id));
         }
     }
-    Err(Error::Join {
-        detail: format!("no join address answered ({})", failures.join("; ")),
+    Ok(Probe::NoAnswer(failures.join("; ")))
+}
+
+/// Whose the data directory is, from what it holds (reads only).
+fn look_at_data_dir(config: &Config) -> Result<Start, Error> {
+    let dir = &config.cluster.data_dir;
+    let recorded = data_dir::read_identity(dir)?;
+    let store = data_dir::store_file(dir)?;
+    data_dir::decide(
+        dir,
+        recorded.as_ref(),
+        store,
+        config.cluster.node_id,
+        config.cluster.bootstrap,
+        !config.cluster.join.is_empty(),
+    )
+}
+
+/// Decides whose the data directory is and, on a first start, which
+/// cluster it joins or founds (see `crate::data_dir`). Returns the
+/// identity to write (a first start) or the one it has, and whether this
+/// start founds the cluster.
+async fn settle_identity(
+    config: &Config,
+    start: Start,
+) -> Result<(Option<DataIdentity>, bool), Error> {
+    let node_id = config.cluster.node_id;
+    let join = &config.cluster.join;
+    let identity = |cluster_id| DataIdentity {
+        format_version: DATA_FORMAT_VERSION,
+        cluster_id,
+        node_id,
+    };
+    Ok(match start {
+        Start::Known(_) | Start::FromStore => (None, false),
+        Start::Bootstrap => (Some(identity(data_dir::new_cluster_id())), true),
+        Start::Join => match probe_join_addresses(join, node_id).await? {
+            Probe::Cluster(id) => (Some(identity(id)), false),
+            Probe::NoAnswer(detail) => {
+                return Err(Error::Join {
+                    detail: format!("no join address answered ({detail})"),
+                })
+            }
+        },
+        Start::JoinElseBootstrap => match probe_join_addresses(join, node_id).await? {
+            Probe::Cluster(id) => {
+                tracing::info!(cluster_id = %id, "a join address answers: joining, not founding");
+                (Some(identity(id)), false)
+            }
+            Probe::NoAnswer(detail) => {
+                tracing::info!(%detail, "no join address answers: founding a new cluster");
+                (Some(identity(data_dir::new_cluster_id())), true)
+            }
+        },
     })
 }
 
+/// Opens the store and holds it to the directory's identity: writes a
+/// first start's identity (file, then store), restores a lost file from
+/// the store, refuses a store that names another owner.
+fn open_store(
+    config: &Config,
+    new: Option<DataIdentity>,
+) -> Result<(LogStore, DataIdentity), Error> {
+    let dir = &config.cluster.data_dir;
+    if let Some(identity) = &new {
+        data_dir::write_identity(dir, identity)?;
+    }
+    let file = data_dir::read_identity(dir)?;
+    let mut store = LogStore::open(dir)?;
+    let recorded = store.identity()?;
+    let identity = data_dir::reconcile(dir, file.as_ref(), recorded.as_ref())?;
+    if identity.node_id != config.cluster.node_id {
+        return Err(Error::NotThisNode {
+            path: dir.display().to_string(),
+            recorded: identity.node_id,
+            configured: config.cluster.node_id,
+        });
+    }
+    if recorded.is_none() {
+        store.record_identity(&identity)?;
+    }
+    if file.is_none() {
+        tracing::warn!(path = %dir.display(), "identity.toml was missing; restored from the store");
+        data_dir::write_identity(dir, &identity)?;
+    }
+    Ok((store, identity))
+}
+
 /// Asks the cluster to add this node, retrying while it elects a leader.
-async fn request_join(config: &Config) -> Result<String, Error> {
+async fn request_join(config: &Config, cluster_id: &str) -> Result<String, Error> {
     let request = pb::JoinRequest {
         node_id: config.cluster.node_id,
         address: config.api.bind.clone(),
+        cluster_id: cluster_id.to_string(),
     };
     let join_at = |address: String, node_id: Option<u64>| {
         let request = request.clone();
@@ -247,7 +368,14 @@ async fn request_join(config: &Config) -> Result<String, Error> {
             let outcome = outcome.map_err(|(code, detail, _)| (code, detail));
             match outcome {
                 Ok(response) => return Ok(response.into_inner().role),
-                Err((tonic::Code::AlreadyExists | tonic::Code::InvalidArgument, detail)) => {
+                // A removed id, another cluster's node: asking again
+                // changes nothing.
+                Err((
+                    tonic::Code::AlreadyExists
+                    | tonic::Code::InvalidArgument
+                    | tonic::Code::PermissionDenied,
+                    detail,
+                )) => {
                     return Err(Error::Join { detail });
                 }
                 Err((_, detail)) => last_error = detail,
@@ -264,6 +392,9 @@ async fn request_join(config: &Config) -> Result<String, Error> {
 /// fails or the raft loop stops on a storage failure.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
+    // Before the certificates are read: a directory started as another
+    // node is named as such, not as a certificate of the wrong node.
+    let start = look_at_data_dir(&config)?;
     // A VM user that does not exist stops the node now, not its first VM.
     let vm_user = match (&config.agent.vm_user, config.agent.enabled) {
         (Some(name), true) => Some(
@@ -283,16 +414,24 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // are all insecure, so what each installs is the same).
     blixard_api::connect::install(node_tls.dial());
     let data_dir = config.cluster.data_dir.clone();
-    let has_data = data_dir.join("data.mdb").exists();
-    if !has_data && !config.cluster.join.is_empty() {
-        probe_join_addresses(&config.cluster.join).await?;
-    }
+    let (new_identity, founding) = settle_identity(&config, start).await?;
     let _lock = lock_data_dir(&data_dir)?;
-    let store = LogStore::open(&data_dir)?;
-    let membership = Arc::new(start_membership(&config, &store, node_tls.gossip()).await?);
+    let (store, identity) = open_store(&config, new_identity)?;
+    let cluster_id = identity.cluster_id.clone();
+    let membership =
+        Arc::new(start_membership(&config, &cluster_id, &store, node_tls.gossip()).await?);
     let initialized = store.is_initialized();
-    let bootstrap = config.cluster.join.is_empty();
-    if initialized && !bootstrap {
+    // A founding start that died before its store was bootstrapped is
+    // finished by the next start asked only to found (with join addresses
+    // too, an uninitialized store may be a worker's: it joins).
+    let bootstrap =
+        founding || (!initialized && config.cluster.bootstrap && config.cluster.join.is_empty());
+    if !initialized && !bootstrap && config.cluster.join.is_empty() {
+        return Err(Error::NothingToJoin {
+            path: data_dir.display().to_string(),
+        });
+    }
+    if initialized && !config.cluster.join.is_empty() {
         tracing::info!("data directory holds raft state; ignoring join addresses");
     }
     let mut raft_config = raft_config(&config);
@@ -313,7 +452,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         raft_config,
         store,
         bootstrap,
-        GrpcTransport::new(config.api.bind.clone()),
+        GrpcTransport::new(config.api.bind.clone(), cluster_id.clone()),
     )?;
     let mirror = Arc::new(Mirror::default());
     let handle = ClusterHandle::new(
@@ -365,12 +504,14 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(mirror::run(
             mirror.clone(),
             raft_handle.clone(),
+            cluster_id.clone(),
             candidates,
             stop_rx.clone(),
         ))
     };
     let server = tokio::spawn(serve(
         config.clone(),
+        cluster_id.clone(),
         node_tls,
         handle.clone(),
         membership.clone(),
@@ -421,7 +562,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     let raft = spawn_raft_loop(node, stop_rx.clone())?;
 
     if !initialized && !bootstrap {
-        let joined = request_join(&config).await;
+        let joined = request_join(&config, &cluster_id).await;
         if let Err(error) = joined {
             let _ = stop_tx.send(true);
             membership.stop();
@@ -563,6 +704,7 @@ async fn start_node_agent(
 
 async fn serve(
     config: Config,
+    cluster_id: String,
     node_tls: NodeTls,
     raft: ClusterHandle,
     membership: Arc<Membership>,
@@ -576,14 +718,17 @@ async fn serve(
     let node_id = config.cluster.node_id;
     let raft_service = RaftTransportServer::new(RaftService {
         node_id,
+        cluster_id: cluster_id.clone(),
         raft: raft.raft().clone(),
     })
     .max_decoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let feed_service = StateFeedServer::new(FeedService {
+        cluster_id: cluster_id.clone(),
         raft: raft.raft().clone(),
     })
     .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
     let cluster_service = ClusterServer::new(ClusterService {
+        cluster_id,
         raft: raft.clone(),
         membership: membership.clone(),
         join_lock: tokio::sync::Mutex::new(()),

@@ -301,6 +301,11 @@ pub struct ClusterSection {
     /// later starts use them to find gossip peers).
     #[serde(default)]
     pub join: Vec<String>,
+    /// Found a new cluster on the first start of an empty data directory
+    /// (one node, once). With `join` too, the join addresses are asked
+    /// first and a cluster that answers is joined, never founded beside.
+    #[serde(default)]
+    pub bootstrap: bool,
     /// Nodes gossip only with nodes of the same cluster name.
     #[serde(default = "default_cluster_name")]
     pub name: String,
@@ -416,6 +421,7 @@ impl Default for ClusterSection {
             node_id: 0,
             data_dir: default_data_dir(),
             join: Vec::new(),
+            bootstrap: false,
             name: default_cluster_name(),
             labels: Default::default(),
             join_token: None,
@@ -450,6 +456,8 @@ pub struct Overrides {
     pub data_dir: Option<PathBuf>,
     pub bind: Option<String>,
     pub join: Vec<String>,
+    /// `--bootstrap`: set wins over the file; unset leaves the file's.
+    pub bootstrap: bool,
     /// `--label KEY=VALUE`, added to (and overriding) the file's labels.
     pub labels: Vec<(String, String)>,
     pub gossip_bind: Option<String>,
@@ -486,6 +494,7 @@ impl Config {
         if !overrides.join.is_empty() {
             self.cluster.join = overrides.join;
         }
+        self.cluster.bootstrap |= overrides.bootstrap;
         self.cluster.labels.extend(overrides.labels);
         if overrides.gossip_bind.is_some() {
             self.membership.gossip_bind = overrides.gossip_bind;

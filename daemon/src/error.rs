@@ -18,6 +18,55 @@ pub enum Error {
         path: String,
         source: std::io::Error,
     },
+    /// The data directory belongs to another node.
+    #[error(
+        "data directory {path} belongs to node {recorded}, not node {configured}: start it \
+         as node {recorded}, or give node {configured} a data directory of its own"
+    )]
+    NotThisNode {
+        path: String,
+        recorded: u64,
+        configured: u64,
+    },
+    /// The identity says a store was here; it is gone or empty.
+    #[error(
+        "data directory {path} belongs to node {node_id} of cluster {cluster_id}, but its store \
+         ({store_file}) is {what}: this node's raft state is lost, and starting would make it a \
+         member that forgot its votes. Restore {store_file} from a backup; or, on a live member, run \
+         `blixard cluster remove-node {node_id}`, then move {path} aside and start this host \
+         as a new node (a new node id, --join) (README: Recovering a node)",
+        store_file = blixard_consensus::STORE_FILE
+    )]
+    StoreLost {
+        path: String,
+        node_id: u64,
+        cluster_id: String,
+        what: &'static str,
+    },
+    /// A first start with nowhere to join and no request to found.
+    #[error(
+        "data directory {path} is empty and neither --join nor --bootstrap was given: give \
+         --join HOST:PORT to join a cluster, or --bootstrap (on one node, once) to found a new one"
+    )]
+    NothingToJoin { path: String },
+    /// `identity.toml` and the store name different owners.
+    #[error(
+        "data directory {path}: identity.toml names {file} but its store names {store}; the \
+         store or the file was copied from elsewhere (README: Recovering a node)"
+    )]
+    IdentityMismatch {
+        path: String,
+        file: String,
+        store: String,
+    },
+    /// A store without any identity.
+    #[error(
+        "data directory {path} holds a store but no identity.toml, and the store names no \
+         owner: move it aside and start this host as a new node (README: Recovering a node)"
+    )]
+    IdentityMissing { path: String },
+    #[error("{path} cannot be read: {detail} (README: Recovering a node)")]
+    IdentityUnreadable { path: String, detail: String },
     /// None of the join addresses answered.
     #[error("could not join the cluster: {detail}")]
     Join { detail: String },

@@ -8,6 +8,7 @@ pub mod agent;
 pub mod config;
 pub mod controllers;
 mod convert;
+pub mod data_dir;
 mod error;
 pub mod handle;
 pub mod listener;

@@ -276,6 +276,7 @@ pub fn is_member(raft: &RaftHandle) -> bool {
 pub async fn run(
     mirror: std::sync::Arc<Mirror>,
     raft: RaftHandle,
+    cluster_id: String,
     candidates: impl Fn() -> Vec<Feeder>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -296,7 +297,7 @@ pub async fn run(
             if !feeders.is_empty() {
                 let feeder = &feeders[attempt % feeders.len()];
                 attempt += 1;
-                follow(&mirror, &raft, feeder, &mut stop).await;
+                follow(&mirror, &raft, &cluster_id, feeder, &mut stop).await;
             }
         }
         tokio::select! {
@@ -311,6 +312,7 @@ pub async fn run(
 async fn follow(
     mirror: &Mirror,
     raft: &RaftHandle,
+    cluster_id: &str,
     feeder: &Feeder,
     stop: &mut watch::Receiver<bool>,
 ) {
@@ -333,7 +335,10 @@ async fn follow(
     let mut cluster = pb::cluster_client::ClusterClient::new(channel);
     let subscribe = tokio::time::timeout(
         Duration::from_millis(UPSTREAM_CHECK_INTERVAL_MS * 3),
-        feed.subscribe(pb::FeedRequest { from_revision }),
+        feed.subscribe(pb::FeedRequest {
+            from_revision,
+            cluster_id: cluster_id.to_string(),
+        }),
     );
     let mut stream = match subscribe.await {
         Ok(Ok(response)) => response.into_inner(),

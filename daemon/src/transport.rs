@@ -38,6 +38,8 @@ struct Peer {
 pub struct GrpcTransport {
     /// This node's own address, sent with every message.
     own_address: String,
+    /// This node's cluster id, sent with every message.
+    cluster_id: String,
     peers: HashMap<u64, Peer>,
     dropped_messages: u64,
     /// The runtime peer streams run on: the one the transport was made on,
@@ -48,9 +50,10 @@ pub struct GrpcTransport {
 
 impl GrpcTransport {
     /// Must be called on the runtime that should carry the peer streams.
-    pub fn new(own_address: String) -> Self {
+    pub fn new(own_address: String, cluster_id: String) -> Self {
         Self {
             own_address,
+            cluster_id,
             peers: HashMap::new(),
             dropped_messages: 0,
             #[cfg(not(madsim))]
@@ -92,6 +95,7 @@ impl Transport for GrpcTransport {
             .try_send(pb::RaftMessage {
                 message: bytes,
                 from_address: self.own_address.clone(),
+                cluster_id: self.cluster_id.clone(),
             })
             .is_err()
         {

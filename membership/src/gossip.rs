@@ -25,8 +25,12 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct MembershipConfig {
     pub node_id: u64,
-    /// Nodes gossip only with nodes of the same cluster name.
+    /// Nodes gossip only with nodes of the same cluster name and id.
     pub cluster_name: String,
+    /// The id the cluster got when it was founded ("" where there is none,
+    /// a benchmark's gossip alone): a node that founded a cluster of its
+    /// own at a member's address is not heard as that member.
+    pub cluster_id: String,
     pub gossip_bind: SocketAddr,
     /// Where peers reach this node (the bind address unless it is a
     /// wildcard).
@@ -132,7 +136,10 @@ impl Membership {
         };
         let chitchat_config = ChitchatConfig {
             chitchat_id: chitchat_id.clone(),
-            cluster_id: config.cluster_name.clone(),
+            cluster_id: match config.cluster_id.as_str() {
+                "" => config.cluster_name.clone(),
+                id => format!("{}/{id}", config.cluster_name),
+            },
             gossip_interval: interval,
             listen_addr: config.gossip_bind,
             seed_nodes: config.seeds.clone(),
@@ -385,6 +392,7 @@ pub(crate) mod tests {
         let config = MembershipConfig {
             node_id,
             cluster_name: "test".into(),
+            cluster_id: String::new(),
             gossip_bind: address,
             gossip_advertise: address,
             seeds,

@@ -369,6 +369,10 @@ pub struct AgentArgs {
     /// Address of an existing member to join through (repeatable; first start only).
     #[arg(long = "join", value_name = "HOST:PORT")]
     pub join: Vec<String>,
+    /// Found a new cluster if the data directory is empty (one node, once;
+    /// with --join too, a cluster answering there is joined instead).
+    #[arg(long)]
+    pub bootstrap: bool,
     /// A label for placement rules, e.g. `--label zone=a` (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
     pub labels: Vec<(String, String)>,

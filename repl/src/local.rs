@@ -149,9 +149,12 @@ fn spawn_agent(
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    if let Some(join) = join {
-        command.args(["--join", join]);
-    }
+    // Node 1 founds the cluster (on a later `dev` over the same
+    // directory its data is there and nothing is founded again).
+    match join {
+        Some(join) => command.args(["--join", join]),
+        None => command.arg("--bootstrap"),
+    };
     let child = command.spawn().context("cannot start a blixard agent")?;
     Ok(LocalNode {
         node_id,

@@ -85,6 +85,17 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A port free for a node: gRPC on TCP and gossip on UDP share the port
+/// number, so both must be free (in a namespace every port is).
+fn free_node_port() -> u16 {
+    loop {
+        let port = free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Polls `check` until it returns `Some`, or panics after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where
@@ -476,14 +487,7 @@ impl TestCluster {
 
     /// Creates and starts node `id` as `options` say.
     pub fn add_node_with(&mut self, id: u64, options: NodeOptions) {
-        // gRPC on TCP and gossip on UDP share the port number; both must
-        // be free (in a namespace every port is).
-        let port = loop {
-            let port = free_port();
-            if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-                break port;
-            }
-        };
+        let port = free_node_port();
         self.network.prepare(id);
         let address = format!("{}:{port}", self.network.host(id));
         let data_dir = self.dir.path().join(format!("node{id}"));
@@ -492,7 +496,7 @@ impl TestCluster {
         let mut join = options
             .join_via
             .map(|via| format!("join = [\"{}\"]\n", self.nodes[&via].address))
-            .unwrap_or_default();
+            .unwrap_or_else(|| "bootstrap = true\n".into());
         if let Some(token) = &options.join_token {
             join.push_str(&format!("join_token = \"{token}\"\n"));
         }
@@ -594,12 +598,67 @@ impl TestCluster {
         child.try_wait().ok().flatten()
     }
 
+    /// Waits (30 s at most) for node `id` to stop on its own, refusing:
+    /// an error exit, never a signal, with `reason` in its log (returned).
+    /// It can be restarted afterwards.
+    pub async fn wait_exit_saying(&mut self, id: u64, reason: &str) -> String {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = self.exit_status(id) {
+                break status;
+            }
+            assert!(std::time::Instant::now() < deadline, "node {id} still runs");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        self.nodes.get_mut(&id).unwrap().child = None;
+        assert!(
+            status.code().is_some_and(|code| code != 0),
+            "node {id} exited {status}"
+        );
+        let log = self.log(id);
+        assert!(
+            log.contains(reason),
+            "node {id}'s log lacks {reason:?}:\n{log}"
+        );
+        log
+    }
+
     /// SIGKILLs node `id` and reaps it.
     pub fn kill(&mut self, id: u64) {
         let node = self.nodes.get_mut(&id).unwrap();
         let mut child = node.child.take().expect("node is not running");
         child.kill().unwrap();
         child.wait().unwrap();
+    }
+
+    /// Changes a line of node `id`'s config file (the first starting
+    /// with `key =`, or a new line in `[cluster]`); takes effect at its
+    /// next start.
+    pub fn set_config(&mut self, id: u64, key: &str, value: &str) {
+        let path = &self.nodes[&id].config_path;
+        let text = std::fs::read_to_string(path).unwrap();
+        let line = format!("{key} = {value}");
+        let prefix = format!("{key} =");
+        let mut lines: Vec<String> = text.lines().map(String::from).collect();
+        match lines.iter().position(|l| l.starts_with(&prefix)) {
+            Some(at) => lines[at] = line,
+            None => {
+                let at = lines.iter().position(|l| l == "[cluster]").unwrap();
+                lines.insert(at + 1, line);
+            }
+        }
+        std::fs::write(path, lines.join("\n") + "\n").unwrap();
+    }
+
+    /// Gives stopped node `id` a new port to serve (and gossip) on from its
+    /// next start: the host moved.
+    pub fn move_node(&mut self, id: u64) -> String {
+        assert!(self.nodes[&id].child.is_none(), "node {id} is running");
+        let port = free_node_port();
+        let address = format!("{}:{port}", self.network.host(id));
+        self.set_config(id, "bind", &format!("\"{address}\""));
+        self.nodes.get_mut(&id).unwrap().address = address.clone();
+        address
     }
 
     /// SIGSTOPs node `id` (`resume` continues it): its sockets stay open
@@ -760,6 +819,13 @@ impl TestCluster {
     pub async fn status(&self, id: u64) -> Option<pb::StatusResponse> {
         let mut client = ClusterClient::new(self.channel(id).await?);
         Some(client.status(pb::StatusRequest {}).await.ok()?.into_inner())
+    }
+
+    /// The cluster's id, as node `id` reports it.
+    pub async fn cluster_id(&self, id: u64) -> String {
+        let status = self.status(id).await.expect("the node answers Status");
+        assert_eq!(status.cluster_id.len(), 32, "{status:?}");
+        status.cluster_id
     }
 
     /// Waits until every node in `ids` reports the same leader (one of

@@ -57,12 +57,17 @@ async fn propose(channel: Connection, command: &Command) -> Result<(), tonic::St
 
 /// Sends raw raft messages over a peer transport stream; the node's
 /// answer when the stream ends.
-async fn send_raft(channel: Connection, messages: Vec<RaftMessage>) -> Result<(), tonic::Status> {
+async fn send_raft(
+    channel: Connection,
+    cluster_id: &str,
+    messages: Vec<RaftMessage>,
+) -> Result<(), tonic::Status> {
     let items: Vec<pb::RaftMessage> = messages
         .into_iter()
         .map(|message| pb::RaftMessage {
             message: message.write_to_bytes().unwrap(),
             from_address: "127.0.0.1:9".into(),
+            cluster_id: cluster_id.into(),
         })
         .collect();
     RaftTransportClient::new(channel)
@@ -78,24 +83,6 @@ fn raft_message(kind: MessageType, from: u64, to: u64, term: u64) -> RaftMessage
     message.to = to;
     message.term = term;
     message
-}
-
-/// Waits for node `id` to exit unsuccessfully with `reason` in its log.
-async fn assert_exits_saying(cluster: &mut TestCluster, id: u64, reason: &str) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    let status = loop {
-        if let Some(status) = cluster.exit_status(id) {
-            break status;
-        }
-        assert!(std::time::Instant::now() < deadline, "node {id} still runs");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    assert!(!status.success(), "node {id} exited {status}");
-    let log = cluster.log(id);
-    assert!(
-        log.contains(reason),
-        "node {id}'s log lacks {reason:?}:\n{log}"
-    );
 }
 
 /// The cluster is whole: every node answers with one leader, a write
@@ -326,17 +313,18 @@ async fn raw_raft_messages_cannot_panic_nodes_or_commit_foreign_entries() {
 
     // Each stream speaks as the node it claims to be: node 77 holds a
     // certificate of the cluster CA but is no member.
+    let cluster_id = cluster.cluster_id(leader).await;
     for _ in 0..3 {
         let as_follower = cluster.peer_channel(leader, follower).await.unwrap();
         let sent = vec![empty.clone(), impostor.clone(), local.clone()];
-        send_raft(as_follower, sent).await.unwrap();
+        send_raft(as_follower, &cluster_id, sent).await.unwrap();
         let as_stranger = cluster.peer_channel(leader, 77).await.unwrap();
-        send_raft(as_stranger, vec![stranger.clone()])
+        send_raft(as_stranger, &cluster_id, vec![stranger.clone()])
             .await
             .unwrap();
         let as_leader = cluster.peer_channel(follower, leader).await.unwrap();
         let sent = vec![far_commit.clone(), garbage.clone()];
-        send_raft(as_leader, sent).await.unwrap();
+        send_raft(as_leader, &cluster_id, sent).await.unwrap();
     }
     eventually(
         "every node to log the refusals",
@@ -383,6 +371,7 @@ async fn peer_services_need_the_callers_own_node_certificate() {
     let cluster = TestCluster::start(3, Timings::default()).await;
     let leader = cluster.wait_leader_among(&[1, 2, 3]).await;
     let followers: Vec<u64> = (1..=3).filter(|id| *id != leader).collect();
+    let cluster_id = cluster.cluster_id(leader).await;
     let term = cluster.status(leader).await.unwrap().term;
     let client = cluster.channel(followers[0]).await.unwrap();
     let denied = |result: Result<(), tonic::Status>, what: &str| {
@@ -397,7 +386,10 @@ async fn peer_services_need_the_callers_own_node_certificate() {
     denied(propose(client.clone(), &proposal).await, "Propose");
     let mut feed = StateFeedClient::new(client.clone());
     let subscribed = feed
-        .subscribe(pb::FeedRequest { from_revision: 0 })
+        .subscribe(pb::FeedRequest {
+            from_revision: 0,
+            cluster_id: cluster_id.clone(),
+        })
         .await
         .map(|_| ());
     denied(subscribed, "Subscribe (the whole state, secrets included)");
@@ -405,12 +397,13 @@ async fn peer_services_need_the_callers_own_node_certificate() {
     denied(barrier, "Barrier");
     let heartbeat = raft_message(MessageType::MsgHeartbeat, leader, followers[0], term + 5);
     denied(
-        send_raft(client.clone(), vec![heartbeat.clone()]).await,
+        send_raft(client.clone(), &cluster_id, vec![heartbeat.clone()]).await,
         "RaftTransport.Stream",
     );
     let join_as_nine = pb::JoinRequest {
         node_id: 9,
         address: "127.0.0.1:9".into(),
+        cluster_id: cluster_id.clone(),
     };
     let join = pb::cluster_client::ClusterClient::new(client)
         .join(join_as_nine.clone())
@@ -433,7 +426,7 @@ async fn peer_services_need_the_callers_own_node_certificate() {
         .await
         .unwrap();
     denied(
-        send_raft(as_follower, vec![heartbeat]).await,
+        send_raft(as_follower, &cluster_id, vec![heartbeat]).await,
         "a heartbeat under the leader's id",
     );
     assert_eq!(
@@ -468,7 +461,7 @@ async fn nodes_without_the_clusters_certificate_cannot_join() {
     cluster.add_node(4, Some(1));
     cluster.add_node(5, Some(1));
     for (id, reason) in [(4, "could not join"), (5, "is the certificate of node 6")] {
-        assert_exits_saying(&mut cluster, id, reason).await;
+        cluster.wait_exit_saying(id, reason).await;
     }
     let members = cluster.status(1).await.unwrap().members;
     assert_eq!(members.len(), 3, "{members:?}");
@@ -1033,6 +1026,7 @@ async fn forged_gossip(
     let config = MembershipConfig {
         node_id,
         cluster_name: "blixard".into(),
+        cluster_id: cluster.cluster_id(1).await,
         gossip_bind: address,
         gossip_advertise: address,
         seeds: (1..=3).map(|id| cluster.address(id).to_string()).collect(),
@@ -1311,7 +1305,7 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
         (6, brief.as_str(), "expired"),
     ] {
         cluster.add_node_with(id, with_token(token));
-        assert_exits_saying(&mut cluster, id, reason).await;
+        cluster.wait_exit_saying(id, reason).await;
         assert!(
             !cluster
                 .dir
@@ -1539,6 +1533,7 @@ async fn joins_go_to_a_voter_never_through_a_worker() {
         .join(pb::JoinRequest {
             node_id: 9,
             address: "127.0.0.1:9".into(),
+            cluster_id: cluster.cluster_id(voter).await,
         })
         .await
         .expect_err("a worker's certificate joined node 9");
@@ -1560,6 +1555,7 @@ async fn joins_go_to_a_voter_never_through_a_worker() {
         .join(pb::JoinRequest {
             node_id: 6,
             address: "127.0.0.1:6".into(),
+            cluster_id: cluster.cluster_id(voter).await,
         })
         .await
         .expect_err("a worker took a join");

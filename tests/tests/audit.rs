@@ -313,7 +313,10 @@ async fn a_removed_node_is_refused_by_its_certificate_and_cannot_return() {
         .await
         .unwrap();
     let mut feed = StateFeedClient::new(as_worker.clone())
-        .subscribe(pb::FeedRequest { from_revision: 0 })
+        .subscribe(pb::FeedRequest {
+            from_revision: 0,
+            cluster_id: cluster.cluster_id(voters[0]).await,
+        })
         .await
         .unwrap()
         .into_inner();

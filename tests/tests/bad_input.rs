@@ -140,9 +140,11 @@ fn bad_cli_arguments_name_the_problem() {
 }
 
 /// Goal: a node without its certificates, or whose join address does not
-/// answer, stops before it writes anything. Method: start it without
+/// answer, or that has neither a cluster to join nor leave to found one,
+/// stops before it writes anything. Method: start it without
 /// certificates; then with certificates (outside the data directory,
-/// named by `[tls]`) and --join at a closed port.
+/// named by `[tls]`) and --join at a closed port; then with neither
+/// --join nor --bootstrap.
 #[test]
 fn missing_certificates_or_unreachable_join_address_fail_without_writing_data() {
     let dir = tempfile::tempdir().unwrap();
@@ -192,6 +194,27 @@ fn missing_certificates_or_unreachable_join_address_fail_without_writing_data() 
     let message = stderr(&output);
     assert!(
         message.contains("no join address answered") && message.contains(&dead),
+        "{message}"
+    );
+    assert!(!data_dir.exists(), "data directory created");
+
+    // Neither --join nor --bootstrap: a node never founds a cluster of
+    // its own by accident (a typo in --join used to do exactly that).
+    let output = blixard(&[
+        "agent",
+        "--config",
+        config.to_str().unwrap(),
+        "--node-id",
+        "2",
+        "--bind",
+        &bind,
+        "--data-dir",
+        data_dir.to_str().unwrap(),
+    ]);
+    assert!(!output.status.success());
+    let message = stderr(&output);
+    assert!(
+        message.contains("neither --join nor --bootstrap") && message.contains("--bootstrap"),
         "{message}"
     );
     assert!(!data_dir.exists(), "data directory created");

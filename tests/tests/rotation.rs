@@ -143,7 +143,10 @@ async fn rotating_certificates_under_load_loses_no_write() {
             .await
             .unwrap();
         StateFeedClient::new(channel)
-            .subscribe(pb::FeedRequest { from_revision: 0 })
+            .subscribe(pb::FeedRequest {
+                from_revision: 0,
+                cluster_id: cluster.cluster_id(judge).await,
+            })
             .await
             .unwrap()
             .into_inner()

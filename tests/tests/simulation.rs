@@ -46,6 +46,8 @@ fn config(id: u64, data_dir: PathBuf, election_timeout_ms: u64) -> Config {
     config.cluster.data_dir = data_dir;
     if id != 1 {
         config.cluster.join = vec![address(1)];
+    } else {
+        config.cluster.bootstrap = true;
     }
     config.api.bind = address(id);
     // madsim has one port space for TCP and UDP, so gossip cannot share

@@ -92,8 +92,8 @@ pub struct RaftNode<T: Transport> {
     shared: Arc<Shared>,
     requests: mpsc::Receiver<Request>,
     messages: mpsc::Receiver<(Message, String)>,
-    /// Addresses peers gave in their messages; used until the cluster
-    /// state (which wins) names them.
+    /// Addresses peers gave in their latest messages; they win over the
+    /// state's record (see `send_messages`).
     learned_addresses: HashMap<u64, String>,
     pending: Pending,
     request_ids: RequestIds,
@@ -249,7 +249,8 @@ impl<T: Transport> RaftNode<T> {
         self.last_heard_tick.insert(message.from, self.ticks);
         if !from_address.is_empty()
             && self.learned_addresses.get(&message.from) != Some(&from_address)
-            && self.learned_addresses.len() < LEARNED_ADDRESSES_MAX
+            && (self.learned_addresses.contains_key(&message.from)
+                || self.learned_addresses.len() < LEARNED_ADDRESSES_MAX)
         {
             self.learned_addresses.insert(message.from, from_address);
         }
@@ -638,9 +639,15 @@ impl<T: Transport> RaftNode<T> {
         for message in messages {
             let to = message.to;
             let is_snapshot = message.get_msg_type() == MessageType::MsgSnapshot;
+            // What a peer last said its address is wins over the state's
+            // record: a voter restarted on a new address hears nobody
+            // until its record changes, and it cannot change it without
+            // a leader it hears (the transport authenticated the sender).
             let address = self
-                .shared_state(|s| s.nodes.get(&to).map(|n| n.address.clone()))
-                .or_else(|| self.learned_addresses.get(&to).cloned());
+                .learned_addresses
+                .get(&to)
+                .cloned()
+                .or_else(|| self.shared_state(|s| s.nodes.get(&to).map(|n| n.address.clone())));
             match address {
                 Some(address) => self.transport.send(to, &address, message),
                 None => tracing::debug!(to, "no address known for peer; message dropped"),

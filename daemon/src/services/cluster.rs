@@ -23,6 +23,8 @@ use crate::Error;
 const EVENTS_BUFFERED_MAX: usize = 256;
 
 pub struct ClusterService {
+    /// This node's cluster id (its data directory's).
+    pub cluster_id: String,
     pub raft: ClusterHandle,
     pub membership: Arc<Membership>,
     pub join_lock: tokio::sync::Mutex<()>,
@@ -337,6 +339,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 false => self.raft.mirror().upstream().address.unwrap_or_default(),
             },
             cluster_name: self.membership.cluster_name().to_string(),
+            cluster_id: self.cluster_id.clone(),
         }))
     }
 
@@ -349,6 +352,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         let request = request.into_inner();
         validate::node_id(request.node_id).map_err(Error::from)?;
         validate::address(&request.address).map_err(Error::from)?;
+        super::same_cluster(&self.cluster_id, &request.cluster_id, "joining node")?;
         if self
             .raft
             .read_state(|s| s.removed_nodes.contains(&request.node_id))

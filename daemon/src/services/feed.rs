@@ -21,6 +21,8 @@ use crate::Error;
 const FEED_ITEMS_BUFFERED_MAX: usize = 256;
 
 pub struct FeedService {
+    /// This node's cluster id: a worker of another cluster is refused.
+    pub cluster_id: String,
     pub raft: RaftHandle,
 }
 
@@ -135,7 +137,9 @@ impl pb::state_feed_server::StateFeed for FeedService {
             .get::<super::PresentedCertificate>()
             .cloned();
         self.require_member()?;
-        let from_revision = request.into_inner().from_revision;
+        let request = request.into_inner();
+        super::same_cluster(&self.cluster_id, &request.cluster_id, "worker")?;
+        let from_revision = request.from_revision;
         let (retained, mut events) = self.raft.feed();
         let raft = self.raft.clone();
         let (tx, rx) = mpsc::channel(FEED_ITEMS_BUFFERED_MAX);

@@ -412,3 +412,19 @@ pub fn require_node<T>(request: &Request<T>, what: &str) -> Result<Option<u64>, 
         }
     }
 }
+
+/// Refuses a peer (`who`) whose data directory belongs to another cluster
+/// than `own`: a founding node whose directory was wiped, or a node
+/// pointed at the wrong cluster, must never be stepped, fed or joined.
+#[allow(clippy::result_large_err)]
+pub fn same_cluster(own: &str, theirs: &str, who: &str) -> Result<(), Status> {
+    if own == theirs {
+        return Ok(());
+    }
+    let theirs = blixard_api::validate::echo(theirs);
+    tracing::warn!(%who, cluster_id = %theirs, "refused a node of another cluster");
+    Err(Status::permission_denied(format!(
+        "this node belongs to cluster {own}; the {who} belongs to cluster {theirs:?} (README: \
+         Recovering a node)"
+    )))
+}

@@ -2,7 +2,8 @@
 //!
 //! Invariant: with TLS on, only messages whose `from` is the node the
 //! connection's certificate names reach the raft loop (which checks the
-//! rest of each message before raft-rs sees it), and a stream whose
+//! rest of each message before raft-rs sees it), a message of another
+//! cluster ends its stream before it is decoded, and a stream whose
 //! certificate the state stops accepting ends within a second of its next
 //! message.
 
@@ -17,6 +18,8 @@ const CERTIFICATE_RECHECK_INTERVAL: std::time::Duration = std::time::Duration::f
 
 pub struct RaftService {
     pub node_id: u64,
+    /// This node's cluster id: messages of another cluster are refused.
+    pub cluster_id: String,
     pub raft: RaftHandle,
 }
 
@@ -45,6 +48,9 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
                     return Err(refusal);
                 }
             }
+            // Before anything is decoded: a node of another cluster (one
+            // that founded anew at a member's address) never reaches raft.
+            super::same_cluster(&self.cluster_id, &item.cluster_id, "raft peer")?;
             let message = RaftMessage::parse_from_bytes(&item.message)
                 .map_err(|e| Status::invalid_argument(format!("undecodable raft message: {e}")))?;
             // A node speaks only for itself: its certificate names it.
@@ -59,6 +65,12 @@ impl pb::raft_transport_server::RaftTransport for RaftService {
                     "raft message for node {} reached node {}",
                     message.to, self.node_id
                 )));
+            }
+            // Messages to this node are sent there (see the raft loop's
+            // `send_messages`), so it must be an address.
+            if !item.from_address.is_empty() {
+                blixard_api::validate::address(&item.from_address)
+                    .map_err(|e| Status::invalid_argument(format!("from_address: {e}")))?;
             }
             // A full queue drops the message; raft retransmits.
             if let Err(blixard_consensus::Error::Stopped) =

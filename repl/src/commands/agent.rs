@@ -15,6 +15,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         bind: args.bind,
         join: args.join,
+        bootstrap: args.bootstrap,
         labels: args.labels,
         gossip_bind: args.gossip_bind,
         join_token: args.join_token,

@@ -164,9 +164,20 @@ pub async fn run(command: ClusterCommand, addr: &str, format: OutputFormat) -> a
         ClusterCommand::Join { node_id, address } => {
             validate::node_id(node_id)?;
             validate::address(&address)?;
-            let response = client::cluster(addr)
-                .await?
-                .join(pb::JoinRequest { node_id, address })
+            let mut cluster = client::cluster(addr).await?;
+            // Joined into the cluster the node at ADDR serves.
+            let cluster_id = cluster
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(status_error)?
+                .into_inner()
+                .cluster_id;
+            let response = cluster
+                .join(pb::JoinRequest {
+                    node_id,
+                    address,
+                    cluster_id,
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();

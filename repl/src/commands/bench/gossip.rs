@@ -82,6 +82,7 @@ async fn start(
     let config = MembershipConfig {
         node_id,
         cluster_name: "blixard-bench".into(),
+        cluster_id: String::new(),
         gossip_bind: address,
         gossip_advertise: address,
         seeds,

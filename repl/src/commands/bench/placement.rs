@@ -129,10 +129,17 @@ impl SimulatedNodes {
             // a node's API.
             let gossip_address = UdpSocket::bind("127.0.0.1:0")?.local_addr()?;
             let api_address = gossip_address.to_string();
+            let cluster_id = cluster
+                .status(pb::StatusRequest {})
+                .await
+                .map_err(client::status_error)?
+                .into_inner()
+                .cluster_id;
             cluster
                 .join(pb::JoinRequest {
                     node_id,
                     address: api_address.clone(),
+                    cluster_id: cluster_id.clone(),
                 })
                 .await
                 .map_err(client::status_error)?;
@@ -153,6 +160,7 @@ impl SimulatedNodes {
             let config = MembershipConfig {
                 node_id,
                 cluster_name: "blixard".into(),
+                cluster_id: cluster_id.clone(),
                 gossip_bind: gossip_address,
                 gossip_advertise: gossip_address,
                 seeds: vec![address.to_string()],
