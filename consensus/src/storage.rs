@@ -80,6 +80,11 @@ pub struct DataIdentity {
     /// The id the cluster got when it was founded.
     pub cluster_id: String,
     pub node_id: u64,
+    /// This node founded the cluster: a start that died before the raft
+    /// state was bootstrapped finishes founding it; no other node ever
+    /// founds (a worker's store holds no raft state either).
+    #[serde(default)]
+    pub founder: bool,
 }
 
 fn audit_key(seq: u64) -> String {
@@ -141,6 +146,32 @@ fn free_bytes(dir: &Path) -> Option<u64> {
     Some(stat.f_bavail as u64 * stat.f_frsize as u64)
 }
 
+/// Names a full disk as such: ENOSPC or EDQUOT when LMDB passes them on,
+/// and a write error with the filesystem (nearly) full, since LMDB turns
+/// a short write into EIO.
+fn explain_write_error(dir: &Path, error: heed::Error) -> Error {
+    let full = match &error {
+        heed::Error::Io(e) => matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
+        heed::Error::Mdb(heed::MdbError::Other(code)) => {
+            matches!(*code, libc::ENOSPC | libc::EDQUOT)
+        }
+        _ => false,
+    };
+    let free = free_bytes(dir);
+    if full || free.is_some_and(|free| free < DISK_FREE_BYTES_MIN) {
+        return Error::DiskFull {
+            path: dir.display().to_string(),
+            free_bytes: free.unwrap_or(0),
+            detail: error.to_string(),
+        };
+    }
+    Error::Storage(error)
+}
+
+fn encode_identity(identity: &DataIdentity) -> Vec<u8> {
+    serde_json::to_vec(identity).expect("an identity always encodes")
+}
+
 impl LogStore {
     /// Opens (creating if needed) the store in `dir`. A store that is not
     /// an LMDB file, or is shorter than the pages its header names (a
@@ -148,10 +179,32 @@ impl LogStore {
     /// a page past the end of a mapped file would kill the process with
     /// SIGBUS, naming nothing.
     pub fn open(dir: &Path) -> Result<Self> {
+        Self::open_as(dir, None)
+    }
+
+    /// [`LogStore::open`], recording `identity` in the transaction that
+    /// creates a new store (an existing store's record is kept): a store
+    /// on disk always names its owner, whenever its start died.
+    pub fn open_as(dir: &Path, identity: Option<&DataIdentity>) -> Result<Self> {
         let path = dir.join(STORE_FILE);
         let unreadable = |detail: String| Error::StoreUnreadable {
             path: path.display().to_string(),
             detail,
+        };
+        // Only what says the file is not a store is "unreadable"; a
+        // permission or memory error is the directory's, not the file's.
+        let open_error = |e: heed::Error| match e {
+            heed::Error::Mdb(
+                heed::MdbError::Invalid
+                | heed::MdbError::VersionMismatch
+                | heed::MdbError::Corrupted
+                | heed::MdbError::PageNotFound,
+            ) => unreadable(e.to_string()),
+            heed::Error::Io(source) => Error::DataDir {
+                path: dir.display().to_string(),
+                source,
+            },
+            e => Error::Storage(e),
         };
         std::fs::create_dir_all(dir).map_err(|source| Error::DataDir {
             path: dir.display().to_string(),
@@ -168,7 +221,7 @@ impl LogStore {
                 .max_dbs(DATABASES_MAX)
                 .open(dir)
         }
-        .map_err(|e| unreadable(e.to_string()))?;
+        .map_err(open_error)?;
         // Opening read only the two meta pages (with pread); nothing past
         // them has been touched through the map yet.
         let len_bytes = std::fs::metadata(&path)
@@ -184,12 +237,22 @@ impl LogStore {
         let wtxn = env.write_txn()?;
         let (entries, meta, vms, nodes) = env
             .create_databases_and_commit(wtxn, |opener, wtxn| -> Result<_> {
+                let meta = opener.create_database::<Str, Bytes>(wtxn, Some("raft_meta"))?;
+                if let Some(identity) = identity {
+                    if meta.get(wtxn, KEY_IDENTITY)?.is_none() {
+                        meta.put(wtxn, KEY_IDENTITY, &encode_identity(identity))?;
+                    }
+                }
                 Ok(CommitOrAbort::<_, ()>::Commit((
                     opener.create_database::<IndexKey, Bytes>(wtxn, Some("raft_entries"))?,
-                    opener.create_database::<Str, Bytes>(wtxn, Some("raft_meta"))?,
+                    meta,
                     opener.create_database::<Str, Bytes>(wtxn, Some("state_vms"))?,
                     opener.create_database::<IndexKey, Bytes>(wtxn, Some("state_nodes"))?,
                 )))
+            })
+            .map_err(|e| match e {
+                Error::Storage(e) => explain_write_error(dir, e),
+                e => e,
             })?
             .unwrap_commit();
         let mut store = Self {
@@ -278,9 +341,9 @@ impl LogStore {
 
     /// Records `identity` inside the store, durably.
     pub fn record_identity(&mut self, identity: &DataIdentity) -> Result<()> {
-        let bytes = serde_json::to_vec(identity).expect("an identity always encodes");
         let mut wtxn = self.env.write_txn()?;
-        self.meta.put(&mut wtxn, KEY_IDENTITY, &bytes)?;
+        self.meta
+            .put(&mut wtxn, KEY_IDENTITY, &encode_identity(identity))?;
         self.commit(wtxn, true)
     }
 
@@ -449,20 +512,8 @@ impl LogStore {
         // the ACI ... but not D"); flags are only changed here, on the one
         // thread that writes this environment.
         unsafe { self.env.set_flags(EnvFlags::NO_META_SYNC, mode)? };
-        wtxn.commit().map_err(|e| self.explain_write_error(e))
-    }
-
-    /// Names a full disk as such: LMDB turns a short write into EIO.
-    fn explain_write_error(&self, error: heed::Error) -> Error {
-        let dir = self.env.path().to_path_buf();
-        match free_bytes(&dir) {
-            Some(free) if free < DISK_FREE_BYTES_MIN => Error::DiskFull {
-                path: dir.display().to_string(),
-                free_bytes: free,
-                detail: error.to_string(),
-            },
-            _ => Error::Storage(error),
-        }
+        wtxn.commit()
+            .map_err(|e| explain_write_error(self.env.path(), e))
     }
 
     /// Whether persisting `hard_state` must be durable: a changed term or

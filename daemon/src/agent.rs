@@ -39,6 +39,13 @@ const JOIN_PROBE_TIMEOUT_MS: u64 = 3_000;
 const JOIN_ATTEMPTS_MAX: u32 = 60;
 const JOIN_RETRY_DELAY_MS: u64 = 500;
 const JOIN_PROBE_ATTEMPTS_MAX: u32 = 6;
+/// A connection that answers no HTTP/2 ping for this long after one was
+/// sent every interval is closed.
+const HTTP2_KEEPALIVE_INTERVAL_MS: u64 = 20_000;
+const HTTP2_KEEPALIVE_TIMEOUT_MS: u64 = 10_000;
+/// Concurrent streams (calls) on one connection at most; a client past it
+/// waits for one to end (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`).
+pub const STREAMS_PER_CONNECTION_MAX: u32 = 128;
 /// A fencing check's interval plus a reconcile round (see `fencing.rs`).
 const FENCE_SLACK_MS: u64 = 1_500;
 
@@ -215,6 +222,12 @@ async fn probe_join_addresses(join: &[String], node_id: u64) -> Result<Probe, Er
                 failures.push(format!("{address}: {detail}"));
                 continue;
             }
+            // A node that knows no members yet (a worker not yet fed)
+            // cannot say whether this id is one.
+            if status.members.is_empty() {
+                failures.push(format!("{address}: knows no raft members yet"));
+                continue;
+            }
             if status.members.iter().any(|m| m.node_id == node_id) {
                 return Err(Error::Join {
                     detail: format!(
@@ -249,58 +262,51 @@ fn look_at_data_dir(config: &Config) -> Result<Start, Error> {
 
 /// Decides whose the data directory is and, on a first start, which
 /// cluster it joins or founds (see `crate::data_dir`). Returns the
-/// identity to write (a first start) or the one it has, and whether this
-/// start founds the cluster.
-async fn settle_identity(
-    config: &Config,
-    start: Start,
-) -> Result<(Option<DataIdentity>, bool), Error> {
+/// identity a first start records (`None` on a restart).
+async fn settle_identity(config: &Config, start: Start) -> Result<Option<DataIdentity>, Error> {
     let node_id = config.cluster.node_id;
-    let join = &config.cluster.join;
-    let identity = |cluster_id| DataIdentity {
+    let identity = |cluster_id, founder| DataIdentity {
         format_version: DATA_FORMAT_VERSION,
         cluster_id,
         node_id,
+        founder,
     };
     Ok(match start {
-        Start::Known(_) | Start::FromStore => (None, false),
-        Start::Bootstrap => (Some(identity(data_dir::new_cluster_id())), true),
-        Start::Join => match probe_join_addresses(join, node_id).await? {
-            Probe::Cluster(id) => (Some(identity(id)), false),
+        Start::Known(_) | Start::FromStore => None,
+        Start::Bootstrap => Some(identity(data_dir::new_cluster_id(), true)),
+        Start::Join => match probe_join_addresses(&config.cluster.join, node_id).await? {
+            Probe::Cluster(id) => Some(identity(id, false)),
             Probe::NoAnswer(detail) => {
                 return Err(Error::Join {
                     detail: format!("no join address answered ({detail})"),
                 })
             }
         },
-        Start::JoinElseBootstrap => match probe_join_addresses(join, node_id).await? {
-            Probe::Cluster(id) => {
-                tracing::info!(cluster_id = %id, "a join address answers: joining, not founding");
-                (Some(identity(id)), false)
-            }
-            Probe::NoAnswer(detail) => {
-                tracing::info!(%detail, "no join address answers: founding a new cluster");
-                (Some(identity(data_dir::new_cluster_id())), true)
-            }
-        },
     })
 }
 
-/// Opens the store and holds it to the directory's identity: writes a
-/// first start's identity (file, then store), restores a lost file from
-/// the store, refuses a store that names another owner.
+/// Opens the store and holds it to the directory's identity: a first
+/// start's identity is recorded in the transaction that creates the
+/// store, then in the file beside it (so a start that dies in between
+/// leaves a store that names its owner, never a file naming a store that
+/// is not there); a lost file is restored from the store; a store that
+/// names another owner is refused.
 fn open_store(
     config: &Config,
     new: Option<DataIdentity>,
 ) -> Result<(LogStore, DataIdentity), Error> {
     let dir = &config.cluster.data_dir;
-    if let Some(identity) = &new {
-        data_dir::write_identity(dir, identity)?;
-    }
     let file = data_dir::read_identity(dir)?;
-    let mut store = LogStore::open(dir)?;
+    let mut store = LogStore::open_as(dir, new.as_ref())?;
     let recorded = store.identity()?;
     let identity = data_dir::reconcile(dir, file.as_ref(), recorded.as_ref())?;
+    data_dir::check_cluster_id(&identity.cluster_id).map_err(|e| Error::IdentityUnreadable {
+        path: dir
+            .join(blixard_consensus::STORE_FILE)
+            .display()
+            .to_string(),
+        detail: e.to_string(),
+    })?;
     if identity.node_id != config.cluster.node_id {
         return Err(Error::NotThisNode {
             path: dir.display().to_string(),
@@ -312,7 +318,9 @@ fn open_store(
         store.record_identity(&identity)?;
     }
     if file.is_none() {
-        tracing::warn!(path = %dir.display(), "identity.toml was missing; restored from the store");
+        if new.is_none() {
+            tracing::warn!(path = %dir.display(), "identity.toml was missing; restored from the store");
+        }
         data_dir::write_identity(dir, &identity)?;
     }
     Ok((store, identity))
@@ -390,8 +398,48 @@ async fn request_join(config: &Config, cluster_id: &str) -> Result<String, Error
 
 /// Runs the agent until `shutdown` completes. Returns an error if start-up
 /// fails or the raft loop stops on a storage failure.
+/// The connection bounds (`crate::listener`) assume the descriptors to
+/// hold them. systemd starts a service with a soft limit of 1024 and a
+/// hard one far above it, so the soft limit is raised to the hard one (as
+/// Go's runtime does); a hard limit below the bounds is logged.
+#[cfg(not(madsim))]
+fn raise_open_files_limit() {
+    use crate::listener::{CLIENT_CONNECTIONS_MAX, PEER_CONNECTIONS_MAX};
+    // VMs' consoles and control sockets, the store, logs.
+    const OTHER_FILES_MAX: u64 = 4096;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes only into `limit`, which outlives the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // SAFETY: setrlimit only reads `raised`.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    let needed = (PEER_CONNECTIONS_MAX + CLIENT_CONNECTIONS_MAX) as u64 + OTHER_FILES_MAX;
+    if limit.rlim_cur < needed {
+        tracing::warn!(
+            open_files_max = limit.rlim_cur,
+            needed,
+            "the open-files limit is below what the connection limits need; raise it \
+             (systemd: LimitNOFILE) or connections past it fail to be accepted"
+        );
+    }
+}
+
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
+    #[cfg(not(madsim))]
+    raise_open_files_limit();
     // Before the certificates are read: a directory started as another
     // node is named as such, not as a certificate of the wrong node.
     let start = look_at_data_dir(&config)?;
@@ -414,21 +462,22 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     // are all insecure, so what each installs is the same).
     blixard_api::connect::install(node_tls.dial());
     let data_dir = config.cluster.data_dir.clone();
-    let (new_identity, founding) = settle_identity(&config, start).await?;
+    let new_identity = settle_identity(&config, start).await?;
     let _lock = lock_data_dir(&data_dir)?;
     let (store, identity) = open_store(&config, new_identity)?;
     let cluster_id = identity.cluster_id.clone();
     let membership =
         Arc::new(start_membership(&config, &cluster_id, &store, node_tls.gossip()).await?);
     let initialized = store.is_initialized();
-    // A founding start that died before its store was bootstrapped is
-    // finished by the next start asked only to found (with join addresses
-    // too, an uninitialized store may be a worker's: it joins).
-    let bootstrap =
-        founding || (!initialized && config.cluster.bootstrap && config.cluster.join.is_empty());
+    // Only the founder founds, on its first start or on the next one if
+    // that died before the raft state was written; a worker's store (no
+    // raft state, ever) or an unfinished join never founds, whatever the
+    // flags say.
+    let bootstrap = !initialized && identity.founder;
     if !initialized && !bootstrap && config.cluster.join.is_empty() {
         return Err(Error::NothingToJoin {
             path: data_dir.display().to_string(),
+            what: "holds no raft state (a worker's, or a join that did not finish)",
         });
     }
     if initialized && !config.cluster.join.is_empty() {
@@ -753,7 +802,14 @@ async fn serve(
             vm_state_dir: config.agent.enabled.then(|| config.vm_state_dir()),
         },
     });
-    let server = tonic::transport::Server::builder();
+    // A peer that stops answering pings (a dead host, a cut network) is
+    // dropped rather than holding its connection and streams for ever;
+    // no connection carries more streams than a client needs, so one
+    // connection cannot hold a node's memory in stalled streams.
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_millis(HTTP2_KEEPALIVE_INTERVAL_MS)))
+        .http2_keepalive_timeout(Some(Duration::from_millis(HTTP2_KEEPALIVE_TIMEOUT_MS)))
+        .max_concurrent_streams(STREAMS_PER_CONNECTION_MAX);
     // TLS is this node's own listener's (`crate::listener`), so a renewed
     // certificate is served without a restart; the simulated network
     // carries none.
@@ -797,17 +853,10 @@ async fn serve(
                 )
                 .await
                 .map_err(|e| serve_error(&e)),
-            None => {
-                // `serve_with_incoming` ignores the builder's nodelay;
-                // without it Nagle holds small raft messages back for a
-                // delayed ACK (~40 ms).
-                let incoming =
-                    tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-                router
-                    .serve_with_incoming_shutdown(incoming, stopped)
-                    .await
-                    .map_err(|e| serve_error(&e))
-            }
+            None => router
+                .serve_with_incoming_shutdown(crate::listener::plain_incoming(listener), stopped)
+                .await
+                .map_err(|e| serve_error(&e)),
         }
     }
     #[cfg(madsim)]

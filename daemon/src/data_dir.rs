@@ -8,8 +8,10 @@
 //!   store is missing or empty, is refused: starting anyway would found or
 //!   join as a node with no history (a voter that forgot its votes).
 //! - A directory is started only as the node it belongs to.
-//! - A cluster is founded only when asked (`bootstrap`), on an empty
-//!   directory, and not while a join address answers for a cluster.
+//! - A cluster is founded only when asked (`bootstrap`, without join
+//!   addresses), on an empty directory; a start that died before the raft
+//!   state was founded finishes founding only if its identity says it is
+//!   the founder.
 //!
 //! [`decide`] is pure; the file reading and writing around it is thin.
 
@@ -46,12 +48,6 @@ pub enum Start {
     Bootstrap,
     /// A first start: join through the join addresses.
     Join,
-    /// A first start asked to found a cluster but also given join
-    /// addresses: join if one answers (a founding node whose directory was
-    /// wiped must not found a second cluster beside the first), found if
-    /// none does (the first start of a cluster whose nodes all list each
-    /// other).
-    JoinElseBootstrap,
 }
 
 /// The start-up decision (see the module invariants). `dir` only names
@@ -89,10 +85,16 @@ pub fn decide(
             }
         }
         None if store == StoreFile::Present => Ok(Start::FromStore),
-        None if join && bootstrap => Ok(Start::JoinElseBootstrap),
+        // Founding "unless a join address answers" would found a second
+        // cluster whenever the others are down or cut off; a first start
+        // does one or the other.
+        None if join && bootstrap => Err(Error::BootstrapAndJoin { path: dir_text }),
         None if join => Ok(Start::Join),
         None if bootstrap => Ok(Start::Bootstrap),
-        None => Err(Error::NothingToJoin { path: dir_text }),
+        None => Err(Error::NothingToJoin {
+            path: dir_text,
+            what: "is empty",
+        }),
     }
 }
 
@@ -131,8 +133,15 @@ pub fn new_cluster_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// Checks a cluster id from outside (a file, a peer's answer).
-pub fn check_cluster_id(id: &str) -> Result<(), String> {
+/// A cluster id that is not one (its text echoed short).
+#[derive(Debug, thiserror::Error)]
+#[error("{echo:?} is not a cluster id ({} lowercase hex digits)", 2 * CLUSTER_ID_BYTES)]
+pub struct BadClusterId {
+    echo: String,
+}
+
+/// Checks a cluster id from outside (a file, a store, a peer's answer).
+pub fn check_cluster_id(id: &str) -> Result<(), BadClusterId> {
     let well_formed = id.len() == 2 * CLUSTER_ID_BYTES
         && id
             .bytes()
@@ -140,11 +149,9 @@ pub fn check_cluster_id(id: &str) -> Result<(), String> {
     if well_formed {
         Ok(())
     } else {
-        Err(format!(
-            "{:?} is not a cluster id ({} lowercase hex digits)",
-            blixard_api::validate::echo(id),
-            2 * CLUSTER_ID_BYTES
-        ))
+        Err(BadClusterId {
+            echo: blixard_api::validate::echo(id),
+        })
     }
 }
 
@@ -190,7 +197,7 @@ pub fn read_identity(dir: &Path) -> Result<Option<DataIdentity>, Error> {
             identity.format_version
         )));
     }
-    check_cluster_id(&identity.cluster_id).map_err(bad)?;
+    check_cluster_id(&identity.cluster_id).map_err(|e| bad(e.to_string()))?;
     if identity.node_id == 0 {
         return Err(bad("node_id 0".into()));
     }
@@ -231,6 +238,7 @@ mod tests {
             format_version: DATA_FORMAT_VERSION,
             cluster_id: new_cluster_id(),
             node_id,
+            founder: false,
         }
     }
 
@@ -246,11 +254,12 @@ mod tests {
                 decide(dir, None, store, 1, false, true).unwrap(),
                 Start::Join
             );
-            // Both given: the join addresses are asked first (a founding
-            // node whose directory was wiped must not found again).
-            assert_eq!(
-                decide(dir, None, store, 1, true, true).unwrap(),
-                Start::JoinElseBootstrap
+            // Both given: refused (founding when no join address answers
+            // would found a second cluster whenever the others are down).
+            let both = decide(dir, None, store, 1, true, true).unwrap_err();
+            assert!(
+                both.to_string().contains("--bootstrap and --join"),
+                "{both}"
             );
             let refused = decide(dir, None, store, 1, false, false).unwrap_err();
             assert!(refused.to_string().contains("--bootstrap"), "{refused}");
@@ -352,7 +361,7 @@ mod tests {
             &"a".repeat(33),
             &"z".repeat(10_000),
         ] {
-            let error = check_cluster_id(bad).unwrap_err();
+            let error = check_cluster_id(bad).unwrap_err().to_string();
             assert!(error.len() < 200, "{error}");
         }
     }

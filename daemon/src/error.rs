@@ -43,12 +43,21 @@ pub enum Error {
         cluster_id: String,
         what: &'static str,
     },
-    /// A first start with nowhere to join and no request to found.
+    /// A start without raft state, with nowhere to join and no request
+    /// to found.
     #[error(
-        "data directory {path} is empty and neither --join nor --bootstrap was given: give \
-         --join HOST:PORT to join a cluster, or --bootstrap (on one node, once) to found a new one"
+        "data directory {path} {what} and neither --join nor --bootstrap was given: give \
+         --join HOST:PORT to join a cluster, or --bootstrap (on one node, once, on an empty \
+         data directory) to found a new one"
     )]
-    NothingToJoin { path: String },
+    NothingToJoin { path: String, what: &'static str },
+    /// A first start asked both to found and to join.
+    #[error(
+        "data directory {path} is empty and both --bootstrap and --join were given: a first \
+         start founds a new cluster (--bootstrap, on one node, once) or joins one (--join), not \
+         either"
+    )]
+    BootstrapAndJoin { path: String },
     /// `identity.toml` and the store name different owners.
     #[error(
         "data directory {path}: identity.toml names {file} but its store names {store}; the \

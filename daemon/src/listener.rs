@@ -10,6 +10,14 @@
 //! address cannot crowd out the rest. An accept error (the process out of
 //! file descriptors) is logged at most once a second and retried after a
 //! pause, never spun on.
+//!
+//! Invariant: at most [`PEER_CONNECTIONS_MAX`] handshaken connections
+//! from nodes (a certificate the cluster CA signed for a node id) and at
+//! most [`CLIENT_CONNECTIONS_MAX`] from clients are open at once, at most
+//! [`CLIENT_CONNECTIONS_PER_ADDRESS_MAX`] of those from one IP address;
+//! a connection past a bound is closed once its handshake is done. Peers
+//! and clients count separately, so clients holding connections open
+//! never shut raft out (nor the other way round).
 
 use std::sync::{Arc, RwLock};
 #[cfg(not(madsim))]
@@ -43,6 +51,13 @@ const ACCEPT_RETRY_MS: u64 = 100;
 #[cfg(not(madsim))]
 /// Established connections queued for the server at most.
 const ACCEPTED_QUEUED_MAX: usize = 64;
+/// Open connections from other nodes at most: a voter is connected to by
+/// every worker it feeds and every peer it forwards for.
+pub const PEER_CONNECTIONS_MAX: usize = 1024;
+/// Open connections from clients at most.
+pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
+/// Open connections from clients at one IP address (an IPv6 /64) at most.
+pub const CLIENT_CONNECTIONS_PER_ADDRESS_MAX: usize = 256;
 
 /// The certificate this node serves with, followed by the cluster CA's
 /// (so a client can pin the CA on first use: `blixard tls trust`);
@@ -150,7 +165,7 @@ fn rustls_key(
 pub fn tls_incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
-) -> ReceiverStream<Result<TlsStream<TcpStream>, std::io::Error>> {
+) -> ReceiverStream<Result<Counted<TlsStream<TcpStream>>, std::io::Error>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (accepted, incoming) = tokio::sync::mpsc::channel(ACCEPTED_QUEUED_MAX);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
@@ -158,6 +173,8 @@ pub fn tls_incoming(
         std::net::IpAddr,
         usize,
     >::new()));
+    let limits = ConnectionLimits::new();
+    let refusals = Arc::new(RareLog::default());
     tokio::spawn(async move {
         let mut last_logged: Option<std::time::Instant> = None;
         let mut log_at_most_each_second = |message: std::fmt::Arguments<'_>| {
@@ -186,7 +203,11 @@ pub fn tls_incoming(
                 ));
                 continue;
             };
-            let Some(address_slot) = AddressSlot::take(&per_address, source_of(from.ip())) else {
+            let Some(address_slot) = AddressSlot::take(
+                &per_address,
+                source_of(from.ip()),
+                HANDSHAKES_PER_ADDRESS_MAX,
+            ) else {
                 log_at_most_each_second(format_args!(
                     "{HANDSHAKES_PER_ADDRESS_MAX} TLS handshakes in flight from {}; closed one",
                     from.ip()
@@ -197,6 +218,8 @@ pub fn tls_incoming(
             let _ = stream.set_nodelay(true);
             let acceptor = acceptor.clone();
             let accepted = accepted.clone();
+            let limits = limits.clone();
+            let refusals = refusals.clone();
             tokio::spawn(async move {
                 let handshake = tokio::time::timeout(
                     Duration::from_millis(HANDSHAKE_TIMEOUT_MS),
@@ -207,7 +230,20 @@ pub fn tls_incoming(
                 // so connections waiting for it are bounded too.
                 match handshake {
                     Ok(Ok(stream)) => {
-                        let _ = accepted.send(Ok(stream)).await;
+                        let peer = stream
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|chain| chain.first())
+                            .and_then(|cert| blixard_api::tls::node_id_of(cert.as_ref()))
+                            .is_some();
+                        match limits.admit(from.ip(), peer) {
+                            Ok(slot) => {
+                                let _ = accepted.send(Ok(Counted::new(stream, slot))).await;
+                            }
+                            Err(full) => refusals
+                                .log(format_args!("closed a connection from {from}: {full}")),
+                        }
                     }
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
                     Err(_) => tracing::debug!(%from, "TLS handshake timed out"),
@@ -233,8 +269,197 @@ fn source_of(address: std::net::IpAddr) -> std::net::IpAddr {
     }
 }
 
-/// One handshake counted against its source until dropped.
+/// Plain (insecure) connections, counted as clients: without
+/// certificates nothing tells a peer from a client.
 #[cfg(not(madsim))]
+pub fn plain_incoming(
+    listener: TcpListener,
+) -> impl tokio_stream::Stream<Item = Result<Counted<TcpStream>, std::io::Error>> {
+    use tokio_stream::StreamExt as _;
+    let limits = ConnectionLimits::new();
+    let refusals = RareLog::default();
+    tonic::transport::server::TcpIncoming::from(listener)
+        // Without it Nagle holds small raft messages back for a delayed
+        // ACK (~40 ms); `serve_with_incoming` ignores the builder's.
+        .with_nodelay(Some(true))
+        .filter_map(move |accepted| match accepted {
+            Ok(stream) => {
+                let from = stream.peer_addr().map(|a| a.ip()).ok()?;
+                match limits.admit(from, false) {
+                    Ok(slot) => Some(Ok(Counted::new(stream, slot))),
+                    Err(full) => {
+                        refusals.log(format_args!("closed a connection from {from}: {full}"));
+                        None
+                    }
+                }
+            }
+            Err(e) => Some(Err(e)),
+        })
+}
+
+/// A warning logged at most once a second, however often it happens.
+#[cfg(not(madsim))]
+#[derive(Debug, Default)]
+struct RareLog {
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+#[cfg(not(madsim))]
+impl RareLog {
+    fn log(&self, message: std::fmt::Arguments<'_>) {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
+            tracing::warn!("{message}");
+            *last = Some(std::time::Instant::now());
+        }
+    }
+}
+
+/// Which connection bound was hit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    #[error("{PEER_CONNECTIONS_MAX} node connections open")]
+    Peers,
+    #[error("{CLIENT_CONNECTIONS_MAX} client connections open")]
+    Clients,
+    #[error("{CLIENT_CONNECTIONS_PER_ADDRESS_MAX} client connections open from this address")]
+    ClientsFromAddress,
+}
+
+/// The open-connection bounds of one listener (see the module invariant).
+#[cfg(not(madsim))]
+#[derive(Debug, Clone)]
+struct ConnectionLimits {
+    peers: Arc<tokio::sync::Semaphore>,
+    clients: Arc<tokio::sync::Semaphore>,
+    client_addresses: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+#[cfg(not(madsim))]
+impl ConnectionLimits {
+    fn new() -> Self {
+        Self {
+            peers: Arc::new(tokio::sync::Semaphore::new(PEER_CONNECTIONS_MAX)),
+            clients: Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX)),
+            client_addresses: Arc::default(),
+        }
+    }
+
+    fn admit(&self, from: std::net::IpAddr, peer: bool) -> Result<ConnectionSlot, Full> {
+        if peer {
+            let permit = self
+                .peers
+                .clone()
+                .try_acquire_owned()
+                .map_err(|_| Full::Peers)?;
+            return Ok(ConnectionSlot {
+                _permit: permit,
+                _address: None,
+            });
+        }
+        let address = AddressSlot::take(
+            &self.client_addresses,
+            source_of(from),
+            CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
+        )
+        .ok_or(Full::ClientsFromAddress)?;
+        let permit = self
+            .clients
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Full::Clients)?;
+        Ok(ConnectionSlot {
+            _permit: permit,
+            _address: Some(address),
+        })
+    }
+}
+
+/// An open connection's place under the bounds, given back when the
+/// connection is dropped.
+#[cfg(not(madsim))]
+#[derive(Debug)]
+pub struct ConnectionSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _address: Option<AddressSlot>,
+}
+
+/// A connection holding its [`ConnectionSlot`] for as long as it is open;
+/// reads and writes go straight through.
+#[cfg(not(madsim))]
+#[derive(Debug)]
+pub struct Counted<S> {
+    inner: S,
+    _slot: ConnectionSlot,
+}
+
+#[cfg(not(madsim))]
+impl<S> Counted<S> {
+    fn new(inner: S, slot: ConnectionSlot) -> Self {
+        Self { inner, _slot: slot }
+    }
+}
+
+#[cfg(not(madsim))]
+impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Counted<S> {
+    type ConnectInfo = S::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
+#[cfg(not(madsim))]
+impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+#[cfg(not(madsim))]
+impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// One handshake (or connection) counted against its source until dropped.
+#[cfg(not(madsim))]
+#[derive(Debug)]
 struct AddressSlot {
     counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
     address: std::net::IpAddr,
@@ -245,10 +470,11 @@ impl AddressSlot {
     fn take(
         counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
         address: std::net::IpAddr,
+        max: usize,
     ) -> Option<Self> {
         let mut held = counts.lock().unwrap_or_else(|p| p.into_inner());
         let count = held.entry(address).or_insert(0);
-        if *count >= HANDSHAKES_PER_ADDRESS_MAX {
+        if *count >= max {
             return None;
         }
         *count += 1;
@@ -371,6 +597,104 @@ mod tests {
         assert_eq!(handshake(address, &ca.cert_pem).await[0], two_der.to_vec());
         drop(silent);
         served.abort();
+    }
+
+    /// A handshaken connection from `from`, with `client` as its
+    /// certificate if given.
+    async fn connect(
+        address: std::net::SocketAddr,
+        from: &str,
+        ca_pem: &str,
+        client: Option<&CertifiedKey>,
+    ) -> tokio_rustls::client::TlsStream<TcpStream> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+            .unwrap();
+        let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match client {
+            Some(node) => builder
+                .with_client_auth_cert(
+                    vec![CertificateDer::from_pem_slice(node.cert_pem.as_bytes()).unwrap()],
+                    PrivateKeyDer::from_pem_slice(node.key_pem.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+            None => builder.with_no_client_auth(),
+        };
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind(format!("{from}:0").parse().unwrap()).unwrap();
+        let tcp = socket.connect(address).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).unwrap();
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .unwrap()
+    }
+
+    /// Whether the listener closed `stream` (it sends nothing to a
+    /// connection it keeps, so a read ends only on a close).
+    async fn closed_by_listener(stream: &mut tokio_rustls::client::TlsStream<TcpStream>) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut byte = [0u8; 1];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte)).await,
+            Ok(Ok(0) | Err(_))
+        )
+    }
+
+    /// Goal: clients holding connections open from one address are held
+    /// to their bound; the listener keeps taking clients from elsewhere
+    /// and nodes (their own bound), and a slot given back is taken again.
+    /// Method: the per-address bound of held client connections from
+    /// 127.0.0.2; one more from there is closed; a client from 127.0.0.1
+    /// and a node from 127.0.0.2 are served; one held connection is closed
+    /// and the next from 127.0.0.2 is served.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn clients_from_one_address_are_bounded_and_shut_nobody_else_out() {
+        let ca = tls::create_ca("test").unwrap();
+        let one = tls::issue_node_cert(&ca, 1).unwrap();
+        let live = Arc::new(LiveCertificate::new(&one, &ca.cert_pem).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // The test plays the server: it holds what the listener hands over.
+        let mut incoming = tls_incoming(listener, live.server_config(&ca.cert_pem).unwrap());
+        let mut served = Vec::new();
+        let mut serve = async |count: usize, served: &mut Vec<_>| {
+            use tokio_stream::StreamExt;
+            for _ in 0..count {
+                let next = tokio::time::timeout(Duration::from_secs(20), incoming.next())
+                    .await
+                    .expect("the listener handed over no connection");
+                served.push(next.unwrap().unwrap());
+            }
+        };
+        let mut held = Vec::new();
+        for _ in 0..CLIENT_CONNECTIONS_PER_ADDRESS_MAX {
+            held.push(connect(address, "127.0.0.2", &ca.cert_pem, None).await);
+            serve(1, &mut served).await;
+        }
+        let mut over = connect(address, "127.0.0.2", &ca.cert_pem, None).await;
+        assert!(
+            closed_by_listener(&mut over).await,
+            "a connection past the bound was kept"
+        );
+
+        let _elsewhere = connect(address, "127.0.0.1", &ca.cert_pem, None).await;
+        serve(1, &mut served).await;
+        let node = tls::issue_node_cert(&ca, 2).unwrap();
+        let _peer = connect(address, "127.0.0.2", &ca.cert_pem, Some(&node)).await;
+        serve(1, &mut served).await;
+
+        // A connection the server drops gives its slot back.
+        served.remove(0);
+        let _again = connect(address, "127.0.0.2", &ca.cert_pem, None).await;
+        serve(1, &mut served).await;
+        drop(held);
     }
 
     #[test]

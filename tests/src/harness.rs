@@ -592,6 +592,14 @@ impl TestCluster {
         node.child = Some(child);
     }
 
+    /// How many files (sockets included) node `id`'s process has open.
+    pub fn open_files(&self, id: u64) -> usize {
+        let child = self.nodes[&id].child.as_ref().expect("node is not running");
+        std::fs::read_dir(format!("/proc/{}/fd", child.id()))
+            .expect("the node's /proc/PID/fd")
+            .count()
+    }
+
     /// How node `id`'s process ended, once it has (`None` while it runs).
     pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let child = self.nodes.get_mut(&id)?.child.as_mut()?;

@@ -151,8 +151,8 @@ fn missing_certificates_or_unreachable_join_address_fail_without_writing_data() 
     let data_dir = dir.path().join("data");
     let dead = format!("127.0.0.1:{}", free_port());
     let bind = format!("127.0.0.1:{}", free_port());
-    let agent = |config: &Path| {
-        blixard(&[
+    let agent_joining = |config: &Path, join: &[&str]| {
+        let mut args = vec![
             "agent",
             "--config",
             config.to_str().unwrap(),
@@ -162,10 +162,11 @@ fn missing_certificates_or_unreachable_join_address_fail_without_writing_data() 
             &bind,
             "--data-dir",
             data_dir.to_str().unwrap(),
-            "--join",
-            &dead,
-        ])
+        ];
+        args.extend_from_slice(join);
+        blixard(&args)
     };
+    let agent = |config: &Path| agent_joining(config, &["--join", &dead]);
     let config = dir.path().join("config.toml");
     std::fs::write(&config, "").unwrap();
     let output = agent(&config);
@@ -200,17 +201,7 @@ fn missing_certificates_or_unreachable_join_address_fail_without_writing_data() 
 
     // Neither --join nor --bootstrap: a node never founds a cluster of
     // its own by accident (a typo in --join used to do exactly that).
-    let output = blixard(&[
-        "agent",
-        "--config",
-        config.to_str().unwrap(),
-        "--node-id",
-        "2",
-        "--bind",
-        &bind,
-        "--data-dir",
-        data_dir.to_str().unwrap(),
-    ]);
+    let output = agent_joining(&config, &[]);
     assert!(!output.status.success());
     let message = stderr(&output);
     assert!(

@@ -102,8 +102,9 @@ async fn a_lost_or_damaged_store_is_refused_and_a_copy_brings_the_node_back() {
 }
 
 /// Goal: the founding node, its data directory wiped, never comes back as
-/// the member it was: given the others' addresses it refuses (the cluster
-/// still counts it as a voter), given none it founds a cluster of its own
+/// the member it was: asked to found and to join it refuses both; asked
+/// to join it refuses (the cluster still counts it as a voter); asked to
+/// found it founds a cluster of its own
 /// whose id the old one refuses, and it keeps running (it crash-looped on
 /// the old cluster's first heartbeat before). The README's procedure
 /// (remove the node, start the host as a new one) brings the host back.
@@ -128,18 +129,26 @@ async fn a_wiped_founding_node_never_rejoins_as_itself() {
         }
     }
 
+    let written = || data_dir.join("identity.toml").exists() || data_dir.join(STORE).exists();
+    // Its config still says to found; given the others too, it refuses
+    // both (founding "unless they answer" founds a second cluster whenever
+    // they are down).
     let others = format!("[\"{}\"]", cluster.address(2));
     cluster.set_config(1, "join", &others);
     cluster.restart(1);
     cluster
+        .wait_exit_saying(1, "both --bootstrap and --join were given")
+        .await;
+    assert!(!written(), "the refused start wrote to its data directory");
+    cluster.set_config(1, "bootstrap", "false");
+    cluster.restart(1);
+    cluster
         .wait_exit_saying(1, "node 1 is already a raft member")
         .await;
-    assert!(
-        !data_dir.join("identity.toml").exists() && !data_dir.join(STORE).exists(),
-        "the refused start wrote to its data directory"
-    );
+    assert!(!written(), "the refused start wrote to its data directory");
 
     cluster.set_config(1, "join", "[]");
+    cluster.set_config(1, "bootstrap", "true");
     cluster.restart(1);
     let founded = eventually("node 1 to found anew", Duration::from_secs(20), || async {
         let status = cluster.status(1).await?;
@@ -259,6 +268,14 @@ async fn a_full_disk_is_named_and_nothing_acknowledged_is_lost() {
         },
     );
     cluster.wait_leader_among(&[1]).await;
+    // Writes acknowledged before the disk filled, and any after it.
+    let mut client = cluster.vm_client(1).await;
+    let mut acknowledged = Vec::new();
+    for i in 0..5 {
+        let name = format!("before-{i}");
+        create_vm(&mut client, &name).await.unwrap();
+        acknowledged.push(name);
+    }
     let filler = data_dir.join("filler");
     let mut file = std::fs::File::create(&filler).unwrap();
     let chunk = vec![1u8; 64 * 1024];
@@ -266,8 +283,6 @@ async fn a_full_disk_is_named_and_nothing_acknowledged_is_lost() {
     while file.write_all(&chunk).is_ok() {}
     drop(file);
 
-    let mut client = cluster.vm_client(1).await;
-    let mut acknowledged = Vec::new();
     for i in 0..10_000 {
         let name = format!("vm-{i}");
         match create_vm(&mut client, &name).await {
