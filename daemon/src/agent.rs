@@ -776,8 +776,10 @@ async fn serve(
         raft: raft.raft().clone(),
     })
     .max_encoding_message_size(RAFT_MESSAGE_BYTES_MAX);
+    let streams = services::streams::StreamSlots::default();
     let cluster_service = ClusterServer::new(ClusterService {
         cluster_id,
+        streams: streams.clone(),
         raft: raft.clone(),
         membership: membership.clone(),
         join_lock: tokio::sync::Mutex::new(()),
@@ -801,6 +803,7 @@ async fn serve(
             node_id,
             vm_state_dir: config.agent.enabled.then(|| config.vm_state_dir()),
         },
+        streams,
     });
     // A peer that stops answering pings (a dead host, a cut network) is
     // dropped rather than holding its connection and streams for ever;

@@ -600,6 +600,18 @@ impl TestCluster {
             .count()
     }
 
+    /// The most memory node `id`'s process has held resident (VmHWM).
+    pub fn peak_rss_bytes(&self, id: u64) -> u64 {
+        let child = self.nodes[&id].child.as_ref().expect("node is not running");
+        let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+        let kib: u64 = status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/PID/status");
+        kib * 1024
+    }
+
     /// How node `id`'s process ended, once it has (`None` while it runs).
     pub fn exit_status(&mut self, id: u64) -> Option<std::process::ExitStatus> {
         let child = self.nodes.get_mut(&id)?.child.as_mut()?;

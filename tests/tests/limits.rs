@@ -1,13 +1,18 @@
 //! Bounded resources against real `blixard agent` processes: clients
 //! that open connections and never use them are held to their bound,
 //! measured in the daemon's open files, and the node keeps serving its
-//! peers and other clients.
+//! peers and other clients; watchers that never read are bounded in
+//! number and in the memory they cost, measured in the daemon's peak
+//! resident memory.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use blixard_api::pb;
+use blixard_api::pb::vm_client::VmClient;
 use blixard_daemon::listener::CLIENT_CONNECTIONS_PER_ADDRESS_MAX;
-use blixard_tests::{create_vm, eventually, TestCluster, Timings};
+use blixard_daemon::services::streams::STREAMS_MAX;
+use blixard_tests::{create_vm, eventually, heavy_flake_spec, NodeOptions, TestCluster, Timings};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -85,4 +90,90 @@ async fn idle_connections_from_one_address_are_bounded_and_the_node_keeps_servin
         cluster.open_files(1)
     );
     drop(silent);
+}
+
+/// Goal: clients that open watches and never read (HTTP/2 window 0) get
+/// at most the node's bound of them, each costs the node a bounded buffer
+/// rather than the whole VM list (about 3 MB here; 256 such watchers held
+/// about 1 GB before), and each ends with `DataLoss` once it has stalled.
+/// Method: 1000 VMs with 3 KB flake references; the bound of watches over
+/// four connections, never read; one more is refused; once every watch
+/// has stalled, each is read to its end and the node's peak resident
+/// memory compared with before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_watches_are_bounded_in_number_and_memory() {
+    const VMS: usize = 1000;
+    const CONNECTIONS: usize = 4;
+    let mut cluster = TestCluster::empty(Timings::default(), blixard_tests::Network::Loopback);
+    cluster.add_node_with(
+        1,
+        NodeOptions {
+            agent: false,
+            ..NodeOptions::default()
+        },
+    );
+    cluster.wait_leader_among(&[1]).await;
+    let mut client = cluster.vm_client(1).await;
+    for i in 0..VMS {
+        client
+            .create(pb::CreateVmRequest {
+                spec: Some(heavy_flake_spec(&format!("vm-{i:04}"), 3000)),
+                replicas: 0,
+                stopped: true,
+            })
+            .await
+            .unwrap();
+    }
+    let peak_before = cluster.peak_rss_bytes(1);
+
+    let mut clients = Vec::new();
+    for _ in 0..CONNECTIONS {
+        clients.push(VmClient::new(cluster.channel(1).await.unwrap()));
+    }
+    let mut watches = Vec::new();
+    for i in 0..STREAMS_MAX {
+        let watch = clients[i % CONNECTIONS]
+            .watch(pb::WatchVmsRequest {})
+            .await
+            .unwrap();
+        watches.push(watch.into_inner());
+    }
+    let refused = clients[0].watch(pb::WatchVmsRequest {}).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
+
+    // Every producer gives up once its reader has taken nothing for the
+    // stall deadline (the node logs each); then every watch, read, shows
+    // what was buffered for it and ends with the stall's error.
+    eventually("every watch to stall", Duration::from_secs(120), || async {
+        let stalled = cluster
+            .log(1)
+            .matches("a stream's reader took nothing")
+            .count();
+        (stalled >= STREAMS_MAX).then_some(())
+    })
+    .await;
+    // Read together: watches share their connection's HTTP/2 window, so
+    // one read alone waits behind the others' unread data.
+    let mut reading = tokio::task::JoinSet::new();
+    for (i, mut watch) in watches.into_iter().enumerate() {
+        reading.spawn(async move {
+            loop {
+                match watch.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break (i, tonic::Status::ok("")),
+                    Err(status) => break (i, status),
+                }
+            }
+        });
+    }
+    while let Some(ended) = reading.join_next().await {
+        let (i, end) = ended.unwrap();
+        assert_eq!(end.code(), tonic::Code::DataLoss, "watch {i}: {end}");
+    }
+    let grown = cluster.peak_rss_bytes(1).saturating_sub(peak_before);
+    assert!(
+        grown < 320 * 1024 * 1024,
+        "{STREAMS_MAX} stalled watches grew the node's peak memory by {} MiB",
+        grown / (1024 * 1024)
+    );
 }

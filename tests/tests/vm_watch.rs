@@ -135,3 +135,141 @@ async fn watch_streams_existing_vms_then_changes_in_order() {
     let event: serde_json::Value = serde_json::from_str(one.trim()).unwrap();
     assert_eq!(event["vm"]["name"], "existing");
 }
+
+/// Goal: a watch whose initial list is read in pages while VMs change
+/// shows each VM's state with revisions that only rise per VM, and ends
+/// up equal to the state. Method: 300 heavy VMs (many pages); once the
+/// first page is out, VMs in it and in later pages change; then a writer
+/// stops, starts, deletes and creates VMs while the watch is read; after
+/// a last marker VM's event, the watcher's view is compared with
+/// `Vm.List`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_started_during_writes_ends_equal_to_the_state() {
+    use blixard_api::pb;
+    use std::collections::BTreeMap;
+    let cluster = TestCluster::start_with(
+        1,
+        Timings::default(),
+        blixard_tests::Network::Loopback,
+        |_| blixard_tests::NodeOptions {
+            agent: false,
+            ..blixard_tests::NodeOptions::default()
+        },
+    )
+    .await;
+    let mut client = cluster.vm_client(1).await;
+    // Heavy enough that the list overflows what HTTP/2 buffers, so the
+    // watch waits for its reader between pages.
+    for i in 0..300 {
+        client
+            .create(pb::CreateVmRequest {
+                spec: Some(blixard_tests::heavy_flake_spec(&format!("vm-{i:03}"), 3000)),
+                replicas: 0,
+                stopped: false,
+            })
+            .await
+            .unwrap();
+    }
+    let mut watch = client
+        .watch(pb::WatchVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    // name -> (revision of the last event, the VM as it showed)
+    let mut seen: BTreeMap<String, (u64, Option<pb::VmInfo>)> = BTreeMap::new();
+    let mut apply = |event: pb::VmEvent| {
+        let vm = event.vm.unwrap();
+        let name = vm.spec.as_ref().unwrap().name.clone();
+        if let Some((last, _)) = seen.get(&name) {
+            assert!(
+                event.revision >= *last,
+                "{name}: an event at revision {} after one at {last}",
+                event.revision
+            );
+        }
+        let deleted = event.kind == pb::VmEventKind::Deleted as i32;
+        seen.insert(name.clone(), (event.revision, (!deleted).then_some(vm)));
+        name
+    };
+    // The first page is out and the watch waits for room: changes now,
+    // to VMs in later pages and in the first, come before those pages
+    // are read, so their events are older than the pages that show them.
+    apply(next(&mut watch).await);
+    for name in ["vm-299", "vm-000"] {
+        let request = pb::VmNameRequest { name: name.into() };
+        client.stop(request).await.unwrap();
+    }
+    client
+        .delete(pb::VmNameRequest {
+            name: "vm-200".into(),
+        })
+        .await
+        .unwrap();
+    blixard_tests::create_vm(&mut client, "vm-250a")
+        .await
+        .unwrap();
+    let mut writer_client = cluster.vm_client(1).await;
+    let writer = tokio::spawn(async move {
+        for i in 0..150u32 {
+            let name = format!("vm-{:03}", (i * 7) % 300);
+            let request = pb::VmNameRequest { name: name.clone() };
+            match i % 4 {
+                // A VM deleted already refuses its stop or start.
+                0 => {
+                    let _ = writer_client.stop(request).await;
+                }
+                1 => {
+                    let _ = writer_client.start(request).await;
+                }
+                2 => {
+                    let _ = writer_client.delete(request).await;
+                }
+                _ => {
+                    let _ = blixard_tests::create_vm(&mut writer_client, &format!("new-{i}")).await;
+                }
+            }
+        }
+    });
+    while !writer.is_finished() {
+        apply(next(&mut watch).await);
+    }
+    writer.await.unwrap();
+    blixard_tests::create_vm(&mut client, "marker")
+        .await
+        .unwrap();
+    while apply(next(&mut watch).await) != "marker" {}
+
+    let list = client
+        .list(pb::ListVmsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let listed: BTreeMap<String, pb::VmInfo> = list
+        .vms
+        .into_iter()
+        .map(|vm| (vm.spec.as_ref().unwrap().name.clone(), vm))
+        .collect();
+    let shown: BTreeMap<String, pb::VmInfo> = seen
+        .into_iter()
+        .filter_map(|(name, (_, vm))| vm.map(|vm| (name, vm)))
+        .collect();
+    assert_eq!(
+        shown.keys().collect::<Vec<_>>(),
+        listed.keys().collect::<Vec<_>>()
+    );
+    for (name, vm) in &listed {
+        assert_eq!(
+            (shown[name].desired_state, shown[name].mod_revision),
+            (vm.desired_state, vm.mod_revision),
+            "{name}"
+        );
+    }
+}
+
+async fn next(watch: &mut tonic::Streaming<blixard_api::pb::VmEvent>) -> blixard_api::pb::VmEvent {
+    tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("a watch event within 20 s")
+        .unwrap()
+        .expect("the watch went on")
+}

@@ -11,16 +11,12 @@ use blixard_consensus::{
 };
 use blixard_membership::Membership;
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
-use super::{lease, Caller};
+use super::{lease, streams, Caller};
 use crate::convert::{event_to_pb, host_to_pb, settings_to_pb};
 use crate::Error;
-
-/// Events buffered per follower between the state and its gRPC stream.
-const EVENTS_BUFFERED_MAX: usize = 256;
 
 pub struct ClusterService {
     /// This node's cluster id (its data directory's).
@@ -32,6 +28,8 @@ pub struct ClusterService {
     pub issuer: Option<crate::security::Issuer>,
     /// How this node's certificate is renewed (`None` with security off).
     pub renewal: Option<Arc<crate::security::Renewal>>,
+    /// The node's watch and follow streams.
+    pub streams: super::streams::StreamSlots,
 }
 
 /// Signatures made at once; more wait their turn (a flood must not take
@@ -500,17 +498,18 @@ impl pb::cluster_server::Cluster for ClusterService {
     ) -> Result<Response<Self::EventsStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
         let request = request.into_inner();
+        let slot = self.streams.take()?;
         // Subscribe before reading the backlog so nothing falls between.
         let mut events = self.raft.subscribe();
         let recent = self.raft.recent_events();
         let skip = recent.len().saturating_sub(request.recent_max as usize);
         let backlog: Vec<pb::ClusterEvent> = recent[skip..].iter().map(event_to_pb).collect();
         let last_seq = recent.last().map_or(0, |r| r.seq);
-        let (tx, rx) = mpsc::channel(EVENTS_BUFFERED_MAX);
+        let (tx, stream) = streams::channel(slot);
         let follow = request.follow;
         tokio::spawn(async move {
             for event in backlog {
-                if tx.send(Ok(event)).await.is_err() {
+                if !tx.send(Ok(event)).await {
                     return;
                 }
             }
@@ -528,8 +527,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                     )),
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                let end = item.is_err();
-                if tx.send(item).await.is_err() || end {
+                if !tx.send(item).await {
                     return;
                 }
             }
@@ -537,7 +535,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         Ok(Response::new(lease::while_token_valid(
             caller.as_ref(),
             self.raft.clone(),
-            Box::pin(ReceiverStream::new(rx)),
+            stream,
         )))
     }
 

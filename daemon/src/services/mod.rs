@@ -16,6 +16,7 @@ pub mod lease;
 pub mod node;
 pub mod raft;
 pub mod rules;
+pub mod streams;
 pub mod vm;
 pub(crate) mod vm_node;
 

@@ -6,22 +6,24 @@ use std::pin::Pin;
 use blixard_api::{pb, validate};
 use blixard_consensus::{Command, DesiredState, StateEvent, VmChange};
 use futures::Stream;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
+use super::streams::{self, StreamSlots};
 use super::vm_node::{now_unix_ms, LogStream, VmNode};
 use super::{lease, Caller};
 use crate::convert::{redact_vm_info, vm_info_to_pb, vm_spec_from_pb};
 use crate::Error;
 
-/// Events buffered per watcher between the state and its gRPC stream.
-const WATCH_EVENTS_BUFFERED_MAX: usize = 256;
+/// VMs read from the state at once for a watch's initial list.
+const WATCH_PAGE_VMS: usize = 32;
 
 pub struct VmService {
     pub raft: ClusterHandle,
     /// Serves what only the VM's own node can (logs, stats).
     pub node: VmNode,
+    /// The node's watch and follow streams.
+    pub streams: StreamSlots,
 }
 
 impl VmService {
@@ -251,35 +253,73 @@ impl pb::vm_server::Vm for VmService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
         let reads_secrets = super::reads_secrets(&request);
+        let slot = self.streams.take()?;
         // Subscribe before reading so no change falls between the two.
         let mut events = self.raft.subscribe();
         self.raft.read_barrier().await.map_err(Error::from)?;
-        let (initial, revision) = self.raft.read_state(|s| {
-            let initial: Vec<pb::VmEvent> = s
-                .vms
-                .values()
-                .map(|vm| pb::VmEvent {
-                    kind: pb::VmEventKind::Added as i32,
-                    vm: Some(vm_info_to_pb(vm)),
-                    revision: s.revision,
-                })
-                .map(|event| redacted(event, reads_secrets))
-                .collect();
-            (initial, s.revision)
-        });
-        let (tx, rx) = mpsc::channel(WATCH_EVENTS_BUFFERED_MAX);
+        let (tx, stream) = streams::channel(slot);
+        let raft = self.raft.clone();
         tokio::spawn(async move {
-            for event in initial {
-                if tx.send(Ok(event)).await.is_err() {
-                    return;
+            // The initial list goes out a page at a time, each read from
+            // the state as it is then, so a watcher holds one page, not
+            // the whole list; the revision each VM was read at is kept
+            // (names only) so a change it already shows is not sent again
+            // as an older event.
+            let mut shown_at: std::collections::HashMap<String, u64> = Default::default();
+            let mut after: Option<String> = None;
+            let first_revision = raft.read_state(|s| s.revision);
+            loop {
+                let (page, revision) = raft.read_state(|s| {
+                    let range = match &after {
+                        Some(name) => s.vms.range::<String, _>((
+                            std::ops::Bound::Excluded(name),
+                            std::ops::Bound::Unbounded,
+                        )),
+                        None => s.vms.range::<String, _>(..),
+                    };
+                    let page: Vec<(String, pb::VmEvent)> = range
+                        .take(WATCH_PAGE_VMS)
+                        .map(|(name, vm)| {
+                            let event = pb::VmEvent {
+                                kind: pb::VmEventKind::Added as i32,
+                                vm: Some(vm_info_to_pb(vm)),
+                                revision: s.revision,
+                            };
+                            (name.clone(), event)
+                        })
+                        .collect();
+                    (page, s.revision)
+                });
+                let last_page = page.len() < WATCH_PAGE_VMS;
+                for (name, event) in page {
+                    shown_at.insert(name.clone(), revision);
+                    after = Some(name);
+                    if !tx.send(Ok(redacted(event, reads_secrets))).await {
+                        return;
+                    }
+                }
+                if last_page {
+                    break;
                 }
             }
+            let last_shown = shown_at.values().copied().max().unwrap_or(first_revision);
             loop {
                 let item = match events.recv().await {
                     Ok(StateEvent::Vm {
                         change,
                         revision: r,
-                    }) if r > revision => Ok(redacted(vm_event(&change, r), reads_secrets)),
+                    }) if r > first_revision => {
+                        // A change the page this VM was sent in already
+                        // showed; past the last page's revision none is.
+                        let name = &change_vm(&change).spec.name;
+                        if r <= last_shown && shown_at.get(name).is_some_and(|&at| r <= at) {
+                            continue;
+                        }
+                        if r > last_shown && !shown_at.is_empty() {
+                            shown_at = Default::default();
+                        }
+                        Ok(redacted(vm_event(&change, r), reads_secrets))
+                    }
                     Ok(StateEvent::Vm { .. } | StateEvent::Cluster(_)) => continue,
                     Ok(StateEvent::Reset { .. }) => Err(Status::aborted(
                         "state was replaced by a snapshot; watch again",
@@ -289,8 +329,7 @@ impl pb::vm_server::Vm for VmService {
                     )),
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
-                let end = item.is_err();
-                if tx.send(item).await.is_err() || end {
+                if !tx.send(item).await {
                     return;
                 }
             }
@@ -298,7 +337,7 @@ impl pb::vm_server::Vm for VmService {
         Ok(Response::new(lease::while_token_valid(
             caller.as_ref(),
             self.raft.clone(),
-            Box::pin(ReceiverStream::new(rx)),
+            stream,
         )))
     }
 }
@@ -319,6 +358,12 @@ fn redacted(mut event: pb::VmEvent, reads_secrets: bool) -> pb::VmEvent {
         }
     }
     event
+}
+
+fn change_vm(change: &VmChange) -> &blixard_consensus::VmRecord {
+    match change {
+        VmChange::Added(vm) | VmChange::Modified(vm) | VmChange::Deleted(vm) => vm,
+    }
 }
 
 fn vm_event(change: &VmChange, revision: u64) -> pb::VmEvent {
