@@ -526,26 +526,28 @@ mod tests {
         assert!(Arc::new(live).server_config(&ca.cert_pem).is_ok());
     }
 
+    /// A CA, node 1's certificate served live, and a listener on
+    /// 127.0.0.1 with the address and the connections it hands over.
+    async fn listening() -> (
+        CertifiedKey,
+        CertifiedKey,
+        Arc<LiveCertificate>,
+        std::net::SocketAddr,
+        ReceiverStream<Result<Counted<TlsStream<TcpStream>>, std::io::Error>>,
+    ) {
+        let ca = tls::create_ca("test").unwrap();
+        let one = tls::issue_node_cert(&ca, 1).unwrap();
+        let live = Arc::new(LiveCertificate::new(&one, &ca.cert_pem).unwrap());
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let incoming = tls_incoming(listener, live.server_config(&ca.cert_pem).unwrap());
+        (ca, one, live, address, incoming)
+    }
+
     /// A client's handshake to the listener: the certificates it was shown.
     async fn handshake(address: std::net::SocketAddr, ca_pem: &str) -> Vec<Vec<u8>> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots
-            .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-            .unwrap();
-        let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let tcp = TcpStream::connect(address).await.unwrap();
-        let name = rustls::pki_types::ServerName::try_from(tls::SERVER_NAME).unwrap();
-        let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect(name, tcp)
+        connect(address, "127.0.0.1", ca_pem, None)
             .await
-            .unwrap();
-        stream
             .get_ref()
             .1
             .peer_certificates()
@@ -564,12 +566,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_silent_flood_from_one_address_does_not_stall_the_others() {
         use tokio_stream::StreamExt;
-        let ca = tls::create_ca("test").unwrap();
-        let one = tls::issue_node_cert(&ca, 1).unwrap();
-        let live = Arc::new(LiveCertificate::new(&one, &ca.cert_pem).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let mut incoming = tls_incoming(listener, live.server_config(&ca.cert_pem).unwrap());
+        let (ca, one, live, address, mut incoming) = listening().await;
         let served = tokio::spawn(async move {
             let mut streams = Vec::new();
             while let Some(Ok(stream)) = incoming.next().await {
@@ -656,13 +653,8 @@ mod tests {
     /// and the next from 127.0.0.2 is served.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn clients_from_one_address_are_bounded_and_shut_nobody_else_out() {
-        let ca = tls::create_ca("test").unwrap();
-        let one = tls::issue_node_cert(&ca, 1).unwrap();
-        let live = Arc::new(LiveCertificate::new(&one, &ca.cert_pem).unwrap());
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
         // The test plays the server: it holds what the listener hands over.
-        let mut incoming = tls_incoming(listener, live.server_config(&ca.cert_pem).unwrap());
+        let (ca, _, _, address, mut incoming) = listening().await;
         let mut served = Vec::new();
         let mut serve = async |count: usize, served: &mut Vec<_>| {
             use tokio_stream::StreamExt;

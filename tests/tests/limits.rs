@@ -12,7 +12,9 @@ use blixard_api::pb;
 use blixard_api::pb::vm_client::VmClient;
 use blixard_daemon::listener::CLIENT_CONNECTIONS_PER_ADDRESS_MAX;
 use blixard_daemon::services::streams::STREAMS_MAX;
-use blixard_tests::{create_vm, eventually, heavy_flake_spec, NodeOptions, TestCluster, Timings};
+use blixard_tests::{
+    create_vm, eventually, heavy_flake_spec, Network, NodeOptions, TestCluster, Timings,
+};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -104,15 +106,12 @@ async fn idle_connections_from_one_address_are_bounded_and_the_node_keeps_servin
 async fn stalled_watches_are_bounded_in_number_and_memory() {
     const VMS: usize = 1000;
     const CONNECTIONS: usize = 4;
-    let mut cluster = TestCluster::empty(Timings::default(), blixard_tests::Network::Loopback);
-    cluster.add_node_with(
-        1,
-        NodeOptions {
+    let cluster =
+        TestCluster::start_with(1, Timings::default(), Network::Loopback, |_| NodeOptions {
             agent: false,
             ..NodeOptions::default()
-        },
-    );
-    cluster.wait_leader_among(&[1]).await;
+        })
+        .await;
     let mut client = cluster.vm_client(1).await;
     for i in 0..VMS {
         client
