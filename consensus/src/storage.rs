@@ -151,10 +151,8 @@ fn free_bytes(dir: &Path) -> Option<u64> {
 /// a short write into EIO.
 fn explain_write_error(dir: &Path, error: heed::Error) -> Error {
     let full = match &error {
+        // heed passes LMDB's errno codes on as I/O errors.
         heed::Error::Io(e) => matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)),
-        heed::Error::Mdb(heed::MdbError::Other(code)) => {
-            matches!(*code, libc::ENOSPC | libc::EDQUOT)
-        }
         _ => false,
     };
     let free = free_bytes(dir);
@@ -200,6 +198,11 @@ impl LogStore {
                 | heed::MdbError::Corrupted
                 | heed::MdbError::PageNotFound,
             ) => unreadable(e.to_string()),
+            heed::Error::Io(ref source)
+                if matches!(source.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT)) =>
+            {
+                explain_write_error(dir, e)
+            }
             heed::Error::Io(source) => Error::DataDir {
                 path: dir.display().to_string(),
                 source,

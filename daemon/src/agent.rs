@@ -396,8 +396,6 @@ async fn request_join(config: &Config, cluster_id: &str) -> Result<String, Error
     })
 }
 
-/// Runs the agent until `shutdown` completes. Returns an error if start-up
-/// fails or the raft loop stops on a storage failure.
 /// The connection bounds (`crate::listener`) assume the descriptors to
 /// hold them. systemd starts a service with a soft limit of 1024 and a
 /// hard one far above it, so the soft limit is raised to the hard one (as
@@ -436,6 +434,8 @@ fn raise_open_files_limit() {
     }
 }
 
+/// Runs the agent until `shutdown` completes. Returns an error if start-up
+/// fails or the raft loop stops on a storage failure.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
     config.validate()?;
     #[cfg(not(madsim))]

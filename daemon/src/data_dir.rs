@@ -106,12 +106,19 @@ pub fn reconcile(
     store: Option<&DataIdentity>,
 ) -> Result<DataIdentity, Error> {
     match (file, store) {
-        (Some(file), Some(store)) if file != store => Err(Error::IdentityMismatch {
-            path: dir.display().to_string(),
-            file: describe(file),
-            store: describe(store),
-        }),
-        (Some(identity), _) | (None, Some(identity)) => Ok(identity.clone()),
+        // Whose it is: the cluster and the node (the founder flag only
+        // says how the first start went).
+        (Some(file), Some(store))
+            if (&file.cluster_id, file.node_id) != (&store.cluster_id, store.node_id) =>
+        {
+            Err(Error::IdentityMismatch {
+                path: dir.display().to_string(),
+                file: describe(file),
+                store: describe(store),
+            })
+        }
+        // The store's record is written first and so is the one to keep.
+        (_, Some(identity)) | (Some(identity), None) => Ok(identity.clone()),
         (None, None) => Err(Error::IdentityMissing {
             path: dir.display().to_string(),
         }),

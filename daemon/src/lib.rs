@@ -5,6 +5,7 @@
 //! write reaches the cluster state only through the raft log.
 
 pub mod agent;
+pub mod bounds;
 pub mod config;
 pub mod controllers;
 mod convert;

@@ -12,8 +12,9 @@
 //! pause, never spun on.
 //!
 //! Invariant: at most [`PEER_CONNECTIONS_MAX`] handshaken connections
-//! from nodes (a certificate the cluster CA signed for a node id) and at
-//! most [`CLIENT_CONNECTIONS_MAX`] from clients are open at once, at most
+//! from nodes (a certificate the cluster CA signed for a node id; at most
+//! [`PEER_CONNECTIONS_PER_NODE_MAX`] per node id) and at most
+//! [`CLIENT_CONNECTIONS_MAX`] from clients are open at once, at most
 //! [`CLIENT_CONNECTIONS_PER_ADDRESS_MAX`] of those from one IP address;
 //! a connection past a bound is closed once its handshake is done. Peers
 //! and clients count separately, so clients holding connections open
@@ -34,6 +35,8 @@ use tokio_rustls::server::TlsStream;
 #[cfg(not(madsim))]
 use tokio_stream::wrappers::ReceiverStream;
 
+#[cfg(not(madsim))]
+use crate::bounds::{source_of, KeyedCounts, KeyedSlot};
 use crate::Error;
 
 #[cfg(not(madsim))]
@@ -54,6 +57,9 @@ const ACCEPTED_QUEUED_MAX: usize = 64;
 /// Open connections from other nodes at most: a voter is connected to by
 /// every worker it feeds and every peer it forwards for.
 pub const PEER_CONNECTIONS_MAX: usize = 1024;
+/// Open connections made with one node's certificate at most: a node
+/// needs a few (raft, its feed, forwarded calls, probes).
+pub const PEER_CONNECTIONS_PER_NODE_MAX: usize = 16;
 /// Open connections from clients at most.
 pub const CLIENT_CONNECTIONS_MAX: usize = 4096;
 /// Open connections from clients at one IP address (an IPv6 /64) at most.
@@ -169,10 +175,7 @@ pub fn tls_incoming(
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (accepted, incoming) = tokio::sync::mpsc::channel(ACCEPTED_QUEUED_MAX);
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
-    let per_address = Arc::new(std::sync::Mutex::new(std::collections::HashMap::<
-        std::net::IpAddr,
-        usize,
-    >::new()));
+    let per_address = KeyedCounts::new(HANDSHAKES_PER_ADDRESS_MAX);
     let limits = ConnectionLimits::new();
     let refusals = Arc::new(RareLog::default());
     tokio::spawn(async move {
@@ -203,11 +206,7 @@ pub fn tls_incoming(
                 ));
                 continue;
             };
-            let Some(address_slot) = AddressSlot::take(
-                &per_address,
-                source_of(from.ip()),
-                HANDSHAKES_PER_ADDRESS_MAX,
-            ) else {
+            let Some(address_slot) = per_address.take(source_of(from.ip())) else {
                 log_at_most_each_second(format_args!(
                     "{HANDSHAKES_PER_ADDRESS_MAX} TLS handshakes in flight from {}; closed one",
                     from.ip()
@@ -235,8 +234,7 @@ pub fn tls_incoming(
                             .1
                             .peer_certificates()
                             .and_then(|chain| chain.first())
-                            .and_then(|cert| blixard_api::tls::node_id_of(cert.as_ref()))
-                            .is_some();
+                            .and_then(|cert| blixard_api::tls::node_id_of(cert.as_ref()));
                         match limits.admit(from.ip(), peer) {
                             Ok(slot) => {
                                 let _ = accepted.send(Ok(Counted::new(stream, slot))).await;
@@ -255,20 +253,6 @@ pub fn tls_incoming(
     ReceiverStream::new(incoming)
 }
 
-/// Whom a connection is counted against: its IPv4 address, or its IPv6
-/// /64 (one host usually holds a whole /64).
-#[cfg(not(madsim))]
-fn source_of(address: std::net::IpAddr) -> std::net::IpAddr {
-    match address {
-        std::net::IpAddr::V6(v6) if v6.to_ipv4_mapped().is_none() => {
-            let prefix = u128::from(v6) & !((1u128 << 64) - 1);
-            std::net::IpAddr::V6(prefix.into())
-        }
-        std::net::IpAddr::V6(v6) => std::net::IpAddr::V4(v6.to_ipv4_mapped().expect("checked")),
-        v4 => v4,
-    }
-}
-
 /// Plain (insecure) connections, counted as clients: without
 /// certificates nothing tells a peer from a client.
 #[cfg(not(madsim))]
@@ -285,7 +269,7 @@ pub fn plain_incoming(
         .filter_map(move |accepted| match accepted {
             Ok(stream) => {
                 let from = stream.peer_addr().map(|a| a.ip()).ok()?;
-                match limits.admit(from, false) {
+                match limits.admit(from, None) {
                     Ok(slot) => Some(Ok(Counted::new(stream, slot))),
                     Err(full) => {
                         refusals.log(format_args!("closed a connection from {from}: {full}"));
@@ -320,6 +304,8 @@ impl RareLog {
 pub enum Full {
     #[error("{PEER_CONNECTIONS_MAX} node connections open")]
     Peers,
+    #[error("{PEER_CONNECTIONS_PER_NODE_MAX} connections open with node {0}'s certificate")]
+    PeersAsNode(u64),
     #[error("{CLIENT_CONNECTIONS_MAX} client connections open")]
     Clients,
     #[error("{CLIENT_CONNECTIONS_PER_ADDRESS_MAX} client connections open from this address")]
@@ -331,8 +317,9 @@ pub enum Full {
 #[derive(Debug, Clone)]
 struct ConnectionLimits {
     peers: Arc<tokio::sync::Semaphore>,
+    per_node: KeyedCounts<u64>,
     clients: Arc<tokio::sync::Semaphore>,
-    client_addresses: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+    client_addresses: KeyedCounts<std::net::IpAddr>,
 }
 
 #[cfg(not(madsim))]
@@ -340,13 +327,22 @@ impl ConnectionLimits {
     fn new() -> Self {
         Self {
             peers: Arc::new(tokio::sync::Semaphore::new(PEER_CONNECTIONS_MAX)),
+            per_node: KeyedCounts::new(PEER_CONNECTIONS_PER_NODE_MAX),
             clients: Arc::new(tokio::sync::Semaphore::new(CLIENT_CONNECTIONS_MAX)),
-            client_addresses: Arc::default(),
+            client_addresses: KeyedCounts::new(CLIENT_CONNECTIONS_PER_ADDRESS_MAX),
         }
     }
 
-    fn admit(&self, from: std::net::IpAddr, peer: bool) -> Result<ConnectionSlot, Full> {
-        if peer {
+    /// A slot for a connection from `from`, made with node `peer`'s
+    /// certificate if it showed one.
+    fn admit(&self, from: std::net::IpAddr, peer: Option<u64>) -> Result<ConnectionSlot, Full> {
+        if let Some(node_id) = peer {
+            // Per node id first: one certificate (a leaked or a removed
+            // node's) cannot take every node's slots.
+            let node = self
+                .per_node
+                .take(node_id)
+                .ok_or(Full::PeersAsNode(node_id))?;
             let permit = self
                 .peers
                 .clone()
@@ -354,15 +350,14 @@ impl ConnectionLimits {
                 .map_err(|_| Full::Peers)?;
             return Ok(ConnectionSlot {
                 _permit: permit,
+                _node: Some(node),
                 _address: None,
             });
         }
-        let address = AddressSlot::take(
-            &self.client_addresses,
-            source_of(from),
-            CLIENT_CONNECTIONS_PER_ADDRESS_MAX,
-        )
-        .ok_or(Full::ClientsFromAddress)?;
+        let address = self
+            .client_addresses
+            .take(source_of(from))
+            .ok_or(Full::ClientsFromAddress)?;
         let permit = self
             .clients
             .clone()
@@ -370,6 +365,7 @@ impl ConnectionLimits {
             .map_err(|_| Full::Clients)?;
         Ok(ConnectionSlot {
             _permit: permit,
+            _node: None,
             _address: Some(address),
         })
     }
@@ -381,7 +377,8 @@ impl ConnectionLimits {
 #[derive(Debug)]
 pub struct ConnectionSlot {
     _permit: tokio::sync::OwnedSemaphorePermit,
-    _address: Option<AddressSlot>,
+    _node: Option<KeyedSlot<u64>>,
+    _address: Option<KeyedSlot<std::net::IpAddr>>,
 }
 
 /// A connection holding its [`ConnectionSlot`] for as long as it is open;
@@ -454,49 +451,6 @@ impl<S: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for Counted<S> {
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
         std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-/// One handshake (or connection) counted against its source until dropped.
-#[cfg(not(madsim))]
-#[derive(Debug)]
-struct AddressSlot {
-    counts: Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-    address: std::net::IpAddr,
-}
-
-#[cfg(not(madsim))]
-impl AddressSlot {
-    fn take(
-        counts: &Arc<std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
-        address: std::net::IpAddr,
-        max: usize,
-    ) -> Option<Self> {
-        let mut held = counts.lock().unwrap_or_else(|p| p.into_inner());
-        let count = held.entry(address).or_insert(0);
-        if *count >= max {
-            return None;
-        }
-        *count += 1;
-        Some(Self {
-            counts: counts.clone(),
-            address,
-        })
-    }
-}
-
-#[cfg(not(madsim))]
-impl Drop for AddressSlot {
-    fn drop(&mut self) {
-        let mut held = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = held.get_mut(&self.address) {
-            *count -= 1;
-            // Addresses without a handshake in flight are forgotten, so the
-            // map is bounded by the handshakes in flight.
-            if *count == 0 {
-                held.remove(&self.address);
-            }
-        }
     }
 }
 
@@ -687,21 +641,5 @@ mod tests {
         let _again = connect(address, "127.0.0.2", &ca.cert_pem, None).await;
         serve(1, &mut served).await;
         drop(held);
-    }
-
-    #[test]
-    fn an_ipv6_host_counts_as_its_slash_64() {
-        let one: std::net::IpAddr = "2001:db8:1:2::5".parse().unwrap();
-        let other: std::net::IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
-        assert_eq!(source_of(one), source_of(other));
-        assert_ne!(
-            source_of(one),
-            source_of("2001:db8:1:3::5".parse().unwrap())
-        );
-        let mapped: std::net::IpAddr = "::ffff:10.0.0.1".parse().unwrap();
-        assert_eq!(
-            source_of(mapped),
-            "10.0.0.1".parse::<std::net::IpAddr>().unwrap()
-        );
     }
 }

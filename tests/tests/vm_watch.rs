@@ -138,7 +138,7 @@ async fn watch_streams_existing_vms_then_changes_in_order() {
 
 /// Goal: a watch whose initial list is read in pages while VMs change
 /// shows each VM's state with revisions that only rise per VM, and ends
-/// up equal to the state. Method: 300 heavy VMs (many pages); once the
+/// up equal to the state. Method: 1000 heavy VMs (many pages); once the
 /// first page is out, VMs in it and in later pages change; then a writer
 /// stops, starts, deletes and creates VMs while the watch is read; after
 /// a last marker VM's event, the watcher's view is compared with
@@ -158,12 +158,13 @@ async fn a_watch_started_during_writes_ends_equal_to_the_state() {
     )
     .await;
     let mut client = cluster.vm_client(1).await;
-    // Heavy enough that the list overflows what HTTP/2 buffers, so the
-    // watch waits for its reader between pages.
-    for i in 0..300 {
+    // Heavy enough (about 3 MB) that the list overflows what HTTP/2
+    // buffers (a 2 MiB window and 400 KiB on the node), so the watch waits
+    // for its reader between pages.
+    for i in 0..1000 {
         client
             .create(pb::CreateVmRequest {
-                spec: Some(blixard_tests::heavy_flake_spec(&format!("vm-{i:03}"), 3000)),
+                spec: Some(blixard_tests::heavy_flake_spec(&format!("vm-{i:04}"), 3000)),
                 replicas: 0,
                 stopped: false,
             })
@@ -182,12 +183,17 @@ async fn a_watch_started_during_writes_ends_equal_to_the_state() {
         let name = vm.spec.as_ref().unwrap().name.clone();
         if let Some((last, _)) = seen.get(&name) {
             assert!(
-                event.revision >= *last,
+                event.revision > *last,
                 "{name}: an event at revision {} after one at {last}",
                 event.revision
             );
         }
         let deleted = event.kind == pb::VmEventKind::Deleted as i32;
+        assert!(
+            !deleted || seen.get(&name).is_some_and(|(_, vm)| vm.is_some()),
+            "{name}: deleted at revision {} but never shown",
+            event.revision
+        );
         seen.insert(name.clone(), (event.revision, (!deleted).then_some(vm)));
         name
     };
@@ -195,23 +201,23 @@ async fn a_watch_started_during_writes_ends_equal_to_the_state() {
     // to VMs in later pages and in the first, come before those pages
     // are read, so their events are older than the pages that show them.
     apply(next(&mut watch).await);
-    for name in ["vm-299", "vm-000"] {
+    for name in ["vm-0999", "vm-0000"] {
         let request = pb::VmNameRequest { name: name.into() };
         client.stop(request).await.unwrap();
     }
     client
         .delete(pb::VmNameRequest {
-            name: "vm-200".into(),
+            name: "vm-0900".into(),
         })
         .await
         .unwrap();
-    blixard_tests::create_vm(&mut client, "vm-250a")
+    blixard_tests::create_vm(&mut client, "vm-0950a")
         .await
         .unwrap();
     let mut writer_client = cluster.vm_client(1).await;
     let writer = tokio::spawn(async move {
         for i in 0..150u32 {
-            let name = format!("vm-{:03}", (i * 7) % 300);
+            let name = format!("vm-{:04}", (i * 7) % 1000);
             let request = pb::VmNameRequest { name: name.clone() };
             match i % 4 {
                 // A VM deleted already refuses its stop or start.

@@ -497,8 +497,9 @@ impl pb::cluster_server::Cluster for ClusterService {
         request: Request<pb::EventsRequest>,
     ) -> Result<Response<Self::EventsStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
+        let request_from = request.remote_addr().map(|a| a.ip());
         let request = request.into_inner();
-        let slot = self.streams.take()?;
+        let slot = self.streams.take(request_from)?;
         // Subscribe before reading the backlog so nothing falls between.
         let mut events = self.raft.subscribe();
         let recent = self.raft.recent_events();
@@ -517,7 +518,11 @@ impl pb::cluster_server::Cluster for ClusterService {
                 return;
             }
             loop {
-                let item = match events.recv().await {
+                let received = tokio::select! {
+                    () = tx.closed() => return,
+                    received = events.recv() => received,
+                };
+                let item = match received {
                     Ok(StateEvent::Cluster(record)) if record.seq > last_seq => {
                         Ok(event_to_pb(&record))
                     }

@@ -253,7 +253,7 @@ impl pb::vm_server::Vm for VmService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
         let reads_secrets = super::reads_secrets(&request);
-        let slot = self.streams.take()?;
+        let slot = self.streams.take(request.remote_addr().map(|a| a.ip()))?;
         // Subscribe before reading so no change falls between the two.
         let mut events = self.raft.subscribe();
         self.raft.read_barrier().await.map_err(Error::from)?;
@@ -262,10 +262,10 @@ impl pb::vm_server::Vm for VmService {
         tokio::spawn(async move {
             // The initial list goes out a page at a time, each read from
             // the state as it is then, so a watcher holds one page, not
-            // the whole list; the revision each VM was read at is kept
-            // (names only) so a change it already shows is not sent again
-            // as an older event.
-            let mut shown_at: std::collections::HashMap<String, u64> = Default::default();
+            // the whole list; each page's name range and revision are kept
+            // so a change a page already shows is not sent again as an
+            // older event.
+            let mut pages = Pages::default();
             let mut after: Option<String> = None;
             let first_revision = raft.read_state(|s| s.revision);
             loop {
@@ -291,9 +291,9 @@ impl pb::vm_server::Vm for VmService {
                     (page, s.revision)
                 });
                 let last_page = page.len() < WATCH_PAGE_VMS;
-                for (name, event) in page {
-                    shown_at.insert(name.clone(), revision);
-                    after = Some(name);
+                after = page.last().map(|(name, _)| name.clone());
+                pages.read((!last_page).then(|| after.clone()).flatten(), revision);
+                for (_, event) in page {
                     if !tx.send(Ok(redacted(event, reads_secrets))).await {
                         return;
                     }
@@ -302,21 +302,18 @@ impl pb::vm_server::Vm for VmService {
                     break;
                 }
             }
-            let last_shown = shown_at.values().copied().max().unwrap_or(first_revision);
             loop {
-                let item = match events.recv().await {
+                let received = tokio::select! {
+                    () = tx.closed() => return,
+                    received = events.recv() => received,
+                };
+                let item = match received {
                     Ok(StateEvent::Vm {
                         change,
                         revision: r,
                     }) if r > first_revision => {
-                        // A change the page this VM was sent in already
-                        // showed; past the last page's revision none is.
-                        let name = &change_vm(&change).spec.name;
-                        if r <= last_shown && shown_at.get(name).is_some_and(|&at| r <= at) {
+                        if pages.shown(&change_vm(&change).spec.name, r) {
                             continue;
-                        }
-                        if r > last_shown && !shown_at.is_empty() {
-                            shown_at = Default::default();
                         }
                         Ok(redacted(vm_event(&change, r), reads_secrets))
                     }
@@ -360,6 +357,36 @@ fn redacted(mut event: pb::VmEvent, reads_secrets: bool) -> pb::VmEvent {
     event
 }
 
+/// The pages a watch's initial list was read in: each page's last name
+/// (`None` for the last page, which reaches to the end) and the revision
+/// it was read at, in name order. One entry per page, not per VM.
+#[derive(Debug, Default)]
+struct Pages {
+    read: Vec<(Option<String>, u64)>,
+}
+
+impl Pages {
+    fn read(&mut self, last_name: Option<String>, revision: u64) {
+        self.read.push((last_name, revision));
+    }
+
+    /// Whether the change to `name` at `revision` is one its page already
+    /// showed (or, for a VM gone before its page was read, hid): the page
+    /// covering `name` was read at or after it. Once a change is newer
+    /// than every page, none is, and the pages are forgotten.
+    fn shown(&mut self, name: &str, revision: u64) -> bool {
+        if self.read.iter().all(|(_, at)| revision > *at) {
+            self.read = Vec::new();
+            return false;
+        }
+        let covering = self
+            .read
+            .iter()
+            .find(|(last, _)| last.as_deref().is_none_or(|last| name <= last));
+        covering.is_some_and(|(_, at)| revision <= *at)
+    }
+}
+
 fn change_vm(change: &VmChange) -> &blixard_consensus::VmRecord {
     match change {
         VmChange::Added(vm) | VmChange::Modified(vm) | VmChange::Deleted(vm) => vm,
@@ -376,5 +403,31 @@ fn vm_event(change: &VmChange, revision: u64) -> pb::VmEvent {
         kind: kind as i32,
         vm: Some(vm_info_to_pb(vm)),
         revision,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Pages;
+
+    #[test]
+    fn a_change_is_skipped_only_when_its_page_was_read_after_it() {
+        let mut pages = Pages::default();
+        pages.read(Some("b".into()), 10);
+        pages.read(Some("m".into()), 14);
+        pages.read(None, 20);
+        // "a" and "b" were read at 10: later changes go out.
+        assert!(pages.shown("a", 10));
+        assert!(!pages.shown("b", 11));
+        // "c".."m" were read at 14.
+        assert!(pages.shown("c", 12));
+        assert!(pages.shown("m", 14));
+        assert!(!pages.shown("k", 15));
+        // Past "m", to the end, read at 20: a VM deleted at 18 before its
+        // page was read was never shown, and its delete is not sent.
+        assert!(pages.shown("z", 18));
+        assert!(!pages.shown("z", 21));
+        // Newer than every page: nothing is skipped again.
+        assert!(!pages.shown("c", 12));
     }
 }
