@@ -8,6 +8,7 @@
 
 pub mod connect;
 pub mod identity;
+pub mod pages;
 pub mod tls;
 pub mod validate;
 

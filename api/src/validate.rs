@@ -30,6 +30,14 @@ pub mod limits {
     pub const LABEL_LEN_MAX: usize = 253;
     /// Bytes of bad input an error message repeats.
     pub const ECHO_LEN_MAX: usize = 64;
+    /// Items in a list page when the request names no limit.
+    pub const PAGE_ITEMS_DEFAULT: usize = 500;
+    /// Items in a list page at most (a larger limit is lowered to it).
+    pub const PAGE_ITEMS_MAX: usize = 1000;
+    /// Encoded bytes of the items in one page: half of gRPC's 4 MiB
+    /// message limit, so a page always fits (one item, bounded by the
+    /// field limits above, is far smaller).
+    pub const PAGE_BYTES_MAX: usize = 2 * 1024 * 1024;
 }
 
 /// At most [`limits::ECHO_LEN_MAX`] bytes of `input`, for error messages:

@@ -561,8 +561,12 @@ pub enum JoinTokenCommand {
 pub enum VmCommand {
     /// Define a VM; it stays stopped until `vm start`.
     Create(Box<VmCreateArgs>),
-    /// List all VMs.
-    List,
+    /// List all VMs (read page by page).
+    List {
+        /// Only the members of this replica group.
+        #[arg(long)]
+        group: Option<String>,
+    },
     /// Show one VM.
     Status { name: String },
     /// Ask for a VM to run.

@@ -8,8 +8,9 @@
 use std::time::Duration;
 
 use blixard_api::connect::{self, Bearer};
+use blixard_api::pages;
 use blixard_api::pb::{
-    acl_client::AclClient, cluster_client::ClusterClient, node_client::NodeClient,
+    self, acl_client::AclClient, cluster_client::ClusterClient, node_client::NodeClient,
     vm_client::VmClient,
 };
 use tonic::transport::Channel;
@@ -77,6 +78,27 @@ pub async fn vm(addr: &str) -> anyhow::Result<VmClient<Conn>> {
 
 pub async fn acl(addr: &str) -> anyhow::Result<AclClient<Conn>> {
     Ok(AclClient::new(conn(addr).await?))
+}
+
+/// Every VM (only group `group`'s members unless it is empty), page by
+/// page.
+pub async fn list_vms(client: &VmClient<Conn>, group: &str) -> anyhow::Result<pb::ListVmsResponse> {
+    pages::all_vms(group, |request| {
+        let mut client = client.clone();
+        async move { client.list(request).await }
+    })
+    .await
+    .map_err(status_error)
+}
+
+/// Every node, page by page.
+pub async fn list_nodes(client: &NodeClient<Conn>) -> anyhow::Result<pb::ListNodesResponse> {
+    pages::all_nodes(|request| {
+        let mut client = client.clone();
+        async move { client.list(request).await }
+    })
+    .await
+    .map_err(status_error)
 }
 
 /// Turns a gRPC status into an error that reads well on a terminal and

@@ -236,13 +236,9 @@ impl LocalCluster {
                 .iter()
                 .filter(|m| m.role() == pb::MemberRole::Voter)
                 .count();
-            let nodes = client::node(&first)
-                .await
-                .ok()?
-                .list(pb::ListNodesRequest {})
-                .await
-                .ok()?;
-            let reported = nodes.get_ref().nodes.iter().filter(|n| n.reported).count();
+            let nodes = client::node(&first).await.ok()?;
+            let nodes = client::list_nodes(&nodes).await.ok()?;
+            let reported = nodes.nodes.iter().filter(|n| n.reported).count();
             (voters == voters_wanted && reported == nodes_wanted).then_some(())
         })
         .await?;

@@ -445,12 +445,9 @@ impl TestCluster {
             Duration::from_secs(30),
             || async {
                 let voting = cluster.voter_count(1).await?;
-                let mut client = NodeClient::new(cluster.channel(1).await?);
-                let nodes = client
-                    .list(pb::ListNodesRequest {})
+                let nodes = all_nodes(&NodeClient::new(cluster.channel(1).await?))
                     .await
-                    .ok()?
-                    .into_inner();
+                    .ok()?;
                 let reported = nodes.nodes.iter().filter(|n| n.reported).count();
                 (reported == count as usize && voting == voters).then_some(())
             },
@@ -460,12 +457,9 @@ impl TestCluster {
             "gossip to see every node",
             Duration::from_secs(30),
             || async {
-                let mut client = NodeClient::new(cluster.channel(1).await?);
-                let nodes = client
-                    .list(pb::ListNodesRequest {})
+                let nodes = all_nodes(&NodeClient::new(cluster.channel(1).await?))
                     .await
-                    .ok()?
-                    .into_inner();
+                    .ok()?;
                 let alive = nodes.nodes.iter().filter(|n| n.liveness == "alive").count();
                 (alive == count as usize).then_some(())
             },
@@ -956,8 +950,9 @@ impl TestCluster {
 
     /// Names of all VMs listed by node `id`, with the list's revision.
     pub async fn vm_names(&self, id: u64) -> Option<(Vec<String>, u64)> {
-        let mut client = VmClient::new(self.channel(id).await?);
-        let list = client.list(pb::ListVmsRequest {}).await.ok()?.into_inner();
+        let list = all_vms(&VmClient::new(self.channel(id).await?))
+            .await
+            .ok()?;
         let names = list
             .vms
             .iter()
@@ -965,6 +960,26 @@ impl TestCluster {
             .collect();
         Some((names, list.revision))
     }
+}
+
+/// Every VM `client` lists, page by page.
+pub async fn all_vms(client: &VmClient<Connection>) -> Result<pb::ListVmsResponse, tonic::Status> {
+    blixard_api::pages::all_vms("", |request| {
+        let mut client = client.clone();
+        async move { client.list(request).await }
+    })
+    .await
+}
+
+/// Every node `client` lists, page by page.
+pub async fn all_nodes(
+    client: &NodeClient<Connection>,
+) -> Result<pb::ListNodesResponse, tonic::Status> {
+    blixard_api::pages::all_nodes(|request| {
+        let mut client = client.clone();
+        async move { client.list(request).await }
+    })
+    .await
 }
 
 pub async fn create_vm(

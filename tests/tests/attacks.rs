@@ -479,7 +479,7 @@ async fn client_requests_need_a_token_the_cluster_holds() {
     let cluster = TestCluster::start(3, Timings::default()).await;
     let list = |channel: Connection| async move {
         VmClient::new(channel)
-            .list(pb::ListVmsRequest {})
+            .list(pb::ListVmsRequest::default())
             .await
             .map(|_| ())
     };
@@ -770,7 +770,7 @@ async fn viewers_see_command_line_secrets_redacted() {
     ] {
         let client = eventually("the token on node 2", Duration::from_secs(10), || async {
             let mut client = VmClient::new(cluster.channel_with(2, Some(secret)).await?);
-            client.list(pb::ListVmsRequest {}).await.ok()?;
+            client.list(pb::ListVmsRequest::default()).await.ok()?;
             Some(client)
         })
         .await;
@@ -782,7 +782,11 @@ async fn viewers_see_command_line_secrets_redacted() {
             .into_inner()
             .vm;
         assert_eq!(cmdline_of(got), expected);
-        let listed = client.clone().list(pb::ListVmsRequest {}).await.unwrap();
+        let listed = client
+            .clone()
+            .list(pb::ListVmsRequest::default())
+            .await
+            .unwrap();
         let listed = listed.into_inner().vms.into_iter().next();
         assert_eq!(cmdline_of(listed), expected);
         let mut watch = client

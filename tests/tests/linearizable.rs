@@ -25,16 +25,18 @@ const ROUNDS: usize = 5;
 const CLIENTS_PER_NODE: usize = 2;
 
 async fn group_members(client: &mut VmClient<Connection>, group: &str) -> Vec<String> {
-    let list = client
-        .list(pb::ListVmsRequest {})
-        .await
-        .expect("vm list")
-        .into_inner();
+    // Listed with the server's group filter, page by page.
+    let list = blixard_api::pages::all_vms(group, |request| {
+        let mut client = client.clone();
+        async move { client.list(request).await }
+    })
+    .await
+    .expect("vm list");
     let mut members: Vec<String> = list
         .vms
         .iter()
         .filter_map(|vm| vm.spec.as_ref())
-        .filter(|spec| spec.group == group)
+        .inspect(|spec| assert_eq!(spec.group, group, "{} listed in {group}", spec.name))
         .map(|spec| spec.name.clone())
         .collect();
     members.sort();

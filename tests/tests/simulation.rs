@@ -149,10 +149,15 @@ async fn create(id: u64, name: String) -> Result<(), tonic::Status> {
 }
 
 async fn names(id: u64) -> Option<Vec<String>> {
-    let mut client = VmClient::connect(format!("http://{}", address(id)))
+    let client = VmClient::connect(format!("http://{}", address(id)))
         .await
         .ok()?;
-    let list = client.list(pb::ListVmsRequest {}).await.ok()?.into_inner();
+    let list = blixard_api::pages::all_vms("", |request| {
+        let mut client = client.clone();
+        async move { client.list(request).await }
+    })
+    .await
+    .ok()?;
     Some(
         list.vms
             .into_iter()
@@ -258,10 +263,15 @@ async fn three_nodes_survive_leader_crash_and_partition() {
 }
 
 async fn vm_nodes(id: u64) -> Option<Vec<(String, u64)>> {
-    let mut client = VmClient::connect(format!("http://{}", address(id)))
+    let client = VmClient::connect(format!("http://{}", address(id)))
         .await
         .ok()?;
-    let list = client.list(pb::ListVmsRequest {}).await.ok()?.into_inner();
+    let list = blixard_api::pages::all_vms("", |request| {
+        let mut client = client.clone();
+        async move { client.list(request).await }
+    })
+    .await
+    .ok()?;
     Some(
         list.vms
             .into_iter()
@@ -300,14 +310,15 @@ async fn failover_and_autopilot_heal_the_cluster() {
         .spawn(async {
             wait_for("three voters and a worker, all reporting", || async {
                 let voting = voters(1).await?.len();
-                let mut client = NodeClient::connect(format!("http://{}", address(1)))
+                let client = NodeClient::connect(format!("http://{}", address(1)))
                     .await
                     .ok()?;
-                let nodes = client
-                    .list(pb::ListNodesRequest {})
-                    .await
-                    .ok()?
-                    .into_inner();
+                let nodes = blixard_api::pages::all_nodes(|request| {
+                    let mut client = client.clone();
+                    async move { client.list(request).await }
+                })
+                .await
+                .ok()?;
                 let reported = nodes.nodes.iter().filter(|n| n.reported).count();
                 (voting == 3 && reported == 4).then_some(())
             })

@@ -245,11 +245,7 @@ async fn a_watch_started_during_writes_ends_equal_to_the_state() {
         .unwrap();
     while apply(next(&mut watch).await) != "marker" {}
 
-    let list = client
-        .list(pb::ListVmsRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let list = blixard_tests::all_vms(&client).await.unwrap();
     let listed: BTreeMap<String, pb::VmInfo> = list
         .vms
         .into_iter()

@@ -126,7 +126,7 @@ async fn follow(
         .await
         .map_err(|e| lost(e.message(), true))?
         .into_inner();
-    let mut nodes = NodeClient::new(channel);
+    let nodes = NodeClient::new(channel);
     let mut poll = tokio::time::interval(Duration::from_millis(POLL_INTERVAL_MS));
     loop {
         tokio::select! {
@@ -147,11 +147,12 @@ async fn follow(
                     .map_err(|e| lost(e.message(), true))?
                     .into_inner();
                 send(updates, Update::Status { status: Box::new(status), at_ms: now_ms() }).await?;
-                let listed = nodes
-                    .list(pb::ListNodesRequest {})
-                    .await
-                    .map_err(|e| lost(e.message(), true))?
-                    .into_inner();
+                let listed = blixard_api::pages::all_nodes(|request| {
+                    let mut nodes = nodes.clone();
+                    async move { nodes.list(request).await }
+                })
+                .await
+                .map_err(|e| lost(e.message(), true))?;
                 send(updates, Update::Nodes(listed.nodes)).await?;
             }
         }

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod feed;
 pub mod lease;
 pub mod node;
+pub mod pages;
 pub mod raft;
 pub mod rules;
 pub mod streams;

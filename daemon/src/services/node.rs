@@ -10,6 +10,7 @@ use blixard_consensus::{ClusterState, Command, DesiredState, RaftStatus, VmPhase
 use blixard_membership::{Member, Membership};
 use tonic::{Request, Response, Status};
 
+use super::pages::PageRequest;
 use super::vm_node::now_unix_ms;
 use crate::Error;
 
@@ -104,7 +105,12 @@ fn node_info(
 }
 
 impl NodeService {
-    async fn rows(&self) -> Result<(Vec<pb::NodeInfo>, u64), Status> {
+    /// One page of nodes (a node is in the state, in gossip, or both),
+    /// the revision it was read at and the next page's token.
+    async fn rows(
+        &self,
+        page: &PageRequest<u64>,
+    ) -> Result<(Vec<pb::NodeInfo>, u64, String), Status> {
         self.raft.read_barrier().await.map_err(Error::from)?;
         let members = self.membership.members().await;
         let status = self.raft.status();
@@ -122,20 +128,25 @@ impl NodeService {
                         .filter(|id| !state.removed_nodes.contains(id)),
                 )
                 .collect();
-            let rows = ids
-                .into_iter()
-                .map(|id| {
-                    let gossip = members.iter().find(|m| m.node_id == id);
-                    node_info(id, state, &status, gossip)
-                })
-                .collect();
-            (rows, state.revision)
+            let after = page
+                .after
+                .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+            let rows = ids.range((after, std::ops::Bound::Unbounded)).map(|&id| {
+                let gossip = members.iter().find(|m| m.node_id == id);
+                (id, node_info(id, state, &status, gossip))
+            });
+            let (rows, token) = page.cut(rows);
+            (rows, state.revision, token)
         }))
     }
 
     async fn row(&self, node_id: u64) -> Result<pb::NodeInfo, Status> {
         validate::node_id(node_id).map_err(Error::from)?;
-        let (rows, _) = self.rows().await?;
+        let only = PageRequest {
+            after: node_id.checked_sub(1),
+            items_max: 1,
+        };
+        let (rows, _, _) = self.rows(&only).await?;
         rows.into_iter()
             .find(|row| row.node_id == node_id)
             .ok_or_else(|| Status::not_found(format!("no node {node_id}")))
@@ -146,10 +157,16 @@ impl NodeService {
 impl pb::node_server::Node for NodeService {
     async fn list(
         &self,
-        _request: Request<pb::ListNodesRequest>,
+        request: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        let (nodes, revision) = self.rows().await?;
-        Ok(Response::new(pb::ListNodesResponse { nodes, revision }))
+        let request = request.into_inner();
+        let page = PageRequest::new(request.limit, &request.page_token)?;
+        let (nodes, revision, next_page_token) = self.rows(&page).await?;
+        Ok(Response::new(pb::ListNodesResponse {
+            nodes,
+            revision,
+            next_page_token,
+        }))
     }
 
     async fn get(

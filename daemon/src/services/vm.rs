@@ -9,6 +9,7 @@ use futures::Stream;
 use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
+use super::pages::PageRequest;
 use super::streams::{self, StreamSlots};
 use super::vm_node::{now_unix_ms, LogStream, VmNode};
 use super::{lease, Caller};
@@ -54,6 +55,31 @@ impl VmService {
                 .map(|vm| shown(vm_info_to_pb(vm), reads_secrets)),
             revision: applied.revision,
         }))
+    }
+}
+
+impl VmService {
+    /// One page of VMs (only group `group`'s members unless it is empty),
+    /// the revision it was read at and the next page's token.
+    fn page(
+        &self,
+        page: &PageRequest<String>,
+        group: &str,
+        reads_secrets: bool,
+    ) -> (Vec<pb::VmInfo>, u64, String) {
+        self.raft.read_state(|s| {
+            let after = match &page.after {
+                Some(name) => std::ops::Bound::Excluded(name),
+                None => std::ops::Bound::Unbounded,
+            };
+            let vms = s
+                .vms
+                .range::<String, _>((after, std::ops::Bound::Unbounded))
+                .filter(|(_, vm)| group.is_empty() || vm.spec.group.as_deref() == Some(group))
+                .map(|(name, vm)| (name.clone(), shown(vm_info_to_pb(vm), reads_secrets)));
+            let (vms, token) = page.cut(vms);
+            (vms, s.revision, token)
+        })
     }
 }
 
@@ -143,16 +169,12 @@ impl pb::vm_server::Vm for VmService {
             )
             .await
             .map_err(Error::from)?;
-        let vms = self.raft.read_state(|s| {
-            s.vms
-                .values()
-                .filter(|vm| vm.spec.group.as_deref() == Some(&group))
-                .map(|vm| shown(vm_info_to_pb(vm), reads_secrets))
-                .collect()
-        });
+        // The group's first page, as `List` with `group` would show it.
+        let (vms, _, next_page_token) = self.page(&PageRequest::new(0, "")?, &group, reads_secrets);
         Ok(Response::new(pb::ScaleVmResponse {
             vms,
             revision: applied.revision,
+            next_page_token,
         }))
     }
 
@@ -213,14 +235,18 @@ impl pb::vm_server::Vm for VmService {
         request: Request<pb::ListVmsRequest>,
     ) -> Result<Response<pb::ListVmsResponse>, Status> {
         let reads_secrets = super::reads_secrets(&request);
-        self.raft.read_barrier().await.map_err(Error::from)?;
-        let (mut vms, revision): (Vec<pb::VmInfo>, u64) = self
-            .raft
-            .read_state(|s| (s.vms.values().map(vm_info_to_pb).collect(), s.revision));
-        if !reads_secrets {
-            vms.iter_mut().for_each(redact_vm_info);
+        let request = request.into_inner();
+        if !request.group.is_empty() {
+            validate::vm_name(&request.group).map_err(Error::from)?;
         }
-        Ok(Response::new(pb::ListVmsResponse { vms, revision }))
+        let page = PageRequest::new(request.limit, &request.page_token)?;
+        self.raft.read_barrier().await.map_err(Error::from)?;
+        let (vms, revision, next_page_token) = self.page(&page, &request.group, reads_secrets);
+        Ok(Response::new(pb::ListVmsResponse {
+            vms,
+            revision,
+            next_page_token,
+        }))
     }
 
     type LogsStream = LogStream;

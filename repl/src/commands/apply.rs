@@ -46,22 +46,13 @@ fn parse(file: &std::path::Path, inline: Option<String>) -> anyhow::Result<Docum
 }
 
 async fn current(vms: &mut Vms) -> anyhow::Result<Vec<pb::VmInfo>> {
-    Ok(vms
-        .list(pb::ListVmsRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner()
-        .vms)
+    Ok(client::list_vms(vms, "").await?.vms)
 }
 
 /// The plan, once the document's pinned nodes are known to be members.
 async fn make_plan(addr: &str, document: &Document, vms: &mut Vms) -> anyhow::Result<Plan> {
-    let members: BTreeSet<u64> = client::node(addr)
+    let members: BTreeSet<u64> = client::list_nodes(&client::node(addr).await?)
         .await?
-        .list(pb::ListNodesRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner()
         .nodes
         .iter()
         .filter(|node| node.member)

@@ -340,12 +340,8 @@ async fn rotate_certs(addr: &str, format: OutputFormat, only: Vec<u64>) -> anyho
     }
     let nodes: Vec<u64> = match only.is_empty() {
         false => only,
-        true => client::node(addr)
+        true => client::list_nodes(&client::node(addr).await?)
             .await?
-            .list(pb::ListNodesRequest::default())
-            .await
-            .map_err(status_error)?
-            .into_inner()
             .nodes
             .into_iter()
             // A node only gossip knows holds no certificate of ours.

@@ -160,12 +160,7 @@ fn node_detail_table(node: &NodeView) -> comfy_table::Table {
 pub async fn run(command: NodeCommand, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
     match command {
         NodeCommand::List => {
-            let response = client::node(addr)
-                .await?
-                .list(pb::ListNodesRequest {})
-                .await
-                .map_err(status_error)?
-                .into_inner();
+            let response = client::list_nodes(&client::node(addr).await?).await?;
             let list = NodeListView {
                 revision: response.revision,
                 nodes: response.nodes.iter().map(view).collect(),

@@ -1,11 +1,10 @@
 //! `blixard vm create | list | status | start | stop | delete`.
 
-use blixard_api::pb::vm_client::VmClient;
 use blixard_api::{pb, validate};
 use serde::Serialize;
 
 use crate::cli::{OutputFormat, VmCommand, VmCreateArgs};
-use crate::client::{self, status_error, Conn};
+use crate::client::{self, status_error};
 use crate::commands::wait::{self, Goal};
 use crate::output;
 
@@ -238,25 +237,11 @@ fn spec(args: VmCreateArgs) -> pb::VmSpec {
     }
 }
 
-async fn list(client: &mut VmClient<Conn>) -> anyhow::Result<pb::ListVmsResponse> {
-    let list = client.list(pb::ListVmsRequest {}).await;
-    Ok(list.map_err(status_error)?.into_inner())
-}
-
-/// Prints the members of replica group `group` among `vms`.
-fn print_group(
-    format: OutputFormat,
-    group: &str,
-    vms: Vec<pb::VmInfo>,
-    revision: u64,
-) -> anyhow::Result<()> {
+/// Prints a list of VMs.
+fn print_list(format: OutputFormat, list: &pb::ListVmsResponse) -> anyhow::Result<()> {
     let list = VmListView {
-        revision,
-        vms: vms
-            .iter()
-            .filter(|vm| vm.spec.as_ref().is_some_and(|s| s.group == group))
-            .map(view)
-            .collect(),
+        revision: list.revision,
+        vms: list.vms.iter().map(view).collect(),
     };
     output::print(format, &list, |l| vms_table(&l.vms))
 }
@@ -302,8 +287,7 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                     .collect();
                 wait::vms(addr, goals, wait.timeout).await?;
             }
-            let list = list(&mut client).await?;
-            print_group(format, &group, list.vms, list.revision)
+            print_list(format, &client::list_vms(&client, &group).await?)
         }
         VmCommand::Scale {
             name,
@@ -312,7 +296,7 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
         } => {
             validate::vm_name(&name)?;
             let mut client = client::vm(addr).await?;
-            let mut response = client
+            let response = client
                 .scale(pb::ScaleVmRequest {
                     name: name.clone(),
                     replicas,
@@ -321,9 +305,18 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                 .await
                 .map_err(status_error)?
                 .into_inner();
+            let mut members = match response.next_page_token.is_empty() {
+                // The scale's answer holds the whole group as it made it.
+                true => pb::ListVmsResponse {
+                    vms: response.vms,
+                    revision: response.revision,
+                    next_page_token: String::new(),
+                },
+                false => client::list_vms(&client, &name).await?,
+            };
             if wait.wait {
                 // Members stopped on purpose are waited on to be stopped.
-                let goals = response
+                let goals = members
                     .vms
                     .iter()
                     .filter_map(|vm| {
@@ -335,19 +328,19 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
                     })
                     .collect();
                 wait::vms(addr, goals, wait.timeout).await?;
-                let list = list(&mut client).await?;
-                response.vms = list.vms;
-                response.revision = list.revision;
+                members = client::list_vms(&client, &name).await?;
             }
-            print_group(format, &name, response.vms, response.revision)
+            print_list(format, &members)
         }
-        VmCommand::List => {
-            let response = list(&mut client::vm(addr).await?).await?;
-            let list = VmListView {
-                revision: response.revision,
-                vms: response.vms.iter().map(view).collect(),
-            };
-            output::print(format, &list, |l| vms_table(&l.vms))
+        VmCommand::List { group } => {
+            let group = group.unwrap_or_default();
+            if !group.is_empty() {
+                validate::vm_name(&group)?;
+            }
+            print_list(
+                format,
+                &client::list_vms(&client::vm(addr).await?, &group).await?,
+            )
         }
         VmCommand::Status { name } => {
             validate::vm_name(&name)?;

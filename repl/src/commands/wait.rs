@@ -72,11 +72,7 @@ pub async fn watch_after_list(
         .await
         .map_err(status_error)?
         .into_inner();
-    let list = client
-        .list(pb::ListVmsRequest {})
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let list = client::list_vms(&client, "").await?;
     Ok((stream, list))
 }
 

@@ -30,7 +30,7 @@ fn parse(words: &[String]) -> anyhow::Result<Cli> {
     let reads = matches!(
         &cli.command,
         Some(
-            Command::Vm(VmCommand::List | VmCommand::Status { .. })
+            Command::Vm(VmCommand::List { .. } | VmCommand::Status { .. })
                 | Command::Node(NodeCommand::List | NodeCommand::Status { .. })
                 | Command::Cluster(ClusterCommand::Status)
                 | Command::Export(_)

@@ -179,7 +179,7 @@ async fn session(
         Ok(vms) => vms,
         Err(e) => return ended(format!("{e:#}"), false),
     };
-    let mut nodes = match client::node(addr).await {
+    let nodes = match client::node(addr).await {
         Ok(nodes) => nodes,
         Err(e) => return ended(format!("{e:#}"), false),
     };
@@ -225,9 +225,9 @@ async fn session(
                         addresses.push(member.address.clone());
                     }
                 }
-                let listed = match nodes.list(pb::ListNodesRequest {}).await {
-                    Ok(listed) => listed.into_inner().nodes,
-                    Err(status) => return ended(status_error(status), true),
+                let listed = match client::list_nodes(&nodes).await {
+                    Ok(listed) => listed.nodes,
+                    Err(error) => return ended(error, true),
                 };
                 update(shared, repaint, |snapshot| {
                 snapshot.node_id = status.node_id;

@@ -190,14 +190,9 @@ impl SimulatedNodes {
         }
         spinner.set_message("waiting for the cluster to see the simulated nodes alive");
         let deadline = Instant::now() + Duration::from_millis(DEADLINE_MS);
-        let mut nodes = client::node(address).await?;
+        let nodes = client::node(address).await?;
         loop {
-            let listed = nodes
-                .list(pb::ListNodesRequest {})
-                .await
-                .map_err(client::status_error)?
-                .into_inner()
-                .nodes;
+            let listed = client::list_nodes(&nodes).await?.nodes;
             let alive = listed
                 .iter()
                 .filter(|n| n.node_id >= FIRST_SIMULATED_ID && n.liveness == "alive" && n.reported)
