@@ -751,6 +751,17 @@ async fn start_node_agent(
     let _ = fencing.await;
 }
 
+/// Counts each call on its connection so an idle one is closed
+/// (`crate::idle`); the simulated network has no such connections.
+#[cfg(not(madsim))]
+fn track_calls() -> crate::idle::TrackCallsLayer {
+    crate::idle::TrackCallsLayer
+}
+#[cfg(madsim)]
+fn track_calls() -> tower::layer::util::Identity {
+    tower::layer::util::Identity::new()
+}
+
 async fn serve(
     config: Config,
     cluster_id: String,
@@ -826,6 +837,7 @@ async fn serve(
     let router = server
         .layer(
             tower::ServiceBuilder::new()
+                .layer(track_calls())
                 .map_request(services::record_path::<tonic::body::Body>)
                 .layer(tonic::service::InterceptorLayer::new(authorize)),
         )
@@ -848,16 +860,20 @@ async fn serve(
         let listener = tokio::net::TcpListener::bind(bind)
             .await
             .map_err(|e| serve_error(&e))?;
+        let idle = Duration::from_millis(config.api.idle_timeout_ms);
         match tls_config {
             Some(tls_config) => router
                 .serve_with_incoming_shutdown(
-                    crate::listener::tls_incoming(listener, tls_config),
+                    crate::listener::tls_incoming(listener, tls_config, idle),
                     stopped,
                 )
                 .await
                 .map_err(|e| serve_error(&e)),
             None => router
-                .serve_with_incoming_shutdown(crate::listener::plain_incoming(listener), stopped)
+                .serve_with_incoming_shutdown(
+                    crate::listener::plain_incoming(listener, idle),
+                    stopped,
+                )
                 .await
                 .map_err(|e| serve_error(&e)),
         }

@@ -347,6 +347,9 @@ pub struct ApiSection {
     /// gRPC address this node serves clients and peers on.
     #[serde(default = "default_bind")]
     pub bind: String,
+    /// A connection with no call in flight this long is closed.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -364,6 +367,12 @@ fn default_snapshot_threshold() -> u64 {
 fn default_request_timeout_ms() -> u64 {
     10_000
 }
+fn default_idle_timeout_ms() -> u64 {
+    5 * 60 * 1000
+}
+/// Connection idle timeouts: from a second (shorter than a client's pause
+/// between two calls of one command would be) to a day.
+const IDLE_TIMEOUT_MS_RANGE: std::ops::RangeInclusive<u64> = 1_000..=86_400_000;
 /// Longest election timeout: a minute (a cluster that takes longer to
 /// notice a dead leader is down, not tuned).
 const ELECTION_TIMEOUT_MS_MAX: u64 = 60_000;
@@ -445,6 +454,7 @@ impl Default for ApiSection {
     fn default() -> Self {
         Self {
             bind: default_bind(),
+            idle_timeout_ms: default_idle_timeout_ms(),
         }
     }
 }
@@ -597,6 +607,11 @@ impl Config {
             "consensus.request_timeout_ms",
             consensus.request_timeout_ms,
             1..=REQUEST_TIMEOUT_MS_MAX,
+        )?;
+        within(
+            "api.idle_timeout_ms",
+            self.api.idle_timeout_ms,
+            IDLE_TIMEOUT_MS_RANGE,
         )?;
         self.validate_cluster_features()
     }
@@ -780,5 +795,11 @@ mod tests {
         let mut bad = config.clone();
         bad.agent.console_log_bytes_max = u64::MAX;
         assert!(bad.validate().is_err());
+        for refused in [0, 999, 86_400_001, u64::MAX] {
+            let mut bad = config.clone();
+            bad.api.idle_timeout_ms = refused;
+            let error = bad.validate().unwrap_err().to_string();
+            assert!(error.contains("api.idle_timeout_ms"), "{refused}: {error}");
+        }
     }
 }

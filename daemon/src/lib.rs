@@ -12,6 +12,8 @@ mod convert;
 pub mod data_dir;
 mod error;
 pub mod handle;
+#[cfg(not(madsim))]
+pub mod idle;
 pub mod listener;
 pub mod mirror;
 pub mod security;

@@ -19,6 +19,9 @@
 //! a connection past a bound is closed once its handshake is done. Peers
 //! and clients count separately, so clients holding connections open
 //! never shut raft out (nor the other way round).
+//!
+//! Invariant: a connection with no call in flight for its idle timeout is
+//! closed ([`crate::idle`]).
 
 use std::sync::{Arc, RwLock};
 #[cfg(not(madsim))]
@@ -37,7 +40,11 @@ use tokio_stream::wrappers::ReceiverStream;
 
 #[cfg(not(madsim))]
 use crate::bounds::{source_of, KeyedCounts, KeyedSlot};
+#[cfg(not(madsim))]
+use crate::idle::{Activity, Tracked};
 use crate::Error;
+#[cfg(not(madsim))]
+use std::future::Future as _;
 
 #[cfg(not(madsim))]
 /// TLS handshakes in flight at most.
@@ -171,6 +178,7 @@ fn rustls_key(
 pub fn tls_incoming(
     listener: TcpListener,
     config: rustls::ServerConfig,
+    idle: Duration,
 ) -> ReceiverStream<Result<Counted<TlsStream<TcpStream>>, std::io::Error>> {
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
     let (accepted, incoming) = tokio::sync::mpsc::channel(ACCEPTED_QUEUED_MAX);
@@ -237,7 +245,8 @@ pub fn tls_incoming(
                             .and_then(|cert| blixard_api::tls::node_id_of(cert.as_ref()));
                         match limits.admit(from.ip(), peer) {
                             Ok(slot) => {
-                                let _ = accepted.send(Ok(Counted::new(stream, slot))).await;
+                                let stream = Counted::new(stream, slot, idle);
+                                let _ = accepted.send(Ok(stream)).await;
                             }
                             Err(full) => refusals
                                 .log(format_args!("closed a connection from {from}: {full}")),
@@ -258,6 +267,7 @@ pub fn tls_incoming(
 #[cfg(not(madsim))]
 pub fn plain_incoming(
     listener: TcpListener,
+    idle: Duration,
 ) -> impl tokio_stream::Stream<Item = Result<Counted<TcpStream>, std::io::Error>> {
     use tokio_stream::StreamExt as _;
     let limits = ConnectionLimits::new();
@@ -270,7 +280,7 @@ pub fn plain_incoming(
             Ok(stream) => {
                 let from = stream.peer_addr().map(|a| a.ip()).ok()?;
                 match limits.admit(from, None) {
-                    Ok(slot) => Some(Ok(Counted::new(stream, slot))),
+                    Ok(slot) => Some(Ok(Counted::new(stream, slot, idle))),
                     Err(full) => {
                         refusals.log(format_args!("closed a connection from {from}: {full}"));
                         None
@@ -381,28 +391,58 @@ pub struct ConnectionSlot {
     _address: Option<KeyedSlot<std::net::IpAddr>>,
 }
 
-/// A connection holding its [`ConnectionSlot`] for as long as it is open;
-/// reads and writes go straight through.
+/// A connection holding its [`ConnectionSlot`] for as long as it is open,
+/// closed once it has held no call for `idle`; reads and writes go
+/// straight through.
 #[cfg(not(madsim))]
 #[derive(Debug)]
 pub struct Counted<S> {
     inner: S,
     _slot: ConnectionSlot,
+    activity: Arc<Activity>,
+    idle: Duration,
+    /// When to look at `activity` next.
+    idle_check: std::pin::Pin<Box<tokio::time::Sleep>>,
 }
 
 #[cfg(not(madsim))]
 impl<S> Counted<S> {
-    fn new(inner: S, slot: ConnectionSlot) -> Self {
-        Self { inner, _slot: slot }
+    fn new(inner: S, slot: ConnectionSlot, idle: Duration) -> Self {
+        Self {
+            inner,
+            _slot: slot,
+            activity: Activity::new(),
+            idle,
+            idle_check: Box::pin(tokio::time::sleep(idle)),
+        }
+    }
+
+    /// Whether the connection has been idle too long; otherwise the next
+    /// look is scheduled (and its wake-up registered with `cx`).
+    fn idle_too_long(&mut self, cx: &mut std::task::Context<'_>) -> bool {
+        while self.idle_check.as_mut().poll(cx).is_ready() {
+            let now = tokio::time::Instant::now();
+            let next = match self.activity.idle_deadline(self.idle) {
+                Some(deadline) if deadline <= now.into_std() => return true,
+                Some(deadline) => deadline.into(),
+                // A call in flight: it is not idle for at least `idle`.
+                None => now + self.idle,
+            };
+            self.idle_check.as_mut().reset(next);
+        }
+        false
     }
 }
 
 #[cfg(not(madsim))]
 impl<S: tonic::transport::server::Connected> tonic::transport::server::Connected for Counted<S> {
-    type ConnectInfo = S::ConnectInfo;
+    type ConnectInfo = Tracked<S::ConnectInfo>;
 
     fn connect_info(&self) -> Self::ConnectInfo {
-        self.inner.connect_info()
+        Tracked {
+            info: self.inner.connect_info(),
+            activity: self.activity.clone(),
+        }
     }
 }
 
@@ -413,7 +453,15 @@ impl<S: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<S> {
         cx: &mut std::task::Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+        // hyper always has a read pending, so this is where the idle
+        // check's timer wakes the connection; an end of input closes it.
+        // Only when nothing arrived: a request already on its way is read.
+        let read = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if read.is_pending() && self.idle_too_long(cx) {
+            tracing::debug!("closed a connection idle for {:?}", self.idle);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        read
     }
 }
 
@@ -494,7 +542,8 @@ mod tests {
         let live = Arc::new(LiveCertificate::new(&one, &ca.cert_pem).unwrap());
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        let incoming = tls_incoming(listener, live.server_config(&ca.cert_pem).unwrap());
+        let config = live.server_config(&ca.cert_pem).unwrap();
+        let incoming = tls_incoming(listener, config, Duration::from_secs(300));
         (ca, one, live, address, incoming)
     }
 

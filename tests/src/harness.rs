@@ -646,18 +646,21 @@ impl TestCluster {
     }
 
     /// Changes a line of node `id`'s config file (the first starting
-    /// with `key =`, or a new line in `[cluster]`); takes effect at its
-    /// next start.
+    /// with `key =`, or a new line in its section: `api.bind` is `bind` in
+    /// `[api]`, a key with no section is in `[cluster]`); takes effect at
+    /// its next start.
     pub fn set_config(&mut self, id: u64, key: &str, value: &str) {
         let path = &self.nodes[&id].config_path;
         let text = std::fs::read_to_string(path).unwrap();
+        let (section, key) = key.split_once('.').unwrap_or(("cluster", key));
         let line = format!("{key} = {value}");
         let prefix = format!("{key} =");
         let mut lines: Vec<String> = text.lines().map(String::from).collect();
         match lines.iter().position(|l| l.starts_with(&prefix)) {
             Some(at) => lines[at] = line,
             None => {
-                let at = lines.iter().position(|l| l == "[cluster]").unwrap();
+                let header = format!("[{section}]");
+                let at = lines.iter().position(|l| *l == header).unwrap();
                 lines.insert(at + 1, line);
             }
         }

@@ -19,6 +19,24 @@ use blixard_tests::{
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+/// A TLS client of the test CA speaking HTTP/2, with no certificate.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    let ca_pem = &blixard_tests::test_ca().1.cert_pem;
+    roots
+        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
+        .unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
 /// A client that finishes its TLS handshake from `from` and then says
 /// nothing; `None` if the node closed it during the handshake.
 async fn silent_client(
@@ -44,20 +62,7 @@ async fn idle_connections_from_one_address_are_bounded_and_the_node_keeps_servin
     let cluster = TestCluster::start(3, Timings::default()).await;
     let files_before = cluster.open_files(1);
 
-    let mut roots = rustls::RootCertStore::empty();
-    let ca_pem = &blixard_tests::test_ca().1.cert_pem;
-    roots
-        .add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).unwrap())
-        .unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let connector = tls_connector();
     let address: std::net::SocketAddr = cluster.address(1).parse().unwrap();
     let mut silent = Vec::new();
     for _ in 0..2 * CLIENT_CONNECTIONS_PER_ADDRESS_MAX {
@@ -316,4 +321,77 @@ async fn a_list_past_the_message_limit_comes_in_pages() {
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
     assert!(refused.message().contains("page_token"), "{refused:?}");
     assert!(refused.message().len() < 200, "{}", refused.message());
+}
+
+/// Goal: a connection with no call in flight is closed once it has idled
+/// for `[api] idle_timeout_ms` (its descriptor given back), a connection
+/// holding a quiet watch is not, and a client whose connection was closed
+/// for idling is served again on its next call. Method: a node with a 2 s
+/// idle timeout; a watch on its own connection and a client that made one
+/// call; 64 handshaken, silent connections; poll until each silent one
+/// reads its end and the node's open files are back; then the client
+/// calls again and the watch sees the VM it creates.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_holding_no_call_are_closed_when_idle() {
+    const SILENT: usize = 64;
+    let mut cluster =
+        TestCluster::start_with(1, Timings::default(), Network::Loopback, |_| NodeOptions {
+            agent: false,
+            ..NodeOptions::default()
+        })
+        .await;
+    cluster.kill(1);
+    cluster.set_config(1, "api.idle_timeout_ms", "2000");
+    cluster.restart(1);
+    let mut watcher = eventually("node 1 back", Duration::from_secs(30), || async {
+        let mut client = VmClient::new(cluster.channel(1).await?);
+        let watch = client.watch(pb::WatchVmsRequest {}).await.ok()?;
+        Some(watch.into_inner())
+    })
+    .await;
+    let mut client = cluster.vm_client(1).await;
+    create_vm(&mut client, "before").await.unwrap();
+    let files_before = cluster.open_files(1);
+
+    let connector = tls_connector();
+    let address: std::net::SocketAddr = cluster.address(1).parse().unwrap();
+    let mut silent = Vec::new();
+    for _ in 0..SILENT {
+        silent.push(
+            silent_client(&connector, address, "127.0.0.1")
+                .await
+                .expect("a handshake under every bound"),
+        );
+    }
+    assert!(cluster.open_files(1) >= files_before + SILENT);
+    for (i, stream) in silent.iter_mut().enumerate() {
+        // The node's HTTP/2 settings come first, then the end.
+        use tokio::io::AsyncReadExt;
+        let mut sent = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut sent));
+        assert!(
+            read.await.is_ok(),
+            "silent connection {i} still open after 30 s"
+        );
+    }
+    eventually(
+        "node 1 to give the idle connections' descriptors back",
+        Duration::from_secs(30),
+        || async { (cluster.open_files(1) <= files_before).then_some(()) },
+    )
+    .await;
+
+    // The client's own connection idled out too; its next call connects
+    // again. The watch's connection held a call and is still open.
+    create_vm(&mut client, "after").await.unwrap();
+    loop {
+        let event = tokio::time::timeout(Duration::from_secs(30), watcher.message())
+            .await
+            .expect("the watch to see the VM")
+            .expect("the watch to stay open")
+            .expect("an event");
+        if event.vm.unwrap().spec.unwrap().name == "after" {
+            break;
+        }
+    }
 }
