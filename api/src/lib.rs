@@ -9,6 +9,7 @@
 pub mod connect;
 pub mod identity;
 pub mod pages;
+pub mod resume;
 pub mod tls;
 pub mod validate;
 

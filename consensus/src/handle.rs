@@ -15,6 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::audit::AuditContext;
 use crate::command::{Applied, Command, Event, Transition, VmChange};
+use crate::history::{HistoryTooOld, Resume, VmHistory};
 use crate::state::ClusterState;
 use crate::{Error, Result};
 
@@ -174,6 +175,8 @@ pub(crate) struct Shared {
     pub(crate) state: RwLock<ClusterState>,
     pub(crate) status: RwLock<RaftStatus>,
     pub(crate) events: broadcast::Sender<StateEvent>,
+    /// VM changes are sent to `events` through it (see its invariant).
+    pub(crate) vm_history: Mutex<VmHistory>,
     pub(crate) recent_events: Mutex<VecDeque<EventRecord>>,
     /// The last transitions applied, oldest first, for reconnecting workers.
     pub(crate) feed: Mutex<VecDeque<(u64, Arc<Transition>)>>,
@@ -188,10 +191,12 @@ fn unix_ms_now() -> u64 {
 
 impl Shared {
     pub(crate) fn new(state: ClusterState, status: RaftStatus) -> Self {
+        let revision = state.revision;
         Self {
             state: RwLock::new(state),
             status: RwLock::new(status),
             events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
+            vm_history: Mutex::new(VmHistory::new(revision)),
             recent_events: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS_MAX)),
             feed: Mutex::new(VecDeque::with_capacity(FEED_RETAINED_MAX)),
             feed_events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
@@ -212,6 +217,10 @@ impl Shared {
             revision,
             transition,
         });
+    }
+
+    pub(crate) fn vm_history(&self) -> std::sync::MutexGuard<'_, VmHistory> {
+        self.vm_history.lock().expect("history lock poisoned")
     }
 
     pub(crate) fn reset_feed(&self) {
@@ -360,6 +369,17 @@ impl RaftHandle {
 
     pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// The VM changes applied after revision `after` (see [`VmHistory`]).
+    pub fn vm_changes_since(&self, after: u64) -> std::result::Result<Resume, HistoryTooOld> {
+        self.shared.vm_history().since(after)
+    }
+
+    /// Every VM change of an entry up to this revision has been sent to
+    /// subscribers.
+    pub fn vm_changes_published(&self) -> u64 {
+        self.shared.vm_history().published()
     }
 
     /// Hands a message from a peer (and the address it says it serves on)

@@ -8,6 +8,7 @@ pub mod audit;
 pub mod command;
 mod error;
 pub mod handle;
+pub mod history;
 pub mod node;
 mod pending;
 pub mod placement;
@@ -26,6 +27,7 @@ pub use handle::{
     EventRecord, FeedEvent, MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role,
     StateEvent, RECENT_EVENTS_MAX, VM_EVENTS_BUFFERED_MAX,
 };
+pub use history::{HistoryTooOld, Resume, VmHistory};
 pub use node::{RaftConfig, RaftNode, Transport};
 pub use placement::{FailoverPolicy, Placement, Rule, RuleError, Strategy};
 pub use raft::prelude::Message as RaftMessage;

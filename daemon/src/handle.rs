@@ -14,8 +14,8 @@ use blixard_api::pb;
 use blixard_api::pb::state_feed_client::StateFeedClient;
 use blixard_consensus::audit::AuditContext;
 use blixard_consensus::{
-    Applied, ClusterState, Command, Error, EventRecord, MembershipChange, RaftHandle, RaftStatus,
-    Rejection, Result, Role, StateEvent, VmRecord,
+    Applied, ClusterState, Command, Error, EventRecord, HistoryTooOld, MembershipChange,
+    RaftHandle, RaftStatus, Rejection, Result, Resume, Role, StateEvent, VmRecord,
 };
 use blixard_membership::NodeRole;
 use tokio::sync::broadcast;
@@ -109,6 +109,23 @@ impl ClusterHandle {
         match self.is_member() {
             true => self.raft.subscribe(),
             false => self.mirror.subscribe(),
+        }
+    }
+
+    /// The VM changes applied after revision `after`, from this node's
+    /// history (`blixard_consensus::history`).
+    pub fn vm_changes_since(&self, after: u64) -> Result<Resume, HistoryTooOld> {
+        match self.is_member() {
+            true => self.raft.vm_changes_since(after),
+            false => self.mirror.vm_changes_since(after),
+        }
+    }
+
+    /// Every VM change up to this revision has been sent to subscribers.
+    pub fn vm_changes_published(&self) -> u64 {
+        match self.is_member() {
+            true => self.raft.vm_changes_published(),
+            false => self.mirror.vm_changes_published(),
         }
     }
 

@@ -15,8 +15,8 @@ use std::time::Duration;
 use blixard_api::pb;
 use blixard_api::pb::state_feed_client::StateFeedClient;
 use blixard_consensus::{
-    ClusterState, EventRecord, MemberStatus, RaftHandle, StateEvent, Transition, RECENT_EVENTS_MAX,
-    VM_EVENTS_BUFFERED_MAX,
+    ClusterState, EventRecord, HistoryTooOld, MemberStatus, RaftHandle, Resume, StateEvent,
+    Transition, VmHistory, RECENT_EVENTS_MAX, VM_EVENTS_BUFFERED_MAX,
 };
 use tokio::sync::{broadcast, watch};
 use tonic::transport::Channel;
@@ -60,6 +60,8 @@ pub struct Mirror {
     needs_snapshot: AtomicBool,
     state: RwLock<ClusterState>,
     events: broadcast::Sender<StateEvent>,
+    /// VM changes are sent to `events` through it (see its invariant).
+    vm_history: Mutex<VmHistory>,
     recent_events: Mutex<VecDeque<EventRecord>>,
     revision: watch::Sender<u64>,
     upstream: Mutex<Upstream>,
@@ -76,6 +78,7 @@ impl Default for Mirror {
             needs_snapshot: AtomicBool::new(false),
             state: RwLock::new(ClusterState::default()),
             events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
+            vm_history: Mutex::new(VmHistory::new(0)),
             recent_events: Mutex::new(VecDeque::new()),
             revision: watch::channel(0).0,
             upstream: Mutex::new(Upstream::default()),
@@ -109,6 +112,20 @@ impl Mirror {
         recent.iter().cloned().collect()
     }
 
+    fn vm_history(&self) -> std::sync::MutexGuard<'_, VmHistory> {
+        self.vm_history.lock().expect("history lock poisoned")
+    }
+
+    /// The VM changes applied after revision `after` (see [`VmHistory`]).
+    pub fn vm_changes_since(&self, after: u64) -> Result<Resume, HistoryTooOld> {
+        self.vm_history().since(after)
+    }
+
+    /// Every VM change up to this revision has been sent to subscribers.
+    pub fn vm_changes_published(&self) -> u64 {
+        self.vm_history().published()
+    }
+
     /// Replaces the mirror with a member's own state, when this node stops
     /// being a raft member: the mirror starts where raft left off rather
     /// than from whatever it held before.
@@ -118,9 +135,7 @@ impl Mirror {
             return;
         }
         *state = seed;
-        let _ = self.events.send(StateEvent::Reset {
-            revision: state.revision,
-        });
+        self.vm_history().reset(&self.events, state.revision);
         self.revision.send_replace(state.revision);
     }
 
@@ -169,9 +184,7 @@ impl Mirror {
                 }
                 tracing::info!(revision = item.revision, "mirror: snapshot");
                 *state = snapshot;
-                let _ = self.events.send(StateEvent::Reset {
-                    revision: item.revision,
-                });
+                self.vm_history().reset(&self.events, item.revision);
             }
             Some(pb::feed_item::Item::Transition(bytes)) => {
                 if item.revision <= state.revision {
@@ -192,12 +205,8 @@ impl Mirror {
                         state.revision, item.revision, outcome.result
                     ));
                 }
-                for change in outcome.vm_changes {
-                    let _ = self.events.send(StateEvent::Vm {
-                        change: Arc::new(change),
-                        revision: item.revision,
-                    });
-                }
+                self.vm_history()
+                    .publish(&self.events, item.revision, outcome.vm_changes);
                 let mut recent = self.recent_events.lock().expect("events lock poisoned");
                 for event in outcome.events {
                     let record = EventRecord {

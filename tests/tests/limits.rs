@@ -161,12 +161,15 @@ async fn stalled_watches_are_bounded_in_number_and_memory() {
     let mut watches = Vec::new();
     for i in 0..STREAMS_PER_ADDRESS_MAX {
         let watch = clients[i % CONNECTIONS]
-            .watch(pb::WatchVmsRequest {})
+            .watch(pb::WatchVmsRequest::default())
             .await
             .unwrap();
         watches.push(watch.into_inner());
     }
-    let refused = clients[0].watch(pb::WatchVmsRequest {}).await.unwrap_err();
+    let refused = clients[0]
+        .watch(pb::WatchVmsRequest::default())
+        .await
+        .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::ResourceExhausted, "{refused}");
     assert!(refused.message().contains("127.0.0.1"), "{refused}");
 
@@ -345,7 +348,7 @@ async fn connections_holding_no_call_are_closed_when_idle() {
     cluster.restart(1);
     let mut watcher = eventually("node 1 back", Duration::from_secs(30), || async {
         let mut client = VmClient::new(cluster.channel(1).await?);
-        let watch = client.watch(pb::WatchVmsRequest {}).await.ok()?;
+        let watch = client.watch(pb::WatchVmsRequest::default()).await.ok()?;
         Some(watch.into_inner())
     })
     .await;

@@ -7,6 +7,10 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use std::collections::BTreeMap;
+
+use blixard_api::pb;
+use blixard_api::pb::vm_client::VmClient;
 use blixard_tests::{blixard_bin, TestCluster, Timings};
 
 /// Goal: a watcher on a follower sees the existing VMs, then each change
@@ -80,6 +84,11 @@ async fn watch_streams_existing_vms_then_changes_in_order() {
         (first["event"].as_str(), first["vm"]["name"].as_str()),
         (Some("added"), Some("existing"))
     );
+    // The initial list is complete, at its revision.
+    let synced = next_event().expect("the synced marker");
+    assert_eq!(synced["event"], "synced", "{synced}");
+    assert!(synced.get("vm").is_none(), "{synced}");
+    assert!(synced["revision"].as_u64() >= first["revision"].as_u64());
     run(&[
         "vm",
         "create",
@@ -172,13 +181,26 @@ async fn a_watch_started_during_writes_ends_equal_to_the_state() {
             .unwrap();
     }
     let mut watch = client
-        .watch(pb::WatchVmsRequest {})
+        .watch(pb::WatchVmsRequest::default())
         .await
         .unwrap()
         .into_inner();
     // name -> (revision of the last event, the VM as it showed)
     let mut seen: BTreeMap<String, (u64, Option<pb::VmInfo>)> = BTreeMap::new();
+    // The list is complete at this revision: every later change is newer.
+    let mut synced: Option<u64> = None;
     let mut apply = |event: pb::VmEvent| {
+        if event.kind == pb::VmEventKind::Synced as i32 {
+            assert_eq!(synced, None, "a second SYNCED at {}", event.revision);
+            synced = Some(event.revision);
+            return String::new();
+        }
+        if let Some(synced) = synced {
+            assert!(
+                event.revision > synced,
+                "{event:?} after SYNCED at {synced}"
+            );
+        }
         let vm = event.vm.unwrap();
         let name = vm.spec.as_ref().unwrap().name.clone();
         if let Some((last, _)) = seen.get(&name) {
@@ -244,6 +266,7 @@ async fn a_watch_started_during_writes_ends_equal_to_the_state() {
         .await
         .unwrap();
     while apply(next(&mut watch).await) != "marker" {}
+    assert!(synced.is_some(), "no SYNCED before the marker");
 
     let list = blixard_tests::all_vms(&client).await.unwrap();
     let listed: BTreeMap<String, pb::VmInfo> = list
@@ -274,4 +297,184 @@ async fn next(watch: &mut tonic::Streaming<blixard_api::pb::VmEvent>) -> blixard
         .expect("a watch event within 20 s")
         .unwrap()
         .expect("the watch went on")
+}
+
+/// A watcher's VMs: the events it took, applied in order.
+#[derive(Default)]
+struct Watcher {
+    position: blixard_api::resume::Position,
+    vms: BTreeMap<String, pb::VmInfo>,
+    /// (kind, name) of each change taken after SYNCED.
+    taken: Vec<(i32, String)>,
+    /// Whether the initial list is done (its first SYNCED came).
+    listed: bool,
+    synced_at: Option<u64>,
+}
+
+impl Watcher {
+    /// Takes events from `watch` until its next SYNCED, or until `cut`
+    /// changes have been read (then the stream is dropped).
+    async fn read(&mut self, mut watch: tonic::Streaming<pb::VmEvent>, cut: Option<usize>) {
+        let mut read = 0;
+        loop {
+            if cut == Some(read) {
+                return;
+            }
+            let event = next(&mut watch).await;
+            read += 1;
+            if !self.position.take(&event) {
+                continue;
+            }
+            if event.kind == pb::VmEventKind::Synced as i32 {
+                self.synced_at = Some(event.revision);
+                self.listed = true;
+                return;
+            }
+            let vm = event.vm.unwrap();
+            let name = vm.spec.as_ref().unwrap().name.clone();
+            if self.listed {
+                self.taken.push((event.kind, name.clone()));
+            }
+            if event.kind == pb::VmEventKind::Deleted as i32 {
+                self.vms.remove(&name);
+            } else {
+                self.vms.insert(name, vm);
+            }
+        }
+    }
+
+    fn resume(&mut self) -> pb::WatchVmsRequest {
+        self.synced_at = None;
+        self.position
+            .resume()
+            .expect("a watcher past SYNCED resumes")
+    }
+}
+
+/// Goal: a watcher that lost its stream resumes from where it was, on any
+/// node, and gets exactly the changes it missed, in order, even when its
+/// stream was cut inside one revision's changes; a node whose history no
+/// longer reaches back says OUT_OF_RANGE, and a revision from the future
+/// is refused. Method: two nodes; a watch on node 1 to SYNCED; with the
+/// watch gone, a group of 3 (one revision), a stop and a delete; resume
+/// on node 2; again from the same place on node 1, cut after two of the
+/// group's changes and resumed; each watcher's VMs equal the list; node 2
+/// restarted no longer has the history.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_resumes_from_its_revision_on_any_node() {
+    let mut cluster = TestCluster::start_with(
+        2,
+        Timings::default(),
+        blixard_tests::Network::Loopback,
+        |_| blixard_tests::NodeOptions {
+            agent: false,
+            ..blixard_tests::NodeOptions::default()
+        },
+    )
+    .await;
+    let mut client = cluster.vm_client(1).await;
+    blixard_tests::create_vm(&mut client, "a").await.unwrap();
+    let mut first = Watcher::default();
+    let watch = client.watch(pb::WatchVmsRequest::default()).await.unwrap();
+    first.read(watch.into_inner(), None).await;
+    let synced_at = first.synced_at.expect("SYNCED after the list");
+    assert_eq!(first.vms.keys().collect::<Vec<_>>(), ["a"]);
+
+    let group_revision = client
+        .create(pb::CreateVmRequest {
+            spec: Some(blixard_tests::flake_spec("g")),
+            replicas: 3,
+            stopped: true,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision;
+    client
+        .stop(pb::VmNameRequest { name: "a".into() })
+        .await
+        .unwrap();
+    client
+        .delete(pb::VmNameRequest { name: "a".into() })
+        .await
+        .unwrap();
+    let mut cut = Watcher {
+        position: first.position.clone(),
+        vms: first.vms.clone(),
+        ..Watcher::default()
+    };
+    cut.synced_at = first.synced_at;
+    cut.listed = true;
+
+    let expected: Vec<(i32, String)> = [
+        (pb::VmEventKind::Added, "g-1"),
+        (pb::VmEventKind::Added, "g-2"),
+        (pb::VmEventKind::Added, "g-3"),
+        (pb::VmEventKind::Modified, "a"),
+        (pb::VmEventKind::Deleted, "a"),
+    ]
+    .map(|(kind, name)| (kind as i32, name.to_string()))
+    .to_vec();
+
+    // On the other node, whatever its role.
+    let mut on_two = cluster.vm_client(2).await;
+    let watch = on_two.watch(first.resume()).await.unwrap();
+    first.read(watch.into_inner(), None).await;
+    assert_eq!(first.taken, expected);
+    assert!(first.synced_at.unwrap() > synced_at);
+
+    // Cut after two of the group's three changes, then resumed.
+    let watch = client.watch(cut.resume()).await.unwrap();
+    cut.read(watch.into_inner(), Some(2)).await;
+    assert_eq!(cut.taken.len(), 2, "{:?}", cut.taken);
+    let resume = cut.resume();
+    assert_eq!(
+        resume.after_revision + 1,
+        group_revision,
+        "the cut revision again"
+    );
+    let watch = client.watch(resume).await.unwrap();
+    cut.read(watch.into_inner(), None).await;
+    assert_eq!(cut.taken, expected, "each change once");
+
+    let listed: BTreeMap<String, pb::VmInfo> = blixard_tests::all_vms(&client)
+        .await
+        .unwrap()
+        .vms
+        .into_iter()
+        .map(|vm| (vm.spec.as_ref().unwrap().name.clone(), vm))
+        .collect();
+    for watcher in [&first, &cut] {
+        assert_eq!(watcher.vms, listed);
+    }
+
+    let ahead = client
+        .watch(pb::WatchVmsRequest {
+            after_revision: u64::MAX / 2,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(ahead.code(), tonic::Code::InvalidArgument, "{ahead:?}");
+
+    cluster.kill(2);
+    cluster.restart(2);
+    let refused = blixard_tests::eventually(
+        "node 2 back, without the history",
+        Duration::from_secs(30),
+        || async {
+            let mut client = VmClient::new(cluster.channel(2).await?);
+            let request = pb::WatchVmsRequest {
+                after_revision: synced_at,
+            };
+            match client.watch(request).await {
+                Err(status) if status.code() == tonic::Code::OutOfRange => Some(status),
+                _ => None,
+            }
+        },
+    )
+    .await;
+    assert!(
+        refused.message().contains("watch from the start"),
+        "{refused:?}"
+    );
 }

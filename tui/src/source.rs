@@ -15,6 +15,7 @@ use blixard_api::pb;
 use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_api::pb::node_client::NodeClient;
 use blixard_api::pb::vm_client::VmClient;
+use blixard_api::resume::Position;
 use tokio::sync::mpsc;
 
 use crate::app::Action;
@@ -51,10 +52,12 @@ pub async fn run(mut addresses: Vec<String>, updates: mpsc::Sender<Update>) {
     assert!(!addresses.is_empty(), "the dashboard needs an address");
     let mut next = 0;
     let mut backoff_ms = BACKOFF_START_MS;
+    // Kept across reconnections: the VM watch resumes where it was.
+    let mut position = Position::default();
     loop {
         let address = addresses[next % addresses.len()].clone();
         next += 1;
-        let reason = match follow(&address, &updates, &mut addresses).await {
+        let reason = match follow(&address, &updates, &mut addresses, &mut position).await {
             Ok(()) => return,
             Err(Failure::Gone) => return,
             Err(Failure::Lost { reason, held }) => {
@@ -94,10 +97,36 @@ async fn send(updates: &mpsc::Sender<Update>, update: Update) -> Result<(), Fail
     updates.send(update).await.map_err(|_| Failure::Gone)
 }
 
+/// The VM watch on `vms`: resumed from `position` when this node's history
+/// still reaches back to it, else from the start (the VMs shown are then
+/// replaced).
+async fn watch_vms(
+    vms: &mut VmClient<Connection>,
+    updates: &mpsc::Sender<Update>,
+    position: &mut Position,
+) -> Result<tonic::Streaming<pb::VmEvent>, Failure> {
+    if let Some(resume) = position.resume() {
+        match vms.watch(resume).await {
+            Ok(watch) => return Ok(watch.into_inner()),
+            Err(status) if status.code() == tonic::Code::OutOfRange => {}
+            Err(status) => return Err(lost(status.message(), true)),
+        }
+    }
+    *position = Position::default();
+    let watch = vms
+        .watch(pb::WatchVmsRequest::default())
+        .await
+        .map_err(|e| lost(e.message(), true))?
+        .into_inner();
+    send(updates, Update::VmsReset).await?;
+    Ok(watch)
+}
+
 async fn follow(
     address: &str,
     updates: &mpsc::Sender<Update>,
     addresses: &mut Vec<String>,
+    position: &mut Position,
 ) -> Result<(), Failure> {
     let channel = connect(address).await.map_err(|e| lost(e, false))?;
     let mut cluster = ClusterClient::new(channel.clone());
@@ -112,12 +141,7 @@ async fn follow(
         }
     }
     send(updates, Update::Connected(address.to_string())).await?;
-    let mut watch = VmClient::new(channel.clone())
-        .watch(pb::WatchVmsRequest {})
-        .await
-        .map_err(|e| lost(e.message(), true))?
-        .into_inner();
-    send(updates, Update::VmsReset).await?;
+    let mut watch = watch_vms(&mut VmClient::new(channel.clone()), updates, position).await?;
     let mut events = cluster
         .events(pb::EventsRequest {
             follow: true,
@@ -131,7 +155,11 @@ async fn follow(
     loop {
         tokio::select! {
             event = watch.message() => match event {
-                Ok(Some(event)) => send(updates, Update::Vm(Box::new(event))).await?,
+                Ok(Some(event)) => {
+                    if position.take(&event) {
+                        send(updates, Update::Vm(Box::new(event))).await?;
+                    }
+                }
                 Ok(None) => return Err(lost("the VM watch ended", true)),
                 Err(status) => return Err(lost(status.message(), true)),
             },

@@ -14,7 +14,6 @@ use raft_proto::ConfChangeI;
 use super::{RaftNode, Transport};
 use crate::audit::{Audit, AuditContext};
 use crate::command::{Applied, Command, ProposalTag, Rejection, Transition};
-use crate::handle::StateEvent;
 use crate::state::{ClusterState, Outcome};
 use crate::{Error, Result};
 
@@ -208,6 +207,9 @@ impl<T: Transport> RaftNode<T> {
                 self.raw
                     .mut_store()
                     .record_applied(wtxn, entry.index, &state, &[])?;
+                self.shared
+                    .vm_history()
+                    .publish(&self.shared.events, state.revision, Vec::new());
                 Ok(Ok(Applied {
                     revision: state.revision,
                     vm: None,
@@ -236,12 +238,9 @@ impl<T: Transport> RaftNode<T> {
         self.raw
             .mut_store()
             .record_applied(wtxn, index, &state, &outcome.touched)?;
-        for change in outcome.vm_changes {
-            let _ = self.shared.events.send(StateEvent::Vm {
-                change: std::sync::Arc::new(change),
-                revision: state.revision,
-            });
-        }
+        self.shared
+            .vm_history()
+            .publish(&self.shared.events, state.revision, outcome.vm_changes);
         for event in outcome.events {
             self.shared.record_event(event, state.revision);
         }

@@ -26,8 +26,8 @@ use tokio::sync::mpsc;
 
 use crate::command::{Applied, Command, ProposalTag, Rejection};
 use crate::handle::{
-    MemberStatus, MembershipChange, RaftHandle, RaftStatus, Request, Shared, StateEvent,
-    MESSAGES_QUEUED_MAX, REQUESTS_QUEUED_MAX,
+    MemberStatus, MembershipChange, RaftHandle, RaftStatus, Request, Shared, MESSAGES_QUEUED_MAX,
+    REQUESTS_QUEUED_MAX,
 };
 mod apply;
 mod guard;
@@ -670,7 +670,9 @@ impl<T: Transport> RaftNode<T> {
             "installed snapshot from leader"
         );
         *self.shared.state.write().expect("state lock poisoned") = state;
-        let _ = self.shared.events.send(StateEvent::Reset { revision });
+        self.shared
+            .vm_history()
+            .reset(&self.shared.events, revision);
         self.shared.reset_feed();
         Ok(())
     }

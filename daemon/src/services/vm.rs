@@ -2,6 +2,7 @@
 
 use crate::handle::ClusterHandle;
 use std::pin::Pin;
+use std::time::Duration;
 
 use blixard_api::{pb, validate};
 use blixard_consensus::{Command, DesiredState, StateEvent, VmChange};
@@ -18,6 +19,9 @@ use crate::Error;
 
 /// VMs read from the state at once for a watch's initial list.
 const WATCH_PAGE_VMS: usize = 32;
+/// How often a watch looks again whether the changes up to its list's
+/// revision have all been published (they trail the state by moments).
+const SYNC_CHECK_MS: u64 = 20;
 
 pub struct VmService {
     pub raft: ClusterHandle,
@@ -279,67 +283,79 @@ impl pb::vm_server::Vm for VmService {
     ) -> Result<Response<Self::WatchStream>, Status> {
         let caller = request.extensions().get::<Caller>().cloned();
         let reads_secrets = super::reads_secrets(&request);
+        let after = request.get_ref().after_revision;
         let slot = self.streams.take(request.remote_addr().map(|a| a.ip()))?;
         // Subscribe before reading so no change falls between the two.
         let mut events = self.raft.subscribe();
         self.raft.read_barrier().await.map_err(Error::from)?;
+        let resume = match after {
+            0 => None,
+            after => {
+                // Past the barrier this node has applied everything the
+                // watcher could have seen.
+                let revision = self.raft.read_state(|s| s.revision);
+                if after > revision {
+                    return Err(Status::invalid_argument(format!(
+                        "after_revision {after} is ahead of the cluster's revision {revision}"
+                    )));
+                }
+                let resume = self.raft.vm_changes_since(after);
+                Some(resume.map_err(|e| Status::out_of_range(e.to_string()))?)
+            }
+        };
         let (tx, stream) = streams::channel(slot);
         let raft = self.raft.clone();
         tokio::spawn(async move {
-            // The initial list goes out a page at a time, each read from
-            // the state as it is then, so a watcher holds one page, not
-            // the whole list; each page's name range and revision are kept
-            // so a change a page already shows is not sent again as an
-            // older event.
+            // Live changes at or before `sent_through` were sent already
+            // (or, for a page, shown by it when `pages` says so); the
+            // watcher is told it has everything through `synced_at` (the
+            // list's revision, or a newer change sent before) once every
+            // change up to it has been published and taken.
             let mut pages = Pages::default();
-            let mut after: Option<String> = None;
-            let first_revision = raft.read_state(|s| s.revision);
-            loop {
-                let (page, revision) = raft.read_state(|s| {
-                    let range = match &after {
-                        Some(name) => s.vms.range::<String, _>((
-                            std::ops::Bound::Excluded(name),
-                            std::ops::Bound::Unbounded,
-                        )),
-                        None => s.vms.range::<String, _>(..),
-                    };
-                    let page: Vec<(String, pb::VmEvent)> = range
-                        .take(WATCH_PAGE_VMS)
-                        .map(|(name, vm)| {
-                            let event = pb::VmEvent {
-                                kind: pb::VmEventKind::Added as i32,
-                                vm: Some(vm_info_to_pb(vm)),
-                                revision: s.revision,
-                            };
-                            (name.clone(), event)
-                        })
-                        .collect();
-                    (page, s.revision)
-                });
-                let last_page = page.len() < WATCH_PAGE_VMS;
-                after = page.last().map(|(name, _)| name.clone());
-                pages.read((!last_page).then(|| after.clone()).flatten(), revision);
-                for (_, event) in page {
-                    if !tx.send(Ok(redacted(event, reads_secrets))).await {
-                        return;
+            let (sent_through, mut synced_at) = match resume {
+                Some(resume) => {
+                    for (revision, change) in &resume.changes {
+                        let event = redacted(vm_event(change, *revision), reads_secrets);
+                        if !tx.send(Ok(event)).await {
+                            return;
+                        }
+                    }
+                    (resume.through, resume.through)
+                }
+                None => {
+                    let first = raft.read_state(|s| s.revision);
+                    match send_pages(&raft, &tx, &mut pages, reads_secrets).await {
+                        Some(last) => (first, last),
+                        None => return,
                     }
                 }
-                if last_page {
-                    break;
-                }
-            }
+            };
+            let mut synced = false;
             loop {
+                if !synced && raft.vm_changes_published() >= synced_at && events.is_empty() {
+                    if !tx.send(Ok(synced_event(synced_at))).await {
+                        return;
+                    }
+                    synced = true;
+                }
                 let received = tokio::select! {
                     () = tx.closed() => return,
                     received = events.recv() => received,
+                    // The changes up to `synced_at` are being published.
+                    () = tokio::time::sleep(Duration::from_millis(SYNC_CHECK_MS)), if !synced => {
+                        continue
+                    }
                 };
                 let item = match received {
                     Ok(StateEvent::Vm {
                         change,
                         revision: r,
-                    }) if r > first_revision => {
+                    }) if r > sent_through => {
                         if pages.shown(&change_vm(&change).spec.name, r) {
                             continue;
+                        }
+                        if !synced {
+                            synced_at = synced_at.max(r);
                         }
                         Ok(redacted(vm_event(&change, r), reads_secrets))
                     }
@@ -347,9 +363,11 @@ impl pb::vm_server::Vm for VmService {
                     Ok(StateEvent::Reset { .. }) => Err(Status::aborted(
                         "state was replaced by a snapshot; watch again",
                     )),
-                    Err(broadcast::error::RecvError::Lagged(missed)) => Err(Status::data_loss(
-                        format!("watcher fell {missed} events behind; watch again"),
-                    )),
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        Err(Status::data_loss(format!(
+                            "watcher fell {missed} events behind; resume (after_revision) or watch again"
+                        )))
+                    }
                     Err(broadcast::error::RecvError::Closed) => return,
                 };
                 if !tx.send(item).await {
@@ -410,6 +428,63 @@ impl Pages {
             .iter()
             .find(|(last, _)| last.as_deref().is_none_or(|last| name <= last));
         covering.is_some_and(|(_, at)| revision <= *at)
+    }
+}
+
+/// Sends the current list a page at a time, each read from the state as
+/// it is then, so a watcher holds one page, not the whole list; each
+/// page's name range and revision are kept in `pages` so a change a page
+/// already shows is not sent again as an older event. The revision of the
+/// last page, or `None` once the watcher has gone.
+async fn send_pages(
+    raft: &ClusterHandle,
+    tx: &streams::Sender<pb::VmEvent>,
+    pages: &mut Pages,
+    reads_secrets: bool,
+) -> Option<u64> {
+    let mut after: Option<String> = None;
+    loop {
+        let (page, revision) = raft.read_state(|s| {
+            let range = match &after {
+                Some(name) => s.vms.range::<String, _>((
+                    std::ops::Bound::Excluded(name),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => s.vms.range::<String, _>(..),
+            };
+            let page: Vec<(String, pb::VmEvent)> = range
+                .take(WATCH_PAGE_VMS)
+                .map(|(name, vm)| {
+                    let event = pb::VmEvent {
+                        kind: pb::VmEventKind::Added as i32,
+                        vm: Some(vm_info_to_pb(vm)),
+                        revision: s.revision,
+                    };
+                    (name.clone(), event)
+                })
+                .collect();
+            (page, s.revision)
+        });
+        let last_page = page.len() < WATCH_PAGE_VMS;
+        after = page.last().map(|(name, _)| name.clone());
+        pages.read((!last_page).then(|| after.clone()).flatten(), revision);
+        for (_, event) in page {
+            if !tx.send(Ok(redacted(event, reads_secrets))).await {
+                return None;
+            }
+        }
+        if last_page {
+            return Some(revision);
+        }
+    }
+}
+
+/// The watcher has every change through `revision`.
+fn synced_event(revision: u64) -> pb::VmEvent {
+    pb::VmEvent {
+        kind: pb::VmEventKind::Synced as i32,
+        vm: None,
+        revision,
     }
 }
 

@@ -1,5 +1,6 @@
 //! `blixard vm create | list | status | start | stop | delete`.
 
+use blixard_api::resume::Position;
 use blixard_api::{pb, validate};
 use serde::Serialize;
 
@@ -417,49 +418,79 @@ pub async fn run(command: VmCommand, addr: &str, format: OutputFormat) -> anyhow
 
 #[derive(Serialize, schemars::JsonSchema)]
 pub struct VmEventView {
+    /// added, modified, deleted, or synced: every change through
+    /// `revision` has been printed (the initial list is complete).
     event: &'static str,
     revision: u64,
-    vm: VmView,
+    /// Absent for `synced`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vm: Option<VmView>,
 }
 
 /// Streams events; JSON prints one object per line, YAML one document each.
+/// A stream the node ends for falling behind (`DATA_LOSS`) is resumed
+/// from the last change printed, so nothing is printed twice or missed.
 async fn watch(addr: &str, format: OutputFormat, max_events: Option<u64>) -> anyhow::Result<()> {
     use std::io::Write;
-    let mut stream = client::vm(addr)
-        .await?
-        .watch(pb::WatchVmsRequest {})
+    let mut client = client::vm(addr).await?;
+    let mut stream = client
+        .watch(pb::WatchVmsRequest::default())
         .await
         .map_err(status_error)?
         .into_inner();
+    let mut position = Position::default();
     let mut seen = 0u64;
     while max_events.is_none_or(|max| seen < max) {
-        let Some(event) = stream.message().await.map_err(status_error)? else {
-            anyhow::bail!("the server ended the watch");
+        let event = match stream.message().await {
+            Ok(Some(event)) => event,
+            Ok(None) => anyhow::bail!("the server ended the watch"),
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                let Some(resume) = position.resume() else {
+                    return Err(status_error(status));
+                };
+                eprintln!(
+                    "{}; resuming after revision {}",
+                    status.message(),
+                    resume.after_revision
+                );
+                stream = client
+                    .watch(resume)
+                    .await
+                    .map_err(status_error)?
+                    .into_inner();
+                continue;
+            }
+            Err(status) => return Err(status_error(status)),
         };
+        if !position.take(&event) {
+            continue;
+        }
         seen += 1;
         let view = VmEventView {
             event: match event.kind() {
                 pb::VmEventKind::Added => "added",
                 pb::VmEventKind::Modified => "modified",
                 pb::VmEventKind::Deleted => "deleted",
+                pb::VmEventKind::Synced => "synced",
                 pb::VmEventKind::Unspecified => "unknown",
             },
             revision: event.revision,
-            vm: event
-                .vm
-                .as_ref()
-                .map(view)
-                .unwrap_or_else(|| view(&pb::VmInfo::default())),
+            vm: event.vm.as_ref().map(view),
         };
         let mut stdout = std::io::stdout().lock();
-        match format {
-            OutputFormat::Table => writeln!(
+        match (format, &view.vm) {
+            (OutputFormat::Table, Some(vm)) => writeln!(
                 stdout,
                 "{:<9} {:<24} desired={:<8} revision={}",
-                view.event, view.vm.name, view.vm.desired_state, view.revision
+                view.event, vm.name, vm.desired_state, view.revision
             )?,
-            OutputFormat::Json => writeln!(stdout, "{}", serde_json::to_string(&view)?)?,
-            OutputFormat::Yaml => write!(stdout, "---\n{}", serde_yaml::to_string(&view)?)?,
+            (OutputFormat::Table, None) => writeln!(
+                stdout,
+                "{:<9} {:<24} revision={}",
+                view.event, "", view.revision
+            )?,
+            (OutputFormat::Json, _) => writeln!(stdout, "{}", serde_json::to_string(&view)?)?,
+            (OutputFormat::Yaml, _) => write!(stdout, "---\n{}", serde_yaml::to_string(&view)?)?,
         }
         // Watchers are often piped into other programs: deliver each event now.
         stdout.flush()?;

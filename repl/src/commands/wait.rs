@@ -68,7 +68,7 @@ pub async fn watch_after_list(
 ) -> anyhow::Result<(tonic::Streaming<pb::VmEvent>, pb::ListVmsResponse)> {
     let mut client = client::vm(addr).await?;
     let stream = client
-        .watch(pb::WatchVmsRequest {})
+        .watch(pb::WatchVmsRequest::default())
         .await
         .map_err(status_error)?
         .into_inner();

@@ -183,7 +183,7 @@ async fn session(
         Ok(nodes) => nodes,
         Err(e) => return ended(format!("{e:#}"), false),
     };
-    let mut watch = match vms.watch(pb::WatchVmsRequest {}).await {
+    let mut watch = match vms.watch(pb::WatchVmsRequest::default()).await {
         Ok(watch) => watch.into_inner(),
         Err(status) => return ended(status_error(status), false),
     };

@@ -219,7 +219,7 @@ impl SimulatedNodes {
 async fn watch_vms(address: &str) -> anyhow::Result<tonic::Streaming<pb::VmEvent>> {
     Ok(client::vm(address)
         .await?
-        .watch(pb::WatchVmsRequest {})
+        .watch(pb::WatchVmsRequest::default())
         .await
         .map_err(client::status_error)?
         .into_inner())

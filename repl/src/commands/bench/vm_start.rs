@@ -123,7 +123,7 @@ pub async fn rows(
         spinner.set_message(format!("VM start path: boot {} of {starts}", i + 1));
         let seen = if i == 0 { 0 } else { markers(address).await? };
         let mut watch = vm
-            .watch(pb::WatchVmsRequest {})
+            .watch(pb::WatchVmsRequest::default())
             .await
             .map_err(client::status_error)?
             .into_inner();

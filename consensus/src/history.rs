@@ -1,0 +1,199 @@
+//! The VM changes a node applied last, so a watcher that lost its stream
+//! can resume from the revision it had reached instead of listing again.
+//!
+//! Invariant: [`VmHistory::since`] answers for a revision only when it
+//! holds every change applied after it; a change is kept and sent to
+//! watchers in the same step ([`VmHistory::publish`], under the history's
+//! lock), so a watcher that subscribed before reading the history misses
+//! nothing between the two and gets nothing twice once it skips what the
+//! history gave it. At most [`VM_EVENTS_BUFFERED_MAX`] changes are kept.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use crate::handle::{StateEvent, VM_EVENTS_BUFFERED_MAX};
+use crate::VmChange;
+
+/// The last VM changes applied on this node, by revision.
+#[derive(Debug)]
+pub struct VmHistory {
+    /// Every change applied after this revision is held.
+    from: u64,
+    /// Every change of an entry up to this revision was sent.
+    published: u64,
+    changes: VecDeque<(u64, Arc<VmChange>)>,
+}
+
+/// What a resumed watch replays: the changes after its revision, and the
+/// revision it has then reached.
+#[derive(Debug)]
+pub struct Resume {
+    pub changes: Vec<(u64, Arc<VmChange>)>,
+    pub through: u64,
+}
+
+/// A resume from a revision the history no longer (or never) covered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "revision {after} is older than this node's history of VM changes (it starts after \
+     revision {from}); watch from the start"
+)]
+pub struct HistoryTooOld {
+    pub after: u64,
+    pub from: u64,
+}
+
+impl VmHistory {
+    /// An empty history of a state at `revision`.
+    pub fn new(revision: u64) -> Self {
+        Self {
+            from: revision,
+            published: revision,
+            changes: VecDeque::new(),
+        }
+    }
+
+    /// Keeps `changes`, made by the entry applied at `revision`, and sends
+    /// them to watchers; every change through `revision` is then published
+    /// (an entry that changed no VM is published too).
+    pub fn publish(
+        &mut self,
+        events: &broadcast::Sender<StateEvent>,
+        revision: u64,
+        changes: Vec<VmChange>,
+    ) {
+        for change in changes {
+            let change = Arc::new(change);
+            if self.changes.len() == VM_EVENTS_BUFFERED_MAX {
+                if let Some((dropped, _)) = self.changes.pop_front() {
+                    // Changes of that revision may remain, but not all.
+                    self.from = self.from.max(dropped);
+                }
+            }
+            self.changes.push_back((revision, change.clone()));
+            let _ = events.send(StateEvent::Vm { change, revision });
+        }
+        self.published = self.published.max(revision);
+    }
+
+    /// The state was replaced at `revision` (a snapshot): nothing before
+    /// it can be resumed from; watchers are told to start over.
+    pub fn reset(&mut self, events: &broadcast::Sender<StateEvent>, revision: u64) {
+        *self = Self::new(revision);
+        let _ = events.send(StateEvent::Reset { revision });
+    }
+
+    /// Every change of an entry up to this revision has been sent.
+    pub fn published(&self) -> u64 {
+        self.published
+    }
+
+    /// The changes applied after revision `after`, for a watcher that saw
+    /// everything up to it.
+    pub fn since(&self, after: u64) -> Result<Resume, HistoryTooOld> {
+        if after < self.from {
+            return Err(HistoryTooOld {
+                after,
+                from: self.from,
+            });
+        }
+        let start = self
+            .changes
+            .partition_point(|(revision, _)| *revision <= after);
+        Ok(Resume {
+            changes: self.changes.range(start..).cloned().collect(),
+            through: self.published.max(after),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DesiredState, RunnerSource, VmRecord, VmSpec};
+
+    fn added(name: &str) -> VmChange {
+        VmChange::Added(VmRecord {
+            spec: VmSpec {
+                name: name.into(),
+                vcpus: 1,
+                memory_mib: 128,
+                runner: RunnerSource::Flake {
+                    flake_ref: "/etc/vms#x".into(),
+                },
+                pinned_node: None,
+                placement: Default::default(),
+                failover: Default::default(),
+                group: None,
+                platform: None,
+            },
+            desired_state: DesiredState::Stopped,
+            create_revision: 1,
+            mod_revision: 1,
+            created_at_unix_ms: 0,
+            assigned_node: None,
+            observed: Default::default(),
+            evicting: false,
+        })
+    }
+
+    fn names(resume: &Resume) -> Vec<(u64, String)> {
+        resume
+            .changes
+            .iter()
+            .map(|(revision, change)| {
+                let (VmChange::Added(vm) | VmChange::Modified(vm) | VmChange::Deleted(vm)) =
+                    change.as_ref();
+                (*revision, vm.spec.name.clone())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_resume_gets_exactly_the_changes_after_its_revision() {
+        let (events, mut watcher) = broadcast::channel(16);
+        let mut history = VmHistory::new(10);
+        history.publish(&events, 11, vec![added("a"), added("b")]);
+        history.publish(&events, 12, vec![]);
+        history.publish(&events, 13, vec![added("c")]);
+        assert_eq!(history.published(), 13);
+        let resume = history.since(11).unwrap();
+        assert_eq!(names(&resume), [(13, "c".to_string())]);
+        assert_eq!(resume.through, 13);
+        assert_eq!(history.since(10).unwrap().changes.len(), 3);
+        // A watcher ahead of this node (it saw 20 elsewhere): nothing yet.
+        let ahead = history.since(20).unwrap();
+        assert!(ahead.changes.is_empty());
+        assert_eq!(ahead.through, 20);
+        assert_eq!(
+            history.since(9).unwrap_err(),
+            HistoryTooOld { after: 9, from: 10 }
+        );
+        // Every change was also sent, in order.
+        let mut sent = Vec::new();
+        while let Ok(StateEvent::Vm { revision, .. }) = watcher.try_recv() {
+            sent.push(revision);
+        }
+        assert_eq!(sent, [11, 11, 13]);
+    }
+
+    #[test]
+    fn a_full_history_forgets_its_oldest_revision_whole() {
+        let (events, _) = broadcast::channel(1);
+        let mut history = VmHistory::new(0);
+        for revision in 1..=VM_EVENTS_BUFFERED_MAX as u64 / 2 {
+            history.publish(&events, revision, vec![added("x"), added("y")]);
+        }
+        history.publish(&events, 99_999, vec![added("z")]);
+        // Revision 1 lost one of its two changes: only after 1 resumes.
+        assert_eq!(history.since(0).unwrap_err().from, 1);
+        let resume = history.since(1).unwrap();
+        assert_eq!(resume.changes.len(), VM_EVENTS_BUFFERED_MAX - 1);
+        assert_eq!(resume.changes[0].0, 2);
+        history.reset(&events, 100_000);
+        assert!(history.since(99_999).is_err());
+        assert!(history.since(100_000).unwrap().changes.is_empty());
+    }
+}
