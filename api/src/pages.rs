@@ -2,7 +2,8 @@
 //!
 //! Invariant: [`follow`] returns only after a page with an empty
 //! `next_page_token`, and every page before it advanced (held items and
-//! a new token), so a server that repeats itself is an error, not a loop.
+//! a token not given before), so a server that repeats itself is an
+//! error, not a loop.
 
 use std::future::Future;
 
@@ -42,15 +43,16 @@ where
 {
     let mut items = Vec::new();
     let mut token = String::new();
+    let mut given = std::collections::HashSet::new();
     loop {
         let (page, revision, next) = fetch(token.clone()).await?.into_parts();
         if next.is_empty() {
             items.extend(page);
             return Ok((items, revision));
         }
-        if page.is_empty() || next == token {
+        if page.is_empty() || !given.insert(next.clone()) {
             return Err(Status::internal(
-                "the server's list did not advance (a page with no items or the same token)",
+                "the server's list did not advance (a page with no items, or a token it gave before)",
             ));
         }
         items.extend(page);
@@ -182,6 +184,18 @@ mod tests {
             assert_eq!(status.code(), tonic::Code::Internal, "{status:?}");
             assert_eq!(calls, 2);
         }
+        // A cycle through tokens: t1, t2, t1.
+        let mut calls = 0;
+        let answer = run(follow(|token| {
+            calls += 1;
+            let answer = match token.as_str() {
+                "" | "t2" => page(&["a"], "t1"),
+                _ => page(&["b"], "t2"),
+            };
+            async move { Ok::<_, Status>(answer) }
+        }));
+        assert_eq!(answer.unwrap_err().code(), tonic::Code::Internal);
+        assert_eq!(calls, 3);
     }
 
     #[test]

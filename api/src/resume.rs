@@ -27,11 +27,16 @@ impl Position {
     /// replayed change it already had is not).
     pub fn take(&mut self, event: &pb::VmEvent) -> bool {
         if event.kind() == pb::VmEventKind::Synced {
-            *self = Position {
-                synced: true,
-                revision: event.revision,
-                ..Position::default()
-            };
+            // A SYNCED never names less than what was sent before it; if
+            // it did, what the watcher has of its last revision still
+            // counts.
+            if event.revision >= self.revision || !self.synced {
+                *self = Position {
+                    synced: true,
+                    revision: event.revision,
+                    ..Position::default()
+                };
+            }
             return true;
         }
         if !self.synced {
@@ -61,7 +66,9 @@ impl Position {
             0 => self.revision,
             _ => self.revision - 1,
         };
-        Some(pb::WatchVmsRequest { after_revision })
+        Some(pb::WatchVmsRequest {
+            after_revision: Some(after_revision),
+        })
     }
 }
 
@@ -93,7 +100,9 @@ mod tests {
         position.take(&event(Synced, 7));
         assert_eq!(
             position.clone().resume(),
-            Some(pb::WatchVmsRequest { after_revision: 7 })
+            Some(pb::WatchVmsRequest {
+                after_revision: Some(7)
+            })
         );
         // Revision 9 made three changes; two arrived before the cut.
         assert!(position.take(&event(Modified, 8)));
@@ -101,7 +110,9 @@ mod tests {
         assert!(position.take(&event(Added, 9)));
         assert_eq!(
             position.resume(),
-            Some(pb::WatchVmsRequest { after_revision: 8 })
+            Some(pb::WatchVmsRequest {
+                after_revision: Some(8)
+            })
         );
         // The replay: revision 9's three, then 10.
         assert!(!position.take(&event(Added, 9)));
@@ -112,7 +123,9 @@ mod tests {
         // Cut again right after SYNCED: nothing to replay.
         assert_eq!(
             position.resume(),
-            Some(pb::WatchVmsRequest { after_revision: 10 })
+            Some(pb::WatchVmsRequest {
+                after_revision: Some(10)
+            })
         );
     }
 
@@ -122,10 +135,10 @@ mod tests {
         position.take(&event(Synced, 3));
         position.take(&event(Added, 4));
         position.take(&event(Added, 4));
-        assert_eq!(position.resume().unwrap().after_revision, 3);
+        assert_eq!(position.resume().unwrap().after_revision, Some(3));
         // One of the two replayed, then the stream breaks again.
         assert!(!position.take(&event(Added, 4)));
-        assert_eq!(position.resume().unwrap().after_revision, 3);
+        assert_eq!(position.resume().unwrap().after_revision, Some(3));
         assert!(!position.take(&event(Added, 4)));
         assert!(!position.take(&event(Added, 4)));
         assert!(position.take(&event(Added, 4)));

@@ -142,7 +142,8 @@ pub enum StateEvent {
         change: Arc<VmChange>,
         revision: u64,
     },
-    /// The whole state was replaced by a snapshot: re-read everything.
+    /// The whole state was replaced (a snapshot, or the node switched
+    /// between raft member and worker): re-read everything.
     Reset { revision: u64 },
     /// Something happened to the cluster (placement, loss, drain, ...).
     Cluster(Arc<EventRecord>),
@@ -369,6 +370,18 @@ impl RaftHandle {
 
     pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// Ends every watch of this raft loop's state (a `Reset`): the node
+    /// stopped being a member, and its mirror now holds the state.
+    pub fn end_watches(&self) {
+        let revision = self
+            .shared
+            .state
+            .read()
+            .expect("state lock poisoned")
+            .revision;
+        let _ = self.shared.events.send(StateEvent::Reset { revision });
     }
 
     /// The VM changes applied after revision `after` (see [`VmHistory`]).

@@ -6,7 +6,10 @@
 //! watchers in the same step ([`VmHistory::publish`], under the history's
 //! lock), so a watcher that subscribed before reading the history misses
 //! nothing between the two and gets nothing twice once it skips what the
-//! history gave it. At most [`VM_EVENTS_BUFFERED_MAX`] changes are kept.
+//! history gave it. At most [`VM_HISTORY_CHANGES_MAX`] changes and
+//! [`VM_HISTORY_BYTES_MAX`] bytes of them (as JSON) are kept: several
+//! times what a watcher may fall behind before it is told to resume, so
+//! that it usually can.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -16,6 +19,12 @@ use tokio::sync::broadcast;
 use crate::handle::{StateEvent, VM_EVENTS_BUFFERED_MAX};
 use crate::VmChange;
 
+/// Changes kept at most: four times the changes a watcher may fall
+/// behind by before it is ended (it then resumes from here).
+pub const VM_HISTORY_CHANGES_MAX: usize = 4 * VM_EVENTS_BUFFERED_MAX;
+/// Bytes of changes (their VMs as JSON) kept at most.
+pub const VM_HISTORY_BYTES_MAX: usize = 64 * 1024 * 1024;
+
 /// The last VM changes applied on this node, by revision.
 #[derive(Debug)]
 pub struct VmHistory {
@@ -23,7 +32,9 @@ pub struct VmHistory {
     from: u64,
     /// Every change of an entry up to this revision was sent.
     published: u64,
-    changes: VecDeque<(u64, Arc<VmChange>)>,
+    /// Each change with its size in bytes.
+    changes: VecDeque<(u64, Arc<VmChange>, usize)>,
+    bytes: usize,
 }
 
 /// What a resumed watch replays: the changes after its revision, and the
@@ -52,6 +63,7 @@ impl VmHistory {
             from: revision,
             published: revision,
             changes: VecDeque::new(),
+            bytes: 0,
         }
     }
 
@@ -66,13 +78,17 @@ impl VmHistory {
     ) {
         for change in changes {
             let change = Arc::new(change);
-            if self.changes.len() == VM_EVENTS_BUFFERED_MAX {
-                if let Some((dropped, _)) = self.changes.pop_front() {
-                    // Changes of that revision may remain, but not all.
-                    self.from = self.from.max(dropped);
-                }
+            let bytes = json_len(&change);
+            self.bytes += bytes;
+            self.changes.push_back((revision, change.clone(), bytes));
+            while self.changes.len() > VM_HISTORY_CHANGES_MAX || self.bytes > VM_HISTORY_BYTES_MAX {
+                let Some((dropped, _, bytes)) = self.changes.pop_front() else {
+                    break;
+                };
+                self.bytes -= bytes;
+                // Changes of that revision may remain, but not all.
+                self.from = self.from.max(dropped);
             }
-            self.changes.push_back((revision, change.clone()));
             let _ = events.send(StateEvent::Vm { change, revision });
         }
         self.published = self.published.max(revision);
@@ -101,12 +117,32 @@ impl VmHistory {
         }
         let start = self
             .changes
-            .partition_point(|(revision, _)| *revision <= after);
+            .partition_point(|(revision, _, _)| *revision <= after);
+        let changes = self.changes.range(start..);
         Ok(Resume {
-            changes: self.changes.range(start..).cloned().collect(),
+            changes: changes.map(|(r, change, _)| (*r, change.clone())).collect(),
             through: self.published.max(after),
         })
     }
+}
+
+/// The size of `change`'s VM as JSON: what it weighs, near enough.
+fn json_len(change: &VmChange) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let (VmChange::Added(vm) | VmChange::Modified(vm) | VmChange::Deleted(vm)) = change;
+    let mut count = Count(0);
+    // Writing to a counter cannot fail, nor can a VM record's JSON.
+    let _ = serde_json::to_writer(&mut count, vm);
+    count.0
 }
 
 #[cfg(test)]
@@ -180,20 +216,43 @@ mod tests {
     }
 
     #[test]
-    fn a_full_history_forgets_its_oldest_revision_whole() {
+    fn a_full_history_resumes_only_after_what_it_forgot() {
         let (events, _) = broadcast::channel(1);
         let mut history = VmHistory::new(0);
-        for revision in 1..=VM_EVENTS_BUFFERED_MAX as u64 / 2 {
+        for revision in 1..=VM_HISTORY_CHANGES_MAX as u64 / 2 {
             history.publish(&events, revision, vec![added("x"), added("y")]);
         }
         history.publish(&events, 99_999, vec![added("z")]);
         // Revision 1 lost one of its two changes: only after 1 resumes.
         assert_eq!(history.since(0).unwrap_err().from, 1);
         let resume = history.since(1).unwrap();
-        assert_eq!(resume.changes.len(), VM_EVENTS_BUFFERED_MAX - 1);
+        assert_eq!(resume.changes.len(), VM_HISTORY_CHANGES_MAX - 1);
         assert_eq!(resume.changes[0].0, 2);
         history.reset(&events, 100_000);
         assert!(history.since(99_999).is_err());
         assert!(history.since(100_000).unwrap().changes.is_empty());
+    }
+
+    #[test]
+    fn a_history_is_bounded_in_bytes() {
+        let (events, _) = broadcast::channel(1);
+        let mut history = VmHistory::new(0);
+        let mut heavy = added("h");
+        if let VmChange::Added(vm) = &mut heavy {
+            vm.spec.runner = RunnerSource::Flake {
+                flake_ref: "x".repeat(1 << 20),
+            };
+        }
+        for revision in 1..=100 {
+            history.publish(&events, revision, vec![heavy.clone()]);
+        }
+        assert!(history.bytes <= VM_HISTORY_BYTES_MAX, "{}", history.bytes);
+        let kept = history.changes.len() as u64;
+        assert!((60..100).contains(&kept), "{kept}");
+        assert_eq!(
+            history.since(100 - kept).unwrap().changes.len() as u64,
+            kept
+        );
+        assert!(history.since(99 - kept).is_err());
     }
 }

@@ -508,6 +508,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         raft_handle.clone(),
         mirror.clone(),
         Duration::from_millis(config.consensus.request_timeout_ms),
+        cluster_id.clone(),
     );
     node_tls.judge_gossip_by(handle.clone());
     let renewed = node_tls

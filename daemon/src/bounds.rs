@@ -1,14 +1,56 @@
 //! Counts held per key (a source address, a node id), for bounds that
-//! one source must not exhaust for everyone.
+//! one source must not exhaust for everyone; and warnings a peer can
+//! trigger at will, logged at a bounded rate.
 //!
 //! Invariant: a key's count is the number of live [`KeyedSlot`]s for it,
 //! and a key whose count falls to zero is forgotten, so the map holds no
-//! more keys than there are slots alive.
+//! more keys than there are slots alive. A [`RareLog`] says to log at
+//! most once per [`RARE_LOG_INTERVAL_MS`].
 
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+
+/// Warnings of one kind are logged at most this often: a flood of bad
+/// requests or packets must not fill the disk.
+pub const RARE_LOG_INTERVAL_MS: u64 = 1_000;
+
+/// When to log a warning that may happen at any rate.
+#[derive(Debug, Default)]
+pub struct RareLog {
+    /// When it was last logged, and how often it happened since.
+    last: Mutex<(Option<std::time::Instant>, u64)>,
+}
+
+impl RareLog {
+    pub const fn new() -> Self {
+        Self {
+            last: Mutex::new((None, 0)),
+        }
+    }
+
+    /// `Some(times it happened unlogged since the last line)` when this
+    /// occurrence is to be logged, `None` when it is only counted.
+    pub fn due(&self) -> Option<u64> {
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        let interval = std::time::Duration::from_millis(RARE_LOG_INTERVAL_MS);
+        if last.0.is_some_and(|at| at.elapsed() < interval) {
+            last.1 += 1;
+            return None;
+        }
+        let unlogged = last.1;
+        *last = (Some(std::time::Instant::now()), 0);
+        Some(unlogged)
+    }
+
+    /// Logs `message` as a warning if it is due.
+    pub fn warn(&self, message: std::fmt::Arguments<'_>) {
+        if let Some(unlogged) = self.due() {
+            tracing::warn!(unlogged, "{message}");
+        }
+    }
+}
 
 /// Live slots per key.
 #[derive(Debug)]
@@ -110,5 +152,20 @@ mod tests {
         );
         let mapped: IpAddr = "::ffff:10.0.0.1".parse().unwrap();
         assert_eq!(source_of(mapped), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn a_rare_log_logs_the_first_and_counts_the_rest() {
+        let log = RareLog::new();
+        assert_eq!(log.due(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(log.due(), None);
+        }
+        // Once the interval has passed, the next line carries the count.
+        log.last.lock().unwrap().0 = Some(
+            std::time::Instant::now() - std::time::Duration::from_millis(RARE_LOG_INTERVAL_MS),
+        );
+        assert_eq!(log.due(), Some(1000));
+        assert_eq!(log.due(), None);
     }
 }

@@ -45,14 +45,22 @@ pub struct ClusterHandle {
     raft: RaftHandle,
     mirror: Arc<Mirror>,
     request_timeout: Duration,
+    /// Sent with each call to a voter, which refuses another cluster's.
+    cluster_id: Arc<str>,
 }
 
 impl ClusterHandle {
-    pub fn new(raft: RaftHandle, mirror: Arc<Mirror>, request_timeout: Duration) -> Self {
+    pub fn new(
+        raft: RaftHandle,
+        mirror: Arc<Mirror>,
+        request_timeout: Duration,
+        cluster_id: String,
+    ) -> Self {
         Self {
             raft,
             mirror,
             request_timeout,
+            cluster_id: cluster_id.into(),
         }
     }
 
@@ -168,6 +176,7 @@ impl ClusterHandle {
                 .as_ref()
                 .map(|r| serde_json::to_vec(&r.audit).expect("audit contexts serialize"))
                 .unwrap_or_default(),
+            cluster_id: self.cluster_id.to_string(),
         });
         if let Some(authorization) = requester.and_then(|r| r.authorization) {
             request
@@ -211,7 +220,9 @@ impl ClusterHandle {
         }
         let mut client = self.feed_client().await?;
         let response = client
-            .barrier(pb::BarrierRequest {})
+            .barrier(pb::BarrierRequest {
+                cluster_id: self.cluster_id.to_string(),
+            })
             .await
             .map_err(|s| self.forward_error(s))?
             .into_inner();

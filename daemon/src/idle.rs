@@ -15,7 +15,10 @@
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+// tokio's clock, as the listener's idle timer reads it.
+use tokio::time::Instant;
 
 use tonic::codegen::http;
 
@@ -168,19 +171,25 @@ impl<B: http_body::Body + Unpin> http_body::Body for Held<B> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_connection_is_idle_only_with_no_call_in_flight() {
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_idle_only_with_no_call_in_flight() {
         let idle = Duration::from_secs(60);
         let activity = Activity::new();
-        let opened = activity.idle_deadline(idle).unwrap();
+        let opened = Instant::now();
+        assert_eq!(activity.idle_deadline(idle), Some(opened + idle));
         let first = activity.call();
         let second = activity.call();
         assert_eq!(activity.idle_deadline(idle), None);
+        tokio::time::advance(Duration::from_secs(10)).await;
         drop(first);
         assert_eq!(activity.idle_deadline(idle), None, "one call still open");
+        tokio::time::advance(Duration::from_secs(10)).await;
         drop(second);
-        let after = activity.idle_deadline(idle).unwrap();
-        assert!(after >= opened, "idle counts from the last call's end");
+        // Idle from the last call's end, not from the connection's start.
+        assert_eq!(
+            activity.idle_deadline(idle),
+            Some(opened + Duration::from_secs(20) + idle)
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@
 //! [`CLIENT_CONNECTIONS_PER_ADDRESS_MAX`] of those from one IP address;
 //! a connection past a bound is closed once its handshake is done. Peers
 //! and clients count separately, so clients holding connections open
-//! never shut raft out (nor the other way round).
+//! never shut raft out (nor the other way round). (A removed node's
+//! certificate is let in, within its node's bound, so that each call can
+//! be refused saying why: `services::certificate_refusal`.)
 //!
 //! Invariant: a connection with no call in flight for its idle timeout is
 //! closed ([`crate::idle`]).
@@ -39,7 +41,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
 
 #[cfg(not(madsim))]
-use crate::bounds::{source_of, KeyedCounts, KeyedSlot};
+use crate::bounds::{source_of, KeyedCounts, KeyedSlot, RareLog};
 #[cfg(not(madsim))]
 use crate::idle::{Activity, Tracked};
 use crate::Error;
@@ -185,21 +187,15 @@ pub fn tls_incoming(
     let handshakes = Arc::new(tokio::sync::Semaphore::new(HANDSHAKES_MAX));
     let per_address = KeyedCounts::new(HANDSHAKES_PER_ADDRESS_MAX);
     let limits = ConnectionLimits::new();
-    let refusals = Arc::new(RareLog::default());
+    let refusals = Arc::new(RareLog::new());
     tokio::spawn(async move {
-        let mut last_logged: Option<std::time::Instant> = None;
-        let mut log_at_most_each_second = |message: std::fmt::Arguments<'_>| {
-            if last_logged.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-                tracing::warn!("{message}");
-                last_logged = Some(std::time::Instant::now());
-            }
-        };
+        let full = RareLog::new();
         loop {
             let (stream, from) = tokio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok(accepted) => accepted,
                     Err(e) => {
-                        log_at_most_each_second(format_args!(
+                        full.warn(format_args!(
                             "accepting a connection failed ({e}); retrying"
                         ));
                         tokio::time::sleep(Duration::from_millis(ACCEPT_RETRY_MS)).await;
@@ -209,13 +205,13 @@ pub fn tls_incoming(
                 () = accepted.closed() => return,
             };
             let Ok(slot) = handshakes.clone().try_acquire_owned() else {
-                log_at_most_each_second(format_args!(
+                full.warn(format_args!(
                     "{HANDSHAKES_MAX} TLS handshakes in flight; closed a connection from {from}"
                 ));
                 continue;
             };
             let Some(address_slot) = per_address.take(source_of(from.ip())) else {
-                log_at_most_each_second(format_args!(
+                full.warn(format_args!(
                     "{HANDSHAKES_PER_ADDRESS_MAX} TLS handshakes in flight from {}; closed one",
                     from.ip()
                 ));
@@ -249,7 +245,7 @@ pub fn tls_incoming(
                                 let _ = accepted.send(Ok(stream)).await;
                             }
                             Err(full) => refusals
-                                .log(format_args!("closed a connection from {from}: {full}")),
+                                .warn(format_args!("closed a connection from {from}: {full}")),
                         }
                     }
                     Ok(Err(e)) => tracing::debug!(%from, error = %e, "TLS handshake failed"),
@@ -271,7 +267,7 @@ pub fn plain_incoming(
 ) -> impl tokio_stream::Stream<Item = Result<Counted<TcpStream>, std::io::Error>> {
     use tokio_stream::StreamExt as _;
     let limits = ConnectionLimits::new();
-    let refusals = RareLog::default();
+    let refusals = RareLog::new();
     tonic::transport::server::TcpIncoming::from(listener)
         // Without it Nagle holds small raft messages back for a delayed
         // ACK (~40 ms); `serve_with_incoming` ignores the builder's.
@@ -282,31 +278,13 @@ pub fn plain_incoming(
                 match limits.admit(from, None) {
                     Ok(slot) => Some(Ok(Counted::new(stream, slot, idle))),
                     Err(full) => {
-                        refusals.log(format_args!("closed a connection from {from}: {full}"));
+                        refusals.warn(format_args!("closed a connection from {from}: {full}"));
                         None
                     }
                 }
             }
             Err(e) => Some(Err(e)),
         })
-}
-
-/// A warning logged at most once a second, however often it happens.
-#[cfg(not(madsim))]
-#[derive(Debug, Default)]
-struct RareLog {
-    last: std::sync::Mutex<Option<std::time::Instant>>,
-}
-
-#[cfg(not(madsim))]
-impl RareLog {
-    fn log(&self, message: std::fmt::Arguments<'_>) {
-        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
-        if last.is_none_or(|at| at.elapsed() >= Duration::from_secs(1)) {
-            tracing::warn!("{message}");
-            *last = Some(std::time::Instant::now());
-        }
-    }
 }
 
 /// Which connection bound was hit.
@@ -423,8 +401,8 @@ impl<S> Counted<S> {
         while self.idle_check.as_mut().poll(cx).is_ready() {
             let now = tokio::time::Instant::now();
             let next = match self.activity.idle_deadline(self.idle) {
-                Some(deadline) if deadline <= now.into_std() => return true,
-                Some(deadline) => deadline.into(),
+                Some(deadline) if deadline <= now => return true,
+                Some(deadline) => deadline,
                 // A call in flight: it is not idle for at least `idle`.
                 None => now + self.idle,
             };

@@ -112,6 +112,13 @@ impl Mirror {
         recent.iter().cloned().collect()
     }
 
+    /// Ends every watch of the mirror (a `Reset`): the node became a raft
+    /// member, and its raft loop now holds the state.
+    pub fn end_watches(&self) {
+        let revision = self.revision();
+        let _ = self.events.send(StateEvent::Reset { revision });
+    }
+
     fn vm_history(&self) -> std::sync::MutexGuard<'_, VmHistory> {
         self.vm_history.lock().expect("history lock poisoned")
     }
@@ -296,9 +303,15 @@ pub async fn run(
             return;
         }
         let member = is_member(&raft);
+        // Watches follow one source of the state: each switch ends those
+        // of the other (they watch again, from the source now serving).
         if was_member && !member {
             tracing::info!("no longer a raft member; following the state as a worker");
             mirror.seed(raft.read_state(|s| s.clone()));
+            raft.end_watches();
+        }
+        if member && !was_member {
+            mirror.end_watches();
         }
         was_member = member;
         if !member {

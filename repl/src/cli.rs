@@ -607,7 +607,8 @@ pub enum VmCommand {
     },
     /// Print every VM as it is now, then every change as it commits.
     Watch {
-        /// Stop after this many events (default: until interrupted).
+        /// Stop after this many VM events (default: until interrupted);
+        /// the `synced` line that ends the initial list is not counted.
         #[arg(long)]
         max_events: Option<u64>,
     },

@@ -645,10 +645,9 @@ impl TestCluster {
         child.wait().unwrap();
     }
 
-    /// Changes a line of node `id`'s config file (the first starting
-    /// with `key =`, or a new line in its section: `api.bind` is `bind` in
-    /// `[api]`, a key with no section is in `[cluster]`); takes effect at
-    /// its next start.
+    /// Sets a key in node `id`'s config file (`api.bind` is `bind` in
+    /// `[api]`; a key with no section is in `[cluster]`), replacing its
+    /// line in that section or adding one; takes effect at its next start.
     pub fn set_config(&mut self, id: u64, key: &str, value: &str) {
         let path = &self.nodes[&id].config_path;
         let text = std::fs::read_to_string(path).unwrap();
@@ -656,13 +655,18 @@ impl TestCluster {
         let line = format!("{key} = {value}");
         let prefix = format!("{key} =");
         let mut lines: Vec<String> = text.lines().map(String::from).collect();
-        match lines.iter().position(|l| l.starts_with(&prefix)) {
-            Some(at) => lines[at] = line,
-            None => {
-                let header = format!("[{section}]");
-                let at = lines.iter().position(|l| *l == header).unwrap();
-                lines.insert(at + 1, line);
-            }
+        let header = format!("[{section}]");
+        let start = lines.iter().position(|l| *l == header).unwrap() + 1;
+        let end = lines[start..]
+            .iter()
+            .position(|l| l.starts_with('['))
+            .map_or(lines.len(), |at| start + at);
+        match lines[start..end]
+            .iter()
+            .position(|l| l.starts_with(&prefix))
+        {
+            Some(at) => lines[start + at] = line,
+            None => lines.insert(start, line),
         }
         std::fs::write(path, lines.join("\n") + "\n").unwrap();
     }

@@ -39,11 +39,18 @@ fn spec(name: &str) -> VmSpec {
     }
 }
 
+/// Proposes `command` through the state feed of the node at `channel`,
+/// naming that node's own cluster (so the command itself is judged).
 async fn propose(channel: Connection, command: &Command) -> Result<(), tonic::Status> {
+    let cluster_id = blixard_api::pb::cluster_client::ClusterClient::new(channel.clone())
+        .status(pb::StatusRequest {})
+        .await
+        .map_or_else(|_| String::new(), |status| status.into_inner().cluster_id);
     let response = StateFeedClient::new(channel)
         .propose(pb::ProposeRequest {
             command: command.encode(),
             audit: Vec::new(),
+            cluster_id,
         })
         .await?
         .into_inner();
@@ -393,7 +400,12 @@ async fn peer_services_need_the_callers_own_node_certificate() {
         .await
         .map(|_| ());
     denied(subscribed, "Subscribe (the whole state, secrets included)");
-    let barrier = feed.barrier(pb::BarrierRequest {}).await.map(|_| ());
+    let barrier = feed
+        .barrier(pb::BarrierRequest {
+            cluster_id: cluster_id.clone(),
+        })
+        .await
+        .map(|_| ());
     denied(barrier, "Barrier");
     let heartbeat = raft_message(MessageType::MsgHeartbeat, leader, followers[0], term + 5);
     denied(
@@ -682,7 +694,13 @@ async fn streams_end_when_their_token_is_revoked_or_expires() {
         .await
         .unwrap();
     for (id, stream) in &mut watches {
-        let event = stream.message().await.unwrap().unwrap();
+        // After the (empty) list's SYNCED.
+        let event = loop {
+            let event = stream.message().await.unwrap().unwrap();
+            if event.kind != pb::VmEventKind::Synced as i32 {
+                break event;
+            }
+        };
         assert_eq!(event.vm.unwrap().spec.unwrap().name, "seen", "node {id}");
     }
     events.message().await.unwrap().unwrap();
@@ -1366,6 +1384,7 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
         .cert_pem;
     // Its certificate is a node's: a peer-only RPC lets it in, until the
     // id is retired.
+    let cluster_id = cluster.cluster_id(1).await;
     let as_eight = || async {
         let node = blixard_api::tls::CertifiedKey {
             cert_pem: eight_cert.clone(),
@@ -1380,7 +1399,9 @@ async fn join_tokens_give_a_new_node_its_certificate_once() {
             .unwrap();
         let channel = Connection::new(channel, blixard_api::connect::Bearer::new(None).unwrap());
         StateFeedClient::new(channel)
-            .barrier(pb::BarrierRequest {})
+            .barrier(pb::BarrierRequest {
+                cluster_id: cluster_id.clone(),
+            })
             .await
             .map(|_| ())
     };

@@ -167,6 +167,31 @@ async fn a_wiped_founding_node_never_rejoins_as_itself() {
         },
     )
     .await;
+    // Nor do the old cluster's voters take its barriers or proposals,
+    // though its certificate is still one they hold it to.
+    let mut as_one = blixard_api::pb::state_feed_client::StateFeedClient::new(
+        cluster.peer_channel(2, 1).await.unwrap(),
+    );
+    let barrier = as_one
+        .barrier(blixard_api::pb::BarrierRequest {
+            cluster_id: founded.clone(),
+        })
+        .await;
+    let proposal = as_one
+        .propose(blixard_api::pb::ProposeRequest {
+            command: Vec::new(),
+            audit: Vec::new(),
+            cluster_id: founded.clone(),
+        })
+        .await;
+    for refused in [barrier.map(|_| ()), proposal.map(|_| ())] {
+        let refused = refused.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        assert!(
+            refused.message().contains("belongs to cluster"),
+            "{refused:?}"
+        );
+    }
     let (on_one, _) = cluster.vm_names(1).await.unwrap();
     assert!(on_one.is_empty(), "{on_one:?}");
     // Node 1 wrote its new cluster's token; the old one is the operator's.

@@ -62,10 +62,13 @@ async fn a_node_is_held_to_the_certificate_it_serves() {
     })
     .await;
     assert_eq!(cluster.the_worker(2).await, 2);
+    let cluster_id = cluster.cluster_id(1).await;
     let barrier = async |at: u64, node: &tls::CertifiedKey| {
         let channel = cluster.channel_holding(at, node).await.unwrap();
         StateFeedClient::new(channel)
-            .barrier(pb::BarrierRequest {})
+            .barrier(pb::BarrierRequest {
+                cluster_id: cluster_id.clone(),
+            })
             .await
     };
     for id in [1, 2] {
@@ -228,10 +231,13 @@ async fn rotating_certificates_under_load_loses_no_write() {
     }
 
     // The old certificates are retired everywhere.
+    let cluster_id = cluster.cluster_id(1).await;
     let barrier = async |at: u64, node: &tls::CertifiedKey| {
         let channel = cluster.channel_holding(at, node).await.unwrap();
         StateFeedClient::new(channel)
-            .barrier(pb::BarrierRequest {})
+            .barrier(pb::BarrierRequest {
+                cluster_id: cluster_id.clone(),
+            })
             .await
     };
     for id in 1..=4u64 {

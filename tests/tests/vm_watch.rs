@@ -355,16 +355,20 @@ impl Watcher {
 /// node, and gets exactly the changes it missed, in order, even when its
 /// stream was cut inside one revision's changes; a node whose history no
 /// longer reaches back says OUT_OF_RANGE, and a revision from the future
-/// is refused. Method: two nodes; a watch on node 1 to SYNCED; with the
-/// watch gone, a group of 3 (one revision), a stop and a delete; resume
-/// on node 2; again from the same place on node 1, cut after two of the
-/// group's changes and resumed; each watcher's VMs equal the list; node 2
-/// restarted no longer has the history.
+/// is refused. Method: a voter and a worker; a watch on the voter to
+/// SYNCED; with the watch gone, a group of 3 (one revision), a stop and a
+/// delete; resume on the worker (its history is its mirror's); again from
+/// the same place on the voter, cut after two of the group's changes and
+/// resumed; each watcher's VMs equal the list; the worker restarted no
+/// longer has the history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumes_from_its_revision_on_any_node() {
     let mut cluster = TestCluster::start_with(
         2,
-        Timings::default(),
+        Timings {
+            voters: 1,
+            ..Timings::default()
+        },
         blixard_tests::Network::Loopback,
         |_| blixard_tests::NodeOptions {
             agent: false,
@@ -416,7 +420,8 @@ async fn a_watch_resumes_from_its_revision_on_any_node() {
     .map(|(kind, name)| (kind as i32, name.to_string()))
     .to_vec();
 
-    // On the other node, whatever its role.
+    // On the worker.
+    assert_eq!(cluster.the_worker(2).await, 2);
     let mut on_two = cluster.vm_client(2).await;
     let watch = on_two.watch(first.resume()).await.unwrap();
     first.read(watch.into_inner(), None).await;
@@ -429,7 +434,7 @@ async fn a_watch_resumes_from_its_revision_on_any_node() {
     assert_eq!(cut.taken.len(), 2, "{:?}", cut.taken);
     let resume = cut.resume();
     assert_eq!(
-        resume.after_revision + 1,
+        resume.after_revision.unwrap() + 1,
         group_revision,
         "the cut revision again"
     );
@@ -450,7 +455,7 @@ async fn a_watch_resumes_from_its_revision_on_any_node() {
 
     let ahead = client
         .watch(pb::WatchVmsRequest {
-            after_revision: u64::MAX / 2,
+            after_revision: Some(u64::MAX / 2),
         })
         .await
         .unwrap_err();
@@ -464,7 +469,7 @@ async fn a_watch_resumes_from_its_revision_on_any_node() {
         || async {
             let mut client = VmClient::new(cluster.channel(2).await?);
             let request = pb::WatchVmsRequest {
-                after_revision: synced_at,
+                after_revision: Some(synced_at),
             };
             match client.watch(request).await {
                 Err(status) if status.code() == tonic::Code::OutOfRange => Some(status),
@@ -476,5 +481,98 @@ async fn a_watch_resumes_from_its_revision_on_any_node() {
     assert!(
         refused.message().contains("watch from the start"),
         "{refused:?}"
+    );
+}
+
+/// Goal: a watcher that falls further behind than a node buffers for it
+/// is ended with DATA_LOSS and, resumed from its revision, gets every
+/// change it missed, once. Method: a watch read to SYNCED, then left
+/// unread while 9 groups of 1000 VMs with 3 KB flake references are
+/// created (9000 changes, past the 8192 a watch may fall behind); read
+/// on to DATA_LOSS, resume with `Position`, read to a marker VM; the
+/// watcher's VMs equal the list.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watcher_that_fell_behind_resumes_without_a_gap() {
+    let cluster = TestCluster::start_with(
+        1,
+        Timings::default(),
+        blixard_tests::Network::Loopback,
+        |_| blixard_tests::NodeOptions {
+            agent: false,
+            ..blixard_tests::NodeOptions::default()
+        },
+    )
+    .await;
+    let mut client = cluster.vm_client(1).await;
+    let mut watcher = Watcher::default();
+    let watch = client.watch(pb::WatchVmsRequest::default()).await.unwrap();
+    let mut watch = watch.into_inner();
+    // Read to SYNCED, keeping the stream.
+    while watcher.synced_at.is_none() {
+        let event = next(&mut watch).await;
+        watcher.position.take(&event);
+        if event.kind == pb::VmEventKind::Synced as i32 {
+            watcher.synced_at = Some(event.revision);
+        }
+    }
+    for group in 0..9 {
+        client
+            .create(pb::CreateVmRequest {
+                spec: Some(blixard_tests::heavy_flake_spec(&format!("g{group}"), 3000)),
+                replicas: 1000,
+                stopped: true,
+            })
+            .await
+            .unwrap();
+    }
+    blixard_tests::create_vm(&mut client, "marker")
+        .await
+        .unwrap();
+
+    let mut lost = None;
+    let mut resumed = false;
+    loop {
+        let item = tokio::time::timeout(Duration::from_secs(60), watch.message())
+            .await
+            .expect("a watch event or its end within 60 s");
+        let event = match item {
+            Ok(Some(event)) => event,
+            Ok(None) => panic!("the watch ended without an error"),
+            Err(status) if status.code() == tonic::Code::DataLoss && !resumed => {
+                lost = Some(status);
+                resumed = true;
+                let resume = watcher.resume();
+                watch = client.watch(resume).await.unwrap().into_inner();
+                continue;
+            }
+            Err(status) => panic!("{status:?}"),
+        };
+        if !watcher.position.take(&event) || event.kind == pb::VmEventKind::Synced as i32 {
+            continue;
+        }
+        let vm = event.vm.unwrap();
+        let name = vm.spec.as_ref().unwrap().name.clone();
+        if event.kind == pb::VmEventKind::Deleted as i32 {
+            watcher.vms.remove(&name);
+        } else {
+            watcher.vms.insert(name.clone(), vm);
+        }
+        if name == "marker" {
+            break;
+        }
+    }
+    let lost = lost.expect("the watcher was never ended for falling behind");
+    assert!(lost.message().contains("behind"), "{lost:?}");
+    let listed: BTreeMap<String, pb::VmInfo> = blixard_tests::all_vms(&client)
+        .await
+        .unwrap()
+        .vms
+        .into_iter()
+        .map(|vm| (vm.spec.as_ref().unwrap().name.clone(), vm))
+        .collect();
+    assert_eq!(watcher.vms.len(), 9001);
+    assert!(
+        watcher.vms == listed,
+        "the watcher's VMs differ from the list"
     );
 }

@@ -108,7 +108,13 @@ async fn watch_vms(
     if let Some(resume) = position.resume() {
         match vms.watch(resume).await {
             Ok(watch) => return Ok(watch.into_inner()),
-            Err(status) if status.code() == tonic::Code::OutOfRange => {}
+            // History gone, or a revision this cluster never had (another
+            // cluster at the same address): list again.
+            Err(status)
+                if matches!(
+                    status.code(),
+                    tonic::Code::OutOfRange | tonic::Code::InvalidArgument
+                ) => {}
             Err(status) => return Err(lost(status.message(), true)),
         }
     }

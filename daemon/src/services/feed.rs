@@ -234,6 +234,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
             .cloned();
         let metadata = request.metadata().clone();
         let request = request.into_inner();
+        super::same_cluster(&self.cluster_id, &request.cluster_id, "proposing node")?;
         let command = Command::decode(&request.command)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         // The worker's word for who asked it, recorded as relayed by it.
@@ -341,6 +342,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
     ) -> Result<Response<pb::BarrierResponse>, Status> {
         super::require_node(&request, "StateFeed.Barrier")?;
         self.require_member()?;
+        super::same_cluster(&self.cluster_id, &request.get_ref().cluster_id, "node")?;
         self.raft.read_barrier().await.map_err(Error::from)?;
         Ok(Response::new(pb::BarrierResponse {
             revision: self.raft.read_state(|s| s.revision),

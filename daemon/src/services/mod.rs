@@ -28,6 +28,7 @@ use tonic::{Request, Status};
 use blixard_consensus::audit::{Actor, AuditContext};
 use blixard_consensus::{ClusterState, TokenRole};
 
+use crate::bounds::RareLog;
 use crate::handle::{ClusterHandle, Requester};
 use crate::tokens;
 
@@ -129,9 +130,9 @@ pub(crate) fn certificate_refusal(
 }
 
 /// Refusals are logged where they happen (they leave no record in the
-/// audit trail), at most one line per [`REFUSAL_LOG_INTERVAL_MS`] with the
-/// count since, so a flood of bad requests cannot fill the disk.
-const REFUSAL_LOG_INTERVAL_MS: u64 = 1_000;
+/// audit trail), at a bounded rate with the count since, so a flood of
+/// bad requests cannot fill the disk.
+static REFUSALS: RareLog = RareLog::new();
 
 fn log_refusal(request: &Request<()>, status: &Status) {
     note_refusal(rpc_path(request), request.remote_addr(), status);
@@ -139,25 +140,15 @@ fn log_refusal(request: &Request<()>, status: &Status) {
 
 /// Logs a refusal a service made itself (see [`log_refusal`]).
 pub(super) fn note_refusal(path: &str, from: Option<std::net::SocketAddr>, status: &Status) {
-    static LOGGED: std::sync::Mutex<(Option<std::time::Instant>, u64)> =
-        std::sync::Mutex::new((None, 0));
-    let mut logged = LOGGED
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    logged.1 += 1;
-    let due = logged
-        .0
-        .is_none_or(|at| at.elapsed() >= std::time::Duration::from_millis(REFUSAL_LOG_INTERVAL_MS));
-    if due {
+    if let Some(unlogged) = REFUSALS.due() {
         tracing::warn!(
             path,
             from = ?from,
             code = ?status.code(),
-            refused_since_last_report = logged.1,
+            refused_since_last_report = unlogged,
             "refused a request: {}",
             status.message()
         );
-        *logged = (Some(std::time::Instant::now()), 0);
     }
 }
 
@@ -423,8 +414,12 @@ pub fn same_cluster(own: &str, theirs: &str, who: &str) -> Result<(), Status> {
     if own == theirs {
         return Ok(());
     }
+    // Anyone can send these, as often as they like.
+    static FOREIGN: RareLog = RareLog::new();
     let theirs = blixard_api::validate::echo(theirs);
-    tracing::warn!(%who, cluster_id = %theirs, "refused a node of another cluster");
+    if let Some(unlogged) = FOREIGN.due() {
+        tracing::warn!(%who, cluster_id = %theirs, refused_since_last_report = unlogged, "refused a node of another cluster");
+    }
     Err(Status::permission_denied(format!(
         "this node belongs to cluster {own}; the {who} belongs to cluster {theirs:?} (README: \
          Recovering a node)"

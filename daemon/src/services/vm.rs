@@ -289,8 +289,8 @@ impl pb::vm_server::Vm for VmService {
         let mut events = self.raft.subscribe();
         self.raft.read_barrier().await.map_err(Error::from)?;
         let resume = match after {
-            0 => None,
-            after => {
+            None => None,
+            Some(after) => {
                 // Past the barrier this node has applied everything the
                 // watcher could have seen.
                 let revision = self.raft.read_state(|s| s.revision);
@@ -307,12 +307,9 @@ impl pb::vm_server::Vm for VmService {
         let raft = self.raft.clone();
         tokio::spawn(async move {
             // Live changes at or before `sent_through` were sent already
-            // (or, for a page, shown by it when `pages` says so); the
-            // watcher is told it has everything through `synced_at` (the
-            // list's revision, or a newer change sent before) once every
-            // change up to it has been published and taken.
+            // (or, for a page, shown by it when `pages` says so).
             let mut pages = Pages::default();
-            let (sent_through, mut synced_at) = match resume {
+            let (sent_through, mut sync) = match resume {
                 Some(resume) => {
                     for (revision, change) in &resume.changes {
                         let event = redacted(vm_event(change, *revision), reads_secrets);
@@ -320,32 +317,44 @@ impl pb::vm_server::Vm for VmService {
                             return;
                         }
                     }
-                    (resume.through, resume.through)
+                    (resume.through, Sync::new(resume.through))
                 }
                 None => {
                     let first = raft.read_state(|s| s.revision);
                     match send_pages(&raft, &tx, &mut pages, reads_secrets).await {
-                        Some(last) => (first, last),
+                        Some(last) => (first, Sync::new(last)),
                         None => return,
                     }
                 }
             };
-            let mut synced = false;
             loop {
-                if !synced && raft.vm_changes_published() >= synced_at && events.is_empty() {
-                    if !tx.send(Ok(synced_event(synced_at))).await {
-                        return;
+                if events.is_empty() {
+                    if let Some(at) = sync.due(|| raft.vm_changes_published(), None) {
+                        if !tx.send(Ok(synced_event(at))).await {
+                            return;
+                        }
                     }
-                    synced = true;
                 }
                 let received = tokio::select! {
                     () = tx.closed() => return,
                     received = events.recv() => received,
-                    // The changes up to `synced_at` are being published.
-                    () = tokio::time::sleep(Duration::from_millis(SYNC_CHECK_MS)), if !synced => {
-                        continue
-                    }
+                    // The changes up to the list's revision are being
+                    // published (they trail the state by moments).
+                    () = tokio::time::sleep(Duration::from_millis(SYNC_CHECK_MS)),
+                        if sync.awaits_publication() => continue,
                 };
+                let next = match &received {
+                    Ok(StateEvent::Vm { revision, .. }) => Some(*revision),
+                    Ok(StateEvent::Cluster(record)) => Some(record.revision),
+                    _ => None,
+                };
+                if let Some(next) = next {
+                    if let Some(at) = sync.due(|| raft.vm_changes_published(), Some(next)) {
+                        if !tx.send(Ok(synced_event(at))).await {
+                            return;
+                        }
+                    }
+                }
                 let item = match received {
                     Ok(StateEvent::Vm {
                         change,
@@ -354,14 +363,13 @@ impl pb::vm_server::Vm for VmService {
                         if pages.shown(&change_vm(&change).spec.name, r) {
                             continue;
                         }
-                        if !synced {
-                            synced_at = synced_at.max(r);
-                        }
+                        sync.sent(r);
                         Ok(redacted(vm_event(&change, r), reads_secrets))
                     }
                     Ok(StateEvent::Vm { .. } | StateEvent::Cluster(_)) => continue,
                     Ok(StateEvent::Reset { .. }) => Err(Status::aborted(
-                        "state was replaced by a snapshot; watch again",
+                        "this node's copy of the state was replaced (a snapshot, or it \
+                         joined or left the raft members); watch again",
                     )),
                     Err(broadcast::error::RecvError::Lagged(missed)) => {
                         Err(Status::data_loss(format!(
@@ -479,6 +487,61 @@ async fn send_pages(
     }
 }
 
+/// When a watch may tell its watcher it has every change through a
+/// revision (SYNCED): once every change up to it has been published
+/// (`published`, read once it reaches that far), and each of them taken
+/// from the watch's subscription, which delivers changes in revision
+/// order: the queue is empty, or the next change is newer than
+/// `published`.
+#[derive(Debug)]
+struct Sync {
+    /// What the watcher will have: the list's (or the resume's) revision,
+    /// or a newer change sent before SYNCED.
+    at: u64,
+    published: Option<u64>,
+    done: bool,
+}
+
+impl Sync {
+    fn new(at: u64) -> Self {
+        Self {
+            at,
+            published: None,
+            done: false,
+        }
+    }
+
+    /// A change at `revision` went to the watcher.
+    fn sent(&mut self, revision: u64) {
+        if !self.done {
+            self.at = self.at.max(revision);
+        }
+    }
+
+    /// Whether the changes up to `at` are still being published.
+    fn awaits_publication(&self) -> bool {
+        !self.done && self.published.is_none()
+    }
+
+    /// The revision to say SYNCED at now, before the change at `next`
+    /// (`None`: nothing is queued), if it is due.
+    fn due(&mut self, published: impl FnOnce() -> u64, next: Option<u64>) -> Option<u64> {
+        if self.done {
+            return None;
+        }
+        if self.published.is_none() {
+            let now = published();
+            self.published = (now >= self.at).then_some(now);
+        }
+        let published = self.published?;
+        if next.is_some_and(|next| next <= published) {
+            return None;
+        }
+        self.done = true;
+        Some(self.at)
+    }
+}
+
 /// The watcher has every change through `revision`.
 fn synced_event(revision: u64) -> pb::VmEvent {
     pb::VmEvent {
@@ -509,7 +572,25 @@ fn vm_event(change: &VmChange, revision: u64) -> pb::VmEvent {
 
 #[cfg(test)]
 mod tests {
-    use super::Pages;
+    use super::{Pages, Sync};
+
+    #[test]
+    fn synced_waits_for_publication_then_for_the_queue_to_pass_it() {
+        let mut sync = Sync::new(10);
+        // The state is at 10, its changes published only to 9.
+        assert_eq!(sync.due(|| 9, None), None);
+        assert!(sync.awaits_publication());
+        // Published to 12: changes up to 12 may still be queued.
+        assert_eq!(sync.due(|| 12, Some(11)), None);
+        sync.sent(11);
+        assert_eq!(sync.due(|| unreachable!("read once"), Some(12)), None);
+        // The next queued change is past 12: everything before it is in.
+        assert_eq!(sync.due(|| unreachable!("read once"), Some(13)), Some(11));
+        assert_eq!(sync.due(|| 20, None), None, "said once");
+        // A quiet node: an empty queue is enough.
+        let mut quiet = Sync::new(5);
+        assert_eq!(quiet.due(|| 5, None), Some(5));
+    }
 
     #[test]
     fn a_change_is_skipped_only_when_its_page_was_read_after_it() {

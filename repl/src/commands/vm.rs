@@ -451,7 +451,7 @@ async fn watch(addr: &str, format: OutputFormat, max_events: Option<u64>) -> any
                 eprintln!(
                     "{}; resuming after revision {}",
                     status.message(),
-                    resume.after_revision
+                    resume.after_revision.unwrap_or_default()
                 );
                 stream = client
                     .watch(resume)
@@ -465,7 +465,10 @@ async fn watch(addr: &str, format: OutputFormat, max_events: Option<u64>) -> any
         if !position.take(&event) {
             continue;
         }
-        seen += 1;
+        // SYNCED is printed but is not one of the events counted.
+        if event.kind() != pb::VmEventKind::Synced {
+            seen += 1;
+        }
         let view = VmEventView {
             event: match event.kind() {
                 pb::VmEventKind::Added => "added",

@@ -59,21 +59,48 @@ fn progress(goal: Goal, vm: Option<&pb::VmInfo>) -> Progress {
     }
 }
 
-/// The VM watch stream and the list, such that every change the list
-/// lacks comes in the stream with a higher revision than the list's: the
-/// watch has taken its snapshot once it answers, and the list is read
-/// after it.
-pub async fn watch_after_list(
+/// A VM watch read up to its SYNCED event: the VMs as of that revision,
+/// and the stream, whose every later event is a change after it. (A
+/// separate list would not do: its pages are read at different
+/// revisions.)
+pub async fn watch_synced(
     addr: &str,
-) -> anyhow::Result<(tonic::Streaming<pb::VmEvent>, pb::ListVmsResponse)> {
-    let mut client = client::vm(addr).await?;
-    let stream = client
+) -> anyhow::Result<(
+    tonic::Streaming<pb::VmEvent>,
+    BTreeMap<String, pb::VmInfo>,
+    u64,
+)> {
+    let mut stream = client::vm(addr)
+        .await?
         .watch(pb::WatchVmsRequest::default())
         .await
         .map_err(status_error)?
         .into_inner();
-    let list = client::list_vms(&client, "").await?;
-    Ok((stream, list))
+    let mut vms = BTreeMap::new();
+    loop {
+        let Some(event) = stream.message().await.map_err(status_error)? else {
+            return Err(exit::error(Exit::Unavailable, "the node ended the watch"));
+        };
+        if event.kind() == pb::VmEventKind::Synced {
+            return Ok((stream, vms, event.revision));
+        }
+        apply(&mut vms, event);
+    }
+}
+
+/// One VM event applied to `vms`.
+fn apply(vms: &mut BTreeMap<String, pb::VmInfo>, event: pb::VmEvent) {
+    let kind = event.kind();
+    let Some(vm) = event.vm else { return };
+    let name = vm.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
+    match kind {
+        pb::VmEventKind::Deleted => {
+            vms.remove(&name);
+        }
+        _ => {
+            vms.insert(name, vm);
+        }
+    }
 }
 
 /// Waits until each `(name, goal)` holds, through `addr`.
@@ -82,17 +109,7 @@ pub async fn vms(addr: &str, goals: Vec<(String, Goal)>, timeout_ms: u64) -> any
         return Ok(());
     }
     let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout_ms);
-    let (mut stream, list) = watch_after_list(addr).await?;
-    let mut vms: BTreeMap<String, pb::VmInfo> = list
-        .vms
-        .into_iter()
-        .map(|vm| {
-            (
-                vm.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default(),
-                vm,
-            )
-        })
-        .collect();
+    let (mut stream, mut vms, _) = watch_synced(addr).await?;
     let spinner = output::spinner("waiting");
     loop {
         {
@@ -136,20 +153,7 @@ pub async fn vms(addr: &str, goals: Vec<(String, Goal)>, timeout_ms: u64) -> any
             spinner.finish_and_clear();
             return Err(exit::error(Exit::Unavailable, "the node ended the watch"));
         };
-        if event.revision <= list.revision {
-            continue;
-        }
-        let kind = event.kind();
-        let Some(vm) = event.vm else { continue };
-        let name = vm.spec.as_ref().map(|s| s.name.clone()).unwrap_or_default();
-        match kind {
-            pb::VmEventKind::Deleted => {
-                vms.remove(&name);
-            }
-            _ => {
-                vms.insert(name, vm);
-            }
-        }
+        apply(&mut vms, event);
     }
 }
 

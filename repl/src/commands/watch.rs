@@ -65,8 +65,7 @@ struct Changes {
 
 impl Changes {
     async fn open(addr: &str) -> anyhow::Result<Changes> {
-        let (vms, list) = super::wait::watch_after_list(addr).await?;
-        let seen_revision = list.revision;
+        let (vms, _, seen_revision) = super::wait::watch_synced(addr).await?;
         let events = client::cluster(addr)
             .await?
             .events(pb::EventsRequest {

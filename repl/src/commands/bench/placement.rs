@@ -184,6 +184,7 @@ impl SimulatedNodes {
             feed.propose(pb::ProposeRequest {
                 command: facts.encode(),
                 audit: Vec::new(),
+                cluster_id: cluster_id.clone(),
             })
             .await
             .map_err(client::status_error)?;
