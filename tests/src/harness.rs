@@ -677,7 +677,7 @@ impl TestCluster {
         assert!(self.nodes[&id].child.is_none(), "node {id} is running");
         let port = free_node_port();
         let address = format!("{}:{port}", self.network.host(id));
-        self.set_config(id, "bind", &format!("\"{address}\""));
+        self.set_config(id, "api.bind", &format!("\"{address}\""));
         self.nodes.get_mut(&id).unwrap().address = address.clone();
         address
     }
