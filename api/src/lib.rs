@@ -6,6 +6,7 @@
 //! before proposing anything, so the replicated log never holds a spec that
 //! fails these checks.
 
+pub mod backoff;
 pub mod connect;
 pub mod identity;
 pub mod pages;
@@ -29,6 +30,36 @@ pub const MANAGEMENT_TOKEN_FILE: &str = "management-token";
 /// can walk every service and method it declares.
 pub const FILE_DESCRIPTOR_SET: &[u8] =
     include_bytes!(concat!(env!("OUT_DIR"), "/blixard_descriptor.bin"));
+
+/// A VM's phase: `Pending` until its node has reported on it.
+pub fn vm_phase(vm: &pb::VmInfo) -> pb::VmPhase {
+    vm.observed
+        .as_ref()
+        .map_or(pb::VmPhase::Pending, |o| o.phase())
+}
+
+/// A VM's phase as clients show it (`running`, `pending`, ...); a VM
+/// whose node has reported nothing yet is `pending`.
+pub fn phase_name(vm: &pb::VmInfo) -> &'static str {
+    match vm_phase(vm) {
+        pb::VmPhase::Pending => "pending",
+        pb::VmPhase::Scheduled => "scheduled",
+        pb::VmPhase::Starting => "starting",
+        pb::VmPhase::Running => "running",
+        pb::VmPhase::Stopping => "stopping",
+        pb::VmPhase::Stopped => "stopped",
+        pb::VmPhase::Failed => "failed",
+        pb::VmPhase::Lost => "lost",
+        pb::VmPhase::Unspecified => "unknown",
+    }
+}
+
+/// Milliseconds since the Unix epoch by this host's clock (0 before it).
+pub fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
 
 /// Default gRPC address of a local `blixard agent`.
 pub const DEFAULT_ADDR: &str = "127.0.0.1:7000";

@@ -184,12 +184,6 @@ pub(crate) struct Shared {
     pub(crate) feed_events: broadcast::Sender<FeedEvent>,
 }
 
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Shared {
     pub(crate) fn new(state: ClusterState, status: RaftStatus) -> Self {
         let revision = state.revision;
@@ -239,7 +233,7 @@ impl Shared {
         let record = EventRecord {
             seq: recent.back().map_or(1, |last| last.seq + 1),
             revision,
-            at_unix_ms: unix_ms_now(),
+            at_unix_ms: blixard_api::unix_ms_now(),
             event,
         };
         if recent.len() == RECENT_EVENTS_MAX {

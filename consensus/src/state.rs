@@ -111,25 +111,24 @@ pub struct Outcome {
     pub events: Vec<Event>,
 }
 
-/// Only as the base of struct updates that set `result`.
-impl Default for Outcome {
-    fn default() -> Self {
+impl Outcome {
+    pub(crate) fn rejected(rejection: Rejection) -> Self {
         Self {
-            result: Err(Rejection::Invalid {
-                detail: "outcome without a result".into(),
-            }),
+            result: Err(rejection),
             touched: Vec::new(),
             vm_changes: Vec::new(),
             events: Vec::new(),
         }
     }
-}
 
-impl Outcome {
-    pub(crate) fn rejected(rejection: Rejection) -> Self {
+    /// A change applied at `revision` that wrote `touched` (and changed no
+    /// VM).
+    fn applied(revision: u64, touched: Vec<Touched>) -> Self {
         Self {
-            result: Err(rejection),
-            ..Self::default()
+            result: Ok(Applied { revision, vm: None }),
+            touched,
+            vm_changes: Vec::new(),
+            events: Vec::new(),
         }
     }
 
@@ -618,15 +617,7 @@ impl ClusterState {
     fn retire_issued(&mut self, node_id: u64) -> Outcome {
         self.removed_nodes.insert(node_id);
         self.revision += 1;
-        Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Removed],
-            ..Outcome::default()
-        }
-        .event(
+        Outcome::applied(self.revision, vec![Touched::Removed]).event(
             EventKind::NodeRemoved,
             None,
             Some(node_id),
@@ -635,25 +626,11 @@ impl ClusterState {
     }
 
     fn join_tokens_changed(&self) -> Outcome {
-        Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::JoinTokens],
-            ..Outcome::default()
-        }
+        Outcome::applied(self.revision, vec![Touched::JoinTokens])
     }
 
     fn roles_changed(&self) -> Outcome {
-        Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Roles],
-            ..Outcome::default()
-        }
+        Outcome::applied(self.revision, vec![Touched::Roles])
     }
 
     fn create_token(&mut self, token: Token) -> Outcome {
@@ -715,14 +692,7 @@ impl ClusterState {
     }
 
     fn tokens_changed(&self) -> Outcome {
-        Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Tokens],
-            ..Outcome::default()
-        }
+        Outcome::applied(self.revision, vec![Touched::Tokens])
     }
 
     /// Applies a committed command and, when a client asked for it and it
@@ -790,14 +760,10 @@ impl ClusterState {
         self.revision += 1;
         self.nodes.remove(&node_id);
         self.removed_nodes.insert(node_id);
-        let mut outcome = Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Node(node_id), Touched::Removed],
-            ..Outcome::default()
-        };
+        let mut outcome = Outcome::applied(
+            self.revision,
+            vec![Touched::Node(node_id), Touched::Removed],
+        );
         let names: Vec<String> = self
             .vms
             .values()
@@ -839,13 +805,7 @@ impl ClusterState {
             }
         }
         self.revision += 1;
-        let mut outcome = Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            ..Outcome::default()
-        };
+        let mut outcome = Outcome::applied(self.revision, Vec::new());
         let record = self.insert_vm(
             spec,
             DesiredState::Stopped,
@@ -932,13 +892,7 @@ impl ClusterState {
             }
         }
         self.revision += 1;
-        let mut outcome = Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            ..Outcome::default()
-        };
+        let mut outcome = Outcome::applied(self.revision, Vec::new());
         for name in &wanted {
             if members.contains(name) {
                 continue;
@@ -1104,14 +1058,7 @@ impl ClusterState {
             started_at_unix_ms: at_unix_ms,
             deadline_unix_ms,
         });
-        let mut outcome = Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Node(node_id)],
-            ..Outcome::default()
-        };
+        let mut outcome = Outcome::applied(self.revision, vec![Touched::Node(node_id)]);
         let mut evicting = 0;
         for vm in self.vms.values_mut() {
             if vm.assigned_node != Some(node_id) {
@@ -1165,14 +1112,7 @@ impl ClusterState {
         }
         self.revision += 1;
         self.nodes.get_mut(&node_id).expect("checked above").drain = None;
-        let mut outcome = Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Node(node_id)],
-            ..Outcome::default()
-        };
+        let mut outcome = Outcome::applied(self.revision, vec![Touched::Node(node_id)]);
         for name in &remaining {
             let vm = self.vms.get_mut(name).expect("listed above");
             unassign(vm, format!("drain deadline of node {node_id} passed"));
@@ -1203,15 +1143,12 @@ impl ClusterState {
             settings.replace_lost
         );
         self.settings = settings;
-        Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Settings],
-            ..Outcome::default()
-        }
-        .event(EventKind::SettingsChanged, None, None, message)
+        Outcome::applied(self.revision, vec![Touched::Settings]).event(
+            EventKind::SettingsChanged,
+            None,
+            None,
+            message,
+        )
     }
 
     /// Changes one VM through `change`, which may refuse; a refusal leaves
@@ -1306,14 +1243,7 @@ impl ClusterState {
     /// The outcome of a change to one node's record (revision already
     /// advanced by the caller).
     fn node_changed(&self, node_id: u64) -> Outcome {
-        Outcome {
-            result: Ok(Applied {
-                revision: self.revision,
-                vm: None,
-            }),
-            touched: vec![Touched::Node(node_id)],
-            ..Outcome::default()
-        }
+        Outcome::applied(self.revision, vec![Touched::Node(node_id)])
     }
 
     pub fn encode(&self) -> Vec<u8> {

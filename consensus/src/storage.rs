@@ -130,20 +130,10 @@ fn decode_u64(what: &'static str, bytes: &[u8]) -> Result<u64> {
 
 /// Bytes an unprivileged writer may still use on the filesystem of
 /// `dir` (`None` when it cannot be asked).
-fn free_bytes(dir: &Path) -> Option<u64> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(dir.as_os_str().as_bytes()).ok()?;
-    let mut stat = std::mem::MaybeUninit::<libc::statvfs>::uninit();
-    // SAFETY: `path` is a NUL-terminated string and `stat` is writable
-    // memory of the right type; statvfs writes it only on success.
-    let stat = unsafe {
-        if libc::statvfs(path.as_ptr(), stat.as_mut_ptr()) != 0 {
-            return None;
-        }
-        stat.assume_init()
-    };
+pub fn free_bytes(dir: &Path) -> Option<u64> {
+    let stat = nix::sys::statvfs::statvfs(dir).ok()?;
     #[allow(clippy::unnecessary_cast)] // the field types differ by platform
-    Some(stat.f_bavail as u64 * stat.f_frsize as u64)
+    Some((stat.blocks_available() as u64).saturating_mul(stat.fragment_size() as u64))
 }
 
 /// Names a full disk as such: ENOSPC or EDQUOT when LMDB passes them on,
@@ -365,10 +355,6 @@ impl LogStore {
 
     pub fn applied_index(&self) -> u64 {
         self.applied_index
-    }
-
-    pub fn commit_index(&self) -> u64 {
-        self.hard_state.commit
     }
 
     pub fn conf_state(&self) -> &ConfState {

@@ -26,7 +26,6 @@ use crate::data_dir::{self, Start};
 use crate::handle::ClusterHandle;
 use crate::mirror::{self, Mirror};
 use crate::security::NodeTls;
-use crate::services::vm_node::now_unix_ms;
 use crate::services::{
     self, cluster::ClusterService, feed::FeedService, node::NodeService, raft::RaftService,
     vm::VmService,
@@ -405,28 +404,18 @@ fn raise_open_files_limit() {
     use crate::listener::{CLIENT_CONNECTIONS_MAX, PEER_CONNECTIONS_MAX};
     // VMs' consoles and control sockets, the store, logs.
     const OTHER_FILES_MAX: u64 = 4096;
-    let mut limit = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes only into `limit`, which outlives the call.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else {
         return;
-    }
-    if limit.rlim_cur < limit.rlim_max {
-        let raised = libc::rlimit {
-            rlim_cur: limit.rlim_max,
-            rlim_max: limit.rlim_max,
-        };
-        // SAFETY: setrlimit only reads `raised`.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
-            limit = raised;
-        }
+    };
+    let mut open_files_max = soft;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        open_files_max = hard;
     }
     let needed = (PEER_CONNECTIONS_MAX + CLIENT_CONNECTIONS_MAX) as u64 + OTHER_FILES_MAX;
-    if limit.rlim_cur < needed {
+    if open_files_max < needed {
         tracing::warn!(
-            open_files_max = limit.rlim_cur,
+            open_files_max,
             needed,
             "the open-files limit is below what the connection limits need; raise it \
              (systemd: LimitNOFILE) or connections past it fail to be accepted"
@@ -490,7 +479,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         let management = tokens::generate(
             "management",
             blixard_consensus::TokenRole::Admin,
-            now_unix_ms(),
+            blixard_api::unix_ms_now(),
             None,
         );
         let path = tokens::write_management_token(&data_dir, &management.secret)?;

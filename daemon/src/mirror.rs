@@ -88,12 +88,6 @@ impl Default for Mirror {
     }
 }
 
-fn unix_ms_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 impl Mirror {
     pub fn read<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
         read(&self.state.read().expect("mirror lock poisoned"))
@@ -219,7 +213,7 @@ impl Mirror {
                     let record = EventRecord {
                         seq: recent.back().map_or(1, |last| last.seq + 1),
                         revision: item.revision,
-                        at_unix_ms: unix_ms_now(),
+                        at_unix_ms: blixard_api::unix_ms_now(),
                         event,
                     };
                     if recent.len() == RECENT_EVENTS_MAX {

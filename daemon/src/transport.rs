@@ -3,11 +3,12 @@
 //! Invariants: sending never blocks the raft loop (each peer has a bounded
 //! queue, overflow is dropped and raft retransmits); messages to one peer
 //! leave in the order the loop produced them; a broken stream is re-opened
-//! with capped exponential backoff.
+//! after a jittered, capped exponential wait (`blixard_api::backoff`).
 
 use std::collections::HashMap;
 use std::time::Duration;
 
+use blixard_api::backoff::Backoff;
 use blixard_api::pb;
 use blixard_api::pb::raft_transport_client::RaftTransportClient;
 use blixard_consensus::{RaftMessage, Transport};
@@ -117,7 +118,7 @@ impl Transport for GrpcTransport {
 }
 
 async fn run_peer(to: u64, address: String, mut outbound: mpsc::Receiver<pb::RaftMessage>) {
-    let mut backoff_ms = RECONNECT_BACKOFF_MS_MIN;
+    let mut backoff = Backoff::new(RECONNECT_BACKOFF_MS_MIN, RECONNECT_BACKOFF_MS_MAX);
     loop {
         // Connect only when there is something to say.
         let Some(first) = outbound.recv().await else {
@@ -126,11 +127,10 @@ async fn run_peer(to: u64, address: String, mut outbound: mpsc::Receiver<pb::Raf
         match stream_to_peer(to, &address, first, &mut outbound).await {
             StreamEnd::QueueClosed => return,
             StreamEnd::Broken(reason) => {
-                tracing::debug!(to, %address, %reason, backoff_ms, "raft stream to peer broke");
+                tracing::debug!(to, %address, %reason, "raft stream to peer broke");
             }
         }
-        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-        backoff_ms = (backoff_ms * 2).min(RECONNECT_BACKOFF_MS_MAX);
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 

@@ -233,13 +233,6 @@ impl Membership {
             .await;
     }
 
-    /// Gossips once with `address` (e.g. a member not seen in gossip yet).
-    pub fn gossip_to(&self, address: SocketAddr) {
-        if let Err(error) = self.handle.gossip(address) {
-            tracing::debug!(%error, %address, "gossip stopped");
-        }
-    }
-
     /// Every node seen, one entry per node id (its latest generation),
     /// ordered by node id.
     pub async fn members(&self) -> Vec<Member> {

@@ -43,10 +43,6 @@ impl NodeAgent {
         (agent, receiver)
     }
 
-    pub fn settings(&self) -> &Settings {
-        &self.settings
-    }
-
     /// Makes the supervised set match `plan` (every VM this node should
     /// hold, and whether it should run). Cheap when nothing changed.
     pub fn reconcile(&mut self, plan: &BTreeMap<String, Desired>) {

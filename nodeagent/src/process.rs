@@ -64,12 +64,10 @@ fn is_zombie(pid: u32) -> bool {
         .unwrap_or(true)
 }
 
-pub fn signal(pid: u32, signal: i32) {
-    // SAFETY: kill(2) has no memory-safety preconditions; the caller checked
-    // with `is_vm_process` that the pid is the VM's hypervisor.
-    unsafe {
-        libc::kill(pid as i32, signal);
-    }
+/// Sends `signal` to `pid` (the caller checked with `is_vm_process` that
+/// it is the VM's hypervisor); a process already gone is no error.
+pub fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
 }
 
 /// Reads the pid file; `None` when absent or garbled.
@@ -92,9 +90,14 @@ pub fn usage(pid: u32) -> Option<Usage> {
     let utime: u64 = fields.get(11)?.parse().ok()?;
     let stime: u64 = fields.get(12)?.parse().ok()?;
     let rss_pages: u64 = fields.get(21)?.parse().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
-    let page_bytes = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+    let constant = |name| {
+        nix::unistd::sysconf(name)
+            .ok()
+            .flatten()
+            .map_or(1, |value| value.max(1) as u64)
+    };
+    let ticks_per_second = constant(nix::unistd::SysconfVar::CLK_TCK);
+    let page_bytes = constant(nix::unistd::SysconfVar::PAGE_SIZE);
     Some(Usage {
         cpu_ms: (utime + stime) * 1000 / ticks_per_second,
         rss_bytes: rss_pages * page_bytes,

@@ -631,7 +631,10 @@ impl Supervisor {
         let mut status = tokio::time::timeout(half, hypervisor.wait(&self.name))
             .await
             .ok();
-        for signal in [libc::SIGTERM, libc::SIGKILL] {
+        for signal in [
+            nix::sys::signal::Signal::SIGTERM,
+            nix::sys::signal::Signal::SIGKILL,
+        ] {
             if status.is_some() {
                 break;
             }
@@ -639,7 +642,7 @@ impl Supervisor {
                 .pid()
                 .filter(|pid| is_vm_process(*pid, &self.name))
             {
-                tracing::warn!(vm = %self.name, pid, signal, "hypervisor did not stop; signalling");
+                tracing::warn!(vm = %self.name, pid, %signal, "hypervisor did not stop; signalling");
                 process::signal(pid, signal);
             }
             status = tokio::time::timeout(half, hypervisor.wait(&self.name))

@@ -60,8 +60,8 @@ struct LocalTls {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         for node in &self.nodes {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped.
-            unsafe { libc::kill(node.child.id() as i32, libc::SIGTERM) };
+            let pid = nix::unistd::Pid::from_raw(node.child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS);
         for node in &mut self.nodes {

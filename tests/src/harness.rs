@@ -19,7 +19,13 @@ use blixard_api::pb::{
 };
 use blixard_api::tls;
 use blixard_api::MANAGEMENT_TOKEN_FILE;
+use nix::sys::signal::Signal;
 use tonic::transport::Channel;
+
+/// Sends `signal` to process `pid`.
+pub fn kill(pid: u32, signal: Signal) -> nix::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
+}
 
 use crate::flake_spec;
 
@@ -330,8 +336,8 @@ impl Drop for TestCluster {
         }
         // Hypervisors outlive their agent by design; these are ours.
         for pid in hypervisors_under(self.dir.path()) {
-            // SAFETY: kill(2) on a pid whose cwd is inside this test's directory.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // A pid whose cwd is inside this test's directory.
+            let _ = kill(pid, Signal::SIGKILL);
         }
     }
 }
@@ -685,18 +691,17 @@ impl TestCluster {
     /// SIGSTOPs node `id` (`resume` continues it): its sockets stay open
     /// and answer nothing, like a host cut off without a reset.
     pub fn pause(&self, id: u64) {
-        self.signal(id, libc::SIGSTOP);
+        self.signal(id, Signal::SIGSTOP);
     }
 
     pub fn resume(&self, id: u64) {
-        self.signal(id, libc::SIGCONT);
+        self.signal(id, Signal::SIGCONT);
     }
 
-    fn signal(&self, id: u64, signal: i32) {
+    fn signal(&self, id: u64, signal: Signal) {
         let child = self.nodes[&id].child.as_ref().expect("node is not running");
-        // SAFETY: kill(2) on a child this harness started and has not reaped.
-        let sent = unsafe { libc::kill(child.id() as i32, signal) };
-        assert_eq!(sent, 0, "signal {signal} to node {id}");
+        let sent = kill(child.id(), signal);
+        assert!(sent.is_ok(), "{signal} to node {id}: {sent:?}");
     }
 
     /// SIGKILLs node `id` and every hypervisor it started: the host died.
@@ -704,8 +709,8 @@ impl TestCluster {
         self.kill(id);
         let data_dir = self.nodes[&id].data_dir.clone();
         for pid in hypervisors_under(&data_dir) {
-            // SAFETY: kill(2) on a hypervisor whose cwd is in node `id`'s data.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            // A hypervisor whose cwd is in node `id`'s data.
+            let _ = kill(pid, Signal::SIGKILL);
         }
     }
 

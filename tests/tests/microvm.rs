@@ -143,8 +143,8 @@ async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
     assert_eq!(vm["node"], 3, "pinned VM placed elsewhere");
     let first_pid = vm["pid"].as_u64().unwrap() as u32;
 
-    // SAFETY: kill(2) on the hypervisor this test started.
-    unsafe { libc::kill(first_pid as i32, libc::SIGKILL) };
+    // The hypervisor this test started.
+    blixard_tests::kill(first_pid, nix::sys::signal::Signal::SIGKILL).unwrap();
     let vm = wait_status(&cluster, 1, "db", "db to be restarted", |vm| {
         is_running(vm) && vm["restarts"] == 1 && vm["pid"].as_u64() != Some(first_pid as u64)
     })

@@ -8,8 +8,9 @@
 //! lose watch events); reconnect waits grow to `BACKOFF_MAX_MS` and reset
 //! once a connection holds.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
+use blixard_api::backoff::Backoff;
 use blixard_api::connect::Connection;
 use blixard_api::pb;
 use blixard_api::pb::cluster_client::ClusterClient;
@@ -29,12 +30,6 @@ const RECENT_EVENTS: u32 = 200;
 /// Addresses remembered from the cluster, beyond those given.
 const ADDRESSES_MAX: usize = 64;
 
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
-
 /// A connection to `address` carrying the process's token.
 pub async fn connect(address: &str) -> Result<Connection, String> {
     blixard_api::connect::check_token_transport(address).map_err(|e| e.to_string())?;
@@ -51,7 +46,7 @@ pub async fn connect(address: &str) -> Result<Connection, String> {
 pub async fn run(mut addresses: Vec<String>, updates: mpsc::Sender<Update>) {
     assert!(!addresses.is_empty(), "the dashboard needs an address");
     let mut next = 0;
-    let mut backoff_ms = BACKOFF_START_MS;
+    let mut backoff = Backoff::new(BACKOFF_START_MS, BACKOFF_MAX_MS);
     // Kept across reconnections: the VM watch resumes where it was.
     let mut position = Position::default();
     loop {
@@ -62,7 +57,7 @@ pub async fn run(mut addresses: Vec<String>, updates: mpsc::Sender<Update>) {
             Err(Failure::Gone) => return,
             Err(Failure::Lost { reason, held }) => {
                 if held {
-                    backoff_ms = BACKOFF_START_MS;
+                    backoff.reset();
                 }
                 reason
             }
@@ -74,8 +69,7 @@ pub async fn run(mut addresses: Vec<String>, updates: mpsc::Sender<Update>) {
         if updates.send(lost).await.is_err() {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
-        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 
@@ -180,7 +174,7 @@ async fn follow(
                     .await
                     .map_err(|e| lost(e.message(), true))?
                     .into_inner();
-                send(updates, Update::Status { status: Box::new(status), at_ms: now_ms() }).await?;
+                send(updates, Update::Status { status: Box::new(status), at_ms: blixard_api::unix_ms_now() }).await?;
                 let listed = blixard_api::pages::all_nodes(|request| {
                     let mut nodes = nodes.clone();
                     async move { nodes.list(request).await }
@@ -218,7 +212,7 @@ pub async fn follow_logs(address: String, vm: String, updates: mpsc::Sender<Upda
             let update = Update::Log {
                 vm: vm.clone(),
                 data: chunk.data,
-                at_ms: now_ms(),
+                at_ms: blixard_api::unix_ms_now(),
             };
             if updates.send(update).await.is_err() {
                 return Ok(());

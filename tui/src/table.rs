@@ -96,11 +96,7 @@ pub fn phase_label(phase: pb::VmPhase) -> &'static str {
     }
 }
 
-pub fn vm_phase(vm: &pb::VmInfo) -> pb::VmPhase {
-    vm.observed
-        .as_ref()
-        .map_or(pb::VmPhase::Pending, |o| o.phase())
-}
+pub use blixard_api::vm_phase;
 
 /// "3h12m", "45s": how long ago `since_ms` was, as of `now_ms`.
 pub fn age(since_ms: u64, now_ms: u64) -> String {

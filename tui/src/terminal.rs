@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use ratatui::crossterm::event::{self, Event, KeyEvent, KeyEventKind};
 use tokio::sync::mpsc;
@@ -24,12 +24,6 @@ const SIDE_UPDATES_QUEUED_MAX: usize = 256;
 const UPDATES_PER_FRAME_MAX: usize = 512;
 const TICK_MS: u64 = 250;
 const KEY_POLL_MS: u64 = 100;
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 fn read_keys(keys: mpsc::Sender<KeyEvent>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
@@ -68,7 +62,7 @@ pub async fn run(
     let mut tick = tokio::time::interval(Duration::from_millis(TICK_MS));
     let mut console: Option<tokio::task::JoinHandle<()>> = None;
     let outcome = loop {
-        app.set_now(now_ms());
+        app.set_now(blixard_api::unix_ms_now());
         if let Err(error) = terminal.draw(|frame| ui::render(frame, &mut app)) {
             break Err(error);
         }

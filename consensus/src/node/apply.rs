@@ -116,12 +116,9 @@ impl<T: Transport> RaftNode<T> {
             Err(error) => {
                 // Same bytes on every node, so every node refuses alike.
                 tracing::error!(index = entry.index, %error, "undecodable command in log");
-                Outcome {
-                    result: Err(Rejection::Undecodable {
-                        detail: error.to_string(),
-                    }),
-                    ..Outcome::default()
-                }
+                Outcome::rejected(Rejection::Undecodable {
+                    detail: error.to_string(),
+                })
             }
         };
         self.record(wtxn, entry.index, outcome, transitions)

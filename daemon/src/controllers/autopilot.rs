@@ -11,6 +11,59 @@ use std::collections::BTreeMap;
 
 use blixard_consensus::{MembershipChange, RaftStatus, Settings};
 
+/// What a node asking to join becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JoinAs {
+    /// A raft learner, on its way to voter: the members are fewer than
+    /// the voters wanted.
+    Learner,
+    /// A log-less worker fed by a voter.
+    Worker,
+    /// It joined before (a retry after a restart) and is already this.
+    Already(Joined),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Joined {
+    Learner,
+    Worker,
+}
+
+/// A join refused: the id is taken at another address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("node id {node_id} is already a member at {address}; pick another id or remove it first")]
+pub struct IdTaken {
+    pub node_id: u64,
+    pub address: String,
+}
+
+/// Decides what node `node_id`, joining from `address`, becomes: the
+/// state's record of it (`known`: its address, if it joined before),
+/// whether it is a raft member, and how many members there are of the
+/// `voters_wanted`. Raft members (voters and the learners that will
+/// become voters) up to the voter count; workers beyond it.
+pub fn join_as(
+    node_id: u64,
+    address: &str,
+    known: Option<&str>,
+    is_member: bool,
+    members: usize,
+    voters_wanted: usize,
+) -> Result<JoinAs, IdTaken> {
+    match known {
+        Some(known) if known == address => Ok(JoinAs::Already(match is_member {
+            true => Joined::Learner,
+            false => Joined::Worker,
+        })),
+        Some(known) => Err(IdTaken {
+            node_id,
+            address: known.to_string(),
+        }),
+        None if members < voters_wanted => Ok(JoinAs::Learner),
+        None => Ok(JoinAs::Worker),
+    }
+}
+
 /// The next membership change, if any.
 pub fn next_change(
     status: &RaftStatus,
@@ -223,5 +276,32 @@ mod tests {
             next_change(&leader_last, &settings, &[], &alive, &BTreeMap::new()),
             Some(MembershipChange::Demote { node_id: 3 })
         );
+    }
+
+    #[test]
+    fn joiners_become_members_up_to_the_voter_count_then_workers() {
+        use super::{join_as, IdTaken, JoinAs, Joined};
+        assert_eq!(join_as(4, "a:1", None, false, 2, 3), Ok(JoinAs::Learner));
+        assert_eq!(join_as(4, "a:1", None, false, 3, 3), Ok(JoinAs::Worker));
+        assert_eq!(join_as(4, "a:1", None, false, 5, 3), Ok(JoinAs::Worker));
+        // A retry after a restart finds what it became.
+        assert_eq!(
+            join_as(4, "a:1", Some("a:1"), true, 3, 3),
+            Ok(JoinAs::Already(Joined::Learner))
+        );
+        assert_eq!(
+            join_as(4, "a:1", Some("a:1"), false, 2, 3),
+            Ok(JoinAs::Already(Joined::Worker))
+        );
+        // The id is someone else's.
+        let taken = join_as(4, "b:1", Some("a:1"), false, 2, 3).unwrap_err();
+        assert_eq!(
+            taken,
+            IdTaken {
+                node_id: 4,
+                address: "a:1".into()
+            }
+        );
+        assert!(taken.to_string().contains("pick another id"), "{taken}");
     }
 }

@@ -9,8 +9,6 @@
 use crate::handle::ClusterHandle;
 use crate::listener::LiveCertificate;
 use std::collections::BTreeMap;
-use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,16 +47,7 @@ fn memory_mib() -> (u64, u64) {
 }
 
 fn disk_mib_free(path: &Path) -> u64 {
-    let Ok(c_path) = CString::new(path.as_os_str().as_bytes()) else {
-        return 0;
-    };
-    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: c_path is a valid NUL-terminated string and stat a valid
-    // out-pointer for the duration of the call.
-    if unsafe { libc::statvfs(c_path.as_ptr(), &mut stat) } != 0 {
-        return 0;
-    }
-    (stat.f_bavail as u64).saturating_mul(stat.f_frsize as u64) / (1024 * 1024)
+    blixard_consensus::storage::free_bytes(path).map_or(0, |bytes| bytes / (1024 * 1024))
 }
 
 fn vcpus_total() -> u32 {

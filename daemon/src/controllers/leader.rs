@@ -23,7 +23,6 @@ use tokio::time::Instant;
 use crate::controllers::scheduler::{self, Decision, Params};
 use crate::controllers::wake::{self, Wake};
 use crate::controllers::{autopilot, drain, failover};
-use crate::services::vm_node::now_unix_ms;
 
 const LEADER_PASS_INTERVAL_MS: u64 = 200;
 /// A state change (a VM to place) wakes the loop early, at most this often.
@@ -105,7 +104,7 @@ pub async fn run(
 
         let commands = raft.read_state(|state| {
             let mut commands = failover::lost_vms(state, &dead_for_ms);
-            commands.extend(drain::drain_steps(state, now_unix_ms()));
+            commands.extend(drain::drain_steps(state, blixard_api::unix_ms_now()));
             commands
         });
         propose_all(&raft, commands).await;

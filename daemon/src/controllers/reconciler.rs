@@ -22,7 +22,6 @@ use blixard_nodeagent::{Desired, NodeAgent, Phase, PlanSource, VmPlan, VmReport}
 use tokio::sync::{mpsc, watch};
 
 use crate::controllers::wake::{self, Wake};
-use crate::services::vm_node::now_unix_ms;
 
 const RECONCILE_INTERVAL_MS: u64 = 250;
 /// A state change (a VM placed here) wakes the loop early, at most this often.
@@ -91,7 +90,7 @@ fn observed(report: VmReport) -> VmObserved {
             .map(|status| clip(&status, limits::TEXT_LEN_MAX)),
         restarts: report.restarts,
         reason: clip(&report.reason, limits::TEXT_LEN_MAX),
-        observed_at_unix_ms: now_unix_ms(),
+        observed_at_unix_ms: blixard_api::unix_ms_now(),
     }
 }
 

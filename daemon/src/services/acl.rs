@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use blixard_consensus::{Command, CustomRole, Permission, Token, TokenRole};
 use tonic::{Request, Response, Status};
 
-use super::vm_node::now_unix_ms;
 use crate::handle::ClusterHandle;
 use crate::{tokens, Error};
 
@@ -65,7 +64,7 @@ impl pb::acl_server::Acl for AclService {
         let request = request.into_inner();
         // A custom role must exist; the state machine says so if not.
         let role = TokenRole::named(&request.role);
-        let now = now_unix_ms();
+        let now = blixard_api::unix_ms_now();
         let expires = (request.ttl_ms > 0).then(|| now.saturating_add(request.ttl_ms));
         let new = tokens::generate(&request.name, role, now, expires);
         let command = Command::CreateToken {
@@ -147,7 +146,7 @@ impl pb::acl_server::Acl for AclService {
         let role = CustomRole {
             name: request.name,
             permissions,
-            created_at_unix_ms: now_unix_ms(),
+            created_at_unix_ms: blixard_api::unix_ms_now(),
         };
         let command = Command::CreateRole { role: role.clone() };
         blixard_consensus::validate::command(&command)

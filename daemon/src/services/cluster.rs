@@ -15,6 +15,7 @@ use tokio::sync::broadcast;
 use tonic::{Request, Response, Status};
 
 use super::{lease, streams, Caller};
+use crate::controllers::autopilot::{self, JoinAs, Joined};
 use crate::convert::{event_to_pb, host_to_pb, settings_to_pb};
 use crate::Error;
 
@@ -111,7 +112,7 @@ impl ClusterService {
         let signed = signing(|| tls::sign_node_csr(&issuer.ca, request.node_id, &request.csr_pem))
             .await?
             .map_err(|e| Status::invalid_argument(format!("signing request: {e}")))?;
-        let at_unix_ms = super::vm_node::now_unix_ms();
+        let at_unix_ms = blixard_api::unix_ms_now();
         self.raft
             .read_state(|s| {
                 s.join_token_spend(&accessor, request.node_id, &signed.key_sha256, at_unix_ms)
@@ -394,21 +395,19 @@ impl pb::cluster_server::Cluster for ClusterService {
         });
         let status = self.raft.status();
         let is_member = status.members.iter().any(|m| m.node_id == request.node_id);
-        let role = match known {
-            // A node retrying its join after a restart: already done.
-            Some(address) if address == request.address => match is_member {
-                true => "learner",
-                false => "worker",
-            },
-            Some(address) => {
-                return Err(Status::already_exists(format!(
-                "node id {} is already a member at {address}; pick another id or remove it first",
-                request.node_id
-            )))
-            }
-            // Raft members (voters and the learners that will become
-            // voters) up to the voter count; workers beyond it.
-            None if status.members.len() < wanted_members => {
+        let decision = autopilot::join_as(
+            request.node_id,
+            &request.address,
+            known.as_deref(),
+            is_member,
+            status.members.len(),
+            wanted_members,
+        )
+        .map_err(|taken| Status::already_exists(taken.to_string()))?;
+        let role = match decision {
+            JoinAs::Already(Joined::Learner) => "learner",
+            JoinAs::Already(Joined::Worker) => "worker",
+            JoinAs::Learner => {
                 self.raft
                     .change_membership(MembershipChange::AddLearner {
                         node_id: request.node_id,
@@ -430,7 +429,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 }
                 "learner"
             }
-            None => {
+            JoinAs::Worker => {
                 self.raft
                     .propose_for(
                         Command::RegisterWorker {
@@ -553,7 +552,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             0 => JOIN_TOKEN_TTL_MS_DEFAULT,
             ms => ms,
         };
-        let now = super::vm_node::now_unix_ms();
+        let now = blixard_api::unix_ms_now();
         let made = crate::tokens::generate_join_token(now, now.saturating_add(ttl_ms));
         let command = Command::CreateJoinToken {
             token: made.token.clone(),
@@ -775,7 +774,7 @@ impl pb::cluster_server::Cluster for ClusterService {
         _request: Request<pb::ListJoinTokensRequest>,
     ) -> Result<Response<pb::ListJoinTokensResponse>, Status> {
         self.raft.read_barrier().await.map_err(Error::from)?;
-        let now = super::vm_node::now_unix_ms();
+        let now = blixard_api::unix_ms_now();
         let join_tokens = self.raft.read_state(|s| {
             s.join_tokens
                 .values()

@@ -301,7 +301,7 @@ impl pb::state_feed_server::StateFeed for FeedService {
                 };
                 let mut audit = audit.unwrap_or_else(|| AuditContext {
                     actor: Actor::Anonymous,
-                    at_unix_ms: super::vm_node::now_unix_ms(),
+                    at_unix_ms: blixard_api::unix_ms_now(),
                     from: String::new(),
                     relayed_by: None,
                 });

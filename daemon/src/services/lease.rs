@@ -15,7 +15,6 @@ use futures::Stream;
 use tokio::time::{Interval, MissedTickBehavior};
 use tonic::Status;
 
-use super::vm_node::now_unix_ms;
 use super::Caller;
 use crate::handle::ClusterHandle;
 
@@ -53,7 +52,7 @@ pub fn while_token_valid<T: Send + 'static>(
             state
                 .tokens
                 .get(&accessor)
-                .map(|token| token.is_valid_at(now_unix_ms()))
+                .map(|token| token.is_valid_at(blixard_api::unix_ms_now()))
         });
         match valid {
             Some(true) => None,

@@ -296,7 +296,7 @@ pub fn token_verdict(
     what: &str,
 ) -> Result<Caller, Status> {
     let token = match state.token_by_secret_hash(secret_sha256) {
-        Some(t) if t.is_valid_at(vm_node::now_unix_ms()) => t,
+        Some(t) if t.is_valid_at(blixard_api::unix_ms_now()) => t,
         Some(t) => {
             return Err(Status::unauthenticated(format!(
                 "token {} has expired",
@@ -363,7 +363,7 @@ fn audit_context<T>(request: &Request<T>) -> AuditContext {
     };
     AuditContext {
         actor,
-        at_unix_ms: vm_node::now_unix_ms(),
+        at_unix_ms: blixard_api::unix_ms_now(),
         from: request
             .remote_addr()
             .map(|address| address.to_string())

@@ -11,7 +11,6 @@ use blixard_membership::{Member, Membership};
 use tonic::{Request, Response, Status};
 
 use super::pages::PageRequest;
-use super::vm_node::now_unix_ms;
 use crate::Error;
 
 /// Default drain deadline.
@@ -212,7 +211,7 @@ impl pb::node_server::Node for NodeService {
             }
             ms => ms,
         };
-        let now = now_unix_ms();
+        let now = blixard_api::unix_ms_now();
         self.raft
             .propose_for(
                 Command::DrainNode {

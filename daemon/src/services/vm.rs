@@ -12,7 +12,7 @@ use tonic::{Request, Response, Status};
 
 use super::pages::PageRequest;
 use super::streams::{self, StreamSlots};
-use super::vm_node::{now_unix_ms, LogStream, VmNode};
+use super::vm_node::{LogStream, VmNode};
 use super::{lease, Caller};
 use crate::convert::{redact_vm_info, vm_info_to_pb, vm_spec_from_pb};
 use crate::Error;
@@ -110,7 +110,7 @@ impl pb::vm_server::Vm for VmService {
                         template: spec,
                         replicas: request.replicas,
                         start: !request.stopped,
-                        created_at_unix_ms: now_unix_ms(),
+                        created_at_unix_ms: blixard_api::unix_ms_now(),
                     },
                     requester,
                 )
@@ -130,7 +130,7 @@ impl pb::vm_server::Vm for VmService {
             .propose_for(
                 Command::CreateVm {
                     spec,
-                    created_at_unix_ms: now_unix_ms(),
+                    created_at_unix_ms: blixard_api::unix_ms_now(),
                 },
                 requester,
             )
@@ -167,7 +167,7 @@ impl pb::vm_server::Vm for VmService {
                     group: group.clone(),
                     replicas: request.replicas,
                     start: !request.stopped,
-                    created_at_unix_ms: now_unix_ms(),
+                    created_at_unix_ms: blixard_api::unix_ms_now(),
                 },
                 requester,
             )

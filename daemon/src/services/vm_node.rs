@@ -9,7 +9,7 @@
 use crate::handle::ClusterHandle;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use blixard_api::pb::vm_client::VmClient;
 use blixard_api::{pb, validate};
@@ -124,7 +124,9 @@ impl VmNode {
             .ok_or_else(|| Status::failed_precondition(format!("VM {name:?} is not running")))?;
         let usage = process::usage(pid).unwrap_or_default();
         let uptime_ms = match observed.phase {
-            VmPhase::Running => now_unix_ms().saturating_sub(observed.observed_at_unix_ms),
+            VmPhase::Running => {
+                blixard_api::unix_ms_now().saturating_sub(observed.observed_at_unix_ms)
+            }
             _ => 0,
         };
         Ok(pb::VmStats {
@@ -160,12 +162,6 @@ async fn connect(node: u64, address: &str) -> Result<VmClient<tonic::transport::
         .connect_timeout(std::time::Duration::from_millis(FORWARD_CONNECT_TIMEOUT_MS));
     let channel = endpoint.connect().await.map_err(|e| unreachable(&e))?;
     Ok(VmClient::new(channel))
-}
-
-pub fn now_unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn local_logs(dir: PathBuf, follow: bool, tail_lines: u32) -> Result<LogStream, Status> {

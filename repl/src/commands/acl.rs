@@ -255,12 +255,7 @@ pub async fn audit(
     who: String,
     limit: u32,
 ) -> anyhow::Result<()> {
-    let since_unix_ms = since_ms.map_or(0, |ago| {
-        let now = std::time::SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        now.saturating_sub(ago)
-    });
+    let since_unix_ms = since_ms.map_or(0, |ago| blixard_api::unix_ms_now().saturating_sub(ago));
     let records: Vec<AuditView> = client::acl(addr)
         .await?
         .audit(pb::AuditRequest {

@@ -48,20 +48,6 @@ pub struct StatsView {
     pub uptime_ms: u64,
 }
 
-fn phase_name(phase: pb::VmPhase) -> &'static str {
-    match phase {
-        pb::VmPhase::Pending => "pending",
-        pb::VmPhase::Scheduled => "scheduled",
-        pb::VmPhase::Starting => "starting",
-        pb::VmPhase::Running => "running",
-        pb::VmPhase::Stopping => "stopping",
-        pb::VmPhase::Stopped => "stopped",
-        pb::VmPhase::Failed => "failed",
-        pb::VmPhase::Lost => "lost",
-        pb::VmPhase::Unspecified => "unknown",
-    }
-}
-
 fn nonzero<T: Default + PartialEq>(value: T) -> Option<T> {
     (value != T::default()).then_some(value)
 }
@@ -93,7 +79,7 @@ fn view(vm: &pb::VmInfo) -> VmView {
         name: spec.name,
         vcpus: spec.vcpus,
         memory_mib: spec.memory_mib,
-        phase: phase_name(observed.phase()),
+        phase: blixard_api::phase_name(vm),
         node: nonzero(vm.assigned_node).or(nonzero(observed.node)),
         pinned_node: nonzero(spec.pinned_node),
         pid: nonzero(observed.pid),

@@ -49,12 +49,7 @@ fn progress(goal: Goal, vm: Option<&pb::VmInfo>) -> Progress {
             Progress::Reached
         }
         (Goal::Stopped, _, Some(pb::VmPhase::Failed)) => Progress::Reached,
-        (_, _, Some(phase)) => Progress::Waiting(
-            phase
-                .as_str_name()
-                .trim_start_matches("VM_PHASE_")
-                .to_lowercase(),
-        ),
+        (_, Some(vm), Some(_)) => Progress::Waiting(blixard_api::phase_name(vm).into()),
         (Goal::Running, _, None) => Progress::Waiting("pending".into()),
     }
 }

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use blixard_api::backoff::Backoff;
 use blixard_api::pb;
 use tokio::sync::watch;
 
@@ -93,24 +94,12 @@ fn update(shared: &Shared, repaint: &Repaint, change: impl FnOnce(&mut Snapshot)
     }
 }
 
-fn phase(vm: &pb::VmInfo) -> String {
-    vm.observed
-        .as_ref()
-        .map(|o| {
-            o.phase()
-                .as_str_name()
-                .trim_start_matches("VM_PHASE_")
-                .to_lowercase()
-        })
-        .unwrap_or_else(|| "pending".into())
-}
-
 /// Keeps `shared` fresh, following `target` (which `connect` changes),
 /// until `target`'s sender is dropped; `repaint` redraws the prompt.
 pub async fn follow(shared: Shared, mut target: watch::Receiver<String>, repaint: Repaint) {
     let mut addresses: Vec<String> = vec![target.borrow_and_update().clone()];
     let mut next = 0;
-    let mut backoff_ms = BACKOFF_START_MS;
+    let mut backoff = Backoff::new(BACKOFF_START_MS, BACKOFF_MAX_MS);
     loop {
         let addr = addresses[next % addresses.len()].clone();
         update(&shared, &repaint, |s| s.addr = addr.clone());
@@ -121,7 +110,7 @@ pub async fn follow(shared: Shared, mut target: watch::Receiver<String>, repaint
                     // `connect ADDR`: start over from that node.
                     addresses = vec![target.borrow_and_update().clone()];
                     next = 0;
-                    backoff_ms = BACKOFF_START_MS;
+                    backoff.reset();
                     update(&shared, &repaint, |s| s.lost = None);
                     continue;
                 }
@@ -134,11 +123,11 @@ pub async fn follow(shared: Shared, mut target: watch::Receiver<String>, repaint
             snapshot.role.clear();
         });
         if held {
-            backoff_ms = BACKOFF_START_MS;
+            backoff.reset();
         }
         next += 1;
         tokio::select! {
-            _ = tokio::time::sleep(Duration::from_millis(backoff_ms)) => {}
+            _ = tokio::time::sleep(backoff.next_wait()) => {}
             changed = target.changed() => {
                 if changed.is_err() {
                     return;
@@ -147,7 +136,6 @@ pub async fn follow(shared: Shared, mut target: watch::Receiver<String>, repaint
                 next = 0;
             }
         }
-        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
     }
 }
 
@@ -208,7 +196,7 @@ async fn session(
                     snapshot.vms.remove(&spec.name);
                 } else {
                     let brief = VmBrief {
-                        phase: phase(&vm),
+                        phase: blixard_api::phase_name(&vm).into(),
                         node: vm.assigned_node,
                         group: spec.group.clone(),
                     };

@@ -27,8 +27,8 @@ pub struct EtcdCluster {
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for child in &self.children {
-            // SAFETY: kill(2) on a pid we spawned and have not reaped.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
         }
         let deadline = Instant::now() + Duration::from_millis(STOP_GRACE_MS);
         for child in &mut self.children {
