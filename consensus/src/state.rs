@@ -1012,7 +1012,7 @@ impl ClusterState {
     }
 
     fn report_vm(&mut self, name: &str, node_id: u64, observed: VmObserved) -> Outcome {
-        let mut kind = None;
+        let mut happened: Vec<(EventKind, String)> = Vec::new();
         let outcome = self.update_vm(name, |vm| {
             if vm.assigned_node != Some(node_id) {
                 return Err(Rejection::NotAssigned {
@@ -1021,30 +1021,27 @@ impl ClusterState {
                     assigned: vm.assigned_node,
                 });
             }
+            happened = lifecycle(&vm.observed, &observed, node_id);
             let stopped = matches!(observed.phase, VmPhase::Stopped | VmPhase::Failed);
-            if observed.phase == VmPhase::Failed && vm.observed.phase != VmPhase::Failed {
-                kind = Some((EventKind::VmFailed, observed.reason.clone()));
-            }
             vm.observed = VmObserved {
                 node: Some(node_id),
                 ..observed
             };
             if vm.evicting && stopped {
                 unassign(vm, format!("moved off node {node_id}, which is draining"));
-                kind = Some((
+                happened.push((
                     EventKind::VmEvicted,
                     format!("stopped on node {node_id} (drain)"),
                 ));
             }
             Ok(())
         });
-        match kind {
-            Some((kind, message)) => {
+        happened
+            .into_iter()
+            .fold(outcome, |outcome, (kind, message)| {
                 let message = format!("{name}: {message}");
                 outcome.event(kind, Some(name), Some(node_id), message)
-            }
-            None => outcome,
-        }
+            })
     }
 
     fn drain_node(&mut self, node_id: u64, at_unix_ms: u64, deadline_unix_ms: u64) -> Outcome {
@@ -1264,6 +1261,52 @@ fn pending(reason: String) -> VmObserved {
         reason,
         ..VmObserved::default()
     }
+}
+
+/// The lifecycle events a report from `node_id` makes of a VM's change
+/// from `was` to `now`: each phase it enters, a start after a failure
+/// (its agent restarting it) told as a restart.
+fn lifecycle(was: &VmObserved, now: &VmObserved, node_id: u64) -> Vec<(EventKind, String)> {
+    let mut happened = Vec::new();
+    if now.phase != was.phase {
+        let entered = match now.phase {
+            VmPhase::Starting if was.phase == VmPhase::Failed && now.restarts > 0 => {
+                let after = now
+                    .exit_status
+                    .as_deref()
+                    .or(was.exit_status.as_deref())
+                    .unwrap_or("an exit");
+                Some((
+                    EventKind::VmRestarted,
+                    format!(
+                        "restarting on node {node_id} after {after} (restart {})",
+                        now.restarts
+                    ),
+                ))
+            }
+            VmPhase::Starting => {
+                Some((EventKind::VmStarting, format!("starting on node {node_id}")))
+            }
+            VmPhase::Running => Some((
+                EventKind::VmRunning,
+                match now.boot_ms {
+                    Some(ms) => format!("running on node {node_id} (booted in {ms} ms)"),
+                    None => format!("running on node {node_id}"),
+                },
+            )),
+            VmPhase::Stopped => Some((
+                EventKind::VmStopped,
+                match &now.exit_status {
+                    Some(status) => format!("stopped on node {node_id} ({status})"),
+                    None => format!("stopped on node {node_id}"),
+                },
+            )),
+            VmPhase::Failed => Some((EventKind::VmFailed, now.reason.clone())),
+            VmPhase::Pending | VmPhase::Scheduled | VmPhase::Stopping | VmPhase::Lost => None,
+        };
+        happened.extend(entered);
+    }
+    happened
 }
 
 /// Takes a VM off its node: it waits for a new one if it should run.
@@ -1804,6 +1847,88 @@ mod tests {
         let accepted = state.apply(report(1)).result.unwrap().vm.unwrap();
         assert_eq!(accepted.observed.phase, VmPhase::Running);
         assert_eq!(accepted.observed.node, Some(1));
+    }
+
+    #[test]
+    fn a_vm_s_lifecycle_is_told_in_events_once_per_change() {
+        let mut state = ClusterState::default();
+        state.add_member(1, "a:1".into());
+        running_on(&mut state, "a", 1);
+        let mut report = |observed: VmObserved| -> Vec<(EventKind, String)> {
+            let outcome = state.apply(Command::ReportVm {
+                name: "a".into(),
+                node_id: 1,
+                observed,
+            });
+            assert!(outcome.result.is_ok());
+            outcome
+                .events
+                .into_iter()
+                .map(|e| (e.kind, e.message))
+                .collect()
+        };
+        let starting = VmObserved {
+            phase: VmPhase::Starting,
+            ..VmObserved::default()
+        };
+        let running = VmObserved {
+            phase: VmPhase::Running,
+            boot_ms: Some(900),
+            ..VmObserved::default()
+        };
+        assert_eq!(
+            report(starting.clone()),
+            [(EventKind::VmStarting, "a: starting on node 1".to_string())]
+        );
+        assert_eq!(
+            report(running.clone()),
+            [(
+                EventKind::VmRunning,
+                "a: running on node 1 (booted in 900 ms)".to_string()
+            )]
+        );
+        // The same phase again (a periodic report) is no news.
+        assert!(report(running.clone()).is_empty());
+        // Died unasked: failed, then started again by its agent.
+        let died = VmObserved {
+            phase: VmPhase::Failed,
+            restarts: 1,
+            exit_status: Some("signal 9".into()),
+            reason: "hypervisor exited unasked".into(),
+            ..VmObserved::default()
+        };
+        assert_eq!(
+            report(died.clone()),
+            [(
+                EventKind::VmFailed,
+                "a: hypervisor exited unasked".to_string()
+            )]
+        );
+        assert_eq!(
+            report(VmObserved {
+                phase: VmPhase::Starting,
+                ..died
+            }),
+            [(
+                EventKind::VmRestarted,
+                "a: restarting on node 1 after signal 9 (restart 1)".to_string()
+            )]
+        );
+        let kinds: Vec<EventKind> = report(running).into_iter().map(|(kind, _)| kind).collect();
+        assert_eq!(kinds, [EventKind::VmRunning]);
+        let stopped = report(VmObserved {
+            phase: VmPhase::Stopped,
+            exit_status: Some("exit code 0".into()),
+            restarts: 1,
+            ..VmObserved::default()
+        });
+        assert_eq!(
+            stopped,
+            [(
+                EventKind::VmStopped,
+                "a: stopped on node 1 (exit code 0)".to_string()
+            )]
+        );
     }
 
     #[test]

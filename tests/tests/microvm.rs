@@ -150,6 +150,34 @@ async fn killed_hypervisor_restarts_and_restarted_agent_adopts() {
     })
     .await;
     assert_eq!(vm["exit_status"], "signal 9");
+    // Its lifecycle is in every node's events, in order.
+    let lifecycle = [
+        "vm_created",
+        "vm_placed",
+        "vm_starting",
+        "vm_running",
+        "vm_failed",
+        "vm_restarted",
+        "vm_running",
+    ];
+    for id in 1..=3 {
+        let told = eventually(
+            &format!("node {id} to tell db's restart"),
+            Duration::from_secs(20),
+            || async {
+                let events = cluster.cli_ok(id, &["events", "--recent", "1000", "-o", "json"]);
+                let told: Vec<String> = events
+                    .lines()
+                    .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap())
+                    .filter(|event| event["vm"] == "db")
+                    .map(|event| event["kind"].as_str().unwrap().to_string())
+                    .collect();
+                (told.len() >= lifecycle.len()).then_some(told)
+            },
+        )
+        .await;
+        assert_eq!(told, lifecycle, "node {id}");
+    }
     let second_pid = vm["pid"].as_u64().unwrap() as u32;
     assert_eq!(cluster.vm_processes("db"), [second_pid]);
 
