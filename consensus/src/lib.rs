@@ -12,16 +12,12 @@ pub mod history;
 pub mod node;
 mod pending;
 pub mod placement;
+pub mod records;
 pub mod state;
 pub mod storage;
 pub mod validate;
 
-pub use command::{
-    validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
-    HostFacts, JoinToken, JoinTokenUse, NodeRecord, Permission, PortForward, Rejection,
-    RunnerSource, Settings, SettingsUpdate, Token, TokenRole, Transition, VmChange, VmObserved,
-    VmPhase, VmRecord, VmSpec,
-};
+pub use command::{Applied, Command, Event, EventKind, Rejection, Transition, VmChange};
 pub use error::{Error, Result};
 pub use handle::{
     EventRecord, FeedEvent, MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role,
@@ -31,5 +27,10 @@ pub use history::{HistoryTooOld, Resume, VmHistory};
 pub use node::{RaftConfig, RaftNode, Transport};
 pub use placement::{FailoverPolicy, Placement, Rule, RuleError, Strategy};
 pub use raft::prelude::Message as RaftMessage;
+pub use records::{
+    validate_settings, CustomRole, DesiredState, Drain, HostFacts, JoinToken, JoinTokenUse,
+    NodeRecord, Permission, PortForward, RunnerSource, Settings, SettingsUpdate, Token, TokenRole,
+    VmObserved, VmPhase, VmRecord, VmSpec,
+};
 pub use state::{ClusterState, JoinTokenRefusal};
 pub use storage::{DataIdentity, LogStore, DATA_FORMAT_VERSION, STORE_FILE};

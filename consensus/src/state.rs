@@ -18,10 +18,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, Audit, AuditRecord, AUDIT_RECORDS_MAX};
 
-use crate::command::{
-    validate_settings, Applied, Command, CustomRole, DesiredState, Drain, Event, EventKind,
-    HostFacts, JoinToken, JoinTokenUse, NodeRecord, Permission, Rejection, Settings, Token,
-    TokenRole, Transition, VmChange, VmObserved, VmPhase, VmRecord, VmSpec, NODE_CERTIFICATES_MAX,
+use crate::command::{Applied, Command, Event, EventKind, Rejection, Transition, VmChange};
+use crate::records::{
+    validate_settings, CustomRole, DesiredState, Drain, HostFacts, JoinToken, JoinTokenUse,
+    NodeRecord, Permission, Settings, Token, TokenRole, VmObserved, VmPhase, VmRecord, VmSpec,
+    NODE_CERTIFICATES_MAX,
 };
 
 /// A key of the state tables that a command touched; storage rewrites it.
@@ -1326,7 +1327,7 @@ fn unassign(vm: &mut VmRecord, reason: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{DesiredState, RunnerSource, VmSpec};
+    use crate::records::{DesiredState, RunnerSource, VmSpec};
     use proptest::prelude::*;
 
     fn spec(name: &str) -> VmSpec {
@@ -1734,7 +1735,7 @@ mod tests {
 
     #[test]
     fn tokens_are_made_and_revoked_but_never_the_last_admin() {
-        let token = |accessor: &str, role| crate::command::Token {
+        let token = |accessor: &str, role| crate::records::Token {
             accessor: accessor.into(),
             name: "t".into(),
             secret_sha256: format!("{:0>64}", accessor),
@@ -2045,7 +2046,8 @@ mod tests {
         });
         assert!(refused.result.is_err());
         let stopped = state.apply(report("a", 1, VmPhase::Stopped));
-        assert_eq!(stopped.events[0].kind, EventKind::VmEvicted);
+        let kinds: Vec<EventKind> = stopped.events.iter().map(|e| e.kind).collect();
+        assert_eq!(kinds, [EventKind::VmStopped, EventKind::VmEvicted]);
         assert_eq!(state.vms["a"].assigned_node, None);
         assert_eq!(state.vms["a"].observed.phase, VmPhase::Pending);
         assert!(state

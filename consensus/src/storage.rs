@@ -25,7 +25,7 @@ use heed::{
 use raft::prelude::{ConfState, Entry, HardState, Snapshot, SnapshotMetadata};
 use raft::{GetEntriesContext, RaftState, StorageError};
 
-use crate::command::{NodeRecord, Settings, Token, VmRecord};
+use crate::records::{NodeRecord, Settings, Token, VmRecord};
 use crate::state::{ClusterState, Touched};
 use crate::{Error, Result};
 

@@ -15,11 +15,12 @@
 use blixard_api::validate as api;
 use blixard_api::{limits, ValidationError};
 
-use crate::command::{
-    validate_settings, Command, HostFacts, RunnerSource, Settings, TokenRole, VmObserved, VmPhase,
-    VmSpec, JOIN_TOKEN_TTL_MS_MAX,
-};
+use crate::command::Command;
 use crate::placement::Rule;
+use crate::records::{
+    validate_settings, HostFacts, RunnerSource, Settings, TokenRole, VmObserved, VmPhase, VmSpec,
+    JOIN_TOKEN_TTL_MS_MAX,
+};
 use crate::Rejection;
 
 /// Longest period a setting or a VM's failover may name: a week. Longer
@@ -440,7 +441,7 @@ pub fn authorize(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::command::{PortForward, Settings};
+    use crate::records::{PortForward, Settings};
 
     fn spec(name: &str) -> VmSpec {
         VmSpec {
