@@ -43,6 +43,10 @@ pub enum Command {
         /// Why (shown in events).
         #[serde(default)]
         reason: String,
+        /// The vCPUs per host core the scheduler placed by, checked again
+        /// when this applies (0: vCPUs are not counted).
+        #[serde(default)]
+        vcpu_overcommit: u32,
     },
     /// The scheduler found no node for a pending VM.
     MarkUnplaceable {
@@ -291,6 +295,12 @@ pub enum Rejection {
     },
     #[error("no member with node id {node_id}")]
     NoSuchNode { node_id: u64 },
+    #[error("VM {name:?} does not fit on node {node_id}: {reason}")]
+    DoesNotFit {
+        name: String,
+        node_id: u64,
+        reason: String,
+    },
     #[error("no replica group named {group:?}")]
     NoSuchGroup { group: String },
     #[error(

@@ -7,6 +7,7 @@
 pub mod audit;
 pub mod command;
 mod error;
+pub mod fit;
 pub mod handle;
 pub mod history;
 pub mod node;

@@ -17,6 +17,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use serde::{Deserialize, Serialize};
 
 use crate::audit::{Actor, Audit, AuditRecord, AUDIT_RECORDS_MAX};
+use crate::fit::{self, Load, NodeFacts};
 
 use crate::command::{Applied, Command, Event, EventKind, Rejection, Transition, VmChange};
 use crate::records::{
@@ -220,7 +221,8 @@ impl ClusterState {
                 name,
                 node_id,
                 reason,
-            } => self.assign_vm(&name, node_id, reason),
+                vcpu_overcommit,
+            } => self.assign_vm(&name, node_id, reason, vcpu_overcommit),
             Command::MarkUnplaceable { name, reason } => self.mark_unplaceable(&name, reason),
             Command::MarkVmLost {
                 name,
@@ -929,10 +931,31 @@ impl ClusterState {
         outcome
     }
 
-    fn assign_vm(&mut self, name: &str, node_id: Option<u64>, reason: String) -> Outcome {
+    fn assign_vm(
+        &mut self,
+        name: &str,
+        node_id: Option<u64>,
+        reason: String,
+        vcpu_overcommit: u32,
+    ) -> Outcome {
         if let Some(node_id) = node_id {
-            if !self.nodes.contains_key(&node_id) {
+            let Some(node) = self.nodes.get(&node_id) else {
                 return Outcome::rejected(Rejection::NoSuchNode { node_id });
+            };
+            // A new placement is judged again on this state, which may
+            // have changed since the scheduler decided it (a deposed
+            // leader's batch, or two decided on one state): it must still
+            // fit, or the VM stays pending for the next pass.
+            if let Some(vm) = self.vms.get(name).filter(|vm| vm.assigned_node.is_none()) {
+                let load = self.load_on(node_id);
+                if let Some(misfit) = fit::misfit(vm, &NodeFacts::of(node), &load, vcpu_overcommit)
+                {
+                    return Outcome::rejected(Rejection::DoesNotFit {
+                        name: name.to_string(),
+                        node_id,
+                        reason: misfit.describe(&vm.spec),
+                    });
+                }
             }
         }
         let outcome = self.update_vm(name, |vm| {
@@ -970,6 +993,18 @@ impl ClusterState {
             }
             None => outcome,
         }
+    }
+
+    /// What node `node_id` carries: the VMs placed on it that hold
+    /// resources. (A scan of every VM: placements are few per pass.)
+    pub fn load_on(&self, node_id: u64) -> Load {
+        let mut load = Load::default();
+        for vm in self.vms.values() {
+            if vm.assigned_node == Some(node_id) && fit::holds_resources(vm) {
+                load.add(vm);
+            }
+        }
+        load
     }
 
     fn mark_unplaceable(&mut self, name: &str, reason: String) -> Outcome {
@@ -1802,7 +1837,26 @@ mod tests {
             .is_err());
     }
 
+    /// Node `node`'s host, as its agent reports it: room for any test VM.
+    fn report_host(state: &mut ClusterState, node: u64) {
+        let reported = state.apply(Command::SetHostFacts {
+            node_id: node,
+            facts: HostFacts {
+                memory_mib_total: 64 * 1024,
+                vcpus_total: 16,
+                accel: "tcg".into(),
+                labels: Default::default(),
+                gossip_address: String::new(),
+                fence_after_ms: 0,
+            },
+        });
+        assert!(reported.result.is_ok(), "{:?}", reported.result);
+    }
+
     fn running_on(state: &mut ClusterState, name: &str, node: u64) {
+        if state.nodes.get(&node).is_some_and(|n| n.host.is_none()) {
+            report_host(state, node);
+        }
         state.apply(create(name));
         state.apply(Command::SetVmDesiredState {
             name: name.into(),
@@ -1813,11 +1867,81 @@ mod tests {
             name: name.into(),
             node_id: Some(node),
             reason: String::new(),
+            vcpu_overcommit: 0,
         });
         assert_eq!(
             assigned.result.unwrap().vm.unwrap().observed.phase,
             VmPhase::Scheduled
         );
+    }
+
+    #[test]
+    fn a_placement_decided_on_an_older_state_is_judged_again() {
+        let mut state = ClusterState::default();
+        state.add_member(1, "a:1".into());
+        state.add_member(2, "b:2".into());
+        report_host(&mut state, 1);
+        let mut big = |name: &str, memory_mib: u64, vcpus: u32| {
+            let mut spec = spec(name);
+            spec.memory_mib = memory_mib;
+            spec.vcpus = vcpus;
+            assert!(state
+                .apply(Command::CreateVm {
+                    spec,
+                    created_at_unix_ms: 0,
+                })
+                .result
+                .is_ok());
+            state.apply(Command::SetVmDesiredState {
+                name: name.into(),
+                desired_state: DesiredState::Running,
+            });
+        };
+        big("a", 40 * 1024, 1);
+        big("b", 40 * 1024, 1);
+        big("c", 1024, 16);
+        let place = |name: &str, node_id: u64| Command::AssignVm {
+            name: name.into(),
+            node_id: Some(node_id),
+            reason: String::new(),
+            vcpu_overcommit: 1,
+        };
+        // Both were decided on a state where node 1 had 64 GiB free.
+        assert!(state.apply(place("a", 1)).result.is_ok());
+        let refused = state.apply(place("b", 1));
+        assert_eq!(
+            refused.result,
+            Err(Rejection::DoesNotFit {
+                name: "b".into(),
+                node_id: 1,
+                reason: "without 40960 MiB of memory free".into(),
+            })
+        );
+        assert_eq!(state.vms["b"].assigned_node, None, "b stays pending");
+        assert_eq!(state.vms["b"].observed.phase, VmPhase::Pending);
+        // 16 cores at 1 vCPU each: "a" holds one of them.
+        let refused = state.apply(place("c", 1)).result.unwrap_err();
+        assert!(refused.to_string().contains("vCPUs"), "{refused}");
+        // A node that has not reported its host, or that may take none.
+        let refused = state.apply(place("c", 2)).result.unwrap_err();
+        assert!(
+            refused.to_string().contains("not yet reporting"),
+            "{refused}"
+        );
+        state.apply(Command::SetNodeEligibility {
+            node_id: 1,
+            eligible: false,
+        });
+        let mut small = spec("d");
+        small.memory_mib = 128;
+        state.apply(Command::CreateVm {
+            spec: small,
+            created_at_unix_ms: 0,
+        });
+        let refused = state.apply(place("d", 1)).result.unwrap_err();
+        assert!(refused.to_string().contains("ineligible"), "{refused}");
+        // The same placement again (a retry) is no new placement.
+        assert!(state.apply(place("a", 1)).result.is_ok());
     }
 
     #[test]
@@ -1941,6 +2065,7 @@ mod tests {
             name: "a".into(),
             node_id: Some(9),
             reason: String::new(),
+            vcpu_overcommit: 0,
         });
         assert_eq!(refused.result, Err(Rejection::NoSuchNode { node_id: 9 }));
         state.apply(Command::DeleteVm { name: "a".into() });
@@ -2072,6 +2197,7 @@ mod tests {
             name: "a".into(),
             node_id: Some(node),
             reason: String::new(),
+            vcpu_overcommit: 0,
         };
         assert!(matches!(
             state.apply(again(2)).result,
@@ -2218,6 +2344,7 @@ mod tests {
                     name: n.into(),
                     node_id,
                     reason: String::new(),
+                    vcpu_overcommit: 0,
                 }
             }),
             (name.clone(), node.clone(), phase)

@@ -58,10 +58,19 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             name,
             node_id,
             reason,
+            vcpu_overcommit,
         } => {
             vm_name(name)?;
             if let Some(node_id) = node_id {
                 node(*node_id)?;
+            }
+            if *vcpu_overcommit > crate::fit::VCPU_OVERCOMMIT_MAX {
+                return Err(Rejection::Invalid {
+                    detail: format!(
+                        "vcpu_overcommit {vcpu_overcommit} exceeds the maximum of {}",
+                        crate::fit::VCPU_OVERCOMMIT_MAX
+                    ),
+                });
             }
             text("reason", reason)
         }

@@ -37,12 +37,23 @@ pub fn drain_steps(state: &ClusterState, now_unix_ms: u64) -> Vec<Command> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use blixard_consensus::{DesiredState, RunnerSource, VmSpec};
+    use blixard_consensus::{DesiredState, HostFacts, RunnerSource, VmSpec};
 
     #[test]
     fn a_drain_ends_when_empty_or_past_its_deadline() {
         let mut state = ClusterState::default();
         state.add_member(1, "a:1".into());
+        state.apply(Command::SetHostFacts {
+            node_id: 1,
+            facts: HostFacts {
+                memory_mib_total: 1024,
+                vcpus_total: 2,
+                accel: "tcg".into(),
+                labels: Default::default(),
+                gossip_address: String::new(),
+                fence_after_ms: 0,
+            },
+        });
         state.apply(Command::CreateVm {
             spec: VmSpec {
                 name: "a".into(),
@@ -67,6 +78,7 @@ mod tests {
             name: "a".into(),
             node_id: Some(1),
             reason: String::new(),
+            vcpu_overcommit: 0,
         });
         assert!(drain_steps(&state, 0).is_empty());
         state.apply(Command::DrainNode {
@@ -86,6 +98,7 @@ mod tests {
             name: "a".into(),
             node_id: None,
             reason: String::new(),
+            vcpu_overcommit: 0,
         });
         assert_eq!(
             drain_steps(&state, 150),

@@ -122,6 +122,8 @@ pub async fn run(
                         name: vm,
                         node_id: Some(node_id),
                         reason: clip(&reason, limits::TEXT_LEN_MAX),
+                        // Judged again by this when it applies.
+                        vcpu_overcommit: params.vcpu_overcommit,
                     }),
                     // Only a changed reason is worth a log entry.
                     Decision::Unplaceable { vm, reason } => {

@@ -5,30 +5,20 @@
 //! only places VMs that want to run and have no node, only on nodes that
 //! are alive and eligible, never beyond a node's memory or its vCPUs times
 //! the overcommit ratio, never against a constraint, and never two VMs of
-//! one anti-affinity group on a node. A VM it cannot place gets the
-//! reason, naming what excluded each node.
+//! one anti-affinity group on a node (the hard rules of
+//! `blixard_consensus::fit`, which `apply` checks again). A VM it cannot
+//! place gets the reason, naming what excluded each node.
 
 use std::collections::{BTreeMap, HashMap};
 
-use blixard_consensus::{ClusterState, DesiredState, Strategy, VmPhase, VmRecord};
+use blixard_consensus::fit::{self, holds_resources, Load, Misfit, NodeFacts};
+use blixard_consensus::{ClusterState, DesiredState, Strategy, VmRecord};
 
 /// A node as the scheduler sees it: committed facts plus gossip liveness.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NodeView {
-    pub node_id: u64,
+    pub facts: NodeFacts,
     pub alive: bool,
-    pub eligible: bool,
-    /// `None` until the node has reported its host.
-    pub capacity: Option<Capacity>,
-    /// Labels plus the built-ins `node`, `memory`, `vcpus`, `accel`.
-    pub attributes: BTreeMap<String, String>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Capacity {
-    pub vcpus: u32,
-    pub memory_mib: u64,
-    pub kvm: bool,
 }
 
 /// Cluster-wide tunables of placement.
@@ -52,38 +42,6 @@ pub enum Decision {
     },
 }
 
-/// What a node already carries.
-#[derive(Debug, Clone, Default)]
-struct Load {
-    vcpus: u64,
-    memory_mib: u64,
-    anti_affinity: BTreeMap<String, u32>,
-    affinity: BTreeMap<String, u32>,
-    groups: BTreeMap<String, u32>,
-}
-
-impl Load {
-    fn add(&mut self, vm: &VmRecord) {
-        self.vcpus += u64::from(vm.spec.vcpus);
-        self.memory_mib += vm.spec.memory_mib;
-        if let Some(group) = &vm.spec.placement.anti_affinity_group {
-            *self.anti_affinity.entry(group.clone()).or_default() += 1;
-        }
-        if let Some(group) = &vm.spec.placement.affinity_group {
-            *self.affinity.entry(group.clone()).or_default() += 1;
-        }
-        if let Some(group) = &vm.spec.group {
-            *self.groups.entry(group.clone()).or_default() += 1;
-        }
-    }
-}
-
-/// Whether a VM holds resources on its assigned node.
-fn holds_resources(vm: &VmRecord) -> bool {
-    vm.desired_state == DesiredState::Running
-        || !matches!(vm.observed.phase, VmPhase::Stopped | VmPhase::Failed)
-}
-
 /// The VMs waiting for a node, oldest first.
 fn waiting(state: &ClusterState) -> Vec<&VmRecord> {
     let mut vms: Vec<&VmRecord> = state
@@ -95,41 +53,20 @@ fn waiting(state: &ClusterState) -> Vec<&VmRecord> {
     vms
 }
 
-/// Why one node cannot take a VM. Kept as data (not text) so that
-/// checking a thousand nodes allocates nothing; turned into text only when
-/// the VM turns out unplaceable.
+/// Why one node cannot take a VM: down (gossip), or a hard rule
+/// (`blixard_consensus::fit`). Turned into text only when the VM turns out
+/// unplaceable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 enum Exclusion {
-    NotPinned,
     Down,
-    Ineligible,
-    NotReporting,
-    /// Index into the VM's constraints.
-    Constraint(usize),
-    AntiAffinity,
-    Memory,
-    Vcpus,
+    Misfit(Misfit),
 }
 
 impl Exclusion {
     fn describe(self, spec: &blixard_consensus::VmSpec) -> String {
         match self {
-            Exclusion::NotPinned => "not the pinned node".into(),
             Exclusion::Down => "down".into(),
-            Exclusion::Ineligible => "ineligible".into(),
-            Exclusion::NotReporting => "not yet reporting resources".into(),
-            Exclusion::Constraint(i) => {
-                format!("excluded by constraint {}", spec.placement.constraints[i])
-            }
-            Exclusion::AntiAffinity => format!(
-                "already run anti-affinity group {}",
-                spec.placement
-                    .anti_affinity_group
-                    .as_deref()
-                    .unwrap_or_default()
-            ),
-            Exclusion::Memory => format!("without {} MiB of memory free", spec.memory_mib),
-            Exclusion::Vcpus => format!("without {} vCPUs free", spec.vcpus),
+            Exclusion::Misfit(misfit) => misfit.describe(spec),
         }
     }
 }
@@ -168,7 +105,7 @@ pub fn schedule(state: &ClusterState, nodes: &[NodeView], params: Params) -> Vec
     let index: HashMap<u64, usize> = nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| (n.node_id, i))
+        .map(|(i, n)| (n.facts.node_id, i))
         .collect();
     let mut loads = vec![Load::default(); nodes.len()];
     for vm in state.vms.values() {
@@ -192,49 +129,14 @@ pub fn schedule(state: &ClusterState, nodes: &[NodeView], params: Params) -> Vec
     decisions
 }
 
-/// The hard filters: why `node` cannot take `vm`, or `None` if it can.
+/// The hard filters: why `node` cannot take `vm`, or `None` if it can
+/// (a node not pinned is named so before it is named down).
 fn exclusion(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> Option<Exclusion> {
-    let spec = &vm.spec;
-    if spec
-        .pinned_node
-        .is_some_and(|pinned| pinned != node.node_id)
-    {
-        return Some(Exclusion::NotPinned);
+    match fit::misfit(vm, &node.facts, load, params.vcpu_overcommit.max(1)) {
+        Some(Misfit::NotPinned) => Some(Exclusion::Misfit(Misfit::NotPinned)),
+        _ if !node.alive => Some(Exclusion::Down),
+        misfit => misfit.map(Exclusion::Misfit),
     }
-    if !node.alive {
-        return Some(Exclusion::Down);
-    }
-    if !node.eligible {
-        return Some(Exclusion::Ineligible);
-    }
-    let Some(capacity) = node.capacity else {
-        return Some(Exclusion::NotReporting);
-    };
-    if let Some(i) = spec
-        .placement
-        .constraints
-        .iter()
-        .position(|rule| !rule.matches(&node.attributes))
-    {
-        return Some(Exclusion::Constraint(i));
-    }
-    if spec
-        .placement
-        .anti_affinity_group
-        .as_ref()
-        .is_some_and(|group| load.anti_affinity.contains_key(group))
-    {
-        return Some(Exclusion::AntiAffinity);
-    }
-    let memory_free = capacity.memory_mib.saturating_sub(load.memory_mib);
-    let vcpus_max = u64::from(capacity.vcpus) * u64::from(params.vcpu_overcommit.max(1));
-    if memory_free < spec.memory_mib {
-        return Some(Exclusion::Memory);
-    }
-    if load.vcpus + u64::from(spec.vcpus) > vcpus_max {
-        return Some(Exclusion::Vcpus);
-    }
-    None
 }
 
 fn place_one(vm: &VmRecord, nodes: &[NodeView], loads: &[Load], params: Params) -> Decision {
@@ -260,7 +162,7 @@ fn place_one(vm: &VmRecord, nodes: &[NodeView], loads: &[Load], params: Params) 
     match best {
         Some((score, i)) => Decision::Place {
             vm: spec.name.clone(),
-            node_id: nodes[i].node_id,
+            node_id: nodes[i].facts.node_id,
             reason: score.explain(vm),
         },
         None => Decision::Unplaceable {
@@ -325,7 +227,7 @@ impl Score {
 
 fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> Score {
     let spec = &vm.spec;
-    let capacity = node.capacity.expect("feasible nodes have capacity");
+    let capacity = node.facts.capacity.expect("feasible nodes have capacity");
     let memory_after =
         (load.memory_mib + spec.memory_mib) as f64 / capacity.memory_mib.max(1) as f64;
     let vcpus_max = (u64::from(capacity.vcpus) * u64::from(params.vcpu_overcommit.max(1))).max(1);
@@ -344,7 +246,7 @@ fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> Score {
     let preferences = &spec.placement.preferences;
     let preferred = preferences
         .iter()
-        .filter(|rule| rule.matches(&node.attributes))
+        .filter(|rule| rule.matches(&node.facts.attributes))
         .count();
     let preference_share = match preferences.is_empty() {
         true => 0.0,
@@ -355,7 +257,7 @@ fn score(vm: &VmRecord, node: &NodeView, load: &Load, params: Params) -> Score {
         .affinity_group
         .as_ref()
         .is_some_and(|group| load.affinity.contains_key(group));
-    let local = vm.observed.node == Some(node.node_id);
+    let local = vm.observed.node == Some(node.facts.node_id);
     let total = WEIGHT_RESOURCES * resources - WEIGHT_GROUP_SPREAD * f64::from(siblings)
         + WEIGHT_PREFERENCES * preference_share
         + if together { WEIGHT_AFFINITY } else { 0.0 }
@@ -377,27 +279,9 @@ pub fn node_views(state: &ClusterState, alive: &dyn Fn(u64) -> bool) -> Vec<Node
     state
         .nodes
         .values()
-        .map(|node| {
-            let mut attributes = BTreeMap::new();
-            let capacity = node.host.as_ref().map(|host| {
-                attributes.extend(host.labels.clone());
-                attributes.insert("memory".into(), host.memory_mib_total.to_string());
-                attributes.insert("vcpus".into(), host.vcpus_total.to_string());
-                attributes.insert("accel".into(), host.accel.clone());
-                Capacity {
-                    vcpus: host.vcpus_total,
-                    memory_mib: host.memory_mib_total,
-                    kvm: host.accel == "kvm",
-                }
-            });
-            attributes.insert("node".into(), node.node_id.to_string());
-            NodeView {
-                node_id: node.node_id,
-                alive: alive(node.node_id),
-                eligible: node.eligible,
-                capacity,
-                attributes,
-            }
+        .map(|node| NodeView {
+            facts: NodeFacts::of(node),
+            alive: alive(node.node_id),
         })
         .collect()
 }
@@ -668,26 +552,26 @@ mod tests {
             let views = node_views(&state, &|id| alive[id as usize - 1]);
             for decision in schedule(&state, &views, PARAMS) {
                 if let Decision::Place { vm, node_id, .. } = decision {
-                    state.apply(Command::AssignVm { name: vm, node_id: Some(node_id), reason: String::new() });
+                    state.apply(Command::AssignVm { name: vm, node_id: Some(node_id), reason: String::new(), vcpu_overcommit: PARAMS.vcpu_overcommit });
                 }
             }
             for view in &views {
                 let here: Vec<&VmRecord> = state.vms.values()
-                    .filter(|vm| vm.assigned_node == Some(view.node_id))
+                    .filter(|vm| vm.assigned_node == Some(view.facts.node_id))
                     .collect();
                 if here.is_empty() { continue; }
-                prop_assert!(view.alive && view.eligible);
-                let capacity = view.capacity.unwrap();
+                prop_assert!(view.alive && view.facts.eligible);
+                let capacity = view.facts.capacity.unwrap();
                 prop_assert!(here.iter().map(|vm| vm.spec.memory_mib).sum::<u64>() <= capacity.memory_mib);
                 prop_assert!(here.iter().map(|vm| u64::from(vm.spec.vcpus)).sum::<u64>()
                     <= u64::from(capacity.vcpus) * u64::from(PARAMS.vcpu_overcommit));
                 let mut groups = std::collections::BTreeSet::new();
                 for vm in &here {
                     for rule in &vm.spec.placement.constraints {
-                        prop_assert!(rule.matches(&view.attributes), "{} broken on node {}", rule, view.node_id);
+                        prop_assert!(rule.matches(&view.facts.attributes), "{} broken on node {}", rule, view.facts.node_id);
                     }
                     if let Some(group) = &vm.spec.placement.anti_affinity_group {
-                        prop_assert!(groups.insert(group.clone()), "group {} twice on node {}", group, view.node_id);
+                        prop_assert!(groups.insert(group.clone()), "group {} twice on node {}", group, view.facts.node_id);
                     }
                 }
             }
