@@ -7,7 +7,8 @@
 
 use std::time::Duration;
 
-use rand::Rng as _;
+// madsim's generator: seeded in the simulation, so a run repeats.
+use madsim::rand::{thread_rng, Rng as _};
 
 #[derive(Debug, Clone)]
 pub struct Backoff {
@@ -19,6 +20,7 @@ pub struct Backoff {
 impl Backoff {
     /// Steps from `first_ms` up to `max_ms`.
     pub fn new(first_ms: u64, max_ms: u64) -> Self {
+        debug_assert!(first_ms > 0, "a backoff that never waits is a busy loop");
         Self {
             first_ms,
             max_ms: max_ms.max(first_ms),
@@ -31,7 +33,7 @@ impl Backoff {
         let step = self.step_ms;
         self.step_ms = step.saturating_mul(2).min(self.max_ms);
         let half = step / 2;
-        Duration::from_millis(half + rand::thread_rng().gen_range(0..=step - half))
+        Duration::from_millis(half + thread_rng().gen_range(0..=step - half))
     }
 
     /// After a success: the next wait is short again.

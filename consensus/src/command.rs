@@ -313,18 +313,6 @@ pub enum Rejection {
     Invalid { detail: String },
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kinds_are_the_encoded_tags() {
-        let command = Command::UnregisterWorker { node_id: 4 };
-        let encoded: serde_json::Value = serde_json::from_slice(&command.encode()).unwrap();
-        assert_eq!(encoded["type"], command.kind());
-    }
-}
-
 /// Something that happened to the cluster, for `events` and the TUI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -430,5 +418,17 @@ impl ProposalTag {
             proposer,
             request_id,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_the_encoded_tags() {
+        let command = Command::UnregisterWorker { node_id: 4 };
+        let encoded: serde_json::Value = serde_json::from_slice(&command.encode()).unwrap();
+        assert_eq!(encoded["type"], command.kind());
     }
 }

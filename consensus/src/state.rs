@@ -8,9 +8,11 @@
 //! refused command changes nothing; a join token is spent on at most one
 //! node id and key, and an id it was spent on is never spent on again;
 //! once a node's certificate was renewed, the node is accepted only with
-//! the certificates its record names, at most `NODE_CERTIFICATES_MAX`.
-//! `apply` does no I/O and reads no
-//! clock, so every replica that applies the same log holds the same state.
+//! the certificates its record names, at most `NODE_CERTIFICATES_MAX`; a
+//! new placement fits its node on the state it applies to (`fit`).
+//! `apply` does no I/O and reads no clock, so every replica that applies
+//! the same log holds the same state and tells the same events (they
+//! depend only on the command and the state before it).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -1057,7 +1059,7 @@ impl ClusterState {
                     assigned: vm.assigned_node,
                 });
             }
-            happened = lifecycle(&vm.observed, &observed, node_id);
+            happened.extend(lifecycle(&vm.observed, &observed, node_id));
             let stopped = matches!(observed.phase, VmPhase::Stopped | VmPhase::Failed);
             vm.observed = VmObserved {
                 node: Some(node_id),
@@ -1067,7 +1069,7 @@ impl ClusterState {
                 unassign(vm, format!("moved off node {node_id}, which is draining"));
                 happened.push((
                     EventKind::VmEvicted,
-                    format!("stopped on node {node_id} (drain)"),
+                    format!("moved off node {node_id} (drain)"),
                 ));
             }
             Ok(())
@@ -1299,50 +1301,41 @@ fn pending(reason: String) -> VmObserved {
     }
 }
 
-/// The lifecycle events a report from `node_id` makes of a VM's change
-/// from `was` to `now`: each phase it enters, a start after a failure
-/// (its agent restarting it) told as a restart.
-fn lifecycle(was: &VmObserved, now: &VmObserved, node_id: u64) -> Vec<(EventKind, String)> {
-    let mut happened = Vec::new();
-    if now.phase != was.phase {
-        let entered = match now.phase {
-            VmPhase::Starting if was.phase == VmPhase::Failed && now.restarts > 0 => {
-                let after = now
-                    .exit_status
-                    .as_deref()
-                    .or(was.exit_status.as_deref())
-                    .unwrap_or("an exit");
-                Some((
-                    EventKind::VmRestarted,
-                    format!(
-                        "restarting on node {node_id} after {after} (restart {})",
-                        now.restarts
-                    ),
-                ))
-            }
-            VmPhase::Starting => {
-                Some((EventKind::VmStarting, format!("starting on node {node_id}")))
-            }
-            VmPhase::Running => Some((
-                EventKind::VmRunning,
-                match now.boot_ms {
-                    Some(ms) => format!("running on node {node_id} (booted in {ms} ms)"),
-                    None => format!("running on node {node_id}"),
-                },
-            )),
-            VmPhase::Stopped => Some((
-                EventKind::VmStopped,
-                match &now.exit_status {
-                    Some(status) => format!("stopped on node {node_id} ({status})"),
-                    None => format!("stopped on node {node_id}"),
-                },
-            )),
-            VmPhase::Failed => Some((EventKind::VmFailed, now.reason.clone())),
-            VmPhase::Pending | VmPhase::Scheduled | VmPhase::Stopping | VmPhase::Lost => None,
-        };
-        happened.extend(entered);
+/// The lifecycle event a report from `node_id` makes of a VM's change
+/// from `was` to `now`: the phase it enters. A failure after which its
+/// agent counts one more restart is told as that restart (the agent
+/// starts it again), not as a failure.
+fn lifecycle(was: &VmObserved, now: &VmObserved, node_id: u64) -> Option<(EventKind, String)> {
+    if now.phase == was.phase {
+        return None;
     }
-    happened
+    let on = format!("on node {node_id}");
+    Some(match now.phase {
+        VmPhase::Failed if now.restarts > was.restarts => (
+            EventKind::VmRestarted,
+            format!("{} {on}; restart {}", now.reason, now.restarts),
+        ),
+        VmPhase::Failed => (EventKind::VmFailed, format!("failed {on}: {}", now.reason)),
+        VmPhase::Starting => (EventKind::VmStarting, format!("starting {on}")),
+        VmPhase::Running => (
+            EventKind::VmRunning,
+            match now.boot_ms {
+                Some(ms) => format!("running {on} (booted in {ms} ms)"),
+                None => format!("running {on}"),
+            },
+        ),
+        // An exit status from before (an earlier crash) is not this stop's.
+        VmPhase::Stopped => (
+            EventKind::VmStopped,
+            match &now.exit_status {
+                Some(status) if now.exit_status != was.exit_status => {
+                    format!("stopped {on} ({status})")
+                }
+                _ => format!("stopped {on}"),
+            },
+        ),
+        VmPhase::Pending | VmPhase::Scheduled | VmPhase::Stopping | VmPhase::Lost => return None,
+    })
 }
 
 /// Takes a VM off its node: it waits for a new one if it should run.
@@ -2025,22 +2018,38 @@ mod tests {
         assert_eq!(
             report(died.clone()),
             [(
-                EventKind::VmFailed,
-                "a: hypervisor exited unasked".to_string()
-            )]
-        );
-        assert_eq!(
-            report(VmObserved {
-                phase: VmPhase::Starting,
-                ..died
-            }),
-            [(
                 EventKind::VmRestarted,
-                "a: restarting on node 1 after signal 9 (restart 1)".to_string()
+                "a: hypervisor exited unasked on node 1; restart 1".to_string()
             )]
         );
-        let kinds: Vec<EventKind> = report(running).into_iter().map(|(kind, _)| kind).collect();
-        assert_eq!(kinds, [EventKind::VmRunning]);
+        let kinds = |events: Vec<(EventKind, String)>| -> Vec<EventKind> {
+            events.into_iter().map(|(kind, _)| kind).collect()
+        };
+        let restarting = VmObserved {
+            phase: VmPhase::Starting,
+            ..died.clone()
+        };
+        assert_eq!(kinds(report(restarting.clone())), [EventKind::VmStarting]);
+        // Its boot fails: no restart counted, so a failure.
+        let failed = VmObserved {
+            phase: VmPhase::Failed,
+            reason: "boot timed out".into(),
+            ..restarting
+        };
+        assert_eq!(
+            report(failed.clone()),
+            [(
+                EventKind::VmFailed,
+                "a: failed on node 1: boot timed out".to_string()
+            )]
+        );
+        // Started again by hand: a start, not a restart.
+        let again = VmObserved {
+            phase: VmPhase::Starting,
+            ..failed
+        };
+        assert_eq!(kinds(report(again)), [EventKind::VmStarting]);
+        assert_eq!(kinds(report(running)), [EventKind::VmRunning]);
         let stopped = report(VmObserved {
             phase: VmPhase::Stopped,
             exit_status: Some("exit code 0".into()),

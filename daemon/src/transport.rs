@@ -27,6 +27,8 @@ const KEEPALIVE_INTERVAL_MS: u64 = 1_000;
 const KEEPALIVE_TIMEOUT_MS: u64 = 1_000;
 const RECONNECT_BACKOFF_MS_MIN: u64 = 20;
 const RECONNECT_BACKOFF_MS_MAX: u64 = 1_000;
+/// A stream that lived this long resets the reconnect backoff.
+const STREAM_HELD_MS: u64 = 10_000;
 /// Snapshots carry the whole cluster state in one message.
 pub const RAFT_MESSAGE_BYTES_MAX: usize = 256 * 1024 * 1024;
 
@@ -124,13 +126,20 @@ async fn run_peer(to: u64, address: String, mut outbound: mpsc::Receiver<pb::Raf
         let Some(first) = outbound.recv().await else {
             return;
         };
+        let opened = tokio::time::Instant::now();
         match stream_to_peer(to, &address, first, &mut outbound).await {
             StreamEnd::QueueClosed => return,
             StreamEnd::Broken(reason) => {
-                tracing::debug!(to, %address, %reason, "raft stream to peer broke");
+                // A stream that held for a while was a success: the peer
+                // is reached again quickly, not after the longest wait.
+                if opened.elapsed() >= Duration::from_millis(STREAM_HELD_MS) {
+                    backoff.reset();
+                }
+                let wait = backoff.next_wait();
+                tracing::debug!(to, %address, %reason, ?wait, "raft stream to peer broke");
+                tokio::time::sleep(wait).await;
             }
         }
-        tokio::time::sleep(backoff.next_wait()).await;
     }
 }
 

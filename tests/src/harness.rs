@@ -22,11 +22,6 @@ use blixard_api::MANAGEMENT_TOKEN_FILE;
 use nix::sys::signal::Signal;
 use tonic::transport::Channel;
 
-/// Sends `signal` to process `pid`.
-pub fn kill(pid: u32, signal: Signal) -> nix::Result<()> {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
-}
-
 use crate::flake_spec;
 
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
@@ -337,7 +332,7 @@ impl Drop for TestCluster {
         // Hypervisors outlive their agent by design; these are ours.
         for pid in hypervisors_under(self.dir.path()) {
             // A pid whose cwd is inside this test's directory.
-            let _ = kill(pid, Signal::SIGKILL);
+            let _ = signal_pid(pid, Signal::SIGKILL);
         }
     }
 }
@@ -700,7 +695,7 @@ impl TestCluster {
 
     fn signal(&self, id: u64, signal: Signal) {
         let child = self.nodes[&id].child.as_ref().expect("node is not running");
-        let sent = kill(child.id(), signal);
+        let sent = signal_pid(child.id(), signal);
         assert!(sent.is_ok(), "{signal} to node {id}: {sent:?}");
     }
 
@@ -710,7 +705,7 @@ impl TestCluster {
         let data_dir = self.nodes[&id].data_dir.clone();
         for pid in hypervisors_under(&data_dir) {
             // A hypervisor whose cwd is in node `id`'s data.
-            let _ = kill(pid, Signal::SIGKILL);
+            let _ = signal_pid(pid, Signal::SIGKILL);
         }
     }
 
@@ -1006,4 +1001,10 @@ pub async fn create_vm(
         })
         .await?;
     Ok(response.into_inner().revision)
+}
+
+/// Sends `signal` to process `pid` (a process, not a node: see
+/// `TestCluster::kill`).
+pub fn signal_pid(pid: u32, signal: Signal) -> nix::Result<()> {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal)
 }
