@@ -421,6 +421,16 @@ impl TestCluster {
         }
     }
 
+    /// Starts `count` nodes on 127.0.0.1 that run no node agent (nothing
+    /// boots: the cluster state is what is under test).
+    pub async fn start_without_agents(count: u64, timings: Timings) -> TestCluster {
+        Self::start_with(count, timings, Network::Loopback, |_| NodeOptions {
+            agent: false,
+            ..NodeOptions::default()
+        })
+        .await
+    }
+
     /// Starts `count` nodes as `options(id)` says (node 1 bootstraps, the
     /// rest join through node 1); returns once all are raft members and
     /// the voter count is reached.

@@ -13,9 +13,7 @@ use blixard_api::pb;
 use blixard_api::pb::vm_client::VmClient;
 use blixard_daemon::listener::CLIENT_CONNECTIONS_PER_ADDRESS_MAX;
 use blixard_daemon::services::streams::STREAMS_PER_ADDRESS_MAX;
-use blixard_tests::{
-    create_vm, eventually, heavy_flake_spec, Network, NodeOptions, TestCluster, Timings,
-};
+use blixard_tests::{create_vm, eventually, heavy_flake_spec, TestCluster, Timings};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -135,12 +133,7 @@ async fn idle_connections_from_one_address_are_bounded_and_the_node_keeps_servin
 async fn stalled_watches_are_bounded_in_number_and_memory() {
     const VMS: usize = 1000;
     const CONNECTIONS: usize = 2;
-    let cluster =
-        TestCluster::start_with(1, Timings::default(), Network::Loopback, |_| NodeOptions {
-            agent: false,
-            ..NodeOptions::default()
-        })
-        .await;
+    let cluster = TestCluster::start_without_agents(1, Timings::default()).await;
     let mut client = cluster.vm_client(1).await;
     for i in 0..VMS {
         client
@@ -219,12 +212,7 @@ async fn stalled_watches_are_bounded_in_number_and_memory() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_list_past_the_message_limit_comes_in_pages() {
     const VMS: usize = 1200;
-    let cluster =
-        TestCluster::start_with(1, Timings::default(), Network::Loopback, |_| NodeOptions {
-            agent: false,
-            ..NodeOptions::default()
-        })
-        .await;
+    let cluster = TestCluster::start_without_agents(1, Timings::default()).await;
     let client = cluster.vm_client(1).await;
     // Created a few at a time: the list is what is under test.
     let mut creates = tokio::task::JoinSet::new();
@@ -337,12 +325,7 @@ async fn a_list_past_the_message_limit_comes_in_pages() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_holding_no_call_are_closed_when_idle() {
     const SILENT: usize = 64;
-    let mut cluster =
-        TestCluster::start_with(1, Timings::default(), Network::Loopback, |_| NodeOptions {
-            agent: false,
-            ..NodeOptions::default()
-        })
-        .await;
+    let mut cluster = TestCluster::start_without_agents(1, Timings::default()).await;
     cluster.kill(1);
     cluster.set_config(1, "api.idle_timeout_ms", "2000");
     cluster.restart(1);

@@ -56,11 +56,7 @@ async fn a_node_is_held_to_the_certificate_it_serves() {
         voters: 1,
         ..Timings::default()
     };
-    let cluster = TestCluster::start_with(2, timings, Network::Loopback, |_| NodeOptions {
-        agent: false,
-        ..NodeOptions::default()
-    })
-    .await;
+    let cluster = TestCluster::start_without_agents(2, timings).await;
     assert_eq!(cluster.the_worker(2).await, 2);
     let cluster_id = cluster.cluster_id(1).await;
     let barrier = async |at: u64, node: &tls::CertifiedKey| {

@@ -156,16 +156,7 @@ async fn watch_streams_existing_vms_then_changes_in_order() {
 async fn a_watch_started_during_writes_ends_equal_to_the_state() {
     use blixard_api::pb;
     use std::collections::BTreeMap;
-    let cluster = TestCluster::start_with(
-        1,
-        Timings::default(),
-        blixard_tests::Network::Loopback,
-        |_| blixard_tests::NodeOptions {
-            agent: false,
-            ..blixard_tests::NodeOptions::default()
-        },
-    )
-    .await;
+    let cluster = TestCluster::start_without_agents(1, Timings::default()).await;
     let mut client = cluster.vm_client(1).await;
     // Heavy enough (about 3 MB) that the list overflows what HTTP/2
     // buffers (a 2 MiB window and 400 KiB on the node), so the watch waits
@@ -363,16 +354,11 @@ impl Watcher {
 /// longer has the history.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watch_resumes_from_its_revision_on_any_node() {
-    let mut cluster = TestCluster::start_with(
+    let mut cluster = TestCluster::start_without_agents(
         2,
         Timings {
             voters: 1,
             ..Timings::default()
-        },
-        blixard_tests::Network::Loopback,
-        |_| blixard_tests::NodeOptions {
-            agent: false,
-            ..blixard_tests::NodeOptions::default()
         },
     )
     .await;
@@ -493,16 +479,7 @@ async fn a_watch_resumes_from_its_revision_on_any_node() {
 /// watcher's VMs equal the list.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_watcher_that_fell_behind_resumes_without_a_gap() {
-    let cluster = TestCluster::start_with(
-        1,
-        Timings::default(),
-        blixard_tests::Network::Loopback,
-        |_| blixard_tests::NodeOptions {
-            agent: false,
-            ..blixard_tests::NodeOptions::default()
-        },
-    )
-    .await;
+    let cluster = TestCluster::start_without_agents(1, Timings::default()).await;
     let mut client = cluster.vm_client(1).await;
     let mut watcher = Watcher::default();
     let watch = client.watch(pb::WatchVmsRequest::default()).await.unwrap();
