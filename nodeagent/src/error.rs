@@ -14,6 +14,14 @@ pub enum Error {
     /// The QMP control socket misbehaved.
     #[error("QMP: {0}")]
     Qmp(String),
+    /// `systemctl ARGS UNIT` did not finish in time, could not run, or
+    /// failed (`detail`: its exit status and stderr).
+    #[error("systemctl {args} {unit}: {detail}")]
+    Systemctl {
+        args: String,
+        unit: String,
+        detail: String,
+    },
 }
 
 impl Error {

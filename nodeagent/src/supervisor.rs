@@ -454,7 +454,9 @@ impl Supervisor {
         let spawned_at = Instant::now();
         if self.settings.supervision == Supervision::Systemd {
             let systemctl = self.settings.systemctl_binary.clone();
-            systemd::start(&systemctl, &self.name).await?;
+            systemd::start(&systemctl, &self.name)
+                .await
+                .map_err(|e| e.to_string())?;
             let pid = systemd::main_pid(&systemctl, &self.name).await;
             self.hypervisor = Some(Hypervisor::Systemd { systemctl, pid });
             return self.wait_until_running(&socket, spawned_at).await;

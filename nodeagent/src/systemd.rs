@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::{Error, Result};
+
 /// How the agent runs hypervisors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -28,7 +30,12 @@ pub fn unit(name: &str) -> String {
 }
 
 /// Runs `systemctl ARGS UNIT`; returns its trimmed stdout, or why it failed.
-async fn systemctl(binary: &str, args: &[&str], unit: &str) -> Result<String, String> {
+async fn systemctl(binary: &str, args: &[&str], unit: &str) -> Result<String> {
+    let failed = |detail: String| Error::Systemctl {
+        args: args.join(" "),
+        unit: unit.to_string(),
+        detail,
+    };
     let run = tokio::process::Command::new(binary)
         .args(args)
         .arg(unit)
@@ -38,32 +45,26 @@ async fn systemctl(binary: &str, args: &[&str], unit: &str) -> Result<String, St
         .output();
     let output = tokio::time::timeout(Duration::from_millis(SYSTEMCTL_TIMEOUT_MS), run)
         .await
-        .map_err(|_| {
-            format!(
-                "systemctl {} {unit} took over {SYSTEMCTL_TIMEOUT_MS} ms",
-                args.join(" ")
-            )
-        })?
-        .map_err(|e| format!("cannot run {binary}: {e}"))?;
+        .map_err(|_| failed(format!("took over {SYSTEMCTL_TIMEOUT_MS} ms")))?
+        .map_err(|e| failed(format!("cannot run {binary}: {e}")))?;
     let stdout = String::from_utf8_lossy(&output.stdout).trim().to_string();
     if output.status.success() || args == ["is-active"] {
         // is-active exits non-zero for inactive units; its stdout says which.
         Ok(stdout)
     } else {
-        Err(format!(
-            "systemctl {} {unit} failed ({}): {}",
-            args.join(" "),
+        Err(failed(format!(
+            "failed ({}): {}",
             output.status,
             String::from_utf8_lossy(&output.stderr).trim()
-        ))
+        )))
     }
 }
 
-pub async fn start(binary: &str, name: &str) -> Result<(), String> {
+pub async fn start(binary: &str, name: &str) -> Result<()> {
     systemctl(binary, &["start"], &unit(name)).await.map(|_| ())
 }
 
-pub async fn stop(binary: &str, name: &str) -> Result<(), String> {
+pub async fn stop(binary: &str, name: &str) -> Result<()> {
     systemctl(binary, &["stop"], &unit(name)).await.map(|_| ())
 }
 
@@ -71,7 +72,7 @@ pub async fn stop(binary: &str, name: &str) -> Result<(), String> {
 pub async fn state(binary: &str, name: &str) -> String {
     systemctl(binary, &["is-active"], &unit(name))
         .await
-        .unwrap_or_else(|error| error)
+        .unwrap_or_else(|error| error.to_string())
 }
 
 pub async fn main_pid(binary: &str, name: &str) -> Option<u32> {
