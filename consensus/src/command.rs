@@ -43,10 +43,11 @@ pub enum Command {
         /// Why (shown in events).
         #[serde(default)]
         reason: String,
-        /// The vCPUs per host core the scheduler placed by, checked again
-        /// when this applies (0: vCPUs are not counted).
-        #[serde(default)]
-        vcpu_overcommit: u32,
+        /// The vCPUs per host core the scheduler placed by: a placement
+        /// that carries it is judged again when it applies (`fit`). An
+        /// entry written before that check (`None`) applies as it did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        vcpu_overcommit: Option<u32>,
     },
     /// The scheduler found no node for a pending VM.
     MarkUnplaceable {

@@ -938,7 +938,7 @@ impl ClusterState {
         name: &str,
         node_id: Option<u64>,
         reason: String,
-        vcpu_overcommit: u32,
+        vcpu_overcommit: Option<u32>,
     ) -> Outcome {
         if let Some(node_id) = node_id {
             let Some(node) = self.nodes.get(&node_id) else {
@@ -947,11 +947,13 @@ impl ClusterState {
             // A new placement is judged again on this state, which may
             // have changed since the scheduler decided it (a deposed
             // leader's batch, or two decided on one state): it must still
-            // fit, or the VM stays pending for the next pass.
-            if let Some(vm) = self.vms.get(name).filter(|vm| vm.assigned_node.is_none()) {
+            // fit, or the VM stays pending for the next pass. Entries
+            // written before this check carry no overcommit and apply as
+            // they did, so replaying an old log yields the same state.
+            let new = self.vms.get(name).filter(|vm| vm.assigned_node.is_none());
+            if let (Some(vm), Some(overcommit)) = (new, vcpu_overcommit) {
                 let load = self.load_on(node_id);
-                if let Some(misfit) = fit::misfit(vm, &NodeFacts::of(node), &load, vcpu_overcommit)
-                {
+                if let Some(misfit) = fit::misfit(vm, &NodeFacts::of(node), &load, overcommit) {
                     return Outcome::rejected(Rejection::DoesNotFit {
                         name: name.to_string(),
                         node_id,
@@ -960,6 +962,7 @@ impl ClusterState {
                 }
             }
         }
+        let mut again = false;
         let outcome = self.update_vm(name, |vm| {
             // A placement decided on an older state (a retried or a
             // deposed leader's proposal) must not move a placed VM: its
@@ -970,6 +973,9 @@ impl ClusterState {
                         detail: format!("VM {name:?} is already placed on node {current}"),
                     });
                 }
+                // The same placement again: what its node reported stays.
+                again = true;
+                return Ok(());
             }
             vm.assigned_node = node_id;
             vm.evicting = false;
@@ -986,6 +992,7 @@ impl ClusterState {
             Ok(())
         });
         match node_id {
+            Some(_) if again => outcome,
             Some(node) => {
                 let message = match reason.is_empty() {
                     true => format!("placed {name} on node {node}"),
@@ -1302,19 +1309,23 @@ fn pending(reason: String) -> VmObserved {
 }
 
 /// The lifecycle event a report from `node_id` makes of a VM's change
-/// from `was` to `now`: the phase it enters. A failure after which its
-/// agent counts one more restart is told as that restart (the agent
-/// starts it again), not as a failure.
+/// from `was` to `now`: the phase it enters. A report that counts one
+/// more restart is told as that restart (the VM died unasked and its
+/// agent starts it again), not as a failure.
 fn lifecycle(was: &VmObserved, now: &VmObserved, node_id: u64) -> Option<(EventKind, String)> {
+    let on = format!("on node {node_id}");
+    // Counted at the failure, or at the next start if that report was lost.
+    if now.restarts > was.restarts {
+        let exit = now.exit_status.as_deref().unwrap_or("an exit");
+        return Some((
+            EventKind::VmRestarted,
+            format!("died unasked {on} ({exit}); restart {}", now.restarts),
+        ));
+    }
     if now.phase == was.phase {
         return None;
     }
-    let on = format!("on node {node_id}");
     Some(match now.phase {
-        VmPhase::Failed if now.restarts > was.restarts => (
-            EventKind::VmRestarted,
-            format!("{} {on}; restart {}", now.reason, now.restarts),
-        ),
         VmPhase::Failed => (EventKind::VmFailed, format!("failed {on}: {}", now.reason)),
         VmPhase::Starting => (EventKind::VmStarting, format!("starting {on}")),
         VmPhase::Running => (
@@ -1860,7 +1871,7 @@ mod tests {
             name: name.into(),
             node_id: Some(node),
             reason: String::new(),
-            vcpu_overcommit: 0,
+            vcpu_overcommit: None,
         });
         assert_eq!(
             assigned.result.unwrap().vm.unwrap().observed.phase,
@@ -1897,7 +1908,7 @@ mod tests {
             name: name.into(),
             node_id: Some(node_id),
             reason: String::new(),
-            vcpu_overcommit: 1,
+            vcpu_overcommit: Some(1),
         };
         // Both were decided on a state where node 1 had 64 GiB free.
         assert!(state.apply(place("a", 1)).result.is_ok());
@@ -1933,8 +1944,23 @@ mod tests {
         });
         let refused = state.apply(place("d", 1)).result.unwrap_err();
         assert!(refused.to_string().contains("ineligible"), "{refused}");
-        // The same placement again (a retry) is no new placement.
-        assert!(state.apply(place("a", 1)).result.is_ok());
+        // The same placement again (a retry) is no new placement: what the
+        // node reported stays, and no second "placed" is told.
+        state.apply(report("a", 1, VmPhase::Running));
+        let again = state.apply(place("a", 1));
+        assert!(again.result.is_ok());
+        assert!(again.events.is_empty(), "{:?}", again.events);
+        assert_eq!(state.vms["a"].observed.phase, VmPhase::Running);
+        // An entry written before the check (no overcommit) applies as it
+        // did, so replaying an old log yields the state it yielded.
+        let old = state.apply(Command::AssignVm {
+            name: "b".into(),
+            node_id: Some(1),
+            reason: String::new(),
+            vcpu_overcommit: None,
+        });
+        assert!(old.result.is_ok(), "{:?}", old.result);
+        assert_eq!(state.vms["b"].assigned_node, Some(1));
     }
 
     #[test]
@@ -2019,7 +2045,7 @@ mod tests {
             report(died.clone()),
             [(
                 EventKind::VmRestarted,
-                "a: hypervisor exited unasked on node 1; restart 1".to_string()
+                "a: died unasked on node 1 (signal 9); restart 1".to_string()
             )]
         );
         let kinds = |events: Vec<(EventKind, String)>| -> Vec<EventKind> {
@@ -2050,10 +2076,10 @@ mod tests {
         };
         assert_eq!(kinds(report(again)), [EventKind::VmStarting]);
         assert_eq!(kinds(report(running)), [EventKind::VmRunning]);
+        // (The report before said no restarts: an agent restarted since.)
         let stopped = report(VmObserved {
             phase: VmPhase::Stopped,
             exit_status: Some("exit code 0".into()),
-            restarts: 1,
             ..VmObserved::default()
         });
         assert_eq!(
@@ -2074,7 +2100,7 @@ mod tests {
             name: "a".into(),
             node_id: Some(9),
             reason: String::new(),
-            vcpu_overcommit: 0,
+            vcpu_overcommit: None,
         });
         assert_eq!(refused.result, Err(Rejection::NoSuchNode { node_id: 9 }));
         state.apply(Command::DeleteVm { name: "a".into() });
@@ -2206,7 +2232,7 @@ mod tests {
             name: "a".into(),
             node_id: Some(node),
             reason: String::new(),
-            vcpu_overcommit: 0,
+            vcpu_overcommit: None,
         };
         assert!(matches!(
             state.apply(again(2)).result,
@@ -2353,7 +2379,7 @@ mod tests {
                     name: n.into(),
                     node_id,
                     reason: String::new(),
-                    vcpu_overcommit: 0,
+                    vcpu_overcommit: None,
                 }
             }),
             (name.clone(), node.clone(), phase)

@@ -64,13 +64,15 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             if let Some(node_id) = node_id {
                 node(*node_id)?;
             }
-            if *vcpu_overcommit > crate::fit::VCPU_OVERCOMMIT_MAX {
-                return Err(Rejection::Invalid {
-                    detail: format!(
-                        "vcpu_overcommit {vcpu_overcommit} exceeds the maximum of {}",
-                        crate::fit::VCPU_OVERCOMMIT_MAX
-                    ),
-                });
+            if let Some(overcommit) = vcpu_overcommit {
+                if !(1..=crate::fit::VCPU_OVERCOMMIT_MAX).contains(overcommit) {
+                    return Err(Rejection::Invalid {
+                        detail: format!(
+                            "vcpu_overcommit {overcommit} must be between 1 and {}",
+                            crate::fit::VCPU_OVERCOMMIT_MAX
+                        ),
+                    });
+                }
             }
             text("reason", reason)
         }

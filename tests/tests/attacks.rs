@@ -212,7 +212,7 @@ async fn forged_proposals_are_refused_and_change_nothing() {
             name: "web".into(),
             node_id: Some(1),
             reason: String::new(),
-            vcpu_overcommit: 0,
+            vcpu_overcommit: None,
         },
         // Nor pin a certificate of its choosing for itself (only the
         // voter that signed one records it), nor retire another node's.

@@ -78,7 +78,7 @@ mod tests {
             name: "a".into(),
             node_id: Some(1),
             reason: String::new(),
-            vcpu_overcommit: 0,
+            vcpu_overcommit: None,
         });
         assert!(drain_steps(&state, 0).is_empty());
         state.apply(Command::DrainNode {
@@ -98,7 +98,7 @@ mod tests {
             name: "a".into(),
             node_id: None,
             reason: String::new(),
-            vcpu_overcommit: 0,
+            vcpu_overcommit: None,
         });
         assert_eq!(
             drain_steps(&state, 150),

@@ -108,7 +108,7 @@ mod tests {
                 name: name.into(),
                 node_id: Some(1),
                 reason: String::new(),
-                vcpu_overcommit: 0,
+                vcpu_overcommit: None,
             });
         }
         state

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use blixard_api::limits;
 use blixard_api::validate::clip;
-use blixard_consensus::{Command, DesiredState, Role, StateEvent};
+use blixard_consensus::{Command, DesiredState, Rejection, Role, StateEvent};
 use blixard_membership::Membership;
 use futures::stream::{self, StreamExt};
 use tokio::sync::watch;
@@ -123,7 +123,7 @@ pub async fn run(
                         node_id: Some(node_id),
                         reason: clip(&reason, limits::TEXT_LEN_MAX),
                         // Judged again by this when it applies.
-                        vcpu_overcommit: params.vcpu_overcommit,
+                        vcpu_overcommit: Some(params.vcpu_overcommit.max(1)),
                     }),
                     // Only a changed reason is worth a log entry.
                     Decision::Unplaceable { vm, reason } => {
@@ -167,9 +167,23 @@ async fn propose_all(raft: &ClusterHandle, mut commands: Vec<Command>) {
         (described, raft.propose(command).await)
     }))
     .buffer_unordered(PROPOSALS_IN_FLIGHT_MAX);
+    let mut misfits = 0u32;
     while let Some((command, result)) = results.next().await {
         if let Err(error) = result {
+            if matches!(
+                &error,
+                blixard_consensus::Error::Rejected(Rejection::DoesNotFit { .. })
+            ) {
+                misfits += 1;
+            }
             tracing::debug!(%error, command, "leader command not applied");
         }
+    }
+    if misfits > 0 {
+        // The state moved on since the pass decided: placed next pass.
+        tracing::info!(
+            misfits,
+            "placements no longer fitting their node when applied"
+        );
     }
 }

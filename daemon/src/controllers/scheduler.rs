@@ -550,9 +550,14 @@ mod tests {
             }
             let alive: Vec<bool> = nodes.iter().map(|(_, _, alive, _)| *alive).collect();
             let views = node_views(&state, &|id| alive[id as usize - 1]);
-            for decision in schedule(&state, &views, PARAMS) {
+            // Applied last first: apply judges each again, and every
+            // decision of one pass fits in any order.
+            let mut decisions = schedule(&state, &views, PARAMS);
+            decisions.reverse();
+            for decision in decisions {
                 if let Decision::Place { vm, node_id, .. } = decision {
-                    state.apply(Command::AssignVm { name: vm, node_id: Some(node_id), reason: String::new(), vcpu_overcommit: PARAMS.vcpu_overcommit });
+                    let applied = state.apply(Command::AssignVm { name: vm, node_id: Some(node_id), reason: String::new(), vcpu_overcommit: Some(PARAMS.vcpu_overcommit) });
+                    prop_assert!(applied.result.is_ok(), "{:?}", applied.result);
                 }
             }
             for view in &views {
