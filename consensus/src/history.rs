@@ -152,19 +152,7 @@ mod tests {
 
     fn added(name: &str) -> VmChange {
         VmChange::Added(VmRecord {
-            spec: VmSpec {
-                name: name.into(),
-                vcpus: 1,
-                memory_mib: 128,
-                runner: RunnerSource::Flake {
-                    flake_ref: "/etc/vms#x".into(),
-                },
-                pinned_node: None,
-                placement: Default::default(),
-                failover: Default::default(),
-                group: None,
-                platform: None,
-            },
+            spec: VmSpec::for_tests(name),
             desired_state: DesiredState::Stopped,
             create_revision: 1,
             mod_revision: 1,

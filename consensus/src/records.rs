@@ -101,6 +101,26 @@ impl VmPhase {
     }
 }
 
+#[cfg(test)]
+impl VmSpec {
+    /// A small flake VM named `name`, for the crate's unit tests.
+    pub(crate) fn for_tests(name: &str) -> Self {
+        VmSpec {
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 128,
+            runner: RunnerSource::Flake {
+                flake_ref: "/etc/vms#x".into(),
+            },
+            pinned_node: None,
+            placement: Default::default(),
+            failover: Default::default(),
+            group: None,
+            platform: None,
+        }
+    }
+}
+
 /// What the node running a VM observed, reported through the leader.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmObserved {

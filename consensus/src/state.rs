@@ -1366,23 +1366,11 @@ fn unassign(vm: &mut VmRecord, reason: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::records::{DesiredState, RunnerSource, VmSpec};
+    use crate::records::{DesiredState, VmSpec};
     use proptest::prelude::*;
 
     fn spec(name: &str) -> VmSpec {
-        VmSpec {
-            name: name.into(),
-            vcpus: 1,
-            memory_mib: 128,
-            runner: RunnerSource::Flake {
-                flake_ref: "/etc/vms#x".into(),
-            },
-            pinned_node: None,
-            placement: Default::default(),
-            failover: Default::default(),
-            group: None,
-            platform: None,
-        }
+        VmSpec::for_tests(name)
     }
 
     fn create(name: &str) -> Command {
