@@ -10,6 +10,7 @@ pub mod backoff;
 pub mod connect;
 pub mod identity;
 pub mod pages;
+pub mod placement;
 pub mod resume;
 pub mod tls;
 pub mod validate;

@@ -123,8 +123,6 @@ pub enum Command {
         #[arg(long, default_value_t = 100)]
         limit: u32,
     },
-    /// Measure: starts a local cluster, runs the benchmarks, prints one table.
-    Bench(BenchArgs),
     /// The dashboard: nodes, VMs, events, live (k9s keys; `?` lists them).
     Tui(TuiArgs),
     /// The interactive shell: these same commands, with completion from
@@ -425,43 +423,6 @@ pub enum NodeCommand {
         #[arg(long)]
         no_wait: bool,
     },
-}
-
-#[derive(Debug, Args)]
-pub struct BenchArgs {
-    /// Seconds, not minutes: small sizes and short runs (what CI runs).
-    #[arg(long)]
-    pub quick: bool,
-    /// How long each closed-loop run lasts.
-    #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
-    pub duration: u64,
-    /// The etcd binary run beside Blixard for comparison (Debian's
-    /// etcd-server); if it cannot run, the table says why.
-    #[arg(long, default_value = "etcd")]
-    pub etcd: String,
-    /// Boots of the test guest for the VM start path (0 skips it).
-    #[arg(long)]
-    pub boots: Option<usize>,
-    /// Run only these parts (repeatable or comma-separated); all by default.
-    #[arg(long, value_enum, value_delimiter = ',')]
-    pub only: Vec<BenchPart>,
-}
-
-/// The parts of `blixard bench`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum BenchPart {
-    /// The pure scheduler over simulated nodes.
-    Scheduler,
-    /// Idle RSS, end-to-end placement, RSS holding the placed VMs.
-    Placement,
-    /// Chitchat convergence, join and failure detection.
-    Gossip,
-    /// Writes and linearizable reads, beside etcd.
-    Consensus,
-    /// Booting the test guest.
-    VmStart,
-    /// Dashboard frame and filter times at 10,000 VMs.
-    Dashboard,
 }
 
 #[derive(Debug, Args)]

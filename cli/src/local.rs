@@ -1,5 +1,5 @@
 //! A local cluster of real `blixard agent` processes on 127.0.0.1, for
-//! `blixard dev` and `blixard bench`. Node 1 bootstraps; the others join
+//! `blixard dev` and `blixard-bench`. Node 1 bootstraps; the others join
 //! through it.
 //!
 //! The cluster runs with TLS: a CA of its own, a certificate per node.
@@ -125,6 +125,7 @@ fn data_dir(dir: &Path, node_id: u64) -> PathBuf {
 }
 
 fn spawn_agent(
+    program: &Path,
     dir: &Path,
     node_id: u64,
     address: &str,
@@ -137,7 +138,7 @@ fn spawn_agent(
         .with_context(|| format!("cannot create {}", log_path.display()))?;
     let config = dir.join(format!("node{node_id}.toml"));
     std::fs::write(&config, config_text)?;
-    let mut command = Command::new(std::env::current_exe()?);
+    let mut command = Command::new(program);
     command
         .arg("agent")
         .arg("--config")
@@ -194,6 +195,7 @@ impl LocalCluster {
     /// node's config file; returns once the voters are elected and every
     /// node has reported its host to the cluster.
     pub async fn start(
+        program: &Path,
         dir: &Path,
         addresses: &[String],
         config_text: &str,
@@ -210,7 +212,7 @@ impl LocalCluster {
         let first = addresses[0].clone();
         cluster
             .nodes
-            .push(spawn_agent(dir, 1, &first, None, config_text)?);
+            .push(spawn_agent(program, dir, 1, &first, None, config_text)?);
         let token_file = data_dir(dir, 1).join(blixard_api::MANAGEMENT_TOKEN_FILE);
         wait_until("node 1 to write its management token", spinner, || async {
             let text = std::fs::read_to_string(&token_file).ok()?;
@@ -224,7 +226,14 @@ impl LocalCluster {
         })
         .await?;
         for (i, address) in addresses.iter().enumerate().skip(1) {
-            let node = spawn_agent(dir, i as u64 + 1, address, Some(&first), config_text)?;
+            let node = spawn_agent(
+                program,
+                dir,
+                i as u64 + 1,
+                address,
+                Some(&first),
+                config_text,
+            )?;
             cluster.nodes.push(node);
         }
         let voters_wanted = addresses.len().min(VOTERS_DEFAULT);

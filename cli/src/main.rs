@@ -1,24 +1,16 @@
 //! `blixard`: the one binary. `blixard agent` runs a node; every other
 //! subcommand is a client of a node's gRPC API; `blixard repl` (or
 //! `blixard` alone on a terminal) takes the same commands interactively.
-//! Exit codes are in `exit.rs`.
-
-mod cli;
-mod client;
-mod commands;
-mod exit;
-mod local;
-mod output;
-mod platform;
-mod repl;
-mod settings;
+//! Exit codes are in `exit.rs`; the commands live in the library
+//! (`lib.rs`), which `blixard-bench` shares.
 
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use crate::cli::{Cli, Command, LogFormat, ReplArgs};
+use blixard_cli::cli::{Cli, Command, LogFormat, ReplArgs};
+use blixard_cli::{commands, exit};
 
 fn init_logging(format: LogFormat, default_level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("BLIXARD_LOG")

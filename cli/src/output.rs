@@ -14,7 +14,7 @@ pub fn print<T: Serialize>(
     match format {
         OutputFormat::Table => println!("{}", table(value)),
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(value)?),
-        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(value)?),
+        OutputFormat::Yaml => print!("{}", serde_yaml_ng::to_string(value)?),
     }
     Ok(())
 }

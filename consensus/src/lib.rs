@@ -12,12 +12,12 @@ pub mod handle;
 pub mod history;
 pub mod node;
 mod pending;
-pub mod placement;
 pub mod records;
 pub mod state;
 pub mod storage;
 pub mod validate;
 
+pub use blixard_api::placement::{self, FailoverPolicy, Placement, Rule, RuleError, Strategy};
 pub use command::{Applied, Command, Event, EventKind, Rejection, Transition, VmChange};
 pub use error::{Error, Result};
 pub use handle::{
@@ -26,7 +26,6 @@ pub use handle::{
 };
 pub use history::{HistoryTooOld, Resume, VmHistory};
 pub use node::{RaftConfig, RaftNode, Transport};
-pub use placement::{FailoverPolicy, Placement, Rule, RuleError, Strategy};
 pub use raft::prelude::Message as RaftMessage;
 pub use records::{
     validate_settings, CustomRole, DesiredState, Drain, HostFacts, JoinToken, JoinTokenUse,

@@ -55,7 +55,11 @@ pub fn vm_spec_from_pb(spec: Option<pb::VmSpec>) -> Result<VmSpec, ValidationErr
         "" => Strategy::default(),
         other => other
             .parse()
-            .map_err(|reason| ValidationError::Placement { reason })?,
+            .map_err(
+                |e: blixard_api::placement::StrategyError| ValidationError::Placement {
+                    reason: e.to_string(),
+                },
+            )?,
     };
     Ok(VmSpec {
         name: spec.name,

@@ -78,7 +78,7 @@ pub fn vm(vm: &pb::VmInfo) -> String {
         created_at_unix_ms: vm.created_at_unix_ms,
         revisions: [vm.create_revision, vm.mod_revision],
     };
-    serde_yaml::to_string(&description).expect("plain data serializes")
+    serde_yaml_ng::to_string(&description).expect("plain data serializes")
 }
 
 #[derive(Serialize)]
@@ -131,7 +131,7 @@ pub fn node(node: &pb::NodeInfo) -> String {
         version: &node.version,
         problem: non_empty(&node.problem),
     };
-    serde_yaml::to_string(&description).expect("plain data serializes")
+    serde_yaml_ng::to_string(&description).expect("plain data serializes")
 }
 
 #[cfg(test)]
@@ -158,7 +158,7 @@ mod tests {
             ..Default::default()
         };
         let text = vm(&info);
-        let parsed: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        let parsed: serde_yaml_ng::Value = serde_yaml_ng::from_str(&text).unwrap();
         assert_eq!(parsed["name"], "web-1");
         assert_eq!(parsed["state"], "Failed");
         assert_eq!(parsed["node"], 3);

@@ -12,8 +12,8 @@ use crate::client::{self, status_error, Conn};
 use crate::commands::wait::{self, Goal};
 use crate::exit::{self, Exit};
 use crate::output;
-use crate::platform::plan::{check_nodes, plan, Change, Conflict, Plan};
-use crate::platform::{self, Document};
+use blixard_platform::plan::{check_nodes, plan, Change, Conflict, Plan};
+use blixard_platform::{self as platform, Document};
 
 type Vms = pb::vm_client::VmClient<Conn>;
 
@@ -116,7 +116,9 @@ pub async fn export(args: ExportArgs, addr: &str, format: OutputFormat) -> anyho
     match format {
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&document)?),
         // The document is YAML; a table would not apply.
-        OutputFormat::Yaml | OutputFormat::Table => print!("{}", serde_yaml::to_string(&document)?),
+        OutputFormat::Yaml | OutputFormat::Table => {
+            print!("{}", serde_yaml_ng::to_string(&document)?)
+        }
     }
     Ok(())
 }

@@ -92,7 +92,14 @@ pub async fn run(args: DevArgs, format: OutputFormat) -> anyhow::Result<()> {
     let first = addresses[0].clone();
     // VMs stop with the dev cluster instead of outliving it.
     let config = "[agent]\nstop_vms_on_shutdown = true\n";
-    let cluster = LocalCluster::start(&dir, &addresses, config, &spinner).await?;
+    let cluster = LocalCluster::start(
+        &std::env::current_exe()?,
+        &dir,
+        &addresses,
+        config,
+        &spinner,
+    )
+    .await?;
     if !args.no_vm {
         boot_sample_vm(&first, &spinner).await?;
     }

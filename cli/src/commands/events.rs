@@ -54,7 +54,7 @@ pub async fn run(
                 view.revision, view.kind, view.message
             )?,
             OutputFormat::Json => writeln!(stdout, "{}", serde_json::to_string(&view)?)?,
-            OutputFormat::Yaml => write!(stdout, "---\n{}", serde_yaml::to_string(&view)?)?,
+            OutputFormat::Yaml => write!(stdout, "---\n{}", serde_yaml_ng::to_string(&view)?)?,
         }
         stdout.flush()?;
     }

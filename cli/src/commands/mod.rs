@@ -3,12 +3,11 @@
 pub(crate) mod acl;
 mod agent;
 mod apply;
-mod bench;
 mod cluster;
 mod completions;
 mod dev;
 mod events;
-mod image;
+pub mod image;
 mod node;
 mod schema;
 pub(crate) mod tls;
@@ -27,7 +26,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     match command {
         Command::Agent(args) => agent::run(args).await,
         Command::Dev(args) => dev::run(args, cli.output).await,
-        Command::Bench(args) => bench::run(args, cli.output).await,
         Command::Image(ImageCommand::Build { out }) => image::run(out, cli.output),
         Command::Completions { shell } => completions::script(shell),
         Command::Man { out } => completions::man(&out, cli.output),
@@ -76,13 +74,11 @@ pub async fn on_cluster(command: Command, addr: &str, output: OutputFormat) -> a
             trust::run(addr, fingerprint, out, output).await
         }
         Command::Tls(command) => tls::run(command, output),
-        Command::Agent(_)
-        | Command::Dev(_)
-        | Command::Bench(_)
-        | Command::Repl(_)
-        | Command::Man { .. } => Err(crate::exit::error(
-            crate::exit::Exit::Usage,
-            "this command runs from the shell, not inside the REPL",
-        )),
+        Command::Agent(_) | Command::Dev(_) | Command::Repl(_) | Command::Man { .. } => {
+            Err(crate::exit::error(
+                crate::exit::Exit::Usage,
+                "this command runs from the shell, not inside the REPL",
+            ))
+        }
     }
 }

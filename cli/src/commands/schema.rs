@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::cli::OutputFormat;
 use crate::commands::{acl, cluster, completions, dev, events, image, node, tls, trust, vm};
 use crate::exit::{self, Exit};
-use crate::platform::{plan::Plan, Document};
+use blixard_platform::{plan::Plan, Document};
 
 /// `vm create` prints one VM, or with `--replicas` the group.
 #[derive(Serialize, JsonSchema)]
@@ -116,7 +116,7 @@ pub fn run(command: &[String], format: OutputFormat) -> anyhow::Result<()> {
             })?
     };
     match format {
-        OutputFormat::Yaml => print!("{}", serde_yaml::to_string(&value)?),
+        OutputFormat::Yaml => print!("{}", serde_yaml_ng::to_string(&value)?),
         OutputFormat::Json | OutputFormat::Table => {
             println!("{}", serde_json::to_string_pretty(&value)?)
         }

@@ -479,7 +479,7 @@ async fn watch(addr: &str, format: OutputFormat, max_events: Option<u64>) -> any
                 view.event, "", view.revision
             )?,
             (OutputFormat::Json, _) => writeln!(stdout, "{}", serde_json::to_string(&view)?)?,
-            (OutputFormat::Yaml, _) => write!(stdout, "---\n{}", serde_yaml::to_string(&view)?)?,
+            (OutputFormat::Yaml, _) => write!(stdout, "---\n{}", serde_yaml_ng::to_string(&view)?)?,
         }
         // Watchers are often piped into other programs: deliver each event now.
         stdout.flush()?;

@@ -55,6 +55,7 @@ impl fmt::Display for Rule {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid placement rule {text:?}: {detail}")]
 pub struct RuleError {
+    /// At most a short prefix of the rule's text.
     pub text: String,
     pub detail: String,
 }
@@ -67,7 +68,7 @@ impl FromStr for Rule {
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         let error = |detail: &str| RuleError {
-            text: text.into(),
+            text: crate::validate::echo(text),
             detail: detail.into(),
         };
         // Two-character operators first so ">=" is not read as ">".
@@ -165,16 +166,24 @@ impl Strategy {
     }
 }
 
+/// A strategy name that is neither `binpack` nor `spread`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown strategy {text:?} (expected binpack or spread)")]
+pub struct StrategyError {
+    /// At most a short prefix of what was given.
+    pub text: String,
+}
+
 impl FromStr for Strategy {
-    type Err = String;
+    type Err = StrategyError;
 
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         match text {
             "binpack" => Ok(Strategy::Binpack),
             "spread" => Ok(Strategy::Spread),
-            other => Err(format!(
-                "unknown strategy {other:?} (expected binpack or spread)"
-            )),
+            other => Err(StrategyError {
+                text: crate::validate::echo(other),
+            }),
         }
     }
 }

@@ -2,7 +2,7 @@
 //! that `apply`, `diff` and `export` speak, and its VM entries as specs.
 //!
 //! Invariants: a document either parses whole or is refused with what is
-//! wrong and where (serde_yaml's line and column for unknown fields and
+//! wrong and where (serde_yaml_ng's line and column for unknown fields and
 //! type errors; the entry's line for values the cluster would refuse);
 //! `to_specs` gives one spec per VM the entry makes, with the document's
 //! name as their platform; `from_vms` is its inverse for what the cluster
@@ -47,7 +47,7 @@ pub struct PlatformSpec {
     /// Serverless functions: not built yet; a document with any is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<serde_json::Value>")]
-    pub functions: Vec<serde_yaml::Value>,
+    pub functions: Vec<serde_yaml_ng::Value>,
 }
 
 /// One long-lived VM, or a replica group of them.
@@ -79,7 +79,7 @@ pub struct VmEntry {
     /// Volumes: not built yet; an entry with any is refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(with = "Vec<serde_json::Value>")]
-    pub storage: Vec<serde_yaml::Value>,
+    pub storage: Vec<serde_yaml_ng::Value>,
     #[serde(default, skip_serializing_if = "PlacementEntry::is_empty")]
     pub placement: PlacementEntry,
     #[serde(default, skip_serializing_if = "FailoverEntry::is_empty")]
@@ -199,7 +199,7 @@ pub fn parse(text: &str, source_name: &str) -> Result<Document, DocumentError> {
         source_name: source_name.to_string(),
         message,
     };
-    let document: Document = serde_yaml::from_str(text).map_err(|e| refuse(e.to_string()))?;
+    let document: Document = serde_yaml_ng::from_str(text).map_err(|e| refuse(e.to_string()))?;
     if document.api_version != API_VERSION {
         return Err(refuse(format!(
             "apiVersion {:?} is not {API_VERSION:?}",
@@ -284,7 +284,7 @@ fn normalized_rules(texts: impl IntoIterator<Item = String>) -> Result<Vec<Strin
                 .collect::<Vec<_>>()
         })
         .map(|rule| {
-            rule.parse::<blixard_consensus::Rule>()
+            rule.parse::<blixard_api::placement::Rule>()
                 .map(|r| r.to_string())
                 .map_err(|e| e.to_string())
         })
@@ -341,7 +341,7 @@ pub fn template(entry: &VmEntry, platform: &str) -> Result<pb::VmSpec, String> {
     let strategy = match placement.strategy.as_deref() {
         None => String::new(),
         Some(text) => text
-            .parse::<blixard_consensus::Strategy>()
+            .parse::<blixard_api::placement::Strategy>()
             .map(|s| s.as_str().to_string())
             .map_err(|e| format!("placement.strategy: {e}"))?,
     };
@@ -607,7 +607,7 @@ spec:
         let document = parse(SAMPLE, "shop.yaml").unwrap();
         let vms = stored(&document);
         let exported = from_vms(&vms, Some("shop"));
-        let text = serde_yaml::to_string(&exported).unwrap();
+        let text = serde_yaml_ng::to_string(&exported).unwrap();
         let reparsed = parse(&text, "export").unwrap();
         let by_name = |mut vms: Vec<pb::VmInfo>| {
             vms.sort_by_key(|vm| vm.spec.as_ref().map(|s| s.name.clone()));

@@ -3,8 +3,8 @@
 use serde::Serialize;
 
 use super::load::Figures;
-use crate::cli::OutputFormat;
-use crate::output;
+use blixard_cli::cli::OutputFormat;
+use blixard_cli::output;
 
 /// What a row's `value` counts.
 #[derive(Debug, Clone, Copy, Serialize, PartialEq)]

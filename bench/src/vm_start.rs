@@ -13,8 +13,8 @@ use tokio_stream::StreamExt;
 
 use super::load::percentile_ms;
 use super::report::{Row, Unit};
-use crate::client;
-use crate::commands::image::GuestImage;
+use blixard_cli::client;
+use blixard_cli::commands::image::GuestImage;
 
 const READY_MARKER: &str = "BLIXARD-GUEST-READY";
 const NAME: &str = "bench-boot";

@@ -22,7 +22,7 @@ use indicatif::ProgressBar;
 use tokio_stream::StreamExt;
 
 use super::report::{Row, Unit};
-use crate::client;
+use blixard_cli::client;
 
 const NODE_VCPUS: u32 = 64;
 const NODE_MEMORY_MIB: u64 = 256 * 1024;

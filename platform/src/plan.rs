@@ -600,7 +600,7 @@ mod tests {
         let document = shop();
         let current = stored(&document);
         let exported = from_vms(&current, Some("shop"));
-        let text = serde_yaml::to_string(&exported).unwrap();
+        let text = serde_yaml_ng::to_string(&exported).unwrap();
         let plan = plan(&parse(&text, "export").unwrap(), &current).unwrap();
         assert_eq!(plan.changes, [], "{text}");
     }

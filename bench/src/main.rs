@@ -1,5 +1,7 @@
-//! `blixard bench`: starts what it measures (local Blixard clusters, an
-//! etcd cluster, gossip nodes, guests), runs it, prints one table.
+//! `blixard-bench`: starts what it measures (local Blixard clusters of the
+//! `blixard` binary beside it, an etcd cluster, gossip nodes, guests), runs
+//! it, prints one table. It is its own binary so that the etcd client (and
+//! the `protoc` its build needs) stays out of the production `blixard`.
 //!
 //! Invariant: every figure comes from this run on this machine; nothing is
 //! asserted about it (tests never assert timings). Whatever could not run
@@ -13,7 +15,8 @@ mod placement;
 mod report;
 mod vm_start;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
 use blixard_api::pb;
@@ -22,11 +25,98 @@ use etcd_client::KvClient;
 use indicatif::ProgressBar;
 use prost::Message;
 
-use crate::cli::{BenchArgs, BenchPart, OutputFormat};
-use crate::local::LocalCluster;
-use crate::{client, output};
+use blixard_cli::cli::{parse_duration_ms, OutputFormat};
+use blixard_cli::commands::image;
+use blixard_cli::local::LocalCluster;
+use blixard_cli::{client, exit, output};
+use clap::Parser;
 use load::{closed_loop, connections_per_endpoint, Figures};
 use report::{Report, Row, Unit};
+
+/// Measure: starts a local cluster, runs the benchmarks, prints one table.
+#[derive(Debug, Parser)]
+#[command(name = "blixard-bench", version)]
+pub struct BenchArgs {
+    /// Seconds, not minutes: small sizes and short runs (what CI runs).
+    #[arg(long)]
+    pub quick: bool,
+    /// How long each closed-loop run lasts.
+    #[arg(long, default_value = "5s", value_parser = parse_duration_ms)]
+    pub duration: u64,
+    /// The etcd binary run beside Blixard for comparison (Debian's
+    /// etcd-server); if it cannot run, the table says why.
+    #[arg(long, default_value = "etcd")]
+    pub etcd: String,
+    /// The `blixard` binary the local clusters run (default: the one
+    /// beside this binary, else `blixard` on PATH).
+    #[arg(long)]
+    pub blixard: Option<PathBuf>,
+    /// Boots of the test guest for the VM start path (0 skips it).
+    #[arg(long)]
+    pub boots: Option<usize>,
+    /// Run only these parts (repeatable or comma-separated); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<BenchPart>,
+    /// How to print the table.
+    #[arg(short, long, value_enum, default_value = "table")]
+    pub output: OutputFormat,
+}
+
+/// The parts of `blixard-bench`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchPart {
+    /// The pure scheduler over simulated nodes.
+    Scheduler,
+    /// Idle RSS, end-to-end placement, RSS holding the placed VMs.
+    Placement,
+    /// Chitchat convergence, join and failure detection.
+    Gossip,
+    /// Writes and linearizable reads, beside etcd.
+    Consensus,
+    /// Booting the test guest.
+    VmStart,
+    /// Dashboard frame and filter times at 10,000 VMs.
+    Dashboard,
+}
+
+fn main() -> ExitCode {
+    let args = BenchArgs::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("BLIXARD_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            exit::classify(&error).into()
+        }
+    }
+}
+
+/// The `blixard` the clusters run: `--blixard`, else the one beside this
+/// binary (`target/release/blixard` beside `target/release/blixard-bench`),
+/// else whatever `blixard` is on PATH.
+fn blixard_binary(chosen: Option<PathBuf>) -> PathBuf {
+    chosen
+        .or_else(|| {
+            let beside = std::env::current_exe().ok()?.with_file_name("blixard");
+            beside.is_file().then_some(beside)
+        })
+        .unwrap_or_else(|| PathBuf::from("blixard"))
+}
 
 /// How big each part runs: `--quick` is for CI (seconds, not minutes).
 struct Sizes {
@@ -111,6 +201,7 @@ fn voters_rss_mib(cluster: &LocalCluster) -> anyhow::Result<f64> {
 }
 
 async fn start_cluster(
+    program: &Path,
     dir: &Path,
     agent: bool,
     spinner: &ProgressBar,
@@ -119,6 +210,7 @@ async fn start_cluster(
     let addresses = free_addresses(3)?;
     spinner.set_message("starting three voters");
     LocalCluster::start(
+        program,
         dir,
         &addresses,
         // Guests must not outlive the benchmark, even when it fails.
@@ -270,11 +362,12 @@ async fn leader_and_followers(cluster: &LocalCluster) -> anyhow::Result<(String,
 /// Idle footprint, then end-to-end placement onto gossiping nodes, then
 /// the footprint holding the placed VMs; on a cluster of its own.
 async fn placement_and_footprint(
+    program: &Path,
     dir: &Path,
     sizes: &Sizes,
     spinner: &ProgressBar,
 ) -> anyhow::Result<Vec<Row>> {
-    let cluster = start_cluster(&dir.join("placement"), false, spinner).await?;
+    let cluster = start_cluster(program, &dir.join("placement"), false, spinner).await?;
     let mut rows = vec![Row::figure(
         "footprint: idle voter RSS",
         voters_rss_mib(&cluster)?,
@@ -380,7 +473,9 @@ async fn consensus(
     Ok(rows)
 }
 
-pub async fn run(args: BenchArgs, format: OutputFormat) -> anyhow::Result<()> {
+async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    let format = args.output;
+    let program = blixard_binary(args.blixard.clone());
     let sizes = Sizes::new(&args);
     let runs = |part: BenchPart| args.only.is_empty() || args.only.contains(&part);
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
@@ -398,7 +493,7 @@ pub async fn run(args: BenchArgs, format: OutputFormat) -> anyhow::Result<()> {
         ));
     }
     if runs(BenchPart::Placement) {
-        rows.extend(placement_and_footprint(dir.path(), &sizes, &spinner).await?);
+        rows.extend(placement_and_footprint(&program, dir.path(), &sizes, &spinner).await?);
     }
     if runs(BenchPart::Dashboard) {
         spinner.set_message("dashboard frames");
@@ -409,7 +504,8 @@ pub async fn run(args: BenchArgs, format: OutputFormat) -> anyhow::Result<()> {
     }
     let mut etcd_version = None;
     if runs(BenchPart::Consensus) || runs(BenchPart::VmStart) {
-        let cluster = start_cluster(&dir.path().join("consensus"), true, &spinner).await?;
+        let cluster =
+            start_cluster(&program, &dir.path().join("consensus"), true, &spinner).await?;
         if runs(BenchPart::Consensus) {
             let (consensus_rows, version) = consensus_beside_etcd(
                 &cluster,
@@ -425,7 +521,7 @@ pub async fn run(args: BenchArgs, format: OutputFormat) -> anyhow::Result<()> {
         }
         if runs(BenchPart::VmStart) && sizes.boots > 0 {
             spinner.set_message("building the test guest");
-            match super::image::build(&super::image::default_dir()) {
+            match image::build(&image::default_dir()) {
                 Ok(image) => {
                     let address = cluster.nodes[0].address.clone();
                     rows.extend(vm_start::rows(&address, &image, sizes.boots, &spinner).await?);
@@ -474,4 +570,29 @@ async fn consensus_beside_etcd(
     };
     let rows = consensus(cluster, etcd.as_ref(), sizes, spinner).await?;
     Ok((rows, etcd.map(|e| e.version.clone())))
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn arguments_parse_as_documented() {
+        BenchArgs::command().debug_assert();
+        let args = BenchArgs::try_parse_from([
+            "blixard-bench",
+            "--quick",
+            "--only",
+            "consensus,vm-start",
+            "-o",
+            "json",
+        ])
+        .unwrap();
+        assert!(args.quick);
+        assert_eq!(args.only, [BenchPart::Consensus, BenchPart::VmStart]);
+        assert_eq!(args.output, OutputFormat::Json);
+        assert!(BenchArgs::try_parse_from(["blixard-bench", "--only", "disk"]).is_err());
+    }
 }
