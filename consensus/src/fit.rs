@@ -24,6 +24,9 @@ pub struct Capacity {
     pub vcpus: u32,
     pub memory_mib: u64,
     pub kvm: bool,
+    /// Whether a node agent runs VMs there (it reports an acceleration;
+    /// a node with `[agent] enabled = false` reports none).
+    pub runs_vms: bool,
 }
 
 /// What a node offers VMs, from its record.
@@ -49,6 +52,7 @@ impl NodeFacts {
                 vcpus: host.vcpus_total,
                 memory_mib: host.memory_mib_total,
                 kvm: host.accel == "kvm",
+                runs_vms: !host.accel.is_empty(),
             }
         });
         attributes.insert("node".into(), node.node_id.to_string());
@@ -101,6 +105,8 @@ pub enum Misfit {
     NotPinned,
     Ineligible,
     NotReporting,
+    /// No node agent runs there: a VM placed there would never start.
+    NoAgent,
     /// Index into the VM's constraints.
     Constraint(usize),
     AntiAffinity,
@@ -114,6 +120,7 @@ impl Misfit {
             Misfit::NotPinned => "not the pinned node".into(),
             Misfit::Ineligible => "ineligible".into(),
             Misfit::NotReporting => "not yet reporting resources".into(),
+            Misfit::NoAgent => "running no node agent".into(),
             Misfit::Constraint(i) => {
                 format!("excluded by constraint {}", spec.placement.constraints[i])
             }
@@ -152,6 +159,9 @@ pub fn misfit(
     let Some(capacity) = node.capacity else {
         return Some(Misfit::NotReporting);
     };
+    if !capacity.runs_vms {
+        return Some(Misfit::NoAgent);
+    }
     if let Some(i) = spec
         .placement
         .constraints

@@ -18,7 +18,7 @@ use blixard_consensus::{DataIdentity, LogStore, RaftConfig, RaftNode, DATA_FORMA
 use blixard_membership::{GossipSecurity, Membership, MembershipConfig, NodeInfo, NodeRole};
 use tokio::sync::watch;
 
-use blixard_nodeagent::{accel, NodeAgent, Settings, VmUser};
+use blixard_nodeagent::{accel, launcher, Launcher, NodeAgent, Settings, VmUser};
 
 use crate::config::Config;
 use crate::controllers;
@@ -426,6 +426,17 @@ fn raise_open_files_limit() {
 /// Runs the agent until `shutdown` completes. Returns an error if start-up
 /// fails or the raft loop stops on a storage failure.
 pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    run_with_launcher(config, None, shutdown).await
+}
+
+/// [`run`], with the node agent's hypervisors run by `launcher` instead of
+/// the one `[agent] supervision` names (the simulation runs simulated
+/// hypervisors; everything else is the same).
+pub async fn run_with_launcher(
+    config: Config,
+    launcher: Option<Arc<dyn Launcher>>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
     config.validate()?;
     #[cfg(not(madsim))]
     raise_open_files_limit();
@@ -589,6 +600,7 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
         true => Some(tokio::spawn(start_node_agent(
             config.clone(),
             vm_user,
+            launcher,
             handle.clone(),
             accel_tx,
             stop_rx.clone(),
@@ -693,17 +705,21 @@ fn spawn_raft_loop<T: blixard_consensus::Transport>(
     }
 }
 
-/// Probes acceleration, then runs fencing and the agent's reconciler until
-/// `stop`.
+/// Probes acceleration (unless `launcher` knows it), then runs fencing and
+/// the agent's reconciler until `stop`.
 async fn start_node_agent(
     config: Config,
     vm_user: Option<VmUser>,
+    launcher: Option<Arc<dyn Launcher>>,
     raft: ClusterHandle,
     accel_tx: watch::Sender<Option<String>>,
     stop: watch::Receiver<bool>,
 ) {
     let agent_config = &config.agent;
-    let accel = accel::resolve(agent_config.accel, &agent_config.qemu).await;
+    let accel = match &launcher {
+        Some(launcher) => launcher.accel(),
+        None => accel::resolve(agent_config.accel, &agent_config.qemu).await,
+    };
     tracing::info!(accel = accel.as_str(), "hypervisor acceleration");
     let _ = accel_tx.send(Some(accel.as_str().to_string()));
     let (fenced_tx, fenced_rx) = watch::channel(false);
@@ -713,7 +729,7 @@ async fn start_node_agent(
         fenced_tx,
         stop.clone(),
     ));
-    let settings = Settings {
+    let settings = Arc::new(Settings {
         state_root: config.vm_state_dir(),
         qemu_binary: agent_config.qemu.clone(),
         nix_binary: agent_config.nix.clone(),
@@ -726,8 +742,9 @@ async fn start_node_agent(
         systemctl_binary: agent_config.systemctl.clone(),
         private_dirs: vec![config.cluster.data_dir.clone()],
         vm_user,
-    };
-    let (agent, reports) = NodeAgent::new(settings);
+    });
+    let launcher = launcher.unwrap_or_else(|| launcher::for_settings(settings.clone()));
+    let (agent, reports) = NodeAgent::new(settings, launcher);
     controllers::reconciler::run(
         raft,
         config.cluster.node_id,

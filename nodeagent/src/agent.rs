@@ -12,6 +12,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::launcher::Launcher;
 use crate::paths;
 use crate::supervisor::{supervise, Desired, Settings, VmReport};
 
@@ -25,17 +26,23 @@ struct Supervised {
 
 pub struct NodeAgent {
     settings: Arc<Settings>,
+    launcher: Arc<dyn Launcher>,
     supervisors: HashMap<String, Supervised>,
     reports: mpsc::Sender<VmReport>,
     scanned_state_root: bool,
 }
 
 impl NodeAgent {
-    /// Returns the agent and the receiving end of its reports.
-    pub fn new(settings: Settings) -> (Self, mpsc::Receiver<VmReport>) {
+    /// Returns the agent, which runs hypervisors through `launcher`, and
+    /// the receiving end of its reports.
+    pub fn new(
+        settings: Arc<Settings>,
+        launcher: Arc<dyn Launcher>,
+    ) -> (Self, mpsc::Receiver<VmReport>) {
         let (reports, receiver) = mpsc::channel(REPORTS_QUEUED_MAX);
         let agent = Self {
-            settings: Arc::new(settings),
+            settings,
+            launcher,
             supervisors: HashMap::new(),
             reports,
             scanned_state_root: false,
@@ -87,6 +94,7 @@ impl NodeAgent {
         let task = tokio::spawn(supervise(
             name.to_string(),
             self.settings.clone(),
+            self.launcher.clone(),
             receiver,
             self.reports.clone(),
         ));

@@ -11,6 +11,25 @@ pub enum Error {
     /// The runner could not be prepared (bad paths, failed `nix build`).
     #[error("{0}")]
     Runner(String),
+    /// A kernel or initrd that may not be given to a guest.
+    #[error("{what} {source}")]
+    Guest {
+        what: &'static str,
+        source: Box<Error>,
+    },
+    /// A combination of settings and plan this node cannot run.
+    #[error("{0}")]
+    Unsupported(&'static str),
+    /// The hypervisor ended before its guest ran.
+    #[error("hypervisor exited during start ({status}): {console}")]
+    ExitedDuringStart {
+        status: String,
+        /// The console log's last line.
+        console: String,
+    },
+    /// The guest did not run within the boot timeout (it was stopped).
+    #[error("guest not running after {boot_timeout_ms} ms")]
+    BootTimeout { boot_timeout_ms: u64 },
     /// The QMP control socket misbehaved.
     #[error("QMP: {0}")]
     Qmp(String),

@@ -9,11 +9,14 @@
 
 pub mod accel;
 pub mod agent;
+pub mod child;
 pub mod console;
 mod error;
+pub mod launcher;
 pub mod paths;
 pub mod process;
 pub mod qmp;
+pub mod restart;
 pub mod runner;
 pub mod supervisor;
 pub mod systemd;
@@ -22,6 +25,8 @@ pub mod vm_user;
 pub use accel::{Accel, AccelMode};
 pub use agent::NodeAgent;
 pub use error::{Error, Result};
-pub use supervisor::{Desired, Phase, PlanSource, RestartPolicy, Settings, VmPlan, VmReport};
+pub use launcher::{ExitStatus, Hypervisor, Launched, Launcher, VmDir};
+pub use restart::RestartPolicy;
+pub use supervisor::{Desired, Phase, PlanSource, Settings, VmPlan, VmReport};
 pub use systemd::Supervision;
 pub use vm_user::VmUser;

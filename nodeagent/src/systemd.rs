@@ -6,11 +6,16 @@
 //! on units named `microvm@NAME`; it never edits units.
 
 use std::process::Stdio;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
 
+use crate::accel::Accel;
 use crate::error::{Error, Result};
+use crate::launcher::{self, ExitStatus, Hypervisor, Launched, Launcher, VmDir};
+use crate::supervisor::{Settings, VmPlan};
 
 /// How the agent runs hypervisors.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -86,4 +91,90 @@ pub async fn main_pid(binary: &str, name: &str) -> Option<u32> {
     .parse()
     .ok()
     .filter(|pid| *pid != 0)
+}
+
+/// How often a unit's state is polled.
+const POLL_INTERVAL_MS: u64 = 250;
+
+/// Hypervisors run by systemd as `microvm@NAME`, which restarts them
+/// itself; the agent starts, watches and stops the unit.
+pub struct SystemdLauncher {
+    settings: Arc<Settings>,
+}
+
+impl SystemdLauncher {
+    pub fn new(settings: Arc<Settings>) -> Self {
+        Self { settings }
+    }
+
+    fn unit_of(&self, name: &str) -> Unit {
+        Unit {
+            systemctl: self.settings.systemctl_binary.clone(),
+            name: name.to_string(),
+            pid: None,
+        }
+    }
+}
+
+/// One VM's unit, polled through `systemctl`.
+struct Unit {
+    systemctl: String,
+    name: String,
+    pid: Option<u32>,
+}
+
+#[async_trait]
+impl Hypervisor for Unit {
+    fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    async fn wait(&mut self) -> ExitStatus {
+        loop {
+            let state = state(&self.systemctl, &self.name).await;
+            if !matches!(state.as_str(), "active" | "activating" | "reloading") {
+                return ExitStatus::failed(format!("unit {} is {state}", unit(&self.name)));
+            }
+            tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;
+        }
+    }
+
+    /// `systemctl stop` waits for the unit's own stop (microvm.nix's
+    /// `microvm-shutdown`, then systemd's escalation).
+    async fn stop(&mut self, _timeout_ms: u64) -> Result<Option<ExitStatus>> {
+        stop(&self.systemctl, &self.name).await?;
+        Ok(None)
+    }
+}
+
+#[async_trait]
+impl Launcher for SystemdLauncher {
+    fn accel(&self) -> Accel {
+        self.settings.accel
+    }
+
+    async fn adopt(&self, vm: VmDir<'_>) -> Option<Box<dyn Hypervisor>> {
+        let mut unit = self.unit_of(vm.name);
+        if state(&unit.systemctl, vm.name).await != "active" {
+            return None;
+        }
+        unit.pid = main_pid(&unit.systemctl, vm.name).await;
+        tracing::info!(vm = %vm.name, pid = ?unit.pid, "adopting active systemd unit");
+        Some(Box::new(unit))
+    }
+
+    async fn launch(&self, vm: VmDir<'_>, plan: &VmPlan) -> Result<Launched> {
+        launcher::prepare_runner(&self.settings, vm, plan).await?;
+        let _ = std::fs::remove_file(crate::runner::qmp_socket(vm.state_dir, vm.name));
+        let spawned_at = Instant::now();
+        let mut unit = self.unit_of(vm.name);
+        start(&unit.systemctl, vm.name).await?;
+        unit.pid = main_pid(&unit.systemctl, vm.name).await;
+        let boot_ms =
+            launcher::wait_until_running(&mut unit, vm, &self.settings, spawned_at).await?;
+        Ok(Launched {
+            hypervisor: Box::new(unit),
+            boot_ms,
+        })
+    }
 }

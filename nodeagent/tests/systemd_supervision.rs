@@ -4,11 +4,13 @@
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use blixard_nodeagent::{
-    Accel, Desired, NodeAgent, Phase, PlanSource, RestartPolicy, Settings, Supervision, VmPlan,
-    VmReport,
+    launcher, Accel, Desired, NodeAgent, Phase, PlanSource, RestartPolicy, Settings, Supervision,
+    VmPlan, VmReport,
 };
 use tokio::sync::mpsc;
 
@@ -17,7 +19,9 @@ dir=$(dirname "$0")
 echo "$*" >> "$dir/calls"
 case "$1" in
   start) echo active > "$dir/unit-state" ;;
-  stop) echo inactive > "$dir/unit-state" ;;
+  stop)
+    if [ -e "$dir/stop-fails" ]; then echo "Job for $2 canceled." >&2; exit 1; fi
+    echo inactive > "$dir/unit-state" ;;
   is-active)
     state=$(cat "$dir/unit-state" 2>/dev/null || echo inactive)
     echo "$state"
@@ -33,17 +37,16 @@ async fn next_report(reports: &mut mpsc::Receiver<VmReport>) -> VmReport {
         .expect("agent dropped its reports")
 }
 
-#[tokio::test]
-async fn systemd_mode_starts_and_stops_the_microvm_unit() {
-    let dir = tempfile::tempdir().unwrap();
-    let systemctl = dir.path().join("systemctl");
+/// An agent in systemd mode whose `systemctl` is the stand-in in `dir`.
+fn systemd_agent(dir: &Path) -> (NodeAgent, mpsc::Receiver<VmReport>) {
+    let systemctl = dir.join("systemctl");
     std::fs::write(&systemctl, FAKE_SYSTEMCTL).unwrap();
     std::fs::set_permissions(&systemctl, std::fs::Permissions::from_mode(0o755)).unwrap();
     for file in ["vmlinuz", "initrd"] {
-        std::fs::write(dir.path().join(file), b"x").unwrap();
+        std::fs::write(dir.join(file), b"x").unwrap();
     }
-    let (mut agent, mut reports) = NodeAgent::new(Settings {
-        state_root: dir.path().join("microvms"),
+    let settings = Arc::new(Settings {
+        state_root: dir.join("microvms"),
         qemu_binary: "qemu-system-x86_64".into(),
         nix_binary: "nix".into(),
         accel: Accel::Tcg,
@@ -56,18 +59,31 @@ async fn systemd_mode_starts_and_stops_the_microvm_unit() {
         private_dirs: Vec::new(),
         vm_user: None,
     });
-    let plan = VmPlan {
+    NodeAgent::new(settings.clone(), launcher::for_settings(settings))
+}
+
+fn plan(dir: &Path) -> VmPlan {
+    VmPlan {
         name: "web".into(),
         vcpus: 1,
         memory_mib: 64,
         source: PlanSource::Kernel {
-            kernel: dir.path().join("vmlinuz"),
-            initrd: dir.path().join("initrd"),
+            kernel: dir.join("vmlinuz"),
+            initrd: dir.join("initrd"),
             cmdline: String::new(),
             ports: Vec::new(),
         },
-    };
-    agent.reconcile(&BTreeMap::from([("web".to_string(), Desired::Run(plan))]));
+    }
+}
+
+#[tokio::test]
+async fn systemd_mode_starts_and_stops_the_microvm_unit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, mut reports) = systemd_agent(dir.path());
+    agent.reconcile(&BTreeMap::from([(
+        "web".to_string(),
+        Desired::Run(plan(dir.path())),
+    )]));
     assert_eq!(next_report(&mut reports).await.phase, Phase::Starting);
     let running = next_report(&mut reports).await;
     assert_eq!((running.phase, running.pid), (Phase::Running, Some(4242)));
@@ -109,5 +125,42 @@ async fn systemd_mode_starts_and_stops_the_microvm_unit() {
     assert!(
         calls.iter().all(|c| c.ends_with(" microvm@web.service")),
         "{calls:?}"
+    );
+}
+
+/// A unit that `systemctl stop` could not stop may still run: the VM is
+/// `Failed` with the reason, never `Stopped`, until a later stop works.
+#[tokio::test]
+async fn a_failed_systemctl_stop_is_not_reported_as_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, mut reports) = systemd_agent(dir.path());
+    agent.reconcile(&BTreeMap::from([(
+        "web".to_string(),
+        Desired::Run(plan(dir.path())),
+    )]));
+    assert_eq!(next_report(&mut reports).await.phase, Phase::Starting);
+    assert_eq!(next_report(&mut reports).await.phase, Phase::Running);
+
+    std::fs::write(dir.path().join("stop-fails"), b"").unwrap();
+    agent.reconcile(&BTreeMap::from([("web".to_string(), Desired::Stop)]));
+    assert_eq!(next_report(&mut reports).await.phase, Phase::Stopping);
+    let failed = next_report(&mut reports).await;
+    assert_eq!(failed.phase, Phase::Failed, "{failed:?}");
+    assert!(
+        failed.reason.contains("stop failed") && failed.reason.contains("canceled"),
+        "{failed:?}"
+    );
+
+    std::fs::remove_file(dir.path().join("stop-fails")).unwrap();
+    let stopped = next_report(&mut reports).await;
+    assert_eq!(stopped.phase, Phase::Stopped, "{stopped:?}");
+    let calls = std::fs::read_to_string(dir.path().join("calls")).unwrap();
+    assert_eq!(
+        calls
+            .lines()
+            .filter(|c| *c == "stop microvm@web.service")
+            .count(),
+        2,
+        "{calls}"
     );
 }

@@ -139,10 +139,15 @@ async fn five_nodes_find_each_other_by_gossip_from_one_seed() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn placement_follows_anti_affinity_and_constraints() {
-    let mut cluster = TestCluster::start_with(3, Timings::default(), Network::Loopback, |_| {
-        no_agent(label("storage", "hdd"))
-    })
-    .await;
+    // Nodes with agents: a node without one takes no VMs. The VMs' flake
+    // does not exist, so their agents report them failed; placement is
+    // what this test watches.
+    let mut cluster =
+        TestCluster::start_with(3, Timings::default(), Network::Loopback, |_| NodeOptions {
+            labels: label("storage", "hdd"),
+            ..NodeOptions::default()
+        })
+        .await;
     cluster.cli_ok(
         1,
         &[
@@ -204,21 +209,43 @@ async fn placement_follows_anti_affinity_and_constraints() {
     // A fourth replica fits nowhere either: every node runs one already.
     cluster.cli_ok(1, &["vm", "scale", "web", "--replicas", "4"]);
 
+    // An nvme node without an agent would never start db: it stays
+    // pending, and says why.
     let options = NodeOptions {
         join_via: Some(1),
         ..no_agent(label("storage", "nvme"))
     };
     cluster.add_node_with(4, options);
+    eventually(
+        "db pending past the node without an agent",
+        TIMEOUT,
+        || async {
+            let db = vm(&cluster, 1, "db");
+            let reason = db["reason"].as_str().unwrap_or_default();
+            assert!(db["node"].is_null(), "db placed: {db}");
+            reason
+                .contains("1 node running no node agent")
+                .then_some(())
+        },
+    )
+    .await;
+
+    let options = NodeOptions {
+        join_via: Some(1),
+        labels: label("storage", "nvme"),
+        ..NodeOptions::default()
+    };
+    cluster.add_node_with(5, options);
     let db_node = eventually("db placed on the new nvme node", TIMEOUT, || async {
         vm(&cluster, 1, "db")["node"].as_u64()
     })
     .await;
-    assert_eq!(db_node, 4);
+    assert_eq!(db_node, 5);
     let web4 = eventually("web-4 placed on the new node", TIMEOUT, || async {
         vm(&cluster, 1, "web-4")["node"].as_u64()
     })
     .await;
-    assert_eq!(web4, 4);
+    assert_eq!(web4, 5);
 
     let scaled = json(&cluster, 2, &["vm", "scale", "web", "--replicas", "2"]);
     let names: Vec<&str> = scaled["vms"]
@@ -233,7 +260,7 @@ async fn placement_follows_anti_affinity_and_constraints() {
         "vm_placed",
         "vm_unplaceable",
         "node_joined",
-        "placed db on node 4",
+        "placed db on node 5",
     ] {
         assert!(
             events.contains(needle),

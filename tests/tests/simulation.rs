@@ -1,6 +1,7 @@
 //! Deterministic simulation (madsim) of clusters running the real daemon
 //! code: consensus, LMDB storage, gRPC transport and services, chitchat
-//! gossip, placement, failover and autopilot.
+//! gossip, placement, failover, autopilot and the node agent (its guests
+//! are simulated: [`SimLauncher`]).
 //! Run with `RUSTFLAGS="--cfg madsim" cargo test --target-dir target/sim
 //! -p blixard-tests --test simulation`; `MADSIM_TEST_SEED` picks the seed.
 
@@ -11,11 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_trait::async_trait;
 use blixard_api::pb;
 use blixard_api::pb::{
     cluster_client::ClusterClient, node_client::NodeClient, vm_client::VmClient,
 };
 use blixard_daemon::Config;
+use blixard_nodeagent::{Accel, ExitStatus, Hypervisor, Launched, Launcher, VmDir, VmPlan};
 use madsim::rand::Rng;
 use madsim::runtime::{Handle, NodeHandle};
 
@@ -53,9 +56,8 @@ fn config(id: u64, data_dir: PathBuf, election_timeout_ms: u64) -> Config {
     // madsim has one port space for TCP and UDP, so gossip cannot share
     // the gRPC port number here as it does on a real host.
     config.membership.gossip_bind = Some(SocketAddr::new(ip(id), PORT + 1).to_string());
-    // Hypervisor processes cannot run inside the simulation; everything
-    // else (consensus, storage, transport, scheduler) is the real code.
-    config.agent.enabled = false;
+    // The node agent runs, its guests simulated (`SimLauncher`).
+    config.agent.enabled = true;
     // The simulated network carries no TLS (madsim-tonic ignores it).
     config.security.insecure = true;
     config.consensus.heartbeat_interval_ms = 100;
@@ -90,13 +92,68 @@ fn start_node(handle: &Handle, id: u64, root: &std::path::Path) -> NodeHandle {
         .init(move || {
             let config = (*config).clone();
             async move {
-                if let Err(error) = blixard_daemon::agent::run(config, std::future::pending()).await
-                {
+                let launcher: Arc<dyn Launcher> = Arc::new(SimLauncher);
+                let run = blixard_daemon::agent::run_with_launcher(
+                    config,
+                    Some(launcher),
+                    std::future::pending(),
+                );
+                if let Err(error) = run.await {
                     panic!("agent failed: {error}");
                 }
             }
         })
         .build()
+}
+
+/// How long a simulated guest takes to boot.
+const SIM_BOOT_MS: u64 = 200;
+
+/// Hypervisors inside the simulation, where no process can start: a guest
+/// runs from its launch until it is stopped or its node dies. Everything
+/// around it (the node agent, supervisors, reports, fencing) is the real
+/// code.
+struct SimLauncher;
+
+/// A simulated guest: it runs until stopped.
+struct SimGuest;
+
+#[async_trait]
+impl Hypervisor for SimGuest {
+    fn pid(&self) -> Option<u32> {
+        None
+    }
+
+    async fn wait(&mut self) -> ExitStatus {
+        std::future::pending().await
+    }
+
+    async fn stop(&mut self, _timeout_ms: u64) -> blixard_nodeagent::Result<Option<ExitStatus>> {
+        Ok(Some(ExitStatus {
+            success: true,
+            text: "exit code 0".into(),
+        }))
+    }
+}
+
+#[async_trait]
+impl Launcher for SimLauncher {
+    fn accel(&self) -> Accel {
+        Accel::Tcg
+    }
+
+    /// A simulated guest dies with its node.
+    async fn adopt(&self, _vm: VmDir<'_>) -> Option<Box<dyn Hypervisor>> {
+        None
+    }
+
+    async fn launch(&self, _vm: VmDir<'_>, _plan: &VmPlan) -> blixard_nodeagent::Result<Launched> {
+        tokio::time::sleep(Duration::from_millis(SIM_BOOT_MS)).await;
+        Ok(Launched {
+            hypervisor: Box::new(SimGuest),
+            boot_ms: Some(SIM_BOOT_MS),
+        })
+    }
 }
 
 async fn status(id: u64) -> Option<pb::StatusResponse> {
@@ -262,7 +319,8 @@ async fn three_nodes_survive_leader_crash_and_partition() {
     }
 }
 
-async fn vm_nodes(id: u64) -> Option<Vec<(String, u64)>> {
+/// Every VM's node (0: none) and phase, as node `id` sees them.
+async fn vm_nodes(id: u64) -> Option<Vec<(String, u64, pb::VmPhase)>> {
     let client = VmClient::connect(format!("http://{}", address(id)))
         .await
         .ok()?;
@@ -275,7 +333,10 @@ async fn vm_nodes(id: u64) -> Option<Vec<(String, u64)>> {
     Some(
         list.vms
             .into_iter()
-            .map(|vm| (vm.spec.unwrap().name, vm.assigned_node))
+            .map(|vm| {
+                let phase = blixard_api::vm_phase(&vm);
+                (vm.spec.unwrap().name, vm.assigned_node, phase)
+            })
             .collect(),
     )
 }
@@ -294,8 +355,8 @@ async fn voters(id: u64) -> Option<Vec<u64>> {
 
 /// Goal: gossip, failover and autopilot heal the cluster in the real code.
 /// Method: four simulated nodes (three voters, one log-less worker fed by
-/// a voter) with VMs placed on all of them; kill the worker, restart it,
-/// then kill a voter; every VM ends up placed on a live node and the
+/// a voter) with VMs running on all of them; kill the worker, restart it,
+/// then kill a voter; every VM ends up running on a live node and the
 /// worker is made a learner and promoted in the dead voter's place.
 #[madsim::test]
 async fn failover_and_autopilot_heal_the_cluster() {
@@ -340,10 +401,12 @@ async fn failover_and_autopilot_heal_the_cluster() {
             }
             let voting = voters(1).await.unwrap();
             let worker = (1..=4).find(|id| !voting.contains(id)).unwrap();
-            wait_for("every VM placed, some on the worker", || async {
+            wait_for("every VM running, some on the worker", || async {
                 let placed = vm_nodes(1).await?;
-                (placed.iter().all(|(_, node)| *node != 0)
-                    && placed.iter().any(|(_, node)| *node == worker))
+                (placed
+                    .iter()
+                    .all(|(_, node, phase)| *node != 0 && *phase == pb::VmPhase::Running)
+                    && placed.iter().any(|(_, node, _)| *node == worker))
                 .then_some(())
             })
             .await;
@@ -357,12 +420,14 @@ async fn failover_and_autopilot_heal_the_cluster() {
     let via = voting[0];
     client
         .spawn(wait_for(
-            "no VM left on the dead worker",
+            "every VM running again off the dead worker",
             move || async move {
                 let placed = vm_nodes(via).await?;
                 placed
                     .iter()
-                    .all(|(_, node)| *node != 0 && *node != worker)
+                    .all(|(_, node, phase)| {
+                        *node != 0 && *node != worker && *phase == pb::VmPhase::Running
+                    })
                     .then_some(())
             },
         ))
@@ -401,12 +466,14 @@ async fn failover_and_autopilot_heal_the_cluster() {
     );
     client
         .spawn(wait_for(
-            "no VM left on the dead voter",
+            "every VM running again off the dead voter",
             move || async move {
                 let placed = vm_nodes(leader).await?;
                 placed
                     .iter()
-                    .all(|(_, node)| *node != 0 && *node != victim)
+                    .all(|(_, node, phase)| {
+                        *node != 0 && *node != victim && *phase == pb::VmPhase::Running
+                    })
                     .then_some(())
             },
         ))

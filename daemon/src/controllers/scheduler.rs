@@ -416,6 +416,42 @@ mod tests {
         assert!(reason.contains("1 node down"), "{reason}");
     }
 
+    /// A node that runs no agent (`[agent] enabled = false`) reports no
+    /// acceleration: a VM placed there would never start.
+    #[test]
+    fn nodes_without_an_agent_take_no_vms() {
+        let mut no_agent = host(8192, &[]);
+        no_agent.accel = String::new();
+        let mut state = cluster(&[no_agent.clone(), host(2048, &[])]);
+        run(&mut state, spec("a", 1024));
+        run(&mut state, spec("b", 1024));
+        let mut pinned = spec("pinned", 64);
+        pinned.pinned_node = Some(1);
+        run(&mut state, pinned);
+        let decisions = schedule(&state, &all_alive(&state), PARAMS);
+        assert_eq!(placed(&decisions), [("a".into(), 2), ("b".into(), 2)]);
+        assert_eq!(
+            decisions[2],
+            Decision::Unplaceable {
+                vm: "pinned".into(),
+                reason: "no node fits: 1 node not the pinned node; 1 node running no node agent"
+                    .into()
+            }
+        );
+
+        // Nor does apply take such a placement (a deposed leader's).
+        let mut state = cluster(&[no_agent]);
+        run(&mut state, spec("c", 64));
+        let assigned = state.apply(Command::AssignVm {
+            name: "c".into(),
+            node_id: Some(1),
+            reason: String::new(),
+            vcpu_overcommit: Some(PARAMS.vcpu_overcommit),
+        });
+        assert!(assigned.result.is_err(), "{:?}", assigned.result);
+        assert_eq!(state.vms["c"].assigned_node, None);
+    }
+
     #[test]
     fn anti_affinity_is_hard_and_replica_spread_soft() {
         let mut state = cluster(&[host(8192, &[]), host(8192, &[])]);
