@@ -31,7 +31,7 @@ pub enum Actor {
 }
 
 /// What the node that took a client's request knows about it; travels in
-/// the raft entry's context after its [`ProposalTag`].
+/// the raft entry's context after its [`ProposalTag`] and clock.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AuditContext {
     pub actor: Actor,
@@ -45,18 +45,11 @@ pub struct AuditContext {
 }
 
 impl AuditContext {
-    /// An entry context: `tag`, then this.
-    pub fn entry_context(&self, tag: &ProposalTag) -> Vec<u8> {
-        let mut bytes = tag.encode();
-        bytes.extend(serde_json::to_vec(self).expect("audit contexts serialize"));
-        bytes
-    }
-
     /// The context an entry carries after its tag, if any, clipped to
     /// bounds. Bytes that do not decode carry none (the same on every
     /// node).
     pub fn from_entry_context(context: &[u8]) -> Option<Self> {
-        let bytes = context.get(ProposalTag::ENCODED_LEN..)?;
+        let bytes = ProposalTag::after_clock(context);
         if bytes.is_empty() {
             return None;
         }
@@ -171,7 +164,7 @@ mod tests {
             proposer: 1,
             request_id: 9,
         };
-        let bytes = context("10.0.0.9:5555\n").entry_context(&tag);
+        let bytes = tag.entry_context(1, Some(&context("10.0.0.9:5555\n")));
         assert_eq!(
             ProposalTag::decode(&bytes),
             Some(tag),

@@ -210,13 +210,20 @@ pub enum Transition {
         /// decisions).
         #[serde(default, skip_serializing_if = "Option::is_none")]
         audit: Option<Box<crate::audit::Audit>>,
+        /// When it was proposed (see [`ProposalTag::proposed_at`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_unix_ms: Option<u64>,
     },
     MemberAdded {
         node_id: u64,
         address: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_unix_ms: Option<u64>,
     },
     MemberRemoved {
         node_id: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        at_unix_ms: Option<u64>,
     },
 }
 
@@ -314,6 +321,20 @@ pub enum Rejection {
     Invalid { detail: String },
 }
 
+/// An event as the cluster keeps it: numbered and timed by the log, so
+/// every node holds the same records (see `ClusterState::events`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventRecord {
+    /// Numbers the cluster's events from 1, without gaps.
+    pub seq: u64,
+    /// The state revision the entry that told it made.
+    pub revision: u64,
+    /// When the entry was proposed, by its proposer's clock (for entries
+    /// from before entries carried it: the event before's time).
+    pub at_unix_ms: u64,
+    pub event: Event,
+}
+
 /// Something that happened to the cluster, for `events` and the TUI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Event {
@@ -392,7 +413,12 @@ pub enum VmChange {
 }
 
 /// Identifies who proposed an entry so only that node answers the client.
-/// Stored in the raft entry's `context`.
+/// Stored in the raft entry's `context`, which is: this tag (16 bytes),
+/// the proposer's clock (8 bytes, big-endian milliseconds since the epoch,
+/// whose first byte is 0 for the next two million years), then for a
+/// client's change its audit context (JSON, which starts with `{`).
+/// Entries from before the clock have the tag then the JSON: the clock's
+/// first byte tells them apart. A read request's context is the tag alone.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProposalTag {
     pub proposer: u64,
@@ -411,6 +437,36 @@ impl ProposalTag {
         bytes
     }
 
+    /// A proposed entry's context: this tag, the clock, the audit
+    /// context if any (see the type's documentation).
+    pub fn entry_context(
+        &self,
+        at_unix_ms: u64,
+        audit: Option<&crate::audit::AuditContext>,
+    ) -> Vec<u8> {
+        let mut bytes = self.encode();
+        bytes.extend_from_slice(&at_unix_ms.min(PROPOSED_AT_MAX).to_be_bytes());
+        if let Some(audit) = audit {
+            bytes.extend(serde_json::to_vec(audit).expect("audit contexts serialize"));
+        }
+        bytes
+    }
+
+    /// When the entry with this context was proposed, if it says.
+    pub fn proposed_at(context: &[u8]) -> Option<u64> {
+        let clock = context.get(Self::ENCODED_LEN..Self::ENCODED_LEN + 8)?;
+        (clock[0] == 0).then(|| u64::from_be_bytes(clock.try_into().expect("8 bytes")))
+    }
+
+    /// What follows the tag and the clock: an audit context, or nothing.
+    pub fn after_clock(context: &[u8]) -> &[u8] {
+        let rest = context.get(Self::ENCODED_LEN..).unwrap_or_default();
+        match Self::proposed_at(context) {
+            Some(_) => &rest[8..],
+            None => rest,
+        }
+    }
+
     /// `None` for entries raft-rs made itself (empty context).
     pub fn decode(bytes: &[u8]) -> Option<Self> {
         let proposer = u64::from_be_bytes(bytes.get(0..8)?.try_into().ok()?);
@@ -422,9 +478,47 @@ impl ProposalTag {
     }
 }
 
+/// The largest clock an entry context holds (2^56 - 1 ms, in the year
+/// 2,285,000): its first byte stays 0.
+const PROPOSED_AT_MAX: u64 = (1 << 56) - 1;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn entry_contexts_carry_the_clock_and_old_ones_still_read() {
+        let tag = ProposalTag {
+            proposer: 3,
+            request_id: 9,
+        };
+        let audit = crate::audit::AuditContext {
+            actor: crate::audit::Actor::Node { node_id: 3 },
+            at_unix_ms: 5,
+            from: "127.0.0.1".into(),
+            relayed_by: None,
+        };
+        let with = tag.entry_context(1_700_000_000_000, Some(&audit));
+        assert_eq!(ProposalTag::decode(&with), Some(tag));
+        assert_eq!(ProposalTag::proposed_at(&with), Some(1_700_000_000_000));
+        assert_eq!(
+            crate::audit::AuditContext::from_entry_context(&with),
+            Some(audit.clone())
+        );
+        let bare = tag.entry_context(u64::MAX, None);
+        assert_eq!(ProposalTag::proposed_at(&bare), Some(PROPOSED_AT_MAX));
+        assert_eq!(crate::audit::AuditContext::from_entry_context(&bare), None);
+
+        // An entry written before the clock: tag, then the audit JSON.
+        let mut old = tag.encode();
+        old.extend(serde_json::to_vec(&audit).unwrap());
+        assert_eq!(ProposalTag::proposed_at(&old), None);
+        assert_eq!(
+            crate::audit::AuditContext::from_entry_context(&old),
+            Some(audit)
+        );
+        assert_eq!(ProposalTag::proposed_at(&tag.encode()), None);
+    }
 
     #[test]
     fn kinds_are_the_encoded_tags() {

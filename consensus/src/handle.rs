@@ -14,7 +14,7 @@ use raft::StateRole;
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::audit::AuditContext;
-use crate::command::{Applied, Command, Event, Transition, VmChange};
+use crate::command::{Applied, Command, EventRecord, Transition, VmChange};
 use crate::history::{HistoryTooOld, Resume, VmHistory};
 use crate::state::ClusterState;
 use crate::{Error, Result};
@@ -29,8 +29,6 @@ const NO_LEADER_RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// may commit 4096 placements and one command create 1000 VMs, so a
 /// watcher keeping up must be able to take a couple of such bursts.
 pub const VM_EVENTS_BUFFERED_MAX: usize = 8192;
-/// Cluster events kept in memory for `events` without `--follow`.
-pub const RECENT_EVENTS_MAX: usize = 1024;
 /// Transitions kept for workers that reconnect: one further behind gets a
 /// snapshot instead.
 pub const FEED_RETAINED_MAX: usize = 4096;
@@ -146,7 +144,26 @@ pub enum StateEvent {
     /// between raft member and worker): re-read everything.
     Reset { revision: u64 },
     /// Something happened to the cluster (placement, loss, drain, ...).
+    /// Sent after the state holds it, so a subscriber that then reads the
+    /// state's events and skips those numbered up to the last it read
+    /// misses none and sees none twice.
     Cluster(Arc<EventRecord>),
+}
+
+/// Sends each of `records` (just recorded in the state) to `events`'
+/// subscribers.
+pub fn publish_events(events: &broadcast::Sender<StateEvent>, records: Vec<EventRecord>) {
+    for record in records {
+        // Events have their own stream (`blixard events`); at thousands
+        // of writes a second an info line each would drown the log.
+        tracing::debug!(
+            kind = record.event.kind.as_str(),
+            revision = record.revision,
+            "{}",
+            record.event.message
+        );
+        let _ = events.send(StateEvent::Cluster(Arc::new(record)));
+    }
 }
 
 /// What a voter tells the workers it feeds.
@@ -161,24 +178,12 @@ pub enum FeedEvent {
     Reset,
 }
 
-/// A cluster event as this node applied it. `at_unix_ms` is this node's
-/// clock when it applied the entry (not replicated state).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EventRecord {
-    /// Counts events this node applied since it started (from 1).
-    pub seq: u64,
-    pub revision: u64,
-    pub at_unix_ms: u64,
-    pub event: Event,
-}
-
 pub(crate) struct Shared {
     pub(crate) state: RwLock<ClusterState>,
     pub(crate) status: RwLock<RaftStatus>,
     pub(crate) events: broadcast::Sender<StateEvent>,
     /// VM changes are sent to `events` through it (see its invariant).
     pub(crate) vm_history: Mutex<VmHistory>,
-    pub(crate) recent_events: Mutex<VecDeque<EventRecord>>,
     /// The last transitions applied, oldest first, for reconnecting workers.
     pub(crate) feed: Mutex<VecDeque<(u64, Arc<Transition>)>>,
     pub(crate) feed_events: broadcast::Sender<FeedEvent>,
@@ -192,7 +197,6 @@ impl Shared {
             status: RwLock::new(status),
             events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
             vm_history: Mutex::new(VmHistory::new(revision)),
-            recent_events: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS_MAX)),
             feed: Mutex::new(VecDeque::with_capacity(FEED_RETAINED_MAX)),
             feed_events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
         }
@@ -223,24 +227,11 @@ impl Shared {
         let _ = self.feed_events.send(FeedEvent::Reset);
     }
 
-    pub(crate) fn record_event(&self, event: Event, revision: u64) {
-        // Events have their own stream (`blixard events`); at thousands of
-        // writes a second an info line each would drown the log.
-        tracing::debug!(kind = event.kind.as_str(), revision, "{}", event.message);
-        // Numbered and sent under the lock so followers see the order of
-        // the backlog they read.
-        let mut recent = self.recent_events.lock().expect("events lock poisoned");
-        let record = EventRecord {
-            seq: recent.back().map_or(1, |last| last.seq + 1),
-            revision,
-            at_unix_ms: blixard_api::unix_ms_now(),
-            event,
-        };
-        if recent.len() == RECENT_EVENTS_MAX {
-            recent.pop_front();
-        }
-        recent.push_back(record.clone());
-        let _ = self.events.send(StateEvent::Cluster(Arc::new(record)));
+    /// Tells subscribers of events an entry's apply recorded in the state
+    /// (which holds them first, so a subscriber that reads the backlog
+    /// after subscribing misses none: see `StateEvent::Cluster`).
+    pub(crate) fn publish_events(&self, records: Vec<EventRecord>) {
+        publish_events(&self.events, records);
     }
 }
 
@@ -344,14 +335,11 @@ impl RaftHandle {
         (retained, receiver)
     }
 
-    /// Events this node applied since it started, oldest first.
+    /// The cluster's newest events, oldest first (the state keeps them:
+    /// the same on every node).
     pub fn recent_events(&self) -> Vec<EventRecord> {
-        let recent = self
-            .shared
-            .recent_events
-            .lock()
-            .expect("events lock poisoned");
-        recent.iter().cloned().collect()
+        let state = self.shared.state.read().expect("state lock poisoned");
+        state.events.iter().cloned().collect()
     }
 
     pub fn status(&self) -> RaftStatus {

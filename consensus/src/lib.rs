@@ -18,11 +18,13 @@ pub mod storage;
 pub mod validate;
 
 pub use blixard_api::placement::{self, FailoverPolicy, Placement, Rule, RuleError, Strategy};
-pub use command::{Applied, Command, Event, EventKind, Rejection, Transition, VmChange};
+pub use command::{
+    Applied, Command, Event, EventKind, EventRecord, Rejection, Transition, VmChange,
+};
 pub use error::{Error, Result};
 pub use handle::{
-    EventRecord, FeedEvent, MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role,
-    StateEvent, RECENT_EVENTS_MAX, VM_EVENTS_BUFFERED_MAX,
+    publish_events, FeedEvent, MemberStatus, MembershipChange, RaftHandle, RaftStatus, Role,
+    StateEvent, VM_EVENTS_BUFFERED_MAX,
 };
 pub use history::{HistoryTooOld, Resume, VmHistory};
 pub use node::{RaftConfig, RaftNode, Transport};
@@ -32,5 +34,5 @@ pub use records::{
     NodeRecord, Permission, PortForward, RunnerSource, Settings, SettingsUpdate, Token, TokenRole,
     VmObserved, VmPhase, VmRecord, VmSpec,
 };
-pub use state::{ClusterState, JoinTokenRefusal};
+pub use state::{ClusterState, JoinTokenRefusal, RECENT_EVENTS_MAX};
 pub use storage::{DataIdentity, LogStore, DATA_FORMAT_VERSION, STORE_FILE};

@@ -12,7 +12,10 @@
 //! new placement fits its node on the state it applies to (`fit`).
 //! `apply` does no I/O and reads no clock, so every replica that applies
 //! the same log holds the same state and tells the same events (they
-//! depend only on the command and the state before it).
+//! depend only on the command and the state before it). The state keeps
+//! the newest [`RECENT_EVENTS_MAX`] events, numbered without gaps and
+//! timed by their entries, so a node that caught up by snapshot holds
+//! the same events as one that applied every entry.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
@@ -21,7 +24,9 @@ use serde::{Deserialize, Serialize};
 use crate::audit::{Actor, Audit, AuditRecord, AUDIT_RECORDS_MAX};
 use crate::fit::{self, Load, NodeFacts};
 
-use crate::command::{Applied, Command, Event, EventKind, Rejection, Transition, VmChange};
+use crate::command::{
+    Applied, Command, Event, EventKind, EventRecord, Rejection, Transition, VmChange,
+};
 use crate::records::{
     validate_settings, CustomRole, DesiredState, Drain, HostFacts, JoinToken, JoinTokenUse,
     NodeRecord, Permission, Settings, Token, TokenRole, VmObserved, VmPhase, VmRecord, VmSpec,
@@ -37,6 +42,8 @@ pub enum Touched {
     Tokens,
     /// An audit record, by sequence number (added, or fallen off).
     Audit(u64),
+    /// An event record, by sequence number (added, or fallen off).
+    Event(u64),
     /// The set of removed node ids.
     Removed,
     /// The custom roles.
@@ -78,7 +85,14 @@ pub struct ClusterState {
     /// `UnregisterWorker` retires one that never joined).
     #[serde(default)]
     pub issued_node_ids: BTreeSet<u64>,
+    /// The newest events, oldest first, at most [`RECENT_EVENTS_MAX`].
+    #[serde(default)]
+    pub events: VecDeque<EventRecord>,
 }
+
+/// Events the state keeps (for `events` without `--follow`, and the
+/// dashboard's event view).
+pub const RECENT_EVENTS_MAX: usize = 1024;
 
 /// Why a join token may not be spent (see
 /// [`ClusterState::join_token_spend`]).
@@ -113,6 +127,10 @@ pub struct Outcome {
     pub vm_changes: Vec<VmChange>,
     /// What happened, for the event stream.
     pub events: Vec<Event>,
+    /// `events` as the state recorded them (numbered and timed), once
+    /// the entry was applied through [`ClusterState::apply_entry`] or
+    /// [`ClusterState::replay`]: what subscribers are sent.
+    pub recorded: Vec<EventRecord>,
 }
 
 impl Outcome {
@@ -122,6 +140,7 @@ impl Outcome {
             touched: Vec::new(),
             vm_changes: Vec::new(),
             events: Vec::new(),
+            recorded: Vec::new(),
         }
     }
 
@@ -133,6 +152,7 @@ impl Outcome {
             touched,
             vm_changes: Vec::new(),
             events: Vec::new(),
+            recorded: Vec::new(),
         }
     }
 
@@ -162,6 +182,7 @@ impl Outcome {
         self.touched.extend(later.touched);
         self.vm_changes.extend(later.vm_changes);
         self.events.extend(later.events);
+        self.recorded.extend(later.recorded);
     }
 }
 
@@ -736,12 +757,70 @@ impl ClusterState {
     /// Replays one transition a voter applied (see [`Transition`]).
     pub fn replay(&mut self, transition: Transition) -> Outcome {
         match transition {
-            Transition::Command { command, audit } => {
-                self.apply_audited(*command, audit.as_deref())
+            Transition::Command {
+                command,
+                audit,
+                at_unix_ms,
+            } => self.apply_entry(*command, audit.as_deref(), at_unix_ms),
+            Transition::MemberAdded {
+                node_id,
+                address,
+                at_unix_ms,
+            } => {
+                let outcome = self.add_member(node_id, address);
+                self.record_events(outcome, at_unix_ms)
             }
-            Transition::MemberAdded { node_id, address } => self.add_member(node_id, address),
-            Transition::MemberRemoved { node_id } => self.remove_member(node_id),
+            Transition::MemberRemoved {
+                node_id,
+                at_unix_ms,
+            } => {
+                let outcome = self.remove_member(node_id);
+                self.record_events(outcome, at_unix_ms)
+            }
         }
+    }
+
+    /// Applies a committed entry's command: `audit` is who asked (a
+    /// client's change), `at_unix_ms` when it was proposed. Its events are
+    /// kept in the state (see [`ClusterState::record_events`]).
+    pub fn apply_entry(
+        &mut self,
+        command: Command,
+        audit: Option<&Audit>,
+        at_unix_ms: Option<u64>,
+    ) -> Outcome {
+        let outcome = self.apply_audited(command, audit);
+        self.record_events(outcome, at_unix_ms)
+    }
+
+    /// Numbers `outcome`'s events after the last the state holds, times
+    /// them `at_unix_ms` (an entry that does not say: the last event's
+    /// time, so times never depend on who applies), keeps the newest
+    /// [`RECENT_EVENTS_MAX`] and marks what changed for storage.
+    pub fn record_events(&mut self, mut outcome: Outcome, at_unix_ms: Option<u64>) -> Outcome {
+        let Ok(applied) = &outcome.result else {
+            return outcome;
+        };
+        let revision = applied.revision;
+        let at_unix_ms =
+            at_unix_ms.unwrap_or_else(|| self.events.back().map_or(0, |last| last.at_unix_ms));
+        for event in &outcome.events {
+            let seq = self.events.back().map_or(1, |last| last.seq + 1);
+            let record = EventRecord {
+                seq,
+                revision,
+                at_unix_ms,
+                event: event.clone(),
+            };
+            self.events.push_back(record.clone());
+            outcome.recorded.push(record);
+            outcome.touched.push(Touched::Event(seq));
+            if self.events.len() > RECENT_EVENTS_MAX {
+                let dropped = self.events.pop_front().expect("events are not empty");
+                outcome.touched.push(Touched::Event(dropped.seq));
+            }
+        }
+        outcome
     }
 
     /// A member was added by a committed configuration change.
@@ -1218,6 +1297,7 @@ impl ClusterState {
             touched: vec![Touched::Vm(name.into())],
             vm_changes: vec![VmChange::Modified(record)],
             events: Vec::new(),
+            recorded: Vec::new(),
         }
     }
 
@@ -1252,6 +1332,7 @@ impl ClusterState {
             touched: vec![Touched::Vm(name.into())],
             vm_changes: vec![VmChange::Deleted(record)],
             events: Vec::new(),
+            recorded: Vec::new(),
         }
         .event(
             EventKind::VmDeleted,
@@ -1413,11 +1494,12 @@ mod tests {
             (Command::DeleteVm { name: "a".into() }, Some(by("ci", 12))),
         ];
         for (command, audit) in steps {
-            let outcome = state.apply_audited(command.clone(), audit.as_ref());
+            let outcome = state.apply_entry(command.clone(), audit.as_ref(), None);
             if outcome.result.is_ok() {
                 let transition = Transition::Command {
                     command: Box::new(command),
                     audit: audit.map(Box::new),
+                    at_unix_ms: None,
                 };
                 assert!(mirror.replay(transition).result.is_ok());
             }
@@ -2464,14 +2546,26 @@ mod tests {
             }
             // A worker replays only the accepted commands, as transitions.
             let mut mirror = one.clone();
-            for command in commands {
-                let a = one.apply(command.clone()).result;
-                let b = two.apply(command.clone()).result;
+            for (i, command) in commands.into_iter().enumerate() {
+                // Some entries say when they were proposed, as entries do
+                // since they carry the clock; some (older ones) do not.
+                let at_unix_ms = (i % 3 != 0).then_some(1_000 * i as u64);
+                let a = one.apply_entry(command.clone(), None, at_unix_ms).result;
+                let b = two.apply_entry(command.clone(), None, at_unix_ms).result;
                 prop_assert_eq!(&a, &b);
                 if a.is_ok() {
-                    let transition = Transition::Command { command: Box::new(command), audit: None };
+                    let transition = Transition::Command {
+                        command: Box::new(command),
+                        audit: None,
+                        at_unix_ms,
+                    };
                     prop_assert!(mirror.replay(transition).result.is_ok());
                     prop_assert_eq!(&mirror, &one);
+                }
+                prop_assert!(one.events.len() <= RECENT_EVENTS_MAX);
+                for pair in one.events.iter().collect::<Vec<_>>().windows(2) {
+                    prop_assert_eq!(pair[1].seq, pair[0].seq + 1);
+                    prop_assert!(pair[0].revision <= pair[1].revision);
                 }
                 for vm in one.vms.values() {
                     if let Some(node) = vm.assigned_node {

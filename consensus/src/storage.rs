@@ -50,6 +50,8 @@ const KEY_IDENTITY: &str = "identity";
 const KEY_TOKENS: &str = "tokens";
 /// Audit records are rows `audit/SEQ` (SEQ zero-padded, so they sort).
 const AUDIT_PREFIX: &str = "audit/";
+/// Event records are rows `event/SEQ`, as audit records are.
+const EVENT_PREFIX: &str = "event/";
 /// Removed node ids, one row (see `ClusterState::removed_nodes`).
 const KEY_REMOVED: &str = "removed_nodes";
 /// Custom roles, one row (at most `ROLES_MAX`).
@@ -89,6 +91,10 @@ pub struct DataIdentity {
 
 fn audit_key(seq: u64) -> String {
     format!("{AUDIT_PREFIX}{seq:020}")
+}
+
+fn event_key(seq: u64) -> String {
+    format!("{EVENT_PREFIX}{seq:020}")
 }
 
 /// Raft storage plus the state machine's tables.
@@ -451,6 +457,12 @@ impl LogStore {
                 .audit
                 .push_back(serde_json::from_slice(bytes).map_err(|e| corrupt("audit record", e))?);
         }
+        for item in self.meta.prefix_iter(rtxn, EVENT_PREFIX)? {
+            let (_, bytes) = item?;
+            state
+                .events
+                .push_back(serde_json::from_slice(bytes).map_err(|e| corrupt("event record", e))?);
+        }
         for item in self.vms.iter(rtxn)? {
             let (name, bytes) = item?;
             let vm: VmRecord =
@@ -609,6 +621,15 @@ impl LogStore {
                     self.meta.delete(wtxn, &audit_key(*seq))?;
                 }
             },
+            Touched::Event(seq) => match state.events.iter().rev().find(|r| r.seq == *seq) {
+                Some(record) => {
+                    let bytes = serde_json::to_vec(record).expect("event records serialize");
+                    self.meta.put(wtxn, &event_key(*seq), &bytes)?;
+                }
+                None => {
+                    self.meta.delete(wtxn, &event_key(*seq))?;
+                }
+            },
         }
         Ok(())
     }
@@ -647,17 +668,23 @@ impl LogStore {
         self.meta.put(wtxn, KEY_ROLES, &roles)?;
         let removed = serde_json::to_vec(&state.removed_nodes).expect("ids serialize");
         self.meta.put(wtxn, KEY_REMOVED, &removed)?;
-        let stale: Vec<String> = self
-            .meta
-            .prefix_iter(wtxn, AUDIT_PREFIX)?
-            .map(|item| item.map(|(key, _)| key.to_string()))
-            .collect::<std::result::Result<_, _>>()?;
-        for key in stale {
-            self.meta.delete(wtxn, &key)?;
+        for prefix in [AUDIT_PREFIX, EVENT_PREFIX] {
+            let stale: Vec<String> = self
+                .meta
+                .prefix_iter(wtxn, prefix)?
+                .map(|item| item.map(|(key, _)| key.to_string()))
+                .collect::<std::result::Result<_, _>>()?;
+            for key in stale {
+                self.meta.delete(wtxn, &key)?;
+            }
         }
         for record in &state.audit {
             let bytes = serde_json::to_vec(record).expect("audit records serialize");
             self.meta.put(wtxn, &audit_key(record.seq), &bytes)?;
+        }
+        for record in &state.events {
+            let bytes = serde_json::to_vec(record).expect("event records serialize");
+            self.meta.put(wtxn, &event_key(record.seq), &bytes)?;
         }
         self.meta
             .put(wtxn, KEY_APPLIED_INDEX, &metadata.index.to_be_bytes())?;
@@ -838,7 +865,7 @@ mod tests {
     }
 
     #[test]
-    fn the_audit_trail_survives_reopen_and_snapshots() {
+    fn the_audit_trail_and_events_survive_reopen_and_snapshots() {
         use crate::audit::{Actor, Audit, AuditContext};
         let dir = tempfile::tempdir().unwrap();
         let mut state = ClusterState::default();
@@ -849,10 +876,12 @@ mod tests {
                 .unwrap();
             let env = store.env();
             let mut wtxn = env.write_txn().unwrap();
-            store
-                .append(&mut wtxn, &[entry(2, 1), entry(3, 1), entry(4, 1)])
-                .unwrap();
-            store.set_commit(&mut wtxn, 4).unwrap();
+            // Three entries make tokens (audited); the rest make VMs, more
+            // events than the state keeps, so the oldest rows go.
+            let last = 4 + crate::RECENT_EVENTS_MAX as u64 + 5;
+            let entries: Vec<Entry> = (2..=last).map(|index| entry(index, 1)).collect();
+            store.append(&mut wtxn, &entries).unwrap();
+            store.set_commit(&mut wtxn, last).unwrap();
             for index in 2..5u64 {
                 let audit = Audit {
                     context: AuditContext {
@@ -863,7 +892,7 @@ mod tests {
                     },
                     proposer: 1,
                 };
-                let outcome = state.apply_audited(
+                let outcome = state.apply_entry(
                     crate::Command::CreateToken {
                         token: crate::Token {
                             accessor: format!("{index:016x}"),
@@ -875,20 +904,39 @@ mod tests {
                         },
                     },
                     Some(&audit),
+                    Some(index),
                 );
                 assert!(outcome.result.is_ok(), "{:?}", outcome.result);
                 store
                     .record_applied(&mut wtxn, index, &state, &outcome.touched)
                     .unwrap();
             }
+            for index in 5..=last {
+                let outcome = state.apply_entry(
+                    crate::Command::CreateVm {
+                        spec: crate::records::VmSpec::for_tests(&format!("vm-{index}")),
+                        created_at_unix_ms: index,
+                    },
+                    None,
+                    Some(index),
+                );
+                assert!(!outcome.recorded.is_empty(), "{:?}", outcome.result);
+                store
+                    .record_applied(&mut wtxn, index, &state, &outcome.touched)
+                    .unwrap();
+            }
             wtxn.commit().unwrap();
         }
+        assert_eq!(state.events.len(), crate::RECENT_EVENTS_MAX);
         let mut store = LogStore::open(dir.path()).unwrap();
-        assert_eq!(store.load_state().unwrap().audit, state.audit);
+        let loaded = store.load_state().unwrap();
+        assert_eq!(loaded.audit, state.audit);
+        assert_eq!(loaded.events, state.events);
 
         // A snapshot replaces the trail whole.
         let mut shorter = state.clone();
         shorter.audit.pop_front();
+        shorter.events.truncate(10);
         let mut snapshot = Snapshot::default();
         snapshot.set_data(shorter.encode().into());
         snapshot.mut_metadata().index = 10;
@@ -897,7 +945,9 @@ mod tests {
         let mut wtxn = env.write_txn().unwrap();
         store.apply_snapshot(&mut wtxn, &snapshot).unwrap();
         wtxn.commit().unwrap();
-        assert_eq!(store.load_state().unwrap().audit, shorter.audit);
+        let loaded = store.load_state().unwrap();
+        assert_eq!(loaded.audit, shorter.audit);
+        assert_eq!(loaded.events, shorter.events);
     }
 
     #[test]

@@ -30,6 +30,7 @@ use crate::services::{
     self, cluster::ClusterService, feed::FeedService, node::NodeService, raft::RaftService,
     vm::VmService,
 };
+use crate::shutdown::{Shutdown, TaskGroup};
 use crate::tokens;
 use crate::transport::{GrpcTransport, RAFT_MESSAGE_BYTES_MAX};
 use crate::Error;
@@ -523,8 +524,8 @@ pub async fn run_with_launcher(
         "blixard agent starting"
     );
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let mirror_sync = {
+    let mut tasks = TaskGroup::default();
+    {
         let join = config.cluster.join.clone();
         let own = config.api.bind.clone();
         let state_source = mirror.clone();
@@ -551,32 +552,34 @@ pub async fn run_with_launcher(
             });
             feeders
         };
-        tokio::spawn(mirror::run(
+        let sync = mirror::run(
             mirror.clone(),
             raft_handle.clone(),
             cluster_id.clone(),
             candidates,
-            stop_rx.clone(),
-        ))
-    };
+            tasks.shutdown(),
+        );
+        tasks.spawn("mirror", sync);
+    }
     let server = tokio::spawn(serve(
         config.clone(),
         cluster_id.clone(),
         node_tls,
         handle.clone(),
         membership.clone(),
-        stop_rx.clone(),
+        tasks.shutdown(),
     ));
-    let leader = tokio::spawn(controllers::leader::run(
+    let leader = controllers::leader::run(
         handle.clone(),
         membership.clone(),
         controllers::scheduler::Params {
             vcpu_overcommit: config.scheduler.vcpu_overcommit,
         },
-        stop_rx.clone(),
-    ));
+        tasks.shutdown(),
+    );
+    tasks.spawn("leader controllers", leader);
     let (accel_tx, accel_rx) = watch::channel(None);
-    let facts = tokio::spawn(controllers::facts::run(
+    let facts = controllers::facts::run(
         handle.clone(),
         membership.clone(),
         controllers::facts::Identity {
@@ -594,47 +597,37 @@ pub async fn run_with_launcher(
         accel_rx,
         renewed,
         certificate,
-        stop_rx.clone(),
-    ));
-    let reconciler = match config.agent.enabled {
-        true => Some(tokio::spawn(start_node_agent(
+        tasks.shutdown(),
+    );
+    tasks.spawn("facts", facts);
+    if config.agent.enabled {
+        let agent = start_node_agent(
             config.clone(),
             vm_user,
             launcher,
             handle.clone(),
             accel_tx,
-            stop_rx.clone(),
-        ))),
-        false => {
-            let _ = accel_tx.send(Some(String::new()));
-            None
-        }
-    };
-    let raft = spawn_raft_loop(node, stop_rx.clone())?;
+            tasks.shutdown(),
+        );
+        tasks.spawn("node agent", agent);
+    } else {
+        let _ = accel_tx.send(Some(String::new()));
+    }
+    let raft = spawn_raft_loop(node, tasks.shutdown())?;
 
     if !initialized && !bootstrap {
-        let joined = request_join(&config, &cluster_id).await;
-        if let Err(error) = joined {
-            let _ = stop_tx.send(true);
-            membership.stop();
-            let _ = leader.await;
-            let _ = facts.await;
-            let _ = mirror_sync.await;
-            if let Some(reconciler) = reconciler {
-                let _ = reconciler.await;
+        match request_join(&config, &cluster_id).await {
+            Ok(role) => tracing::info!(%role, "joined the cluster"),
+            Err(error) => {
+                stop_node(tasks, &membership, raft, server).await;
+                return Err(error);
             }
-            let _ = raft.await;
-            let _ = server.await;
-            return Err(error);
-        }
-        if let Ok(role) = joined {
-            tracing::info!(%role, "joined the cluster");
         }
     }
 
     tokio::pin!(shutdown);
-    tokio::pin!(raft);
-    tokio::pin!(server);
+    let mut raft = raft;
+    let mut server = server;
     let outcome = tokio::select! {
         _ = &mut shutdown => {
             tracing::info!("shutting down");
@@ -651,21 +644,28 @@ pub async fn run_with_launcher(
             Err(join_error) => panic!("gRPC server panicked: {join_error}"),
         },
     };
-    let _ = stop_tx.send(true);
+    stop_node(tasks, &membership, raft, server).await;
+    outcome
+}
+
+/// Stops what [`run`] started: gossip first (peers see the node leave),
+/// then every task of the group (the node agent stops its VMs if
+/// configured to), then the raft loop and the gRPC server, which saw the
+/// same signal. A handle already awaited in `run` is finished and skipped.
+async fn stop_node<R, S>(
+    tasks: TaskGroup,
+    membership: &Membership,
+    raft: tokio::task::JoinHandle<R>,
+    server: tokio::task::JoinHandle<S>,
+) {
     membership.stop();
-    let _ = leader.await;
-    let _ = facts.await;
-    let _ = mirror_sync.await;
-    if let Some(reconciler) = reconciler {
-        let _ = reconciler.await;
-    }
+    tasks.stop().await;
     if !raft.is_finished() {
         let _ = raft.await;
     }
     if !server.is_finished() {
         let _ = server.await;
     }
-    outcome
 }
 
 /// Runs the raft loop until `stop`. On a real host it gets a thread of its
@@ -674,11 +674,9 @@ pub async fn run_with_launcher(
 /// threads; there it is a task like any other.)
 fn spawn_raft_loop<T: blixard_consensus::Transport>(
     node: RaftNode<T>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) -> Result<tokio::task::JoinHandle<blixard_consensus::Result<()>>, Error> {
-    let stopped = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
-    };
+    let stopped = async move { stop.stopped().await };
     #[cfg(madsim)]
     {
         Ok(tokio::spawn(node.run(stopped)))
@@ -713,7 +711,7 @@ async fn start_node_agent(
     launcher: Option<Arc<dyn Launcher>>,
     raft: ClusterHandle,
     accel_tx: watch::Sender<Option<String>>,
-    stop: watch::Receiver<bool>,
+    stop: Shutdown,
 ) {
     let agent_config = &config.agent;
     let accel = match &launcher {
@@ -775,7 +773,7 @@ async fn serve(
     node_tls: NodeTls,
     raft: ClusterHandle,
     membership: Arc<Membership>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) -> Result<(), Error> {
     use pb::cluster_server::ClusterServer;
     use pb::node_server::NodeServer;
@@ -856,7 +854,7 @@ async fn serve(
         .add_service(vm_service);
     let bind = config.bind_addr();
     let stopped = async move {
-        let _ = stop.wait_for(|stop| *stop).await;
+        stop.stopped().await;
     };
     let serve_error = |e: &dyn std::fmt::Display| Error::Serve {
         bind: bind.to_string(),

@@ -18,6 +18,7 @@ pub mod listener;
 pub mod mirror;
 pub mod security;
 pub mod services;
+pub mod shutdown;
 pub mod tokens;
 pub mod transport;
 

@@ -7,19 +7,20 @@
 //! and the next subscription resumes from the mirror's revision (or
 //! starts over from a snapshot when the voter no longer has it).
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Mutex, RwLock};
 use std::time::Duration;
 
 use blixard_api::pb;
 use blixard_api::pb::state_feed_client::StateFeedClient;
 use blixard_consensus::{
-    ClusterState, EventRecord, HistoryTooOld, MemberStatus, RaftHandle, Resume, StateEvent,
-    Transition, VmHistory, RECENT_EVENTS_MAX, VM_EVENTS_BUFFERED_MAX,
+    publish_events, ClusterState, EventRecord, HistoryTooOld, MemberStatus, RaftHandle, Resume,
+    StateEvent, Transition, VmHistory, VM_EVENTS_BUFFERED_MAX,
 };
 use tokio::sync::{broadcast, watch};
 use tonic::transport::Channel;
+
+use crate::shutdown::Shutdown;
 
 const CONNECT_TIMEOUT_MS: u64 = 1_000;
 /// Forwarded writes and barriers answer within the voter's own request
@@ -62,7 +63,6 @@ pub struct Mirror {
     events: broadcast::Sender<StateEvent>,
     /// VM changes are sent to `events` through it (see its invariant).
     vm_history: Mutex<VmHistory>,
-    recent_events: Mutex<VecDeque<EventRecord>>,
     revision: watch::Sender<u64>,
     upstream: Mutex<Upstream>,
     /// When a voter with a leader last confirmed this mirror's feed.
@@ -79,7 +79,6 @@ impl Default for Mirror {
             state: RwLock::new(ClusterState::default()),
             events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
             vm_history: Mutex::new(VmHistory::new(0)),
-            recent_events: Mutex::new(VecDeque::new()),
             revision: watch::channel(0).0,
             upstream: Mutex::new(Upstream::default()),
             confirmed_at: Mutex::new(None),
@@ -101,9 +100,9 @@ impl Mirror {
         self.events.subscribe()
     }
 
+    /// The cluster's newest events, oldest first (kept in the state).
     pub fn recent_events(&self) -> Vec<EventRecord> {
-        let recent = self.recent_events.lock().expect("events lock poisoned");
-        recent.iter().cloned().collect()
+        self.read(|state| state.events.iter().cloned().collect())
     }
 
     /// Ends every watch of the mirror (a `Reset`): the node became a raft
@@ -208,20 +207,7 @@ impl Mirror {
                 }
                 self.vm_history()
                     .publish(&self.events, item.revision, outcome.vm_changes);
-                let mut recent = self.recent_events.lock().expect("events lock poisoned");
-                for event in outcome.events {
-                    let record = EventRecord {
-                        seq: recent.back().map_or(1, |last| last.seq + 1),
-                        revision: item.revision,
-                        at_unix_ms: blixard_api::unix_ms_now(),
-                        event,
-                    };
-                    if recent.len() == RECENT_EVENTS_MAX {
-                        recent.pop_front();
-                    }
-                    recent.push_back(record.clone());
-                    let _ = self.events.send(StateEvent::Cluster(Arc::new(record)));
-                }
+                publish_events(&self.events, outcome.recorded);
             }
             None => return Err("empty feed item".into()),
         }
@@ -269,12 +255,6 @@ async fn connect_within(
     }
 }
 
-/// Completes when `stop` turns true (holding no borrow of it, so the
-/// futures that select on it stay `Send`).
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 /// Whether this node's raft loop holds the state (it is a raft member).
 pub fn is_member(raft: &RaftHandle) -> bool {
     let status = raft.status();
@@ -288,12 +268,12 @@ pub async fn run(
     raft: RaftHandle,
     cluster_id: String,
     candidates: impl Fn() -> Vec<Feeder>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let mut attempt = 0usize;
     let mut was_member = false;
     loop {
-        if *stop.borrow() {
+        if stop.is_stopping() {
             return;
         }
         let member = is_member(&raft);
@@ -318,7 +298,7 @@ pub async fn run(
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(RESUBSCRIBE_DELAY_MS)) => {}
-            _ = stopped(&mut stop) => return,
+            _ = stop.stopped() => return,
         }
     }
 }
@@ -330,7 +310,7 @@ async fn follow(
     raft: &RaftHandle,
     cluster_id: &str,
     feeder: &Feeder,
-    stop: &mut watch::Receiver<bool>,
+    stop: &mut Shutdown,
 ) {
     let address = feeder.address.as_str();
     let channel = match connect(address, feeder.node_id).await {
@@ -435,7 +415,7 @@ async fn follow(
                         .collect(),
                 };
             }
-            _ = stopped(stop) => return,
+            _ = stop.stopped() => return,
         }
     }
 }
@@ -465,6 +445,7 @@ mod tests {
         Transition::MemberAdded {
             node_id,
             address: format!("n{node_id}:1"),
+            at_unix_ms: Some(node_id),
         }
     }
 
@@ -508,6 +489,7 @@ mod tests {
         let bogus = Transition::Command {
             command: Box::new(Command::DeleteVm { name: "x".into() }),
             audit: None,
+            at_unix_ms: None,
         };
         let error = mirror.apply(transition(1, &bogus)).unwrap_err();
         assert!(

@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use blixard_api::pb;
-use blixard_tests::{create_vm, eventually, TestCluster, Timings};
+use blixard_tests::{create_vm, eventually, NodeOptions, TestCluster, Timings};
 
 /// Goal: three daemons agree on one leader. Method: start three, then ask
 /// every node (over gRPC and through the CLI) who leads.
@@ -222,6 +222,74 @@ async fn lagging_node_catches_up_by_snapshot() {
         cluster
             .log(lagging)
             .contains("installed snapshot from leader"),
+        "node 3 caught up without a snapshot"
+    );
+}
+
+/// Goal: every node holds the same events, also one that caught up by
+/// snapshot (they are part of the replicated state, not each node's
+/// memory). Method: three nodes, snapshot threshold 20; stop node 3 and
+/// create 60 VMs (their `vm_created` events and entries past the
+/// threshold); restart node 3 (a raft snapshot) and add a worker (a feed
+/// snapshot); every node lists the same events, all 60 creations among
+/// them, with the same revisions and times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_caught_up_by_snapshot_hold_the_same_events() {
+    let timings = Timings {
+        snapshot_threshold: 20,
+        voters: 3,
+        ..Timings::default()
+    };
+    let mut cluster = TestCluster::start_without_agents(3, timings).await;
+    cluster.kill(3);
+    let leader = cluster.wait_leader_among(&[1, 2]).await;
+    let mut client = cluster.vm_client(leader).await;
+    for i in 0..60 {
+        client
+            .create(pb::CreateVmRequest {
+                spec: Some(blixard_tests::flake_spec(&format!("ev-{i:02}"))),
+                replicas: 0,
+                stopped: true,
+            })
+            .await
+            .unwrap();
+    }
+    cluster.restart(3);
+    cluster.add_node_with(
+        4,
+        NodeOptions {
+            join_via: Some(1),
+            agent: false,
+            ..NodeOptions::default()
+        },
+    );
+    let events = |id: u64| -> Vec<serde_json::Value> {
+        let output = cluster.cli(id, &["events", "--recent", "1000", "-o", "json"]);
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    };
+    let agreed = eventually(
+        "every node to hold the same events",
+        Duration::from_secs(30),
+        || async {
+            let on_leader = events(leader);
+            let created = on_leader
+                .iter()
+                .filter(|e| e["kind"] == "vm_created")
+                .count();
+            let alike = [3, 4].iter().all(|id| events(*id) == on_leader);
+            (created == 60 && alike).then_some(on_leader)
+        },
+    )
+    .await;
+    assert!(
+        agreed.iter().any(|e| e["kind"] == "node_joined"),
+        "{agreed:?}"
+    );
+    assert!(
+        cluster.log(3).contains("installed snapshot from leader"),
         "node 3 caught up without a snapshot"
     );
 }

@@ -66,6 +66,7 @@ impl<T: Transport> RaftNode<T> {
         }
         let mut transitions = Vec::new();
         let proposer = ProposalTag::decode(&entry.context).map(|tag| tag.proposer);
+        let at_unix_ms = ProposalTag::proposed_at(&entry.context);
         let audit = proposer.and_then(|proposer| {
             AuditContext::from_entry_context(&entry.context)
                 .map(|context| Audit { context, proposer })
@@ -83,8 +84,9 @@ impl<T: Transport> RaftNode<T> {
                 // proposer and this point's membership are known; the
                 // same on every node.
                 let outcome = match crate::validate::authorize(&command, proposer, &members) {
-                    Ok(()) => self
-                        .write_state(|state| state.apply_audited(command.clone(), audit.as_ref())),
+                    Ok(()) => self.write_state(|state| {
+                        state.apply_entry(command.clone(), audit.as_ref(), at_unix_ms)
+                    }),
                     Err(rejection) => Outcome::rejected(rejection),
                 };
                 if let (Ok(applied), Some(audit)) = (&outcome.result, &audit) {
@@ -108,6 +110,7 @@ impl<T: Transport> RaftNode<T> {
                         Transition::Command {
                             command: Box::new(command),
                             audit: audit.map(Box::new),
+                            at_unix_ms,
                         },
                     ));
                 }
@@ -164,22 +167,28 @@ impl<T: Transport> RaftNode<T> {
         };
         self.raw.mut_store().set_conf_state(wtxn, &conf_state)?;
         let address = String::from_utf8_lossy(v2.get_context()).to_string();
+        let at_unix_ms = ProposalTag::proposed_at(&entry.context);
         let mut outcome: Option<Outcome> = None;
         let mut transitions = Vec::new();
         for single in v2.get_changes() {
             let node_id = single.node_id;
             let step = match single.get_change_type() {
                 ConfChangeType::AddLearnerNode | ConfChangeType::AddNode if !address.is_empty() => {
-                    let step = self.write_state(|s| s.add_member(node_id, address.clone()));
                     let transition = Transition::MemberAdded {
                         node_id,
                         address: address.clone(),
+                        at_unix_ms,
                     };
+                    let step = self.write_state(|s| s.replay(transition.clone()));
                     Some((step, transition))
                 }
                 ConfChangeType::RemoveNode => {
-                    let step = self.write_state(|s| s.remove_member(node_id));
-                    Some((step, Transition::MemberRemoved { node_id }))
+                    let transition = Transition::MemberRemoved {
+                        node_id,
+                        at_unix_ms,
+                    };
+                    let step = self.write_state(|s| s.replay(transition.clone()));
+                    Some((step, transition))
                 }
                 _ => None,
             };
@@ -238,9 +247,7 @@ impl<T: Transport> RaftNode<T> {
         self.shared
             .vm_history()
             .publish(&self.shared.events, state.revision, outcome.vm_changes);
-        for event in outcome.events {
-            self.shared.record_event(event, state.revision);
-        }
+        self.shared.publish_events(outcome.recorded);
         Ok(outcome.result.map_err(Error::from))
     }
 }

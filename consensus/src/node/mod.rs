@@ -326,10 +326,7 @@ impl<T: Transport> RaftNode<T> {
                 audit,
                 reply,
             } => {
-                let context = match audit {
-                    Some(audit) => audit.entry_context(&tag),
-                    None => tag.encode(),
-                };
+                let context = tag.entry_context(blixard_api::unix_ms_now(), audit.as_deref());
                 match self.raw.propose(context, command.encode()) {
                     Ok(()) => self.pending.add_proposal(request_id, reply, deadline),
                     Err(error) => {
@@ -427,7 +424,10 @@ impl<T: Transport> RaftNode<T> {
         conf_change.set_changes(vec![single].into());
         conf_change.set_context(context.into());
         self.raw
-            .propose_conf_change(tag.encode(), conf_change)
+            .propose_conf_change(
+                tag.entry_context(blixard_api::unix_ms_now(), None),
+                conf_change,
+            )
             .map_err(|e| self.proposal_error(e))
     }
 
@@ -546,7 +546,8 @@ impl<T: Transport> RaftNode<T> {
             proposer: id,
             request_id: 0,
         };
-        if let Err(error) = self.raw.propose(tag.encode(), command.encode()) {
+        let context = tag.entry_context(blixard_api::unix_ms_now(), None);
+        if let Err(error) = self.raw.propose(context, command.encode()) {
             tracing::debug!(%error, "could not propose this node's address yet");
         }
     }

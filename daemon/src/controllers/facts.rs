@@ -17,6 +17,8 @@ use blixard_consensus::{Command, HostFacts, VmPhase};
 use blixard_membership::{Membership, NodeInfo};
 use tokio::sync::watch;
 
+use crate::shutdown::Shutdown;
+
 const FACTS_INTERVAL_MS: u64 = 1_000;
 
 /// Who this node is, from its configuration.
@@ -66,7 +68,7 @@ pub async fn run(
     accel: watch::Receiver<Option<String>>,
     renewed: Arc<tokio::sync::Notify>,
     certificate: Option<Arc<LiveCertificate>>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let mut ticker = tokio::time::interval(Duration::from_millis(FACTS_INTERVAL_MS));
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -74,7 +76,7 @@ pub async fn run(
         tokio::select! {
             _ = ticker.tick() => {}
             _ = renewed.notified() => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.stopped() => return,
         }
         let (memory_mib_total, memory_mib_free) = memory_mib();
         let accel_now = accel.borrow().clone();

@@ -8,6 +8,7 @@
 //! succeeds again, so the reconciler never acts on a stale assignment.
 
 use crate::handle::ClusterHandle;
+use crate::shutdown::Shutdown;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -18,7 +19,7 @@ pub async fn run(
     raft: ClusterHandle,
     fence_after_ms: u64,
     fenced: watch::Sender<bool>,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let check_interval = Duration::from_millis((fence_after_ms / 5).clamp(100, 1_000));
     let mut last_contact = Instant::now();
@@ -27,7 +28,7 @@ pub async fn run(
         let barrier = tokio::time::timeout(check_interval, raft.read_barrier());
         let contact = tokio::select! {
             result = barrier => matches!(result, Ok(Ok(()))),
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.stopped() => return,
         };
         let now = Instant::now();
         if contact {
@@ -49,7 +50,7 @@ pub async fn run(
         // once (no voter known yet) or timed out.
         tokio::select! {
             _ = tokio::time::sleep_until(round_started + check_interval) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.stopped() => return,
         }
     }
 }

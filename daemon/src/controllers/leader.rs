@@ -12,12 +12,12 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::shutdown::Shutdown;
 use blixard_api::limits;
 use blixard_api::validate::clip;
 use blixard_consensus::{Command, DesiredState, Rejection, Role, StateEvent};
 use blixard_membership::Membership;
 use futures::stream::{self, StreamExt};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::controllers::scheduler::{self, Decision, Params};
@@ -69,12 +69,12 @@ impl Liveness {
     }
 }
 
-/// Runs until `stop` turns true.
+/// Runs until the node stops.
 pub async fn run(
     raft: ClusterHandle,
     membership: Arc<Membership>,
     params: Params,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let me = raft.status().node_id;
     let mut liveness = Liveness::default();

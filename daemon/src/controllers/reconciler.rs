@@ -21,6 +21,8 @@ use blixard_consensus::{
 use blixard_nodeagent::{Desired, NodeAgent, Phase, PlanSource, VmPlan, VmReport};
 use tokio::sync::{mpsc, watch};
 
+use crate::shutdown::Shutdown;
+
 use crate::controllers::wake::{self, Wake};
 
 const RECONCILE_INTERVAL_MS: u64 = 250;
@@ -102,7 +104,7 @@ pub async fn run(
     reports: mpsc::Receiver<VmReport>,
     fenced: watch::Receiver<bool>,
     stop_vms_on_shutdown: bool,
-    mut stop: watch::Receiver<bool>,
+    mut stop: Shutdown,
 ) {
     let reporter = tokio::spawn(report_loop(raft.clone(), node_id, reports));
     let caught_up = async {
@@ -112,7 +114,7 @@ pub async fn run(
     };
     tokio::select! {
         _ = caught_up => {}
-        _ = stop.wait_for(|s| *s) => {
+        _ = stop.stopped() => {
             reporter.abort();
             return;
         }

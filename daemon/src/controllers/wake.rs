@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use blixard_consensus::{StateEvent, VmChange, VmRecord};
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
-use tokio::sync::watch;
+
+use crate::shutdown::Shutdown;
 use tokio::time::{Instant, Interval, MissedTickBehavior};
 
 use crate::handle::ClusterHandle;
@@ -81,8 +82,8 @@ impl Wake {
         }
     }
 
-    /// Waits for the next pass; `false` once `stop` turns true.
-    pub async fn next(&mut self, stop: &mut watch::Receiver<bool>) -> bool {
+    /// Waits for the next pass; `false` once the node stops.
+    pub async fn next(&mut self, stop: &mut Shutdown) -> bool {
         let relevant = &self.relevant;
         let events = &mut self.events;
         let changed = async {
@@ -94,7 +95,7 @@ impl Wake {
         let woken_by_change = tokio::select! {
             _ = self.ticker.tick() => None,
             changed = changed => Some(changed),
-            _ = stop.wait_for(|s| *s) => return false,
+            _ = stop.stopped() => return false,
         };
         if let Some(changed) = woken_by_change {
             if changed.is_none() {
@@ -104,7 +105,7 @@ impl Wake {
             if since < self.spacing {
                 tokio::select! {
                     _ = tokio::time::sleep(self.spacing - since) => {}
-                    _ = stop.wait_for(|s| *s) => return false,
+                    _ = stop.stopped() => return false,
                 }
             }
         }
@@ -129,6 +130,7 @@ impl Wake {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::shutdown::TaskGroup;
 
     const TICK: Duration = Duration::from_secs(3600);
     const PROMPTLY: Duration = Duration::from_secs(10);
@@ -155,7 +157,8 @@ mod tests {
     fn relevant_changes_wake_early_and_others_do_not() {
         runtime().block_on(async {
             let (events, receiver) = broadcast::channel(16);
-            let (_stop_tx, mut stop) = watch::channel(false);
+            let group = TaskGroup::default();
+            let mut stop = group.shutdown();
             let mut wake = Wake::on(receiver, TICK, Duration::ZERO, even_resets());
             // The first tick is immediate.
             assert!(wake.next(&mut stop).await);
@@ -175,7 +178,8 @@ mod tests {
     fn a_burst_wakes_once() {
         runtime().block_on(async {
             let (events, receiver) = broadcast::channel(16);
-            let (_stop_tx, mut stop) = watch::channel(false);
+            let group = TaskGroup::default();
+            let mut stop = group.shutdown();
             let mut wake = Wake::on(receiver, TICK, Duration::ZERO, even_resets());
             assert!(wake.next(&mut stop).await);
             for revision in [2, 4, 6, 8] {
@@ -193,7 +197,8 @@ mod tests {
     fn falling_behind_counts_as_a_change_and_stop_ends_the_loop() {
         runtime().block_on(async {
             let (events, receiver) = broadcast::channel(2);
-            let (stop_tx, mut stop) = watch::channel(false);
+            let group = TaskGroup::default();
+            let mut stop = group.shutdown();
             let mut wake = Wake::on(receiver, TICK, Duration::ZERO, even_resets());
             assert!(wake.next(&mut stop).await);
             // Irrelevant, but more than the buffer holds: what was missed
@@ -204,7 +209,7 @@ mod tests {
             let woke = tokio::time::timeout(PROMPTLY, wake.next(&mut stop)).await;
             assert_eq!(woke.ok(), Some(true));
 
-            stop_tx.send(true).unwrap();
+            group.stop().await;
             let stopped = tokio::time::timeout(PROMPTLY, wake.next(&mut stop)).await;
             assert_eq!(stopped.ok(), Some(false));
         });
