@@ -209,3 +209,53 @@ pub fn install_token(bearer: Bearer) {
 pub fn with_token(channel: Channel) -> Connection {
     Connection::new(channel, Bearer::installed())
 }
+
+/// Why [`connect`] made no connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Invalid(#[from] crate::ValidationError),
+    #[error("invalid address {address:?}: {detail}")]
+    BadAddress { address: String, detail: String },
+    #[error(transparent)]
+    PlaintextToken(#[from] PlaintextToken),
+    #[error("cannot reach {address}: {source}")]
+    Unreachable {
+        address: String,
+        source: tonic::transport::Error,
+    },
+}
+
+/// How long [`connect`] waits.
+#[derive(Debug, Clone, Copy)]
+pub struct Timeouts {
+    pub connect_ms: u64,
+    /// Each request's deadline; `None` for streams that stay open.
+    pub request_ms: Option<u64>,
+}
+
+/// A connection to `address` under the installed security, carrying the
+/// installed token (refused where the token would travel in plain text:
+/// see [`check_token_transport`]).
+pub async fn connect(address: &str, timeouts: Timeouts) -> Result<Connection, ConnectError> {
+    let bad = |detail: String| ConnectError::BadAddress {
+        address: crate::validate::echo(address),
+        detail,
+    };
+    crate::validate::address(address)?;
+    check_token_transport(address)?;
+    let mut endpoint = endpoint(address)
+        .map_err(|e| bad(e.to_string()))?
+        .connect_timeout(std::time::Duration::from_millis(timeouts.connect_ms));
+    if let Some(request_ms) = timeouts.request_ms {
+        endpoint = endpoint.timeout(std::time::Duration::from_millis(request_ms));
+    }
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|source| ConnectError::Unreachable {
+            address: address.to_string(),
+            source,
+        })?;
+    Ok(with_token(channel))
+}

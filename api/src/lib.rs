@@ -8,6 +8,7 @@
 
 pub mod backoff;
 pub mod connect;
+pub mod follow;
 pub mod identity;
 pub mod pages;
 pub mod placement;

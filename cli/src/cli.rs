@@ -455,7 +455,7 @@ pub struct TuiArgs {
     pub skin: blixard_tui::skin::Skin,
 }
 
-fn parse_skin(name: &str) -> Result<blixard_tui::skin::Skin, String> {
+fn parse_skin(name: &str) -> Result<blixard_tui::skin::Skin, blixard_tui::skin::UnknownSkin> {
     blixard_tui::skin::Skin::named(name)
 }
 

@@ -5,15 +5,12 @@
 //! resolved connection settings (`settings.rs`); a failure to connect is
 //! classified as "cluster unavailable" (exit 4).
 
-use std::time::Duration;
-
-use blixard_api::connect::{self, Bearer};
+use blixard_api::connect::{self, Bearer, ConnectError, Timeouts};
 use blixard_api::pages;
 use blixard_api::pb::{
     self, acl_client::AclClient, cluster_client::ClusterClient, node_client::NodeClient,
     vm_client::VmClient,
 };
-use tonic::transport::Channel;
 
 use crate::exit::{self, Exit, StatusError};
 
@@ -42,26 +39,24 @@ pub fn set_ca_file(ca_file: Option<&std::path::Path>) -> anyhow::Result<()> {
 /// A connection whose requests carry the token.
 pub type Conn = connect::Connection;
 
-pub async fn channel(addr: &str) -> anyhow::Result<Channel> {
-    blixard_api::validate::address(addr)?;
-    connect::check_token_transport(addr).map_err(|e| exit::error(Exit::Usage, e.to_string()))?;
-    let endpoint = blixard_api::connect::endpoint(addr)
-        .map_err(|e| exit::error(Exit::Usage, format!("invalid address {addr:?}: {e}")))?
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .timeout(Duration::from_millis(REQUEST_TIMEOUT_MS));
-    endpoint.connect().await.map_err(|e| {
-        exit::error(
-            Exit::Unavailable,
-            format!(
-                "cannot reach blixard at {addr} ({e}); is the agent running? (set --addr or \
-                 BLIXARD_ADDR; a cluster with TLS needs --ca-file or BLIXARD_CA_FILE)"
-            ),
-        )
-    })
-}
-
 async fn conn(addr: &str) -> anyhow::Result<Conn> {
-    Ok(connect::with_token(channel(addr).await?))
+    let timeouts = Timeouts {
+        connect_ms: CONNECT_TIMEOUT_MS,
+        request_ms: Some(REQUEST_TIMEOUT_MS),
+    };
+    connect::connect(addr, timeouts)
+        .await
+        .map_err(|error| match error {
+            ConnectError::Unreachable { address, source } => exit::error(
+                Exit::Unavailable,
+                format!(
+                    "cannot reach blixard at {address} ({source}); is the agent running? (set \
+                     --addr or BLIXARD_ADDR; a cluster with TLS needs --ca-file or \
+                     BLIXARD_CA_FILE)"
+                ),
+            ),
+            error => exit::error(Exit::Usage, error.to_string()),
+        })
 }
 
 pub async fn cluster(addr: &str) -> anyhow::Result<ClusterClient<Conn>> {

@@ -471,16 +471,25 @@ impl SettingsUpdate {
     }
 }
 
-/// Why a setting was refused.
-pub fn validate_settings(settings: &Settings) -> Result<(), String> {
+/// A cluster setting out of its range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SettingsError {
+    #[error("voters must be 1, 3, 5 or 7 (got {0})")]
+    Voters(u32),
+    #[error("dead-voter and lost-after periods must be at least {PERIOD_MS_MIN} ms")]
+    PeriodTooShort,
+}
+
+/// The shortest dead-voter and lost-after periods.
+pub const PERIOD_MS_MIN: u64 = 1_000;
+
+/// Whether `settings` are within their ranges.
+pub fn validate_settings(settings: &Settings) -> Result<(), SettingsError> {
     if !(1..=7).contains(&settings.voters) || settings.voters.is_multiple_of(2) {
-        return Err(format!(
-            "voters must be 1, 3, 5 or 7 (got {})",
-            settings.voters
-        ));
+        return Err(SettingsError::Voters(settings.voters));
     }
-    if settings.dead_voter_after_ms < 1_000 || settings.lost_after_ms < 1_000 {
-        return Err("dead-voter and lost-after periods must be at least 1000 ms".into());
+    if settings.dead_voter_after_ms < PERIOD_MS_MIN || settings.lost_after_ms < PERIOD_MS_MIN {
+        return Err(SettingsError::PeriodTooShort);
     }
     Ok(())
 }

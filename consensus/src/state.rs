@@ -1252,8 +1252,10 @@ impl ClusterState {
     }
 
     fn set_settings(&mut self, settings: Settings) -> Outcome {
-        if let Err(detail) = validate_settings(&settings) {
-            return Outcome::rejected(Rejection::Invalid { detail });
+        if let Err(error) = validate_settings(&settings) {
+            return Outcome::rejected(Rejection::Invalid {
+                detail: error.to_string(),
+            });
         }
         self.revision += 1;
         let message = format!(

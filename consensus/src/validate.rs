@@ -243,7 +243,7 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
 }
 
 fn cluster_settings(settings: &Settings) -> Result<(), Rejection> {
-    validate_settings(settings).map_err(refuse)?;
+    validate_settings(settings).map_err(|e| refuse(e.to_string()))?;
     if settings.dead_voter_after_ms > PERIOD_MS_MAX || settings.lost_after_ms > PERIOD_MS_MAX {
         return Err(refuse(format!(
             "dead-voter and lost-after periods must be at most {PERIOD_MS_MAX} ms"

@@ -262,7 +262,7 @@ impl ClusterHandle {
                         .max_encoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX)
                         .max_decoding_message_size(crate::transport::RAFT_MESSAGE_BYTES_MAX))
                 }
-                Err(detail) => failures.push(detail),
+                Err(error) => failures.push(error.to_string()),
             }
         }
         Err(Error::Unreachable {

@@ -164,23 +164,27 @@ impl Mirror {
     }
 
     /// Applies one feed item; an error means the stream must start over.
-    fn apply(&self, item: pb::FeedItem) -> Result<(), String> {
+    fn apply(&self, item: pb::FeedItem) -> Result<(), OutOfStep> {
         let mut state = self.state.write().expect("mirror lock poisoned");
         match item.item {
             Some(pb::feed_item::Item::Snapshot(bytes)) => {
-                let snapshot = ClusterState::decode(&bytes).map_err(|e| e.to_string())?;
+                let snapshot =
+                    ClusterState::decode(&bytes).map_err(|e| OutOfStep::Undecodable {
+                        what: "snapshot",
+                        detail: e.to_string(),
+                    })?;
                 if snapshot.revision != item.revision {
-                    return Err(format!(
-                        "snapshot claims revision {} but holds {}",
-                        item.revision, snapshot.revision
-                    ));
+                    return Err(OutOfStep::SnapshotRevision {
+                        claims: item.revision,
+                        holds: snapshot.revision,
+                    });
                 }
                 let starting_over = self.needs_snapshot.swap(false, Ordering::Relaxed);
                 if snapshot.revision < state.revision && !starting_over {
-                    return Err(format!(
-                        "snapshot at revision {} is older than the mirror's {}",
-                        snapshot.revision, state.revision
-                    ));
+                    return Err(OutOfStep::OlderSnapshot {
+                        snapshot: snapshot.revision,
+                        mirror: state.revision,
+                    });
                 }
                 tracing::info!(revision = item.revision, "mirror: snapshot");
                 *state = snapshot;
@@ -191,38 +195,79 @@ impl Mirror {
                     return Ok(());
                 }
                 if Some(item.revision) != state.revision.checked_add(1) {
-                    return Err(format!(
-                        "transition to revision {} after {}",
-                        item.revision, state.revision
-                    ));
+                    return Err(OutOfStep::Gap {
+                        to: item.revision,
+                        after: state.revision,
+                    });
                 }
                 let transition: Transition =
-                    serde_json::from_slice(&bytes).map_err(|e| e.to_string())?;
+                    serde_json::from_slice(&bytes).map_err(|e| OutOfStep::Undecodable {
+                        what: "transition",
+                        detail: e.to_string(),
+                    })?;
                 let outcome = state.replay(transition);
                 if state.revision != item.revision {
-                    return Err(format!(
-                        "replay reached revision {} instead of {} ({:?})",
-                        state.revision, item.revision, outcome.result
-                    ));
+                    return Err(OutOfStep::Replay {
+                        reached: state.revision,
+                        expected: item.revision,
+                        result: format!("{:?}", outcome.result),
+                    });
                 }
                 self.vm_history()
                     .publish(&self.events, item.revision, outcome.vm_changes);
                 publish_events(&self.events, outcome.recorded);
             }
-            None => return Err("empty feed item".into()),
+            None => return Err(OutOfStep::Empty),
         }
         self.revision.send_replace(state.revision);
         Ok(())
     }
 }
 
+/// Why a feed item cannot follow what the mirror holds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutOfStep {
+    #[error("undecodable {what}: {detail}")]
+    Undecodable { what: &'static str, detail: String },
+    #[error("snapshot claims revision {claims} but holds {holds}")]
+    SnapshotRevision { claims: u64, holds: u64 },
+    #[error("snapshot at revision {snapshot} is older than the mirror's {mirror}")]
+    OlderSnapshot { snapshot: u64, mirror: u64 },
+    #[error("transition to revision {to} after {after}")]
+    Gap { to: u64, after: u64 },
+    #[error("replay reached revision {reached} instead of {expected} ({result})")]
+    Replay {
+        reached: u64,
+        expected: u64,
+        result: String,
+    },
+    #[error("empty feed item")]
+    Empty,
+}
+
+/// Why no channel to a peer was made.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerConnectError {
+    #[error("{address}: {source}")]
+    Failed {
+        address: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{address}: no answer within {timeout_ms} ms")]
+    Silent { address: String, timeout_ms: u64 },
+}
+
 /// A channel to `address` (node `node_id`'s certificate only, when
 /// given) for node-to-node calls: bounded connect and call times, and
 /// HTTP/2 pings so a silent peer breaks the channel.
-pub async fn connect(address: &str, node_id: Option<u64>) -> Result<Channel, String> {
+pub async fn connect(address: &str, node_id: Option<u64>) -> Result<Channel, PeerConnectError> {
+    let failed = |source| PeerConnectError::Failed {
+        address: address.to_string(),
+        source,
+    };
     let endpoint = blixard_api::connect::installed()
         .endpoint_for(address, node_id)
-        .map_err(|e| e.to_string())?
+        .map_err(failed)?
         .http2_keep_alive_interval(Duration::from_millis(KEEPALIVE_INTERVAL_MS))
         .keep_alive_timeout(Duration::from_millis(KEEPALIVE_TIMEOUT_MS))
         .keep_alive_while_idle(true);
@@ -230,10 +275,16 @@ pub async fn connect(address: &str, node_id: Option<u64>) -> Result<Channel, Str
 }
 
 /// Like [`connect`], with a deadline on every call (not for streams).
-pub async fn connect_for_calls(address: &str, node_id: Option<u64>) -> Result<Channel, String> {
+pub async fn connect_for_calls(
+    address: &str,
+    node_id: Option<u64>,
+) -> Result<Channel, PeerConnectError> {
     let endpoint = blixard_api::connect::installed()
         .endpoint_for(address, node_id)
-        .map_err(|e| e.to_string())?
+        .map_err(|source| PeerConnectError::Failed {
+            address: address.to_string(),
+            source,
+        })?
         .timeout(Duration::from_millis(CALL_TIMEOUT_MS));
     connect_within(address, endpoint).await
 }
@@ -245,13 +296,17 @@ pub async fn connect_for_calls(address: &str, node_id: Option<u64>) -> Result<Ch
 async fn connect_within(
     address: &str,
     endpoint: tonic::transport::Endpoint,
-) -> Result<Channel, String> {
+) -> Result<Channel, PeerConnectError> {
     let timeout = Duration::from_millis(CONNECT_TIMEOUT_MS);
     match tokio::time::timeout(timeout, endpoint.connect_timeout(timeout).connect()).await {
-        Ok(connected) => connected.map_err(|e| format!("{address}: {e}")),
-        Err(_) => Err(format!(
-            "{address}: no answer within {CONNECT_TIMEOUT_MS} ms"
-        )),
+        Ok(connected) => connected.map_err(|source| PeerConnectError::Failed {
+            address: address.to_string(),
+            source,
+        }),
+        Err(_) => Err(PeerConnectError::Silent {
+            address: address.to_string(),
+            timeout_ms: CONNECT_TIMEOUT_MS,
+        }),
     }
 }
 
@@ -467,9 +522,7 @@ mod tests {
         // A repeat is ignored; a gap is refused and changes nothing.
         mirror.apply(transition(3, &added(3))).unwrap();
         let gap = mirror.apply(transition(9, &added(9)));
-        assert!(gap
-            .unwrap_err()
-            .contains("transition to revision 9 after 3"));
+        assert_eq!(gap, Err(OutOfStep::Gap { to: 9, after: 3 }));
         assert_eq!(mirror.read(|s| s.clone()), voter);
 
         // An older snapshot is refused unless the mirror is starting over.
@@ -491,7 +544,7 @@ mod tests {
             audit: None,
             at_unix_ms: None,
         };
-        let error = mirror.apply(transition(1, &bogus)).unwrap_err();
+        let error = mirror.apply(transition(1, &bogus)).unwrap_err().to_string();
         assert!(
             error.contains("replay reached revision 0 instead of 1"),
             "{error}"

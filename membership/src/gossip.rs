@@ -19,7 +19,7 @@ use chitchat::{
 use crate::info::{NodeInfo, INFO_KEY};
 use crate::sealed::{Keyring, SealedUdpTransport};
 use crate::verify::{self, Identity, Verifier, CERT_KEY};
-use crate::Error;
+use crate::{Error, Unreadable};
 
 /// Tunables of one node's gossip.
 #[derive(Debug, Clone)]
@@ -73,7 +73,7 @@ pub struct Member {
     pub generation: u64,
     pub alive: bool,
     /// The node's self-description, or why it could not be read.
-    pub info: Result<NodeInfo, String>,
+    pub info: Result<NodeInfo, Unreadable>,
 }
 
 /// A running gossip instance. Dropping it stops gossip.
@@ -279,13 +279,13 @@ impl Membership {
                             if info.node_id == node_id {
                                 Ok(info)
                             } else {
-                                Err(format!(
-                                    "node info claims node id {} but gossips as {node_id}",
-                                    info.node_id
-                                ))
+                                Err(Unreadable::OtherNodesInfo {
+                                    claims: info.node_id,
+                                    node_id,
+                                })
                             }
                         }),
-                        None => Err("no node info gossiped yet".to_string()),
+                        None => Err(Unreadable::NoInfo),
                     };
                     let member = Member {
                         node_id,
@@ -464,7 +464,7 @@ pub(crate) mod tests {
         })
         .await;
         let error = members[1].info.as_ref().unwrap_err();
-        assert!(error.contains("undecodable node info"), "{error}");
+        assert!(matches!(error, Unreadable::UndecodableInfo(_)), "{error}");
     }
 }
 

@@ -4,6 +4,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::Unreadable;
+
 /// The chitchat key holding a node's JSON-encoded [`NodeInfo`].
 pub const INFO_KEY: &str = "blixard.node";
 
@@ -57,7 +59,7 @@ impl NodeInfo {
         serde_json::to_string(self).expect("node info always serializes")
     }
 
-    pub fn decode(value: &str) -> Result<Self, String> {
-        serde_json::from_str(value).map_err(|e| format!("undecodable node info: {e}"))
+    pub fn decode(value: &str) -> Result<Self, Unreadable> {
+        serde_json::from_str(value).map_err(|e| Unreadable::UndecodableInfo(e.to_string()))
     }
 }

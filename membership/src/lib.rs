@@ -16,7 +16,7 @@ mod info;
 mod sealed;
 mod verify;
 
-pub use error::Error;
+pub use error::{Error, Unreadable};
 pub use gossip::{GossipSecurity, Member, Membership, MembershipConfig};
 pub use info::{NodeInfo, NodeRole, INFO_KEY};
 pub use verify::{Identity, IdentityError};

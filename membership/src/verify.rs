@@ -18,6 +18,7 @@ use std::sync::Arc;
 
 use chitchat::ChitchatId;
 
+use crate::error::Unreadable;
 use crate::info::NodeInfo;
 
 /// The chitchat key of a node's certificate (hex of DER).
@@ -100,9 +101,9 @@ pub(crate) struct Verifier {
 /// What was last checked of one incarnation's record.
 struct Seen {
     cert_value: String,
-    certified: Result<(), String>,
+    certified: Result<(), Unreadable>,
     info_value: String,
-    info_checked: Result<(), String>,
+    info_checked: Result<(), Unreadable>,
     /// The last info that verified, and the certificate (DER) it
     /// verified with.
     believed: Option<(NodeInfo, Vec<u8>)>,
@@ -125,14 +126,14 @@ impl Verifier {
         node_id: u64,
         cert: Option<&str>,
         info: Option<&str>,
-    ) -> Result<NodeInfo, String> {
-        let cert = cert.ok_or("no certificate gossiped")?;
-        let info = info.ok_or("no node info gossiped yet")?;
+    ) -> Result<NodeInfo, Unreadable> {
+        let cert = cert.ok_or(Unreadable::NoCertificate)?;
+        let info = info.ok_or(Unreadable::NoInfo)?;
         let seen = self.seen.entry(id.clone()).or_insert_with(|| Seen {
             cert_value: String::new(),
-            certified: Err(String::new()),
+            certified: Err(Unreadable::Unchecked),
             info_value: String::new(),
-            info_checked: Err(String::new()),
+            info_checked: Err(Unreadable::Unchecked),
             believed: None,
         });
         let cert_changed = seen.cert_value != cert;
@@ -145,30 +146,28 @@ impl Verifier {
             seen.info_checked = seen.certified.clone().and_then(|()| {
                 let (signature, json) = info
                     .split_once(SIGNATURE_SEPARATOR)
-                    .ok_or("the info is not signed")?;
-                let signature = hex::decode(signature).map_err(|_| "undecodable signature")?;
-                let cert_der = hex::decode(cert).map_err(|_| "undecodable certificate")?;
+                    .ok_or(Unreadable::Unsigned)?;
+                let signature =
+                    hex::decode(signature).map_err(|_| Unreadable::UndecodableSignature)?;
+                let cert_der = hex::decode(cert).map_err(|_| Unreadable::UndecodableCertificate)?;
                 self.identity
                     .check_signature(
                         &cert_der,
                         &signed_message(&self.cluster, id, json),
                         &signature,
                     )
-                    .map_err(|e| format!("bad signature: {e}"))?;
+                    .map_err(|e| Unreadable::BadSignature(e.to_string()))?;
                 let decoded = NodeInfo::decode(json)?;
                 if decoded.node_id != node_id {
-                    return Err(format!(
-                        "node info claims node id {} but gossips as {node_id}",
-                        decoded.node_id
-                    ));
+                    return Err(Unreadable::OtherNodesInfo {
+                        claims: decoded.node_id,
+                        node_id,
+                    });
                 }
                 // A replay of the node's own record from before a
                 // renewal verifies, but must not displace the renewed one.
                 if !self.identity.accepts(node_id, &cert_der) {
-                    return Err(format!(
-                        "signed with a certificate the cluster no longer accepts for node \
-                         {node_id} (renewed or removed)"
-                    ));
+                    return Err(Unreadable::RetiredCertificate(node_id));
                 }
                 seen.believed = Some((decoded, cert_der));
                 Ok(())
@@ -185,15 +184,14 @@ impl Verifier {
         }
         // A record that verified is believed, so `info_checked` holds the
         // reason whenever nothing is.
-        let (info, cert_der) = seen
-            .believed
-            .as_ref()
-            .ok_or_else(|| seen.info_checked.clone().err().unwrap_or_default())?;
+        let (info, cert_der) = seen.believed.as_ref().ok_or_else(|| {
+            seen.info_checked
+                .clone()
+                .err()
+                .unwrap_or(Unreadable::Unchecked)
+        })?;
         if !self.identity.accepts(node_id, cert_der) {
-            return Err(format!(
-                "node {node_id}'s record is signed with a certificate the cluster no longer \
-                 accepts (renewed or removed)"
-            ));
+            return Err(Unreadable::RetiredCertificate(node_id));
         }
         Ok(info.clone())
     }
@@ -204,15 +202,16 @@ impl Verifier {
     }
 }
 
-fn certify(identity: &dyn Identity, cert: &str, node_id: u64) -> Result<(), String> {
-    let der = hex::decode(cert).map_err(|_| "undecodable certificate".to_string())?;
+fn certify(identity: &dyn Identity, cert: &str, node_id: u64) -> Result<(), Unreadable> {
+    let der = hex::decode(cert).map_err(|_| Unreadable::UndecodableCertificate)?;
     let named = identity
         .certified_node(&der)
-        .map_err(|e| format!("certificate refused: {e}"))?;
+        .map_err(|e| Unreadable::CertificateRefused(e.to_string()))?;
     if named != node_id {
-        return Err(format!(
-            "the certificate of node {named} gossips as node {node_id}"
-        ));
+        return Err(Unreadable::OtherNodesCertificate {
+            certified: named,
+            node_id,
+        });
     }
     Ok(())
 }
@@ -313,15 +312,21 @@ pub(crate) mod tests {
         let error = verifier
             .check(&id("2", 11), 2, Some(&cert5), Some(&value5))
             .unwrap_err();
-        assert!(error.contains("certificate of node 5"), "{error}");
+        assert_eq!(
+            error,
+            Unreadable::OtherNodesCertificate {
+                certified: 5,
+                node_id: 2
+            }
+        );
 
         // A signed record replayed under a newer generation or another
         // address does not verify.
         let newer = id("2", 11);
-        assert!(verifier
-            .check(&newer, 2, Some(&cert), Some(&value))
-            .unwrap_err()
-            .contains("bad signature"));
+        assert!(matches!(
+            verifier.check(&newer, 2, Some(&cert), Some(&value)),
+            Err(Unreadable::BadSignature(_))
+        ));
         let moved = ChitchatId::new("2", 10, "127.0.0.1:7999".parse().unwrap());
         assert!(verifier
             .check(&moved, 2, Some(&cert), Some(&value))
@@ -337,10 +342,10 @@ pub(crate) mod tests {
             )
             .is_err());
         let (cert_far, value_far) = record(300, &id("300", 1), &info(300, 0));
-        assert!(verifier
-            .check(&id("300", 1), 300, Some(&cert_far), Some(&value_far))
-            .unwrap_err()
-            .contains("certificate refused"));
+        assert!(matches!(
+            verifier.check(&id("300", 1), 300, Some(&cert_far), Some(&value_far)),
+            Err(Unreadable::CertificateRefused(_))
+        ));
         assert!(verifier.check(&two, 2, None, Some(&value)).is_err());
     }
 
@@ -394,7 +399,7 @@ pub(crate) mod tests {
         let refused = verifier
             .check(&impostor, 2, Some(&old_cert), Some(&impostor_value))
             .unwrap_err();
-        assert!(refused.contains("no longer accepts"), "{refused}");
+        assert_eq!(refused, Unreadable::RetiredCertificate(2));
         // Until the renewed record arrives, the old one does not count
         // either; then the renewed one does.
         assert!(verifier

@@ -252,28 +252,60 @@ pub fn member_names(entry: &VmEntry) -> Vec<String> {
     }
 }
 
-fn duration_ms(text: &str) -> Result<u64, String> {
-    humantime::parse_duration(text)
-        .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
-        .map_err(|e| format!("failover.lostAfter {text:?}: {e}"))
+/// Why an entry cannot become VM specs. Values are echoed as at most a
+/// short prefix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EntryError {
+    #[error("storage: volumes are not built yet")]
+    StorageNotBuilt,
+    #[error(
+        "config {0:?}: a plain .nix file is not supported; give a flake reference (PATH#NAME)"
+    )]
+    PlainNixFile(String),
+    #[error("cmdline and ports go with kernel, not config")]
+    KernelOptionsWithConfig,
+    #[error("give either config (a flake reference) or both kernel and initrd")]
+    NoRunner,
+    #[error("port {0:?} is not HOST:GUEST with ports 1-65535")]
+    Port(String),
+    #[error(
+        "placement.spreadAcross {0:?}: only \"node\" is supported (spreading across label \
+         values is not built)"
+    )]
+    SpreadAcross(String),
+    #[error("placement.strategy: {0}")]
+    Strategy(#[from] blixard_api::placement::StrategyError),
+    #[error(transparent)]
+    Rule(#[from] blixard_api::placement::RuleError),
+    #[error("failover.lostAfter {text:?}: {detail}")]
+    LostAfter { text: String, detail: String },
+    #[error(transparent)]
+    Invalid(#[from] blixard_api::ValidationError),
 }
 
-fn port(text: &str) -> Result<pb::PortForward, String> {
+fn duration_ms(text: &str) -> Result<u64, EntryError> {
+    humantime::parse_duration(text)
+        .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+        .map_err(|e| EntryError::LostAfter {
+            text: validate::echo(text),
+            detail: e.to_string(),
+        })
+}
+
+fn port(text: &str) -> Result<pb::PortForward, EntryError> {
     let parse = |value: &str| value.parse::<u16>().ok().filter(|p| *p != 0);
     match text.split_once(':').map(|(h, g)| (parse(h), parse(g))) {
         Some((Some(host), Some(guest))) => Ok(pb::PortForward {
             host_port: host.into(),
             guest_port: guest.into(),
         }),
-        _ => Err(format!(
-            "port {text:?} is not HOST:GUEST with ports 1-65535"
-        )),
+        _ => Err(EntryError::Port(validate::echo(text))),
     }
 }
 
 /// Rules in the cluster's own spelling, so a document and an export of
 /// what it made compare equal.
-fn normalized_rules(texts: impl IntoIterator<Item = String>) -> Result<Vec<String>, String> {
+fn normalized_rules(texts: impl IntoIterator<Item = String>) -> Result<Vec<String>, EntryError> {
     texts
         .into_iter()
         .flat_map(|text| {
@@ -286,26 +318,24 @@ fn normalized_rules(texts: impl IntoIterator<Item = String>) -> Result<Vec<Strin
         .map(|rule| {
             rule.parse::<blixard_api::placement::Rule>()
                 .map(|r| r.to_string())
-                .map_err(|e| e.to_string())
+                .map_err(EntryError::from)
         })
         .collect()
 }
 
 /// The spec every VM of `entry` gets (named as the entry; the cluster
 /// names members), with `platform` as its manager.
-pub fn template(entry: &VmEntry, platform: &str) -> Result<pb::VmSpec, String> {
+pub fn template(entry: &VmEntry, platform: &str) -> Result<pb::VmSpec, EntryError> {
     if !entry.storage.is_empty() {
-        return Err("storage: volumes are not built yet".into());
+        return Err(EntryError::StorageNotBuilt);
     }
     let source = match (&entry.config, &entry.kernel, &entry.initrd) {
         (Some(config), None, None) => {
             if config.ends_with(".nix") && !config.contains('#') {
-                return Err(format!(
-                    "config {config:?}: a plain .nix file is not supported; give a flake reference (PATH#NAME)"
-                ));
+                return Err(EntryError::PlainNixFile(validate::echo(config)));
             }
             if entry.cmdline.is_some() || !entry.ports.is_empty() {
-                return Err("cmdline and ports go with kernel, not config".into());
+                return Err(EntryError::KernelOptionsWithConfig);
             }
             pb::runner_source::Source::Flake(pb::FlakeRunner {
                 flake_ref: config.clone(),
@@ -321,18 +351,14 @@ pub fn template(entry: &VmEntry, platform: &str) -> Result<pb::VmSpec, String> {
                 .map(|p| port(p))
                 .collect::<Result<_, _>>()?,
         }),
-        _ => return Err("give either config (a flake reference) or both kernel and initrd".into()),
+        _ => return Err(EntryError::NoRunner),
     };
     let placement = &entry.placement;
     let anti_affinity = match (placement.spread_across.as_deref(), &placement.anti_affinity) {
         (None, group) => group.clone(),
         (Some("node"), None) => Some(entry.name.clone()),
         (Some("node"), Some(group)) => Some(group.clone()),
-        (Some(other), _) => {
-            return Err(format!(
-                "placement.spreadAcross {other:?}: only \"node\" is supported (spreading across label values is not built)"
-            ))
-        }
+        (Some(other), _) => return Err(EntryError::SpreadAcross(validate::echo(other))),
     };
     let selector = placement
         .node_selector
@@ -342,8 +368,7 @@ pub fn template(entry: &VmEntry, platform: &str) -> Result<pb::VmSpec, String> {
         None => String::new(),
         Some(text) => text
             .parse::<blixard_api::placement::Strategy>()
-            .map(|s| s.as_str().to_string())
-            .map_err(|e| format!("placement.strategy: {e}"))?,
+            .map(|s| s.as_str().to_string())?,
     };
     let spec = pb::VmSpec {
         name: entry.name.clone(),
@@ -370,10 +395,10 @@ pub fn template(entry: &VmEntry, platform: &str) -> Result<pb::VmSpec, String> {
 }
 
 /// `template`, checked as the cluster would check each member.
-pub fn to_specs(entry: &VmEntry, platform: &str) -> Result<Vec<pb::VmSpec>, String> {
+pub fn to_specs(entry: &VmEntry, platform: &str) -> Result<Vec<pb::VmSpec>, EntryError> {
     let template = template(entry, platform)?;
     if let Some(replicas) = entry.replicas {
-        validate::replicas(&entry.name, replicas).map_err(|e| e.to_string())?;
+        validate::replicas(&entry.name, replicas)?;
     }
     member_names(entry)
         .into_iter()
@@ -388,7 +413,7 @@ pub fn to_specs(entry: &VmEntry, platform: &str) -> Result<Vec<pb::VmSpec>, Stri
             };
             let mut checked = spec.clone();
             checked.group.clear();
-            validate::vm_spec(&checked).map_err(|e| e.to_string())?;
+            validate::vm_spec(&checked)?;
             Ok(spec)
         })
         .collect()

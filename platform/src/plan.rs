@@ -274,7 +274,7 @@ pub fn plan(document: &Document, current: &[pb::VmInfo]) -> Result<Plan, Conflic
     let mut unchanged = 0;
     let mut claimed: BTreeSet<String> = BTreeSet::new();
     for entry in &document.spec.vms {
-        let desired = template(entry, platform).map_err(Conflict)?;
+        let desired = template(entry, platform).map_err(|e| Conflict(e.to_string()))?;
         let start = entry.state == RunState::Running;
         let existing = current_of(entry, current);
         for vm in &existing {

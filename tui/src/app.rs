@@ -80,7 +80,7 @@ impl Ask {
     }
 
     /// The action `answer` asks for, or what is wrong with it.
-    pub fn answer(&self, answer: &str) -> Result<Action, String> {
+    pub fn answer(&self, answer: &str) -> Result<Action, BadAnswer> {
         let answer = answer.trim();
         match self {
             Ask::Scale { group, .. } => match answer.parse::<u32>() {
@@ -88,18 +88,33 @@ impl Ask {
                     group: group.clone(),
                     replicas,
                 }),
-                Err(_) => Err(format!("replicas {answer:?} is not a whole number")),
+                Err(_) => Err(BadAnswer::Replicas(answer.to_string())),
             },
             Ask::Drain { node } => match humantime::parse_duration(answer) {
                 Ok(deadline) if !deadline.is_zero() => Ok(Action::Drain {
                     node: *node,
                     deadline_ms: deadline.as_millis().min(u128::from(u64::MAX)) as u64,
                 }),
-                Ok(_) => Err("a drain deadline must be above zero".into()),
-                Err(e) => Err(format!("deadline {answer:?}: {e}")),
+                Ok(_) => Err(BadAnswer::ZeroDeadline),
+                Err(e) => Err(BadAnswer::Deadline {
+                    answer: answer.to_string(),
+                    detail: e.to_string(),
+                }),
             },
         }
     }
+}
+
+/// What is wrong with an answer to an [`Ask`] (the answer is at most
+/// [`ASK_TEXT_MAX`] bytes).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadAnswer {
+    #[error("replicas {0:?} is not a whole number")]
+    Replicas(String),
+    #[error("a drain deadline must be above zero")]
+    ZeroDeadline,
+    #[error("deadline {answer:?}: {detail}")]
+    Deadline { answer: String, detail: String },
 }
 
 /// What the caller must do after a key.
@@ -347,7 +362,7 @@ impl App {
                     self.message = None;
                     return Some(Intent::Perform(action));
                 }
-                Err(error) => self.error(error),
+                Err(error) => self.error(error.to_string()),
             },
             KeyCode::Char(c) if text.len() < ASK_TEXT_MAX => {
                 text.push(c);
@@ -607,7 +622,7 @@ impl App {
                 self.error(format!("read-only: cannot {}", action.describe()))
             }
             Ok(action) => self.mode = Mode::Confirm(action),
-            Err(error) => self.error(error),
+            Err(error) => self.error(error.to_string()),
         }
         None
     }

@@ -46,12 +46,22 @@ pub const LIGHT: Skin = Skin {
 pub const SKINS: [Skin; 2] = [DARK, LIGHT];
 
 impl Skin {
-    pub fn named(name: &str) -> Result<Skin, String> {
-        SKINS.into_iter().find(|s| s.name == name).ok_or_else(|| {
-            let names: Vec<&str> = SKINS.iter().map(|s| s.name).collect();
-            format!("no skin {name:?}; built in: {}", names.join(", "))
-        })
+    pub fn named(name: &str) -> Result<Skin, UnknownSkin> {
+        SKINS
+            .into_iter()
+            .find(|s| s.name == name)
+            .ok_or_else(|| UnknownSkin {
+                name: blixard_api::validate::echo(name),
+            })
     }
+}
+
+/// A skin name that is not built in.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("no skin {name:?}; built in: {}", SKINS.map(|s| s.name).join(", "))]
+pub struct UnknownSkin {
+    /// At most a short prefix of the name asked for.
+    pub name: String,
 }
 
 #[cfg(test)]
@@ -61,6 +71,9 @@ mod tests {
     #[test]
     fn skins_are_found_by_name_and_unknown_names_listed() {
         assert_eq!(Skin::named("light"), Ok(LIGHT));
-        assert!(Skin::named("neon").unwrap_err().contains("dark, light"));
+        assert!(Skin::named("neon")
+            .unwrap_err()
+            .to_string()
+            .contains("dark, light"));
     }
 }

@@ -10,8 +10,8 @@
 
 use std::time::Duration;
 
-use blixard_api::backoff::Backoff;
-use blixard_api::connect::Connection;
+use blixard_api::connect::{ConnectError, Connection, Timeouts};
+use blixard_api::follow::{Ended, Members};
 use blixard_api::pb;
 use blixard_api::pb::cluster_client::ClusterClient;
 use blixard_api::pb::node_client::NodeClient;
@@ -24,67 +24,50 @@ use crate::model::Update;
 
 const CONNECT_TIMEOUT_MS: u64 = 2_000;
 const POLL_INTERVAL_MS: u64 = 1_000;
-const BACKOFF_START_MS: u64 = 250;
-const BACKOFF_MAX_MS: u64 = 5_000;
 const RECENT_EVENTS: u32 = 200;
-/// Addresses remembered from the cluster, beyond those given.
-const ADDRESSES_MAX: usize = 64;
 
-/// A connection to `address` carrying the process's token.
-pub async fn connect(address: &str) -> Result<Connection, String> {
-    blixard_api::connect::check_token_transport(address).map_err(|e| e.to_string())?;
-    let channel = blixard_api::connect::endpoint(address)
-        .map_err(|e| format!("bad address {address:?}: {e}"))?
-        .connect_timeout(Duration::from_millis(CONNECT_TIMEOUT_MS))
-        .connect()
-        .await
-        .map_err(|e| format!("cannot connect: {e}"))?;
-    Ok(blixard_api::connect::with_token(channel))
+/// A connection to `address` carrying the process's token (streams stay
+/// open: no request deadline).
+pub async fn connect(address: &str) -> Result<Connection, ConnectError> {
+    let timeouts = Timeouts {
+        connect_ms: CONNECT_TIMEOUT_MS,
+        request_ms: None,
+    };
+    blixard_api::connect::connect(address, timeouts).await
 }
 
 /// Feeds `updates` until the receiver goes away.
-pub async fn run(mut addresses: Vec<String>, updates: mpsc::Sender<Update>) {
-    assert!(!addresses.is_empty(), "the dashboard needs an address");
-    let mut next = 0;
-    let mut backoff = Backoff::new(BACKOFF_START_MS, BACKOFF_MAX_MS);
+pub async fn run(addresses: Vec<String>, updates: mpsc::Sender<Update>) {
+    let mut members = Members::new(addresses);
     // Kept across reconnections: the VM watch resumes where it was.
     let mut position = Position::default();
     loop {
-        let address = addresses[next % addresses.len()].clone();
-        next += 1;
-        let reason = match follow(&address, &updates, &mut addresses, &mut position).await {
-            Ok(()) => return,
-            Err(Failure::Gone) => return,
-            Err(Failure::Lost { reason, held }) => {
-                if held {
-                    backoff.reset();
-                }
-                reason
-            }
+        let address = members.current().to_string();
+        let ended = match follow(&address, &updates, &mut members, &mut position).await {
+            Ok(()) | Err(Failure::Gone) => return,
+            Err(Failure::Lost(ended)) => ended,
         };
+        let wait = members.failed(&ended);
         let lost = Update::Disconnected {
-            address: address.clone(),
-            reason,
+            address,
+            reason: ended.reason,
         };
         if updates.send(lost).await.is_err() {
             return;
         }
-        tokio::time::sleep(backoff.next_wait()).await;
+        tokio::time::sleep(wait).await;
     }
 }
 
 enum Failure {
     /// The UI went away.
     Gone,
-    /// The node failed; `held` if the connection had worked for a while.
-    Lost { reason: String, held: bool },
+    /// The node failed.
+    Lost(Ended),
 }
 
 fn lost(reason: impl std::fmt::Display, held: bool) -> Failure {
-    Failure::Lost {
-        reason: reason.to_string(),
-        held,
-    }
+    Failure::Lost(Ended::new(reason, held))
 }
 
 async fn send(updates: &mpsc::Sender<Update>, update: Update) -> Result<(), Failure> {
@@ -125,7 +108,7 @@ async fn watch_vms(
 async fn follow(
     address: &str,
     updates: &mpsc::Sender<Update>,
-    addresses: &mut Vec<String>,
+    members: &mut Members,
     position: &mut Position,
 ) -> Result<(), Failure> {
     let channel = connect(address).await.map_err(|e| lost(e, false))?;
@@ -135,11 +118,7 @@ async fn follow(
         .await
         .map_err(|e| lost(e.message(), false))?
         .into_inner();
-    for member in &status.members {
-        if !addresses.contains(&member.address) && addresses.len() < ADDRESSES_MAX {
-            addresses.push(member.address.clone());
-        }
-    }
+    members.learn(&status);
     send(updates, Update::Connected(address.to_string())).await?;
     let mut watch = watch_vms(&mut VmClient::new(channel.clone()), updates, position).await?;
     let mut events = cluster
@@ -195,7 +174,8 @@ const LOG_TAIL_LINES: u32 = 500;
 /// ends; a failure arrives as a notice.
 pub async fn follow_logs(address: String, vm: String, updates: mpsc::Sender<Update>) {
     let result = async {
-        let mut stream = VmClient::new(connect(&address).await?)
+        let connection = connect(&address).await.map_err(|e| e.to_string())?;
+        let mut stream = VmClient::new(connection)
             .logs(pb::VmLogsRequest {
                 name: vm.clone(),
                 follow: true,
@@ -257,9 +237,29 @@ async fn restart(vms: &mut VmClient<Connection>, vm: &str) -> Result<(), tonic::
     vms.start(request()).await.map(|_| ())
 }
 
+/// Why an operator's action was not carried out.
+#[derive(Debug, thiserror::Error)]
+pub enum ActionError {
+    #[error("cannot {action}: {source}")]
+    Connect {
+        action: String,
+        source: ConnectError,
+    },
+    #[error("cannot {action}: {}", status.message())]
+    Refused {
+        action: String,
+        status: tonic::Status,
+    },
+}
+
 /// Carries out `action` through `address`; the text says what happened.
-pub async fn perform(address: &str, action: &Action) -> Result<String, String> {
-    let channel = connect(address).await?;
+pub async fn perform(address: &str, action: &Action) -> Result<String, ActionError> {
+    let channel = connect(address)
+        .await
+        .map_err(|source| ActionError::Connect {
+            action: action.describe(),
+            source,
+        })?;
     let mut vms = VmClient::new(channel.clone());
     let name = |vm: &str| pb::VmNameRequest { name: vm.into() };
     let result = match action {
@@ -285,10 +285,9 @@ pub async fn perform(address: &str, action: &Action) -> Result<String, String> {
     };
     match result {
         Ok(()) => Ok(format!("asked to {}", action.describe())),
-        Err(status) => Err(format!(
-            "cannot {}: {}",
-            action.describe(),
-            status.message()
-        )),
+        Err(status) => Err(ActionError::Refused {
+            action: action.describe(),
+            status,
+        }),
     }
 }

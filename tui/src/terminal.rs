@@ -85,7 +85,7 @@ pub async fn run(
                     tokio::spawn(async move {
                         let notice = match source::perform(&address, &action).await {
                             Ok(text) => Update::Notice { text, error: false },
-                            Err(text) => Update::Notice { text, error: true },
+                            Err(error) => Update::Notice { text: error.to_string(), error: true },
                         };
                         let _ = notices.send(notice).await;
                     });

@@ -12,17 +12,13 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use blixard_api::backoff::Backoff;
+use blixard_api::follow::{Ended, Members};
 use blixard_api::pb;
 use tokio::sync::watch;
 
 use crate::client::{self, status_error};
 
 const POLL_INTERVAL_MS: u64 = 2_000;
-const BACKOFF_START_MS: u64 = 250;
-const BACKOFF_MAX_MS: u64 = 5_000;
-/// Member addresses remembered to fail over to.
-const ADDRESSES_MAX: usize = 64;
 
 /// One VM as completion describes it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -97,68 +93,45 @@ fn update(shared: &Shared, repaint: &Repaint, change: impl FnOnce(&mut Snapshot)
 /// Keeps `shared` fresh, following `target` (which `connect` changes),
 /// until `target`'s sender is dropped; `repaint` redraws the prompt.
 pub async fn follow(shared: Shared, mut target: watch::Receiver<String>, repaint: Repaint) {
-    let mut addresses: Vec<String> = vec![target.borrow_and_update().clone()];
-    let mut next = 0;
-    let mut backoff = Backoff::new(BACKOFF_START_MS, BACKOFF_MAX_MS);
+    let mut members = Members::new(vec![target.borrow_and_update().clone()]);
     loop {
-        let addr = addresses[next % addresses.len()].clone();
+        let addr = members.current().to_string();
         update(&shared, &repaint, |s| s.addr = addr.clone());
         let outcome = tokio::select! {
-            outcome = session(&shared, &repaint, &addr, &mut addresses) => outcome,
+            outcome = session(&shared, &repaint, &addr, &mut members) => outcome,
             changed = target.changed() => match changed {
                 Ok(()) => {
                     // `connect ADDR`: start over from that node.
-                    addresses = vec![target.borrow_and_update().clone()];
-                    next = 0;
-                    backoff.reset();
+                    members.restart_from(target.borrow_and_update().clone());
                     update(&shared, &repaint, |s| s.lost = None);
                     continue;
                 }
                 Err(_) => return,
             },
         };
-        let held = outcome.held;
+        let wait = members.failed(&outcome);
         update(&shared, &repaint, |snapshot| {
             snapshot.lost = Some(outcome.reason);
             snapshot.role.clear();
         });
-        if held {
-            backoff.reset();
-        }
-        next += 1;
         tokio::select! {
-            _ = tokio::time::sleep(backoff.next_wait()) => {}
+            _ = tokio::time::sleep(wait) => {}
             changed = target.changed() => {
                 if changed.is_err() {
                     return;
                 }
-                addresses = vec![target.borrow_and_update().clone()];
-                next = 0;
+                members.restart_from(target.borrow_and_update().clone());
             }
         }
     }
 }
 
-struct Ended {
-    reason: String,
-    /// Whether the session had worked (resets the backoff).
-    held: bool,
-}
-
 fn ended(reason: impl std::fmt::Display, held: bool) -> Ended {
-    Ended {
-        reason: reason.to_string(),
-        held,
-    }
+    Ended::new(reason, held)
 }
 
 /// Follows one node until it fails.
-async fn session(
-    shared: &Shared,
-    repaint: &Repaint,
-    addr: &str,
-    addresses: &mut Vec<String>,
-) -> Ended {
+async fn session(shared: &Shared, repaint: &Repaint, addr: &str, members: &mut Members) -> Ended {
     let mut cluster = match client::cluster(addr).await {
         Ok(cluster) => cluster,
         Err(e) => return ended(format!("{e:#}"), false),
@@ -208,11 +181,7 @@ async fn session(
                     Ok(status) => status.into_inner(),
                     Err(status) => return ended(status_error(status), true),
                 };
-                for member in &status.members {
-                    if !addresses.contains(&member.address) && addresses.len() < ADDRESSES_MAX {
-                        addresses.push(member.address.clone());
-                    }
-                }
+                members.learn(&status);
                 let listed = match client::list_nodes(&nodes).await {
                     Ok(listed) => listed.nodes,
                     Err(error) => return ended(error, true),

@@ -605,7 +605,7 @@ impl pb::cluster_server::Cluster for ClusterService {
                 .ok_or_else(|| Status::not_found(format!("node {node_id} is not a member")))?;
             let channel = crate::mirror::connect_for_calls(&address, Some(node_id))
                 .await
-                .map_err(Status::unavailable)?;
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             let mut forwarded = Request::new(request.into_inner());
             if let Some(authorization) = requester.authorization {
                 forwarded
@@ -827,7 +827,7 @@ impl pb::cluster_server::Cluster for ClusterService {
             };
             let channel = crate::mirror::connect(&address, upstream.node_id)
                 .await
-                .map_err(Status::unavailable)?;
+                .map_err(|e| Status::unavailable(e.to_string()))?;
             // With the client's token: a worker's certificate alone
             // removes nothing.
             let mut forwarded = Request::new(request);

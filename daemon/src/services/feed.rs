@@ -76,7 +76,7 @@ enum Forward {
 /// leader's decisions (placement, loss, drains ending) and membership
 /// are never forwarded; node reports may not speak for a raft member,
 /// which proposes its own.
-fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
+fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, NotForwardable> {
     match command {
         Command::CreateVm { .. }
         | Command::SetVmDesiredState { .. }
@@ -103,9 +103,7 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         Command::SetHostFacts { node_id, .. }
         | Command::ReportVm { node_id, .. }
         | Command::PinNodeCertificate { node_id, .. } => match members.contains(node_id) {
-            true => Err(format!(
-                "node {node_id} is a raft member: it reports for itself"
-            )),
+            true => Err(NotForwardable::Member(*node_id)),
             false => Ok(Forward::Report),
         },
         Command::SetNodeAddress { .. }
@@ -116,11 +114,19 @@ fn forwardable(command: &Command, members: &[u64]) -> Result<Forward, String> {
         | Command::RegisterWorker { .. }
         | Command::UnregisterWorker { .. }
         | Command::UseJoinToken { .. }
-        | Command::AcceptNodeCertificate { .. } => Err(format!(
-            "{} is decided by the cluster's members, never forwarded by a worker",
-            command.kind()
-        )),
+        | Command::AcceptNodeCertificate { .. } => {
+            Err(NotForwardable::MembersDecide(command.kind()))
+        }
     }
+}
+
+/// Why a worker may not forward a command.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+enum NotForwardable {
+    #[error("node {0} is a raft member: it reports for itself")]
+    Member(u64),
+    #[error("{0} is decided by the cluster's members, never forwarded by a worker")]
+    MembersDecide(&'static str),
 }
 
 #[tonic::async_trait]
@@ -283,7 +289,8 @@ impl pb::state_feed_server::StateFeed for FeedService {
             }
         }
         let members = self.raft.status().member_ids();
-        let forward = forwardable(&command, &members).map_err(Status::permission_denied)?;
+        let forward = forwardable(&command, &members)
+            .map_err(|e| Status::permission_denied(e.to_string()))?;
 
         blixard_consensus::validate::command(&command)
             .map_err(|rejection| Status::invalid_argument(rejection.to_string()))?;

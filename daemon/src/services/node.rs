@@ -65,7 +65,7 @@ fn node_info(
             .unwrap_or_default(),
         problem: gossip
             .and_then(|m| m.info.as_ref().err())
-            .cloned()
+            .map(ToString::to_string)
             .unwrap_or_default(),
         ..pb::NodeInfo::default()
     };
