@@ -15,7 +15,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::audit::AuditContext;
 use crate::command::{Applied, Command, EventRecord, Transition, VmChange};
-use crate::history::{HistoryTooOld, Resume, VmHistory};
+use crate::published::Published;
 use crate::state::ClusterState;
 use crate::{Error, Result};
 
@@ -179,11 +179,9 @@ pub enum FeedEvent {
 }
 
 pub(crate) struct Shared {
-    pub(crate) state: RwLock<ClusterState>,
+    /// The state as this node applied it, and its watchers.
+    pub(crate) published: Published,
     pub(crate) status: RwLock<RaftStatus>,
-    pub(crate) events: broadcast::Sender<StateEvent>,
-    /// VM changes are sent to `events` through it (see its invariant).
-    pub(crate) vm_history: Mutex<VmHistory>,
     /// The last transitions applied, oldest first, for reconnecting workers.
     pub(crate) feed: Mutex<VecDeque<(u64, Arc<Transition>)>>,
     pub(crate) feed_events: broadcast::Sender<FeedEvent>,
@@ -191,12 +189,9 @@ pub(crate) struct Shared {
 
 impl Shared {
     pub(crate) fn new(state: ClusterState, status: RaftStatus) -> Self {
-        let revision = state.revision;
         Self {
-            state: RwLock::new(state),
+            published: Published::new(state),
             status: RwLock::new(status),
-            events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
-            vm_history: Mutex::new(VmHistory::new(revision)),
             feed: Mutex::new(VecDeque::with_capacity(FEED_RETAINED_MAX)),
             feed_events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
         }
@@ -218,20 +213,9 @@ impl Shared {
         });
     }
 
-    pub(crate) fn vm_history(&self) -> std::sync::MutexGuard<'_, VmHistory> {
-        self.vm_history.lock().expect("history lock poisoned")
-    }
-
     pub(crate) fn reset_feed(&self) {
         self.feed.lock().expect("feed lock poisoned").clear();
         let _ = self.feed_events.send(FeedEvent::Reset);
-    }
-
-    /// Tells subscribers of events an entry's apply recorded in the state
-    /// (which holds them first, so a subscriber that reads the backlog
-    /// after subscribing misses none: see `StateEvent::Cluster`).
-    pub(crate) fn publish_events(&self, records: Vec<EventRecord>) {
-        publish_events(&self.events, records);
     }
 }
 
@@ -313,10 +297,15 @@ impl RaftHandle {
         }
     }
 
+    /// The applied state (after `read_barrier` for linearizability) and
+    /// its watchers.
+    pub fn published(&self) -> &Published {
+        &self.shared.published
+    }
+
     /// Reads the applied state (after `read_barrier` for linearizability).
     pub fn read_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
-        let state = self.shared.state.read().expect("state lock poisoned");
-        read(&state)
+        self.shared.published.read(read)
     }
 
     /// Subscribes to the transitions this node applies, and returns the
@@ -335,46 +324,12 @@ impl RaftHandle {
         (retained, receiver)
     }
 
-    /// The cluster's newest events, oldest first (the state keeps them:
-    /// the same on every node).
-    pub fn recent_events(&self) -> Vec<EventRecord> {
-        let state = self.shared.state.read().expect("state lock poisoned");
-        state.events.iter().cloned().collect()
-    }
-
     pub fn status(&self) -> RaftStatus {
         self.shared
             .status
             .read()
             .expect("status lock poisoned")
             .clone()
-    }
-
-    pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
-        self.shared.events.subscribe()
-    }
-
-    /// Ends every watch of this raft loop's state (a `Reset`): the node
-    /// stopped being a member, and its mirror now holds the state.
-    pub fn end_watches(&self) {
-        let revision = self
-            .shared
-            .state
-            .read()
-            .expect("state lock poisoned")
-            .revision;
-        let _ = self.shared.events.send(StateEvent::Reset { revision });
-    }
-
-    /// The VM changes applied after revision `after` (see [`VmHistory`]).
-    pub fn vm_changes_since(&self, after: u64) -> std::result::Result<Resume, HistoryTooOld> {
-        self.shared.vm_history().since(after)
-    }
-
-    /// Every VM change of an entry up to this revision has been sent to
-    /// subscribers.
-    pub fn vm_changes_published(&self) -> u64 {
-        self.shared.vm_history().published()
     }
 
     /// Hands a message from a peer (and the address it says it serves on)

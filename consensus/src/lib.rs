@@ -12,6 +12,7 @@ pub mod handle;
 pub mod history;
 pub mod node;
 mod pending;
+pub mod published;
 pub mod records;
 pub mod state;
 pub mod storage;
@@ -28,6 +29,7 @@ pub use handle::{
 };
 pub use history::{HistoryTooOld, Resume, VmHistory};
 pub use node::{RaftConfig, RaftNode, Transport};
+pub use published::Published;
 pub use raft::prelude::Message as RaftMessage;
 pub use records::{
     validate_settings, CustomRole, DesiredState, Drain, HostFacts, JoinToken, JoinTokenUse,

@@ -14,7 +14,7 @@ use blixard_api::pb;
 use blixard_api::pb::state_feed_client::StateFeedClient;
 use blixard_consensus::audit::AuditContext;
 use blixard_consensus::{
-    Applied, ClusterState, Command, Error, EventRecord, HistoryTooOld, MembershipChange,
+    Applied, ClusterState, Command, Error, EventRecord, HistoryTooOld, MembershipChange, Published,
     RaftHandle, RaftStatus, Rejection, Result, Resume, Role, StateEvent, VmRecord,
 };
 use blixard_membership::NodeRole;
@@ -106,42 +106,36 @@ impl ClusterHandle {
         }
     }
 
-    pub fn read_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+    /// The state this node serves: its raft loop's while it is a member,
+    /// its mirror's while it is a worker.
+    pub fn published(&self) -> &Published {
         match self.is_member() {
-            true => self.raft.read_state(read),
-            false => self.mirror.read(read),
+            true => self.raft.published(),
+            false => self.mirror.published(),
         }
     }
 
+    pub fn read_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
+        self.published().read(read)
+    }
+
     pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
-        match self.is_member() {
-            true => self.raft.subscribe(),
-            false => self.mirror.subscribe(),
-        }
+        self.published().subscribe()
     }
 
     /// The VM changes applied after revision `after`, from this node's
     /// history (`blixard_consensus::history`).
     pub fn vm_changes_since(&self, after: u64) -> Result<Resume, HistoryTooOld> {
-        match self.is_member() {
-            true => self.raft.vm_changes_since(after),
-            false => self.mirror.vm_changes_since(after),
-        }
+        self.published().vm_changes_since(after)
     }
 
     /// Every VM change up to this revision has been sent to subscribers.
     pub fn vm_changes_published(&self) -> u64 {
-        match self.is_member() {
-            true => self.raft.vm_changes_published(),
-            false => self.mirror.vm_changes_published(),
-        }
+        self.published().vm_changes_published()
     }
 
     pub fn recent_events(&self) -> Vec<EventRecord> {
-        match self.is_member() {
-            true => self.raft.recent_events(),
-            false => self.mirror.recent_events(),
-        }
+        self.published().recent_events()
     }
 
     pub async fn change_membership(&self, change: MembershipChange) -> Result<Applied> {

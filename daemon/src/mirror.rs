@@ -8,16 +8,13 @@
 //! starts over from a snapshot when the voter no longer has it).
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, RwLock};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use blixard_api::pb;
 use blixard_api::pb::state_feed_client::StateFeedClient;
-use blixard_consensus::{
-    publish_events, ClusterState, EventRecord, HistoryTooOld, MemberStatus, RaftHandle, Resume,
-    StateEvent, Transition, VmHistory, VM_EVENTS_BUFFERED_MAX,
-};
-use tokio::sync::{broadcast, watch};
+use blixard_consensus::{ClusterState, MemberStatus, Published, RaftHandle, Transition};
+use tokio::sync::watch;
 use tonic::transport::Channel;
 
 use crate::shutdown::Shutdown;
@@ -59,10 +56,8 @@ pub struct Mirror {
     /// Set when the mirror must be replaced by a snapshot (its replay went
     /// out of step): the next subscription asks for revision 0.
     needs_snapshot: AtomicBool,
-    state: RwLock<ClusterState>,
-    events: broadcast::Sender<StateEvent>,
-    /// VM changes are sent to `events` through it (see its invariant).
-    vm_history: Mutex<VmHistory>,
+    /// The replica and its watchers.
+    published: Published,
     revision: watch::Sender<u64>,
     upstream: Mutex<Upstream>,
     /// When a voter with a leader last confirmed this mirror's feed.
@@ -76,9 +71,7 @@ impl Default for Mirror {
     fn default() -> Self {
         Self {
             needs_snapshot: AtomicBool::new(false),
-            state: RwLock::new(ClusterState::default()),
-            events: broadcast::channel(VM_EVENTS_BUFFERED_MAX).0,
-            vm_history: Mutex::new(VmHistory::new(0)),
+            published: Published::new(ClusterState::default()),
             revision: watch::channel(0).0,
             upstream: Mutex::new(Upstream::default()),
             confirmed_at: Mutex::new(None),
@@ -88,54 +81,29 @@ impl Default for Mirror {
 }
 
 impl Mirror {
+    /// The replica and its watchers (served while this node is a worker).
+    pub fn published(&self) -> &Published {
+        &self.published
+    }
+
     pub fn read<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
-        read(&self.state.read().expect("mirror lock poisoned"))
+        self.published.read(read)
     }
 
     pub fn revision(&self) -> u64 {
         *self.revision.borrow()
     }
 
-    pub fn subscribe(&self) -> broadcast::Receiver<StateEvent> {
-        self.events.subscribe()
-    }
-
-    /// The cluster's newest events, oldest first (kept in the state).
-    pub fn recent_events(&self) -> Vec<EventRecord> {
-        self.read(|state| state.events.iter().cloned().collect())
-    }
-
-    /// Ends every watch of the mirror (a `Reset`): the node became a raft
-    /// member, and its raft loop now holds the state.
-    pub fn end_watches(&self) {
-        let revision = self.revision();
-        let _ = self.events.send(StateEvent::Reset { revision });
-    }
-
-    fn vm_history(&self) -> std::sync::MutexGuard<'_, VmHistory> {
-        self.vm_history.lock().expect("history lock poisoned")
-    }
-
-    /// The VM changes applied after revision `after` (see [`VmHistory`]).
-    pub fn vm_changes_since(&self, after: u64) -> Result<Resume, HistoryTooOld> {
-        self.vm_history().since(after)
-    }
-
-    /// Every VM change up to this revision has been sent to subscribers.
-    pub fn vm_changes_published(&self) -> u64 {
-        self.vm_history().published()
-    }
-
     /// Replaces the mirror with a member's own state, when this node stops
     /// being a raft member: the mirror starts where raft left off rather
     /// than from whatever it held before.
     pub fn seed(&self, seed: ClusterState) {
-        let mut state = self.state.write().expect("mirror lock poisoned");
+        let mut state = self.published.state_mut();
         if seed.revision < state.revision {
             return;
         }
         *state = seed;
-        self.vm_history().reset(&self.events, state.revision);
+        self.published.restart_history(state.revision);
         self.revision.send_replace(state.revision);
     }
 
@@ -165,7 +133,7 @@ impl Mirror {
 
     /// Applies one feed item; an error means the stream must start over.
     fn apply(&self, item: pb::FeedItem) -> Result<(), OutOfStep> {
-        let mut state = self.state.write().expect("mirror lock poisoned");
+        let mut state = self.published.state_mut();
         match item.item {
             Some(pb::feed_item::Item::Snapshot(bytes)) => {
                 let snapshot =
@@ -188,7 +156,7 @@ impl Mirror {
                 }
                 tracing::info!(revision = item.revision, "mirror: snapshot");
                 *state = snapshot;
-                self.vm_history().reset(&self.events, item.revision);
+                self.published.restart_history(item.revision);
             }
             Some(pb::feed_item::Item::Transition(bytes)) => {
                 if item.revision <= state.revision {
@@ -213,9 +181,8 @@ impl Mirror {
                         result: format!("{:?}", outcome.result),
                     });
                 }
-                self.vm_history()
-                    .publish(&self.events, item.revision, outcome.vm_changes);
-                publish_events(&self.events, outcome.recorded);
+                self.published
+                    .publish(item.revision, outcome.vm_changes, outcome.recorded);
             }
             None => return Err(OutOfStep::Empty),
         }
@@ -337,10 +304,10 @@ pub async fn run(
         if was_member && !member {
             tracing::info!("no longer a raft member; following the state as a worker");
             mirror.seed(raft.read_state(|s| s.clone()));
-            raft.end_watches();
+            raft.published().end_watches();
         }
         if member && !was_member {
-            mirror.end_watches();
+            mirror.published().end_watches();
         }
         was_member = member;
         if !member {

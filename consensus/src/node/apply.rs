@@ -55,7 +55,7 @@ impl<T: Transport> RaftNode<T> {
     fn apply_normal(&mut self, wtxn: &mut RwTxn, entry: &Entry) -> Result<Result<Applied>> {
         if entry.data.is_empty() {
             // A new leader's empty entry: nothing to apply.
-            let state = self.shared.state.read().expect("state lock poisoned");
+            let state = self.shared.published.state();
             self.raw
                 .mut_store()
                 .record_applied(wtxn, entry.index, &state, &[])?;
@@ -135,7 +135,7 @@ impl<T: Transport> RaftNode<T> {
         error: protobuf::ProtobufError,
     ) -> Result<Result<Applied>> {
         tracing::error!(index = entry.index, %error, "undecodable conf change in log");
-        let state = self.shared.state.read().expect("state lock poisoned");
+        let state = self.shared.published.state();
         self.raw
             .mut_store()
             .record_applied(wtxn, entry.index, &state, &[])?;
@@ -158,7 +158,7 @@ impl<T: Transport> RaftNode<T> {
                 let refused = Rejection::ConfChange {
                     detail: error.to_string(),
                 };
-                let state = self.shared.state.read().expect("state lock poisoned");
+                let state = self.shared.published.state();
                 self.raw
                     .mut_store()
                     .record_applied(wtxn, entry.index, &state, &[])?;
@@ -209,13 +209,13 @@ impl<T: Transport> RaftNode<T> {
         match outcome {
             Some(outcome) => self.record(wtxn, entry.index, outcome, transitions),
             None => {
-                let state = self.shared.state.read().expect("state lock poisoned");
+                let state = self.shared.published.state();
                 self.raw
                     .mut_store()
                     .record_applied(wtxn, entry.index, &state, &[])?;
                 self.shared
-                    .vm_history()
-                    .publish(&self.shared.events, state.revision, Vec::new());
+                    .published
+                    .publish(state.revision, Vec::new(), Vec::new());
                 Ok(Ok(Applied {
                     revision: state.revision,
                     vm: None,
@@ -225,7 +225,7 @@ impl<T: Transport> RaftNode<T> {
     }
 
     fn write_state(&self, apply: impl FnOnce(&mut ClusterState) -> Outcome) -> Outcome {
-        apply(&mut self.shared.state.write().expect("state lock poisoned"))
+        apply(&mut self.shared.published.state_mut())
     }
 
     /// Persists an outcome's rows with the applied index and tells
@@ -240,14 +240,13 @@ impl<T: Transport> RaftNode<T> {
         for (revision, transition) in transitions {
             self.shared.record_transition(revision, transition);
         }
-        let state = self.shared.state.read().expect("state lock poisoned");
+        let state = self.shared.published.state();
         self.raw
             .mut_store()
             .record_applied(wtxn, index, &state, &outcome.touched)?;
         self.shared
-            .vm_history()
-            .publish(&self.shared.events, state.revision, outcome.vm_changes);
-        self.shared.publish_events(outcome.recorded);
+            .published
+            .publish(state.revision, outcome.vm_changes, outcome.recorded);
         Ok(outcome.result.map_err(Error::from))
     }
 }

@@ -33,13 +33,88 @@ const PROPOSAL_ENTRIES_MAX: usize = 256;
 pub struct Refused {
     pub kind: MessageType,
     pub from: u64,
-    pub reason: String,
+    pub reason: Reason,
+}
+
+/// What is wrong with a refused message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Reason {
+    #[error("addressed to node {0}")]
+    AddressedTo(u64),
+    #[error("not from a peer")]
+    NotFromAPeer,
+    #[error("an index beyond {INDEX_MAX}")]
+    IndexTooLarge,
+    #[error("a node's message to itself")]
+    Local,
+    #[error("term {0} on this kind of message")]
+    Term(u64),
+    #[error("the sender is not a member")]
+    NotAMember,
+    #[error("this node is not the leader")]
+    NotLeader,
+    #[error("this node has no configuration yet")]
+    Unconfigured,
+    #[error("node {from} is not the leader of term {term}")]
+    NotTheLeader { from: u64, term: u64 },
+    #[error("a read answer must carry exactly its request's context")]
+    ReadAnswerEntries,
+    #[error("commit {commit} is past this log's last index {last}")]
+    CommitPastLog { commit: u64, last: u64 },
+    #[error("acknowledges index {index} past this log's last index {last}")]
+    AcknowledgedPastLog { index: u64, last: u64 },
+    #[error("a read request with {0} entries")]
+    ReadRequestEntries(usize),
+    #[error("a read context of node {0:?}")]
+    ReadContext(Option<u64>),
+    #[error("an empty proposal")]
+    EmptyProposal,
+    #[error("{0} entries in one proposal")]
+    ProposalEntries(usize),
+    #[error("an entry context of {0} bytes")]
+    EntryContextBytes(usize),
+    #[error("an entry proposed for node {0:?}, not by its sender")]
+    ProposedForAnother(Option<u64>),
+    #[error("a command that does not decode: {0}")]
+    UndecodableCommand(String),
+    #[error("{0}")]
+    InvalidCommand(String),
+    #[error("a configuration change that does not decode: {0}")]
+    UndecodableConfChange(String),
+    #[error("a configuration change of other than one node")]
+    ConfChangeNotSingle,
+    #[error("a configuration change of node 0")]
+    ConfChangeOfNodeZero,
+    #[error("a configuration change with a bad address: {0}")]
+    ConfChangeAddress(String),
+    #[error("a version 1 configuration change")]
+    ConfChangeV1,
+    #[error("anchor index {0} with term 0")]
+    AnchorWithoutTerm(u64),
+    #[error("entry {index} out of place after index {after}")]
+    OutOfPlace { index: u64, after: u64 },
+    #[error("entry {index} has term {term}")]
+    EntryTerm { index: u64, term: u64 },
+    #[error("entry {index} contradicts the committed log (term {here} here, {sent} sent)")]
+    ContradictsCommitted { index: u64, here: u64, sent: u64 },
+    #[error("anchor term {anchor} is below the committed term {committed}")]
+    AnchorBelowCommitted { anchor: u64, committed: u64 },
+    #[error("a snapshot without voters")]
+    SnapshotWithoutVoters,
+    #[error("a snapshot in a joint configuration")]
+    SnapshotJoint,
+    #[error("a snapshot with an impossible configuration")]
+    SnapshotImpossible,
+    #[error("a snapshot at index {index} term {term}")]
+    SnapshotPosition { index: u64, term: u64 },
+    #[error("a snapshot whose state does not decode: {0}")]
+    SnapshotState(String),
 }
 
 /// Checks `message` against this node's raft state (see the module
 /// invariant).
 pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refused> {
-    let refuse = |reason: String| {
+    let refuse = |reason: Reason| {
         Err(Refused {
             kind: message.get_msg_type(),
             from: message.from,
@@ -47,10 +122,10 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
         })
     };
     if message.to != raft.id {
-        return refuse(format!("addressed to node {}", message.to));
+        return refuse(Reason::AddressedTo(message.to));
     }
     if message.from == raft::INVALID_ID || message.from == raft.id {
-        return refuse("not from a peer".into());
+        return refuse(Reason::NotFromAPeer);
     }
     // raft-rs adds to indexes without checking for overflow.
     let indexes = [
@@ -65,18 +140,18 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
         .chain(message.entries.iter().map(|e| e.index))
         .any(|index| index > INDEX_MAX)
     {
-        return refuse(format!("an index beyond {INDEX_MAX}"));
+        return refuse(Reason::IndexTooLarge);
     }
     let kind = message.get_msg_type();
     if is_local(kind) {
-        return refuse("a node's message to itself".into());
+        return refuse(Reason::Local);
     }
     // raft-rs forwards proposals and read requests without a term (it
     // asserts so when it forwards them on) and stamps every other message
     // with one (a message without a term counts as local).
     let forwarded = matches!(kind, MessageType::MsgPropose | MessageType::MsgReadIndex);
     if forwarded != (message.term == 0) {
-        return refuse(format!("term {} on this kind of message", message.term));
+        return refuse(Reason::Term(message.term));
     }
     let conf = raft.prs().conf().to_conf_state();
     let configured = !conf.voters.is_empty();
@@ -89,13 +164,13 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
     // autopilot demotes a voter that was away before it adds another, so
     // the one such node (a demoted learner) waits for a leader it knows.
     if configured && !is_member(&conf, message.from) {
-        return refuse("the sender is not a member".into());
+        return refuse(Reason::NotAMember);
     }
     // Only a leader acts on forwarded proposals and reads; a follower
     // would forward them on under the original sender, which its own
     // certificate does not name.
     if forwarded && !is_leader {
-        return refuse("this node is not the leader".into());
+        return refuse(Reason::NotLeader);
     }
     if !configured
         && !matches!(
@@ -103,7 +178,7 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
             MessageType::MsgAppend | MessageType::MsgHeartbeat | MessageType::MsgSnapshot
         )
     {
-        return refuse("this node has no configuration yet".into());
+        return refuse(Reason::Unconfigured);
     }
     // In the leader's term only the leader sends what a leader sends:
     // another member could otherwise commit entries no quorum holds.
@@ -120,37 +195,35 @@ pub fn check<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Refuse
         && raft.leader_id != raft::INVALID_ID
         && message.from != raft.leader_id
     {
-        return refuse(format!(
-            "node {} is not the leader of term {}",
-            message.from, raft.term
-        ));
+        return refuse(Reason::NotTheLeader {
+            from: message.from,
+            term: raft.term,
+        });
     }
     let log = &raft.raft_log;
     match kind {
         MessageType::MsgPropose => proposal(message).or_else(refuse),
         MessageType::MsgReadIndex => read_request(message).or_else(refuse),
         MessageType::MsgReadIndexResp if message.entries.len() != 1 => {
-            refuse("a read answer must carry exactly its request's context".into())
+            refuse(Reason::ReadAnswerEntries)
         }
-        MessageType::MsgHeartbeat if message.commit > log.last_index() => refuse(format!(
-            "commit {} is past this log's last index {}",
-            message.commit,
-            log.last_index()
-        )),
+        MessageType::MsgHeartbeat if message.commit > log.last_index() => {
+            refuse(Reason::CommitPastLog {
+                commit: message.commit,
+                last: log.last_index(),
+            })
+        }
         // A follower forwards a transfer request to its leader with the
         // term raft-rs stamped on it; forwarding it again would trip
         // raft-rs's own assertion, so only a leader takes one.
-        MessageType::MsgTransferLeader if !is_leader => {
-            refuse("this node is not the leader".into())
-        }
+        MessageType::MsgTransferLeader if !is_leader => refuse(Reason::NotLeader),
         MessageType::MsgAppend => append(message, raft).or_else(refuse),
         MessageType::MsgSnapshot => snapshot(message).or_else(refuse),
         MessageType::MsgAppendResponse if !message.reject && message.index > log.last_index() => {
-            refuse(format!(
-                "acknowledges index {} past this log's last index {}",
-                message.index,
-                log.last_index()
-            ))
+            refuse(Reason::AcknowledgedPastLog {
+                index: message.index,
+                last: log.last_index(),
+            })
         }
         _ => Ok(()),
     }
@@ -180,16 +253,13 @@ fn is_member(conf: &ConfState, node_id: u64) -> bool {
 /// A read request carries one entry: the reading node's context, tagged
 /// with that node (raft-rs reads `entries[0]`; contexts must not collide
 /// across nodes).
-fn read_request(message: &Message) -> Result<(), String> {
+fn read_request(message: &Message) -> Result<(), Reason> {
     let [entry] = message.entries.as_slice() else {
-        return Err(format!(
-            "a read request with {} entries",
-            message.entries.len()
-        ));
+        return Err(Reason::ReadRequestEntries(message.entries.len()));
     };
     match ProposalTag::decode(&entry.data).map(|tag| tag.proposer) {
         Some(proposer) if proposer == message.from => Ok(()),
-        other => Err(format!("a read context of node {other:?}")),
+        other => Err(Reason::ReadContext(other)),
     }
 }
 
@@ -200,92 +270,97 @@ const ENTRY_CONTEXT_LEN_MAX: usize = 1024;
 /// A forwarded proposal: entries this cluster's nodes make, each tagged
 /// with the forwarding node as its proposer (the state machine trusts
 /// that tag for who may change what).
-fn proposal(message: &Message) -> Result<(), String> {
+fn proposal(message: &Message) -> Result<(), Reason> {
     if message.entries.is_empty() {
-        return Err("an empty proposal".into());
+        return Err(Reason::EmptyProposal);
     }
     if message.entries.len() > PROPOSAL_ENTRIES_MAX {
-        return Err(format!("{} entries in one proposal", message.entries.len()));
+        return Err(Reason::ProposalEntries(message.entries.len()));
     }
     for entry in message.entries.iter() {
         if entry.context.len() > ENTRY_CONTEXT_LEN_MAX {
-            return Err(format!("an entry context of {} bytes", entry.context.len()));
+            return Err(Reason::EntryContextBytes(entry.context.len()));
         }
         let tag = ProposalTag::decode(&entry.context);
         if tag.map(|t| t.proposer) != Some(message.from) {
-            return Err(format!(
-                "an entry proposed for node {:?}, not by its sender",
-                tag.map(|t| t.proposer)
-            ));
+            return Err(Reason::ProposedForAnother(tag.map(|t| t.proposer)));
         }
         proposed_entry(entry)?;
     }
     Ok(())
 }
 
-fn proposed_entry(entry: &Entry) -> Result<(), String> {
+fn proposed_entry(entry: &Entry) -> Result<(), Reason> {
     match entry.get_entry_type() {
         EntryType::EntryNormal => {
-            let command = Command::decode(&entry.data).map_err(|e| e.to_string())?;
-            crate::validate::command(&command).map_err(|e| e.to_string())
+            let command = Command::decode(&entry.data)
+                .map_err(|e| Reason::UndecodableCommand(e.to_string()))?;
+            crate::validate::command(&command).map_err(|e| Reason::InvalidCommand(e.to_string()))
         }
         EntryType::EntryConfChangeV2 => {
-            let change = ConfChangeV2::parse_from_bytes(&entry.data).map_err(|e| e.to_string())?;
+            let change = ConfChangeV2::parse_from_bytes(&entry.data)
+                .map_err(|e| Reason::UndecodableConfChange(e.to_string()))?;
             // Blixard changes one node at a time and never enters a joint
             // configuration (which its snapshots could not carry).
             if change.changes.len() != 1
                 || change.get_transition() != raft::prelude::ConfChangeTransition::Auto
             {
-                return Err("a configuration change of other than one node".into());
+                return Err(Reason::ConfChangeNotSingle);
             }
             if change.changes.iter().any(|c| c.node_id == raft::INVALID_ID) {
-                return Err("a configuration change of node 0".into());
+                return Err(Reason::ConfChangeOfNodeZero);
             }
             let adds = change
                 .changes
                 .iter()
                 .any(|c| c.get_change_type() != ConfChangeType::RemoveNode);
-            let address = std::str::from_utf8(&change.context).map_err(|e| e.to_string())?;
+            let address = std::str::from_utf8(&change.context)
+                .map_err(|e| Reason::ConfChangeAddress(e.to_string()))?;
             if adds && !address.is_empty() {
-                blixard_api::validate::address(address).map_err(|e| e.to_string())?;
+                blixard_api::validate::address(address)
+                    .map_err(|e| Reason::ConfChangeAddress(e.to_string()))?;
             }
             Ok(())
         }
         // Blixard proposes only version 2 configuration changes.
-        EntryType::EntryConfChange => Err("a version 1 configuration change".into()),
+        EntryType::EntryConfChange => Err(Reason::ConfChangeV1),
     }
 }
 
 /// An append a legitimate leader could send: entries contiguous after the
 /// one it anchors on, terms never decreasing and never above its own,
 /// and nothing that contradicts what this node knows to be committed.
-fn append<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), String> {
+fn append<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), Reason> {
     let log = &raft.raft_log;
     // Only the empty log's position 0 has term 0; raft-rs reads any index
     // past its log as term 0, so such an anchor would "match" there.
     if message.index > 0 && message.log_term == 0 {
-        return Err(format!("anchor index {} with term 0", message.index));
+        return Err(Reason::AnchorWithoutTerm(message.index));
     }
     let mut previous_term = message.log_term;
     for (offset, entry) in message.entries.iter().enumerate() {
         if Some(entry.index) != message.index.checked_add(offset as u64 + 1) {
-            return Err(format!(
-                "entry {} out of place after index {}",
-                entry.index, message.index
-            ));
+            return Err(Reason::OutOfPlace {
+                index: entry.index,
+                after: message.index,
+            });
         }
         // Every real entry has a term (raft-rs reads missing ones as 0).
         if entry.term == 0 || entry.term < previous_term || entry.term > message.term {
-            return Err(format!("entry {} has term {}", entry.index, entry.term));
+            return Err(Reason::EntryTerm {
+                index: entry.index,
+                term: entry.term,
+            });
         }
         previous_term = entry.term;
         if entry.index <= log.committed {
             if let Ok(term) = log.term(entry.index) {
                 if term != entry.term {
-                    return Err(format!(
-                        "entry {} contradicts the committed log (term {} here, {} sent)",
-                        entry.index, term, entry.term
-                    ));
+                    return Err(Reason::ContradictsCommitted {
+                        index: entry.index,
+                        here: term,
+                        sent: entry.term,
+                    });
                 }
             }
         }
@@ -297,10 +372,10 @@ fn append<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), String> {
     if message.index >= log.committed {
         if let Ok(committed_term) = log.term(log.committed) {
             if message.log_term < committed_term {
-                return Err(format!(
-                    "anchor term {} is below the committed term {committed_term}",
-                    message.log_term
-                ));
+                return Err(Reason::AnchorBelowCommitted {
+                    anchor: message.log_term,
+                    committed: committed_term,
+                });
             }
         }
     }
@@ -309,15 +384,15 @@ fn append<S: Storage>(message: &Message, raft: &Raft<S>) -> Result<(), String> {
 
 /// A snapshot this node can install: its state decodes and its
 /// configuration is one raft-rs can restore.
-fn snapshot(message: &Message) -> Result<(), String> {
+fn snapshot(message: &Message) -> Result<(), Reason> {
     let snapshot = message.get_snapshot();
     let metadata = snapshot.get_metadata();
     let conf = metadata.get_conf_state();
     if conf.voters.is_empty() {
-        return Err("a snapshot without voters".into());
+        return Err(Reason::SnapshotWithoutVoters);
     }
     if !conf.voters_outgoing.is_empty() || !conf.learners_next.is_empty() {
-        return Err("a snapshot in a joint configuration".into());
+        return Err(Reason::SnapshotJoint);
     }
     let voters: std::collections::BTreeSet<u64> = conf.voters.iter().copied().collect();
     let learners: std::collections::BTreeSet<u64> = conf.learners.iter().copied().collect();
@@ -327,17 +402,17 @@ fn snapshot(message: &Message) -> Result<(), String> {
         || voters.len() != conf.voters.len()
         || learners.len() != conf.learners.len()
     {
-        return Err("a snapshot with an impossible configuration".into());
+        return Err(Reason::SnapshotImpossible);
     }
     if metadata.index == 0 || metadata.term == 0 || metadata.term > message.term {
-        return Err(format!(
-            "a snapshot at index {} term {}",
-            metadata.index, metadata.term
-        ));
+        return Err(Reason::SnapshotPosition {
+            index: metadata.index,
+            term: metadata.term,
+        });
     }
     ClusterState::decode(&snapshot.data)
         .map(|_| ())
-        .map_err(|e| e.to_string())
+        .map_err(|e| Reason::SnapshotState(e.to_string()))
 }
 
 #[cfg(test)]

@@ -553,7 +553,7 @@ impl<T: Transport> RaftNode<T> {
     }
 
     fn shared_state<R>(&self, read: impl FnOnce(&ClusterState) -> R) -> R {
-        read(&self.shared.state.read().expect("state lock poisoned"))
+        self.shared.published.read(read)
     }
 
     /// One pass of the raft-rs Ready protocol.
@@ -664,16 +664,12 @@ impl<T: Transport> RaftNode<T> {
 
     fn install_snapshot(&mut self, wtxn: &mut RwTxn, snapshot: &Snapshot) -> Result<()> {
         let state = self.raw.mut_store().apply_snapshot(wtxn, snapshot)?;
-        let revision = state.revision;
         tracing::info!(
             index = snapshot.get_metadata().index,
             vms = state.vms.len(),
             "installed snapshot from leader"
         );
-        *self.shared.state.write().expect("state lock poisoned") = state;
-        self.shared
-            .vm_history()
-            .reset(&self.shared.events, revision);
+        self.shared.published.replace(state);
         self.shared.reset_feed();
         Ok(())
     }

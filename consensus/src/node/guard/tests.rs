@@ -17,7 +17,7 @@ use raft::prelude::{
 use raft::storage::MemStorage;
 use raft::{Config, RawNode};
 
-use super::check;
+use super::{check, Reason};
 use crate::command::{Command, ProposalTag};
 use crate::state::ClusterState;
 
@@ -345,7 +345,7 @@ fn the_reviewed_attacks_are_refused_and_would_panic_unguarded() {
     proposed.context = tag(77).into();
     stranger.set_entries(vec![proposed.clone()].into());
     let refused = check(&stranger, &node(Role::Leader).raft).unwrap_err();
-    assert!(refused.reason.contains("not a member"), "{refused}");
+    assert_eq!(refused.reason, Reason::NotAMember, "{refused}");
 
     let mut impostor = message(MessageType::MsgPropose, 2);
     impostor.term = 0;
@@ -384,10 +384,14 @@ fn only_members_and_the_leader_are_heard() {
     let mut outsider = message(MessageType::MsgHeartbeat, 5);
     outsider.term = 3;
     let refused = check(&outsider, &raw.raft).unwrap_err();
-    assert!(refused.reason.contains("not a member"), "{refused}");
+    assert_eq!(refused.reason, Reason::NotAMember, "{refused}");
     let rival = message(MessageType::MsgHeartbeat, 3);
     let refused = check(&rival, &raw.raft).unwrap_err();
-    assert!(refused.reason.contains("not the leader"), "{refused}");
+    assert_eq!(
+        refused.reason,
+        Reason::NotTheLeader { from: 3, term: 2 },
+        "{refused}"
+    );
     assert_eq!(
         check(&message(MessageType::MsgHeartbeat, 2), &raw.raft),
         Ok(())
