@@ -9,7 +9,7 @@
 //! clear to a cluster it verified as TLS. Under `--cfg madsim` the
 //! simulated network carries no TLS, and only `Insecure` exists.
 //!
-//! A process that starts clusters one after another (`blixard bench`)
+//! A process that starts clusters one after another (`blixard-bench`)
 //! installs each one's CA and token in turn; connections keep what they
 //! were opened with.
 

@@ -25,10 +25,10 @@ use etcd_client::KvClient;
 use indicatif::ProgressBar;
 use prost::Message;
 
-use blixard_cli::cli::{parse_duration_ms, OutputFormat};
+use blixard_cli::cli::{parse_duration_ms, LogFormat, OutputFormat};
 use blixard_cli::commands::image;
 use blixard_cli::local::LocalCluster;
-use blixard_cli::{client, exit, output};
+use blixard_cli::{client, output};
 use clap::Parser;
 use load::{closed_loop, connections_per_endpoint, Figures};
 use report::{Report, Row, Unit};
@@ -81,29 +81,8 @@ pub enum BenchPart {
 
 fn main() -> ExitCode {
     let args = BenchArgs::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BLIXARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            exit::classify(&error).into()
-        }
-    }
+    blixard_cli::init_logging(LogFormat::Human, "warn");
+    blixard_cli::run_to_exit(run(args))
 }
 
 /// The `blixard` the clusters run: `--blixard`, else the one beside this
@@ -476,6 +455,7 @@ async fn consensus(
 async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let format = args.output;
     let program = blixard_binary(args.blixard.clone());
+    eprintln!("measuring {}", program.display());
     let sizes = Sizes::new(&args);
     let runs = |part: BenchPart| args.only.is_empty() || args.only.contains(&part);
     let started_at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();

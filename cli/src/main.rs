@@ -9,20 +9,8 @@ use std::process::ExitCode;
 
 use clap::{CommandFactory, Parser};
 
-use blixard_cli::cli::{Cli, Command, LogFormat, ReplArgs};
+use blixard_cli::cli::{Cli, Command, ReplArgs};
 use blixard_cli::{commands, exit};
-
-fn init_logging(format: LogFormat, default_level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BLIXARD_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
 
 fn main() -> ExitCode {
     let mut cli = Cli::parse();
@@ -36,25 +24,9 @@ fn main() -> ExitCode {
     }
     let is_agent = matches!(cli.command, Some(Command::Agent(_)));
     // raft-rs logs every election step at info (through slog); keep warnings.
-    init_logging(
+    blixard_cli::init_logging(
         cli.log_format,
         if is_agent { "info,slog=warn" } else { "warn" },
     );
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(commands::run(cli)) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error:#}");
-            exit::classify(&error).into()
-        }
-    }
+    blixard_cli::run_to_exit(commands::run(cli))
 }

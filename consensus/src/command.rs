@@ -48,6 +48,10 @@ pub enum Command {
         /// entry written before that check (`None`) applies as it did.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         vcpu_overcommit: Option<u32>,
+        /// The node must run a node agent (`fit::Misfit::NoAgent`); an
+        /// entry written before that check (`false`) applies as it did.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        needs_agent: bool,
     },
     /// The scheduler found no node for a pending VM.
     MarkUnplaceable {
@@ -325,7 +329,11 @@ pub enum Rejection {
 /// every node holds the same records (see `ClusterState::events`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EventRecord {
-    /// Numbers the cluster's events from 1, without gaps.
+    /// Orders the cluster's events: the revision of the entry that told
+    /// it and its place among that entry's events
+    /// (`revision << EVENT_PLACE_BITS | place`), so every node numbers an
+    /// event alike whatever it held before (a store from before events
+    /// were kept, or a snapshot).
     pub seq: u64,
     /// The state revision the entry that told it made.
     pub revision: u64,
@@ -334,6 +342,10 @@ pub struct EventRecord {
     pub at_unix_ms: u64,
     pub event: Event,
 }
+
+/// Bits of an [`EventRecord::seq`] for the event's place in its entry
+/// (an entry tells far fewer than 2^20 events: a group is at most 1000).
+pub const EVENT_PLACE_BITS: u32 = 20;
 
 /// Something that happened to the cluster, for `events` and the TUI.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -13,8 +13,8 @@
 //! `apply` does no I/O and reads no clock, so every replica that applies
 //! the same log holds the same state and tells the same events (they
 //! depend only on the command and the state before it). The state keeps
-//! the newest [`RECENT_EVENTS_MAX`] events, numbered without gaps and
-//! timed by their entries, so a node that caught up by snapshot holds
+//! the newest [`RECENT_EVENTS_MAX`] events, numbered and timed by their
+//! entries, so a node that caught up by snapshot holds
 //! the same events as one that applied every entry.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -26,6 +26,7 @@ use crate::fit::{self, Load, NodeFacts};
 
 use crate::command::{
     Applied, Command, Event, EventKind, EventRecord, Rejection, Transition, VmChange,
+    EVENT_PLACE_BITS,
 };
 use crate::records::{
     validate_settings, CustomRole, DesiredState, Drain, HostFacts, JoinToken, JoinTokenUse,
@@ -245,7 +246,8 @@ impl ClusterState {
                 node_id,
                 reason,
                 vcpu_overcommit,
-            } => self.assign_vm(&name, node_id, reason, vcpu_overcommit),
+                needs_agent,
+            } => self.assign_vm(&name, node_id, reason, vcpu_overcommit, needs_agent),
             Command::MarkUnplaceable { name, reason } => self.mark_unplaceable(&name, reason),
             Command::MarkVmLost {
                 name,
@@ -793,9 +795,9 @@ impl ClusterState {
         self.record_events(outcome, at_unix_ms)
     }
 
-    /// Numbers `outcome`'s events after the last the state holds, times
-    /// them `at_unix_ms` (an entry that does not say: the last event's
-    /// time, so times never depend on who applies), keeps the newest
+    /// Numbers `outcome`'s events by its revision (see
+    /// [`EventRecord::seq`]), times them `at_unix_ms` (an entry that does
+    /// not say: the last event's time), keeps the newest
     /// [`RECENT_EVENTS_MAX`] and marks what changed for storage.
     pub fn record_events(&mut self, mut outcome: Outcome, at_unix_ms: Option<u64>) -> Outcome {
         let Ok(applied) = &outcome.result else {
@@ -804,8 +806,9 @@ impl ClusterState {
         let revision = applied.revision;
         let at_unix_ms =
             at_unix_ms.unwrap_or_else(|| self.events.back().map_or(0, |last| last.at_unix_ms));
-        for event in &outcome.events {
-            let seq = self.events.back().map_or(1, |last| last.seq + 1);
+        for (place, event) in outcome.events.iter().enumerate() {
+            let place = (place as u64).min((1 << EVENT_PLACE_BITS) - 1);
+            let seq = (revision << EVENT_PLACE_BITS) | place;
             let record = EventRecord {
                 seq,
                 revision,
@@ -1018,6 +1021,7 @@ impl ClusterState {
         node_id: Option<u64>,
         reason: String,
         vcpu_overcommit: Option<u32>,
+        needs_agent: bool,
     ) -> Outcome {
         if let Some(node_id) = node_id {
             let Some(node) = self.nodes.get(&node_id) else {
@@ -1032,7 +1036,12 @@ impl ClusterState {
             let new = self.vms.get(name).filter(|vm| vm.assigned_node.is_none());
             if let (Some(vm), Some(overcommit)) = (new, vcpu_overcommit) {
                 let load = self.load_on(node_id);
-                if let Some(misfit) = fit::misfit(vm, &NodeFacts::of(node), &load, overcommit) {
+                let mut facts = NodeFacts::of(node);
+                if let Some(capacity) = facts.capacity.as_mut().filter(|_| !needs_agent) {
+                    // Decided before nodes without an agent were refused.
+                    capacity.runs_vms = true;
+                }
+                if let Some(misfit) = fit::misfit(vm, &facts, &load, overcommit) {
                     return Outcome::rejected(Rejection::DoesNotFit {
                         name: name.to_string(),
                         node_id,
@@ -1944,6 +1953,7 @@ mod tests {
             node_id: Some(node),
             reason: String::new(),
             vcpu_overcommit: None,
+            needs_agent: false,
         });
         assert_eq!(
             assigned.result.unwrap().vm.unwrap().observed.phase,
@@ -1981,6 +1991,7 @@ mod tests {
             node_id: Some(node_id),
             reason: String::new(),
             vcpu_overcommit: Some(1),
+            needs_agent: true,
         };
         // Both were decided on a state where node 1 had 64 GiB free.
         assert!(state.apply(place("a", 1)).result.is_ok());
@@ -2030,6 +2041,7 @@ mod tests {
             node_id: Some(1),
             reason: String::new(),
             vcpu_overcommit: None,
+            needs_agent: false,
         });
         assert!(old.result.is_ok(), "{:?}", old.result);
         assert_eq!(state.vms["b"].assigned_node, Some(1));
@@ -2173,6 +2185,7 @@ mod tests {
             node_id: Some(9),
             reason: String::new(),
             vcpu_overcommit: None,
+            needs_agent: false,
         });
         assert_eq!(refused.result, Err(Rejection::NoSuchNode { node_id: 9 }));
         state.apply(Command::DeleteVm { name: "a".into() });
@@ -2305,6 +2318,7 @@ mod tests {
             node_id: Some(node),
             reason: String::new(),
             vcpu_overcommit: None,
+            needs_agent: false,
         };
         assert!(matches!(
             state.apply(again(2)).result,
@@ -2452,6 +2466,7 @@ mod tests {
                     node_id,
                     reason: String::new(),
                     vcpu_overcommit: None,
+                    needs_agent: false,
                 }
             }),
             (name.clone(), node.clone(), phase)
@@ -2566,7 +2581,7 @@ mod tests {
                 }
                 prop_assert!(one.events.len() <= RECENT_EVENTS_MAX);
                 for pair in one.events.iter().collect::<Vec<_>>().windows(2) {
-                    prop_assert_eq!(pair[1].seq, pair[0].seq + 1);
+                    prop_assert!(pair[0].seq < pair[1].seq);
                     prop_assert!(pair[0].revision <= pair[1].revision);
                 }
                 for vm in one.vms.values() {

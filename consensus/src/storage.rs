@@ -612,24 +612,34 @@ impl LogStore {
                 self.meta.put(wtxn, KEY_REMOVED, &bytes)?;
             }
             // Records only ever join at the back and fall off the front.
-            Touched::Audit(seq) => match state.audit.iter().rev().find(|r| r.seq == *seq) {
-                Some(record) => {
-                    let bytes = serde_json::to_vec(record).expect("audit records serialize");
-                    self.meta.put(wtxn, &audit_key(*seq), &bytes)?;
-                }
-                None => {
-                    self.meta.delete(wtxn, &audit_key(*seq))?;
-                }
-            },
-            Touched::Event(seq) => match state.events.iter().rev().find(|r| r.seq == *seq) {
-                Some(record) => {
-                    let bytes = serde_json::to_vec(record).expect("event records serialize");
-                    self.meta.put(wtxn, &event_key(*seq), &bytes)?;
-                }
-                None => {
-                    self.meta.delete(wtxn, &event_key(*seq))?;
-                }
-            },
+            Touched::Audit(seq) => {
+                let record = state.audit.iter().rev().find(|r| r.seq == *seq);
+                self.put_or_delete(wtxn, &audit_key(*seq), record)?;
+            }
+            Touched::Event(seq) => {
+                let record = state.events.iter().rev().find(|r| r.seq == *seq);
+                self.put_or_delete(wtxn, &event_key(*seq), record)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `record` as row `key` of the meta table, or deletes the row
+    /// when there is none (it fell off its bounded list).
+    fn put_or_delete<T: serde::Serialize>(
+        &self,
+        wtxn: &mut RwTxn,
+        key: &str,
+        record: Option<&T>,
+    ) -> Result<()> {
+        match record {
+            Some(record) => {
+                let bytes = serde_json::to_vec(record).expect("records serialize");
+                self.meta.put(wtxn, key, &bytes)?;
+            }
+            None => {
+                self.meta.delete(wtxn, key)?;
+            }
         }
         Ok(())
     }

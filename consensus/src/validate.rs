@@ -59,6 +59,7 @@ pub fn command(command: &Command) -> Result<(), Rejection> {
             node_id,
             reason,
             vcpu_overcommit,
+            ..
         } => {
             vm_name(name)?;
             if let Some(node_id) = node_id {

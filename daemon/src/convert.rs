@@ -248,6 +248,7 @@ pub fn settings_to_pb(settings: &blixard_consensus::Settings) -> pb::Settings {
 
 pub fn event_to_pb(record: &blixard_consensus::EventRecord) -> pb::ClusterEvent {
     pb::ClusterEvent {
+        seq: record.seq,
         revision: record.revision,
         at_unix_ms: record.at_unix_ms,
         kind: record.event.kind.as_str().into(),

@@ -122,6 +122,12 @@ impl Hypervisor for ChildHypervisor {
             }
             status = tokio::time::timeout(half, self.wait()).await.ok();
         }
+        if status.is_none() {
+            if let Some(pid) = self.live_pid() {
+                // Its pid file stays: the next agent must find it.
+                return Err(Error::StillRunning { pid });
+            }
+        }
         let _ = std::fs::remove_file(self.pid_file());
         let _ = std::fs::remove_file(runner::qmp_socket(&self.state_dir, &self.name));
         Ok(status)

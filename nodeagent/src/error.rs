@@ -27,6 +27,10 @@ pub enum Error {
         /// The console log's last line.
         console: String,
     },
+    /// A hypervisor still ran after SIGKILL (stuck in the kernel): it is
+    /// still supervised, its pid file kept.
+    #[error("hypervisor (pid {pid}) still runs after SIGKILL")]
+    StillRunning { pid: u32 },
     /// The guest did not run within the boot timeout (it was stopped).
     #[error("guest not running after {boot_timeout_ms} ms")]
     BootTimeout { boot_timeout_ms: u64 },

@@ -180,31 +180,51 @@ pub(crate) async fn wait_until_running(
     settings: &Settings,
     spawned_at: Instant,
 ) -> Result<Option<u64>> {
+    /// How a boot ended.
+    enum Boot {
+        Running(u64),
+        /// Alive at the deadline, without QMP to ask.
+        Alive,
+        Exited(ExitStatus),
+        TimedOut,
+    }
     let socket = runner::qmp_socket(vm.state_dir, vm.name);
     let deadline = spawned_at + Duration::from_millis(settings.boot_timeout_ms);
-    loop {
-        if socket.exists() && qmp::is_running(&socket).await {
-            return Ok(Some(spawned_at.elapsed().as_millis() as u64));
-        }
-        if Instant::now() >= deadline {
-            if !socket.exists() {
-                return Ok(None);
+    let boot = {
+        // One wait for the whole boot, polled beside the QMP checks (a
+        // systemd unit's wait polls systemctl at its own pace).
+        let exited = hypervisor.wait();
+        tokio::pin!(exited);
+        loop {
+            if socket.exists() && qmp::is_running(&socket).await {
+                break Boot::Running(spawned_at.elapsed().as_millis() as u64);
             }
+            if Instant::now() >= deadline {
+                break match socket.exists() {
+                    true => Boot::TimedOut,
+                    false => Boot::Alive,
+                };
+            }
+            tokio::select! {
+                status = &mut exited => break Boot::Exited(status),
+                _ = tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)) => {}
+            }
+        }
+    };
+    match boot {
+        Boot::Running(boot_ms) => Ok(Some(boot_ms)),
+        Boot::Alive => Ok(None),
+        Boot::Exited(status) => Err(Error::ExitedDuringStart {
+            status: status.text,
+            console: last_console_line(vm.state_dir),
+        }),
+        Boot::TimedOut => {
             if let Err(error) = hypervisor.stop(settings.stop_timeout_ms).await {
                 tracing::warn!(vm = %vm.name, %error, "could not stop a guest that did not boot");
             }
-            return Err(Error::BootTimeout {
+            Err(Error::BootTimeout {
                 boot_timeout_ms: settings.boot_timeout_ms,
-            });
-        }
-        // `wait` is cancel safe: a poll that times out loses nothing.
-        if let Ok(status) =
-            tokio::time::timeout(Duration::from_millis(POLL_INTERVAL_MS), hypervisor.wait()).await
-        {
-            return Err(Error::ExitedDuringStart {
-                status: status.text,
-                console: last_console_line(vm.state_dir),
-            });
+            })
         }
     }
 }

@@ -9,7 +9,8 @@
 //!   reported); a VM that dies after it ran is restarted as
 //!   [`restart_decision`] says.
 //! - A VM is reported `Stopped` only once its hypervisor has stopped; a
-//!   stop that fails is reported `Failed` and tried again.
+//!   stop that fails stays `Stopping` (the cluster still counts the VM as
+//!   on this node, so it is not started elsewhere) and is tried again.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -154,10 +155,9 @@ pub async fn supervise(
             status = wait_for(&mut vm.hypervisor) => {
                 vm.on_exit(status, &want).await;
             }
-            _ = sleep_until(wake_at) => {
-                vm.restart_at = None;
-                vm.stop_retry_at = None;
-            }
+            // Due: `converge` restarts, or retries the stop (which keeps
+            // `stop_retry_at` until it is done, so it is not told twice).
+            _ = sleep_until(wake_at) => vm.restart_at = None,
             _ = rotate.tick() => {
                 if let Err(error) = console::rotate_if_larger(&vm.state_dir, vm.settings.console_log_bytes_max) {
                     tracing::warn!(vm = %vm.name, %error, "console log rotation failed");
@@ -245,6 +245,11 @@ impl Supervisor {
                 if self.blocked_plan.as_ref() != Some(plan) {
                     self.blocked_plan = None;
                 }
+                // Wanted again while a failed stop was to be retried: it
+                // runs, so it is reported running.
+                if self.hypervisor.is_some() && self.stop_retry_at.take().is_some() {
+                    self.report(Phase::Running, String::new()).await;
+                }
                 let may_start = self.hypervisor.is_none()
                     && self.blocked_plan.is_none()
                     && self.restart_at.is_none_or(|at| at <= Instant::now());
@@ -257,14 +262,14 @@ impl Supervisor {
             Desired::Stop => {
                 self.blocked_plan = None;
                 self.restart_at = None;
-                self.stop().await;
+                self.stop(false).await;
                 if self.hypervisor.is_none() && self.last_reported != Some(Phase::Stopped) {
                     self.report(Phase::Stopped, String::new()).await;
                 }
                 true
             }
             Desired::Remove => {
-                self.stop().await;
+                self.stop(false).await;
                 if self.hypervisor.is_some() {
                     // Its state stays while it may run; removal is tried
                     // again with the stop.
@@ -278,7 +283,8 @@ impl Supervisor {
                 false
             }
             Desired::StopAndExit => {
-                self.stop().await;
+                // The last chance: no waiting out a retry.
+                self.stop(true).await;
                 false
             }
         }
@@ -303,6 +309,16 @@ impl Supervisor {
             Err(error) => {
                 tracing::warn!(vm = %self.name, %error, "VM failed to start");
                 self.blocked_plan = Some(plan.clone());
+                // A start that failed half-way may have left a hypervisor
+                // running (one that would not stop when its boot timed
+                // out): supervised and stopped, never forgotten.
+                if let Some(left) = self.launcher.adopt(self.dir()).await {
+                    self.hypervisor = Some(left);
+                    self.stop(true).await;
+                    if self.hypervisor.is_some() {
+                        return;
+                    }
+                }
                 self.report(Phase::Failed, error.to_string()).await;
             }
         }
@@ -310,6 +326,7 @@ impl Supervisor {
 
     async fn on_exit(&mut self, status: ExitStatus, want: &Desired) {
         self.hypervisor = None;
+        self.stop_retry_at = None;
         let ran_ms = self
             .started_at
             .take()
@@ -352,17 +369,17 @@ impl Supervisor {
         }
     }
 
-    /// Stops the hypervisor if one runs. One that could not be told to
-    /// stop stays supervised (it may run): reported `Failed`, tried again
-    /// after [`STOP_RETRY_MS`].
-    async fn stop(&mut self) {
-        if self.stop_retry_at.is_some_and(|at| at > Instant::now()) {
+    /// Stops the hypervisor if one runs. One that could not be stopped
+    /// stays supervised (it may run) and `Stopping`, with the reason, and
+    /// is tried again after [`STOP_RETRY_MS`] (`now`: at once, regardless).
+    async fn stop(&mut self, now: bool) {
+        if !now && self.stop_retry_at.is_some_and(|at| at > Instant::now()) {
             return;
         }
         let Some(mut hypervisor) = self.hypervisor.take() else {
             return;
         };
-        if self.last_reported != Some(Phase::Failed) {
+        if self.stop_retry_at.is_none() {
             self.report(Phase::Stopping, String::new()).await;
         }
         match hypervisor.stop(self.settings.stop_timeout_ms).await {
@@ -377,8 +394,8 @@ impl Supervisor {
                 tracing::warn!(vm = %self.name, %error, "stop failed; trying again in {STOP_RETRY_MS} ms");
                 self.hypervisor = Some(hypervisor);
                 self.stop_retry_at = Some(Instant::now() + Duration::from_millis(STOP_RETRY_MS));
-                self.report(Phase::Failed, format!("stop failed: {error}"))
-                    .await;
+                let reason = format!("stop failed: {error}; trying again in {STOP_RETRY_MS} ms");
+                self.report(Phase::Stopping, reason).await;
             }
         }
     }

@@ -129,10 +129,13 @@ impl Hypervisor for Unit {
         self.pid
     }
 
+    /// Until the unit is `inactive` or `failed`: while it is
+    /// `deactivating` (a stop still under way) its qemu may run, and a
+    /// `systemctl` that fails says nothing about it.
     async fn wait(&mut self) -> ExitStatus {
         loop {
             let state = state(&self.systemctl, &self.name).await;
-            if !matches!(state.as_str(), "active" | "activating" | "reloading") {
+            if matches!(state.as_str(), "inactive" | "failed") {
                 return ExitStatus::failed(format!("unit {} is {state}", unit(&self.name)));
             }
             tokio::time::sleep(Duration::from_millis(POLL_INTERVAL_MS)).await;

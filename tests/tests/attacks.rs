@@ -213,6 +213,7 @@ async fn forged_proposals_are_refused_and_change_nothing() {
             node_id: Some(1),
             reason: String::new(),
             vcpu_overcommit: None,
+            needs_agent: false,
         },
         // Nor pin a certificate of its choosing for itself (only the
         // voter that signed one records it), nor retire another node's.

@@ -304,8 +304,10 @@ fn fixture() -> App {
         ),
     ];
     for (i, (kind, vm, node, message)) in events.into_iter().enumerate() {
+        let revision = 9_100 + i as u64 * 7;
         app.on_update(Update::Event(pb::ClusterEvent {
-            revision: 9_100 + i as u64 * 7,
+            seq: revision << 20,
+            revision,
             at_unix_ms: NOW_MS - 60_000 + i as u64 * 5_000,
             kind: kind.into(),
             vm: vm.into(),

@@ -114,6 +114,13 @@ impl Model {
                 self.status = Some(*status);
             }
             Update::Event(event) => {
+                // Following again (after a reconnect) sends recent events
+                // once more: those already held are skipped. (0: a node
+                // that does not number them.)
+                let held = self.events.back().map_or(0, |last| last.seq);
+                if event.seq != 0 && event.seq <= held {
+                    return;
+                }
                 if self.events.len() == EVENTS_KEPT_MAX {
                     self.events.pop_front();
                 }
@@ -162,6 +169,22 @@ mod tests {
         assert_eq!(model.vms.keys().collect::<Vec<_>>(), ["b"]);
         model.apply(Update::VmsReset);
         assert!(model.vms.is_empty());
+    }
+
+    #[test]
+    fn events_sent_again_after_a_reconnect_are_kept_once() {
+        let mut model = Model::default();
+        let event = |seq: u64| {
+            Update::Event(pb::ClusterEvent {
+                seq,
+                ..Default::default()
+            })
+        };
+        for seq in [1, 2, 3, 2, 3, 4] {
+            model.apply(event(seq));
+        }
+        let seqs: Vec<u64> = model.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 2, 3, 4]);
     }
 
     #[test]

@@ -79,6 +79,7 @@ mod tests {
             node_id: Some(1),
             reason: String::new(),
             vcpu_overcommit: None,
+            needs_agent: false,
         });
         assert!(drain_steps(&state, 0).is_empty());
         state.apply(Command::DrainNode {
@@ -99,6 +100,7 @@ mod tests {
             node_id: None,
             reason: String::new(),
             vcpu_overcommit: None,
+            needs_agent: false,
         });
         assert_eq!(
             drain_steps(&state, 150),

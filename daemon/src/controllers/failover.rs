@@ -109,6 +109,7 @@ mod tests {
                 node_id: Some(1),
                 reason: String::new(),
                 vcpu_overcommit: None,
+                needs_agent: false,
             });
         }
         state

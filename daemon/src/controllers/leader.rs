@@ -124,6 +124,7 @@ pub async fn run(
                         reason: clip(&reason, limits::TEXT_LEN_MAX),
                         // Judged again by this when it applies.
                         vcpu_overcommit: Some(params.vcpu_overcommit.max(1)),
+                        needs_agent: true,
                     }),
                     // Only a changed reason is worth a log entry.
                     Decision::Unplaceable { vm, reason } => {

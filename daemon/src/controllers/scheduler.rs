@@ -447,9 +447,21 @@ mod tests {
             node_id: Some(1),
             reason: String::new(),
             vcpu_overcommit: Some(PARAMS.vcpu_overcommit),
+            needs_agent: true,
         });
         assert!(assigned.result.is_err(), "{:?}", assigned.result);
         assert_eq!(state.vms["c"].assigned_node, None);
+        // An entry from before the check (no `needs_agent`) replays as it
+        // applied then, so every node's state stays the same.
+        let old = state.apply(Command::AssignVm {
+            name: "c".into(),
+            node_id: Some(1),
+            reason: String::new(),
+            vcpu_overcommit: Some(PARAMS.vcpu_overcommit),
+            needs_agent: false,
+        });
+        assert!(old.result.is_ok(), "{:?}", old.result);
+        assert_eq!(state.vms["c"].assigned_node, Some(1));
     }
 
     #[test]
@@ -592,7 +604,7 @@ mod tests {
             decisions.reverse();
             for decision in decisions {
                 if let Decision::Place { vm, node_id, .. } = decision {
-                    let applied = state.apply(Command::AssignVm { name: vm, node_id: Some(node_id), reason: String::new(), vcpu_overcommit: Some(PARAMS.vcpu_overcommit) });
+                    let applied = state.apply(Command::AssignVm { name: vm, node_id: Some(node_id), reason: String::new(), vcpu_overcommit: Some(PARAMS.vcpu_overcommit), needs_agent: true });
                     prop_assert!(applied.result.is_ok(), "{:?}", applied.result);
                 }
             }

@@ -504,9 +504,10 @@ impl pb::cluster_server::Cluster for ClusterService {
         let recent = self.raft.recent_events();
         let skip = recent.len().saturating_sub(request.recent_max as usize);
         let backlog: Vec<pb::ClusterEvent> = recent[skip..].iter().map(event_to_pb).collect();
-        let last_seq = recent.last().map_or(0, |r| r.seq);
+        let mut last_seq = recent.last().map_or(0, |r| r.seq);
         let (tx, stream) = streams::channel(slot);
         let follow = request.follow;
+        let raft = self.raft.clone();
         tokio::spawn(async move {
             for event in backlog {
                 if !tx.send(Ok(event)).await {
@@ -523,7 +524,24 @@ impl pb::cluster_server::Cluster for ClusterService {
                 };
                 let item = match received {
                     Ok(StateEvent::Cluster(record)) if record.seq > last_seq => {
+                        last_seq = record.seq;
                         Ok(event_to_pb(&record))
+                    }
+                    // The state was replaced (a snapshot), or this node
+                    // switched between member and worker: follow the
+                    // state now served, and send what it holds past the
+                    // last event sent (subscribed first: nothing between).
+                    Ok(StateEvent::Reset { .. }) => {
+                        events = raft.subscribe();
+                        for record in raft.recent_events() {
+                            if record.seq > last_seq {
+                                last_seq = record.seq;
+                                if !tx.send(Ok(event_to_pb(&record))).await {
+                                    return;
+                                }
+                            }
+                        }
+                        continue;
                     }
                     Ok(_) => continue,
                     Err(broadcast::error::RecvError::Lagged(missed)) => Err(Status::data_loss(
