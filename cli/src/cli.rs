@@ -5,6 +5,7 @@
 
 use std::path::PathBuf;
 
+use blixard_api::validate;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 #[derive(Debug, Parser)]
@@ -384,18 +385,35 @@ pub struct AgentArgs {
     pub join_token: Option<String>,
 }
 
-fn parse_label(text: &str) -> Result<(String, String), String> {
+/// A flag's value that does not parse (at most a short prefix of it is
+/// echoed).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadValue {
+    #[error("{0:?} is not KEY=VALUE")]
+    Label(String),
+    #[error("{text:?} is not a duration like 30s, 5m or 1500ms: {detail}")]
+    Duration { text: String, detail: String },
+    #[error("{0:?} is not HOST:GUEST")]
+    PortForward(String),
+    #[error("{0:?} is not a port between 1 and 65535")]
+    Port(String),
+}
+
+fn parse_label(text: &str) -> Result<(String, String), BadValue> {
     let (key, value) = text
         .split_once('=')
-        .ok_or_else(|| format!("{text:?} is not KEY=VALUE"))?;
+        .ok_or_else(|| BadValue::Label(validate::echo(text)))?;
     Ok((key.to_string(), value.to_string()))
 }
 
 /// Parses durations like `30s`, `5m`, `1500ms`, `1h`.
-pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+pub fn parse_duration_ms(text: &str) -> Result<u64, BadValue> {
     humantime::parse_duration(text)
-        .map(|d| d.as_millis() as u64)
-        .map_err(|e| format!("{text:?} is not a duration like 30s, 5m or 1500ms: {e}"))
+        .map(|d| d.as_millis().min(u128::from(u64::MAX)) as u64)
+        .map_err(|e| BadValue::Duration {
+            text: validate::echo(text),
+            detail: e.to_string(),
+        })
 }
 
 #[derive(Debug, Subcommand)]
@@ -630,16 +648,16 @@ pub struct VmCreateArgs {
     pub wait: WaitArgs,
 }
 
-fn parse_port_forward(text: &str) -> Result<(u16, u16), String> {
+fn parse_port_forward(text: &str) -> Result<(u16, u16), BadValue> {
     let (host, guest) = text
         .split_once(':')
-        .ok_or_else(|| format!("{text:?} is not HOST:GUEST"))?;
+        .ok_or_else(|| BadValue::PortForward(validate::echo(text)))?;
     let port = |value: &str| {
         value
             .parse::<u16>()
             .ok()
             .filter(|p| *p != 0)
-            .ok_or_else(|| format!("{value:?} is not a port between 1 and 65535"))
+            .ok_or_else(|| BadValue::Port(validate::echo(value)))
     };
     Ok((port(host)?, port(guest)?))
 }

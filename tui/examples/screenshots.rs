@@ -25,7 +25,7 @@ const HEIGHT: u16 = 32;
 /// The fixture's "now": 2026-11-27 10:00 UTC.
 const NOW_MS: u64 = 1_795_773_600_000;
 
-fn main() -> Result<(), String> {
+fn main() -> Result<(), Box<dyn std::error::Error>> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let out = std::env::args()
         .nth(1)
