@@ -204,7 +204,9 @@ impl Launcher for ChildLauncher {
         if let Err(error) = std::fs::write(hypervisor.pid_file(), format!("{pid}\n")) {
             // Without a pid file the next agent could not adopt it and
             // would start it twice: it does not run.
-            let _ = hypervisor.stop(settings.stop_timeout_ms).await;
+            if let Err(stop) = hypervisor.stop(settings.stop_timeout_ms).await {
+                tracing::error!(vm = %vm.name, %stop, "a hypervisor without a pid file still runs");
+            }
             return Err(Error::io("pid file", error));
         }
         if let Ok(target) = std::fs::read_link(runner::current(vm.state_dir)) {

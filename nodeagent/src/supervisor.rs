@@ -135,6 +135,7 @@ pub async fn supervise(
         blocked_plan: None,
         restart_at: None,
         stop_retry_at: None,
+        discarding: None,
         last_reported: None,
         last_exit: None,
     };
@@ -197,6 +198,9 @@ struct Supervisor {
     restart_at: Option<Instant>,
     /// After a failed stop: not tried again before this.
     stop_retry_at: Option<Instant>,
+    /// Why the start failed, while the hypervisor it left is being
+    /// stopped: reported (as `Failed`) once that hypervisor is gone.
+    discarding: Option<String>,
     last_reported: Option<Phase>,
     /// How the hypervisor last exited; kept across restarts.
     last_exit: Option<String>,
@@ -245,10 +249,17 @@ impl Supervisor {
                 if self.blocked_plan.as_ref() != Some(plan) {
                     self.blocked_plan = None;
                 }
-                // Wanted again while a failed stop was to be retried: it
-                // runs, so it is reported running.
-                if self.hypervisor.is_some() && self.stop_retry_at.take().is_some() {
-                    self.report(Phase::Running, String::new()).await;
+                if self.hypervisor.is_some() && self.stop_retry_at.is_some() {
+                    if self.discarding.is_some() {
+                        // What a failed start left must go, whatever is
+                        // wanted (its retry waits as any other).
+                        self.stop(false).await;
+                    } else {
+                        // Wanted again while a failed stop was to be
+                        // retried: it runs, so it is reported running.
+                        self.stop_retry_at = None;
+                        self.report(Phase::Running, String::new()).await;
+                    }
                 }
                 let may_start = self.hypervisor.is_none()
                     && self.blocked_plan.is_none()
@@ -314,10 +325,11 @@ impl Supervisor {
                 // out): supervised and stopped, never forgotten.
                 if let Some(left) = self.launcher.adopt(self.dir()).await {
                     self.hypervisor = Some(left);
-                    self.stop(true).await;
-                    if self.hypervisor.is_some() {
-                        return;
-                    }
+                    self.discarding = Some(error.to_string());
+                    // Reports `Failed` once it is gone; `Stopping` while
+                    // it is not.
+                    self.stop(false).await;
+                    return;
                 }
                 self.report(Phase::Failed, error.to_string()).await;
             }
@@ -327,6 +339,13 @@ impl Supervisor {
     async fn on_exit(&mut self, status: ExitStatus, want: &Desired) {
         self.hypervisor = None;
         self.stop_retry_at = None;
+        if let Some(reason) = self.discarding.take() {
+            // What a failed start left has ended: the start's failure
+            // stands (its plan stays blocked).
+            self.last_exit = Some(status.text);
+            self.report(Phase::Failed, reason).await;
+            return;
+        }
         let ran_ms = self
             .started_at
             .take()
@@ -371,7 +390,8 @@ impl Supervisor {
 
     /// Stops the hypervisor if one runs. One that could not be stopped
     /// stays supervised (it may run) and `Stopping`, with the reason, and
-    /// is tried again after [`STOP_RETRY_MS`] (`now`: at once, regardless).
+    /// is tried again after [`STOP_RETRY_MS`]. `now`: the agent is
+    /// leaving, so at once, and what fails is left to the next agent.
     async fn stop(&mut self, now: bool) {
         if !now && self.stop_retry_at.is_some_and(|at| at > Instant::now()) {
             return;
@@ -388,13 +408,20 @@ impl Supervisor {
                 if let Some(status) = status {
                     self.last_exit = Some(status.text);
                 }
-                self.report(Phase::Stopped, String::new()).await;
+                match self.discarding.take() {
+                    Some(start_failed) => self.report(Phase::Failed, start_failed).await,
+                    None => self.report(Phase::Stopped, String::new()).await,
+                }
             }
             Err(error) => {
-                tracing::warn!(vm = %self.name, %error, "stop failed; trying again in {STOP_RETRY_MS} ms");
+                tracing::warn!(vm = %self.name, %error, "stop failed");
                 self.hypervisor = Some(hypervisor);
                 self.stop_retry_at = Some(Instant::now() + Duration::from_millis(STOP_RETRY_MS));
-                let reason = format!("stop failed: {error}; trying again in {STOP_RETRY_MS} ms");
+                let reason = match now {
+                    // The agent is going: the next one adopts it.
+                    true => format!("stop failed: {error}; left to the next agent"),
+                    false => format!("stop failed: {error}; trying again in {STOP_RETRY_MS} ms"),
+                };
                 self.report(Phase::Stopping, reason).await;
             }
         }

@@ -156,9 +156,15 @@ impl Launcher for SystemdLauncher {
         self.settings.accel
     }
 
+    /// A unit that may run qemu: active, or on its way up or down (a
+    /// start or stop that timed out leaves it so).
     async fn adopt(&self, vm: VmDir<'_>) -> Option<Box<dyn Hypervisor>> {
         let mut unit = self.unit_of(vm.name);
-        if state(&unit.systemctl, vm.name).await != "active" {
+        let state = state(&unit.systemctl, vm.name).await;
+        if !matches!(
+            state.as_str(),
+            "active" | "activating" | "deactivating" | "reloading"
+        ) {
             return None;
         }
         unit.pid = main_pid(&unit.systemctl, vm.name).await;

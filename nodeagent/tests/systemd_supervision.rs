@@ -18,7 +18,11 @@ const FAKE_SYSTEMCTL: &str = r#"#!/bin/sh
 dir=$(dirname "$0")
 echo "$*" >> "$dir/calls"
 case "$1" in
-  start) echo active > "$dir/unit-state" ;;
+  start)
+    if [ -e "$dir/start-hangs" ]; then
+      echo activating > "$dir/unit-state"; echo "Job for $2 timed out." >&2; exit 1
+    fi
+    echo active > "$dir/unit-state" ;;
   stop)
     if [ -e "$dir/stop-fails" ]; then
       echo deactivating > "$dir/unit-state"; echo "Job for $2 canceled." >&2; exit 1
@@ -167,4 +171,32 @@ async fn a_failed_systemctl_stop_is_not_reported_as_stopped() {
         2,
         "{calls}"
     );
+}
+
+/// A start that failed half-way (`systemctl start` timed out, the unit
+/// still `activating`) leaves a unit that may run qemu: it is stopped,
+/// and only then is the VM `Failed`; while it will not stop the VM stays
+/// `Stopping` (a drain never takes it for stopped).
+#[tokio::test]
+async fn what_a_failed_start_left_is_stopped_before_the_vm_is_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut agent, mut reports) = systemd_agent(dir.path());
+    std::fs::write(dir.path().join("start-hangs"), b"").unwrap();
+    std::fs::write(dir.path().join("stop-fails"), b"").unwrap();
+    agent.reconcile(&BTreeMap::from([(
+        "web".to_string(),
+        Desired::Run(plan(dir.path())),
+    )]));
+    assert_eq!(next_report(&mut reports).await.phase, Phase::Starting);
+    assert_eq!(next_report(&mut reports).await.phase, Phase::Stopping);
+    let stuck = next_report(&mut reports).await;
+    assert_eq!(stuck.phase, Phase::Stopping, "{stuck:?}");
+    assert!(stuck.reason.contains("stop failed"), "{stuck:?}");
+
+    std::fs::remove_file(dir.path().join("stop-fails")).unwrap();
+    let failed = next_report(&mut reports).await;
+    assert_eq!(failed.phase, Phase::Failed, "{failed:?}");
+    assert!(failed.reason.contains("timed out"), "{failed:?}");
+    let state = std::fs::read_to_string(dir.path().join("unit-state")).unwrap();
+    assert_eq!(state.trim(), "inactive");
 }

@@ -117,8 +117,7 @@ impl Model {
                 // Following again (after a reconnect) sends recent events
                 // once more: those already held are skipped. (0: a node
                 // that does not number them.)
-                let held = self.events.back().map_or(0, |last| last.seq);
-                if event.seq != 0 && event.seq <= held {
+                if event.seq != 0 && self.events.iter().any(|held| held.seq == event.seq) {
                     return;
                 }
                 if self.events.len() == EVENTS_KEPT_MAX {

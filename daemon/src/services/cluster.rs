@@ -532,8 +532,10 @@ impl pb::cluster_server::Cluster for ClusterService {
                     // state now served, and send what it holds past the
                     // last event sent (subscribed first: nothing between).
                     Ok(StateEvent::Reset { .. }) => {
-                        events = raft.subscribe();
-                        for record in raft.recent_events() {
+                        // One source for both (membership may switch).
+                        let published = raft.published();
+                        events = published.subscribe();
+                        for record in published.recent_events() {
                             if record.seq > last_seq {
                                 last_seq = record.seq;
                                 if !tx.send(Ok(event_to_pb(&record))).await {
