@@ -368,3 +368,58 @@ async fn apply_export_diff_round_trip() {
         serde_json::from_str(&cluster.cli_ok(1, &["diff", "-f", doc, "-o", "json"])).unwrap();
     assert_eq!(unchanged["changes"], Value::Array(vec![]));
 }
+
+/// Goal: a read command whose output goes into a pipe its reader closed
+/// ends quietly, as Unix filters do (by SIGPIPE, status 141; or 0 when it
+/// wrote everything first), never with a panic. Method: each read command,
+/// with and without a cluster, piped into `true`, which exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_commands_into_a_closed_pipe_end_quietly() {
+    let cluster = TestCluster::start_without_agents(1, Timings::default()).await;
+    cluster.create_flake(1, "web");
+    let bin = blixard_tests::blixard_bin().display().to_string();
+    let token = cluster.token().unwrap_or_default();
+    let ca = blixard_tests::ca_file().display().to_string();
+    let address = cluster.address(1).to_string();
+    for args in [
+        &["schema"][..],
+        &["completions", "zsh"],
+        &["vm", "list"],
+        &["vm", "list", "-o", "json"],
+        &["vm", "status", "web"],
+        &["node", "list"],
+        &["node", "list", "-o", "yaml"],
+        &["events", "--recent", "100"],
+        &["cluster", "status"],
+        &["export"],
+    ] {
+        let mut words = vec![
+            bin.as_str(),
+            "--token",
+            &token,
+            "--addr",
+            &address,
+            "--ca-file",
+            &ca,
+        ];
+        words.extend_from_slice(args);
+        let quoted: Vec<String> = words.iter().map(|w| format!("'{w}'")).collect();
+        let script = format!("{} | true; exit ${{PIPESTATUS[0]}}", quoted.join(" "));
+        let output = std::process::Command::new("bash")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        let shown = args.join(" ");
+        assert!(
+            matches!(output.status.code(), Some(0 | 141)),
+            "{shown}: {:?}\n{}",
+            output.status,
+            stderr(&output)
+        );
+        assert!(
+            !stderr(&output).contains("panicked"),
+            "{shown}: {}",
+            stderr(&output)
+        );
+    }
+}
