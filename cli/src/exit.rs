@@ -3,8 +3,8 @@
 //! | code | meaning |
 //! |---|---|
 //! | 0 | success |
-//! | 1 | the operation failed (a VM failed, a conflict, `--wait` ran out of time) |
-//! | 2 | usage error: bad arguments or input (clap also exits 2) |
+//! | 1 | the operation failed (a VM failed, a conflict, `--wait` ran out of time); `diff`: there are changes |
+//! | 2 | usage error: bad arguments or input (clap also exits 2); `diff`: a document that does not fit the cluster |
 //! | 3 | not found: no such VM, node or replica group |
 //! | 4 | cluster unavailable: no node reachable, no leader, a request timed out |
 //! | 5 | not authenticated: no token, or one the cluster does not hold |
@@ -66,8 +66,24 @@ fn from_code(code: tonic::Code) -> Exit {
 }
 
 /// The exit code `error` deserves.
+/// Ends a command with an exit code and nothing more said: what it
+/// printed says it all (`diff` that found changes).
+#[derive(Debug, thiserror::Error)]
+#[error("exit status {}", *.0 as u8)]
+pub struct Quiet(pub Exit);
+
+/// Prints `error` for the operator (on stderr), unless it is [`Quiet`].
+pub fn report(error: &anyhow::Error) {
+    if error.downcast_ref::<Quiet>().is_none() {
+        eprintln!("error: {error:#}");
+    }
+}
+
 pub fn classify(error: &anyhow::Error) -> Exit {
     for cause in error.chain() {
+        if let Some(Quiet(exit)) = cause.downcast_ref::<Quiet>() {
+            return *exit;
+        }
         if let Some(classified) = cause.downcast_ref::<Classified>() {
             return classified.exit;
         }

@@ -45,7 +45,7 @@ pub fn run_to_exit(main: impl Future<Output = anyhow::Result<()>>) -> ExitCode {
     match runtime.block_on(main) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            exit::report(&error);
             exit::classify(&error).into()
         }
     }

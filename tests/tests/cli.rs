@@ -25,9 +25,21 @@ fn validator(cluster: &TestCluster, command: &str) -> jsonschema::Validator {
 /// Runs `args` with `-o json` on node 1 and checks every JSON value it
 /// prints (one, or one per line for streams) against `schema_of`'s schema.
 fn check(cluster: &TestCluster, schema_of: &str, args: &[&str]) -> Vec<Value> {
+    check_exiting(cluster, schema_of, args, 0)
+}
+
+/// [`check`] of a command that exits `code`.
+fn check_exiting(cluster: &TestCluster, schema_of: &str, args: &[&str], code: i32) -> Vec<Value> {
     let mut full = args.to_vec();
     full.extend(["-o", "json"]);
-    let stdout = cluster.cli_ok(1, &full);
+    let output = cluster.cli(1, &full);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{args:?}: {}",
+        stderr(&output)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let values: Vec<Value> = match serde_json::from_str(&stdout) {
         Ok(value) => vec![value],
         Err(_) => stdout
@@ -209,7 +221,8 @@ async fn every_json_output_matches_its_schema_and_wait_waits() {
     let document = dir.path().join("shop.yaml");
     std::fs::write(&document, platform_document(1)).unwrap();
     let document = document.to_str().unwrap();
-    check(&cluster, "diff", &["diff", "-f", document]);
+    // Changes to make: diff exits 1, quietly.
+    check_exiting(&cluster, "diff", &["diff", "-f", document], 1);
     check(&cluster, "apply", &["apply", "-f", document, "-y"]);
     check(&cluster, "export", &["export", "--name", "shop"]);
     let man = dir.path().join("man");
@@ -310,8 +323,10 @@ async fn apply_export_diff_round_trip() {
     assert_eq!(again["unchanged"], 2);
 
     std::fs::write(&path, platform_document(3)).unwrap();
-    let plan: Value =
-        serde_json::from_str(&cluster.cli_ok(1, &["diff", "-f", doc, "-o", "json"])).unwrap();
+    let differs = cluster.cli(1, &["diff", "-f", doc, "-o", "json"]);
+    assert_eq!(differs.status.code(), Some(1), "{}", stderr(&differs));
+    assert_eq!(stderr(&differs), "", "a difference is no error");
+    let plan: Value = serde_json::from_slice(&differs.stdout).unwrap();
     assert_eq!(
         plan["changes"],
         serde_json::json!([{"action": "scale", "name": "web", "from": 2, "to": 3}])
@@ -328,8 +343,10 @@ async fn apply_export_diff_round_trip() {
         "    - {name: hand, config: /etc/vms#x, vcpus: 1, memory: 128, state: stopped}\n",
     );
     std::fs::write(&path, hand).unwrap();
+    // A document that does not fit the cluster is trouble (2), not a
+    // difference (1).
     let refused = cluster.cli(1, &["diff", "-f", doc]);
-    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(refused.status.code(), Some(2));
     assert!(
         stderr(&refused).contains("VM hand exists and is made by hand"),
         "{}",
@@ -422,4 +439,21 @@ async fn read_commands_into_a_closed_pipe_end_quietly() {
             stderr(&output)
         );
     }
+
+    // The event table has a header and says when each event happened.
+    let events = cluster.cli_ok(1, &["events", "--recent", "10"]);
+    let mut lines = events.lines();
+    let header = lines.next().unwrap_or_default();
+    assert!(
+        header.contains("REVISION") && header.contains("TIME") && header.contains("KIND"),
+        "{events}"
+    );
+    let created = lines
+        .find(|line| line.contains("vm_created"))
+        .unwrap_or_else(|| panic!("no vm_created in\n{events}"));
+    let time = created.split_whitespace().nth(1).unwrap_or_default();
+    assert!(
+        time.len() == 20 && time.ends_with('Z') && time.as_bytes()[10] == b'T',
+        "no time in {created:?}"
+    );
 }

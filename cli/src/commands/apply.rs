@@ -100,11 +100,24 @@ fn print_plan(format: OutputFormat, plan: &Plan) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints the plan; exits 0 when there is nothing to change and 1 when
+/// there is (as `diff`, `kubectl diff` and `nomad job plan` do), 2 for a
+/// document that does not fit the cluster.
 pub async fn diff(args: DiffArgs, addr: &str, format: OutputFormat) -> anyhow::Result<()> {
     let document = parse(&args.file, args.document)?;
     let mut vms = client::vm(addr).await?;
-    let plan = make_plan(addr, &document, &mut vms).await?;
-    print_plan(format, &plan)
+    let plan = make_plan(addr, &document, &mut vms)
+        .await
+        .map_err(|error| match exit::classify(&error) {
+            // A conflict: trouble, not a difference.
+            Exit::Failed => exit::error(Exit::Usage, format!("{error:#}")),
+            _ => error,
+        })?;
+    print_plan(format, &plan)?;
+    match plan.changes.is_empty() {
+        true => Ok(()),
+        false => Err(exit::Quiet(Exit::Failed).into()),
+    }
 }
 
 pub async fn export(args: ExportArgs, addr: &str, format: OutputFormat) -> anyhow::Result<()> {

@@ -20,8 +20,9 @@ pub struct EventView {
     message: String,
 }
 
-/// Prints one line per event (JSON: one object per line; YAML: one
-/// document each) so the output can be piped and followed.
+/// Prints one line per event (a table with its header; JSON: one object
+/// per line; YAML: one document each) so the output can be piped and
+/// followed.
 pub async fn run(
     addr: &str,
     format: OutputFormat,
@@ -37,6 +38,15 @@ pub async fn run(
         .await
         .map_err(status_error)?
         .into_inner();
+    if format == OutputFormat::Table {
+        let mut stdout = std::io::stdout().lock();
+        writeln!(
+            stdout,
+            "{:>8}  {:<20}  {:<17} MESSAGE",
+            "REVISION", "TIME", "KIND"
+        )?;
+        stdout.flush()?;
+    }
     while let Some(event) = stream.message().await.map_err(status_error)? {
         let view = EventView {
             revision: event.revision,
@@ -50,8 +60,11 @@ pub async fn run(
         match format {
             OutputFormat::Table => writeln!(
                 stdout,
-                "{:>8}  {:<17} {}",
-                view.revision, view.kind, view.message
+                "{:>8}  {:<20}  {:<17} {}",
+                view.revision,
+                time_text(view.at_unix_ms),
+                view.kind,
+                view.message
             )?,
             OutputFormat::Json => writeln!(stdout, "{}", serde_json::to_string(&view)?)?,
             OutputFormat::Yaml => write!(stdout, "---\n{}", serde_yaml_ng::to_string(&view)?)?,
@@ -59,4 +72,15 @@ pub async fn run(
         stdout.flush()?;
     }
     Ok(())
+}
+
+/// When an event happened, in UTC to the second (`-`: not known).
+fn time_text(at_unix_ms: u64) -> String {
+    match at_unix_ms {
+        0 => "-".into(),
+        at => humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + std::time::Duration::from_millis(at),
+        )
+        .to_string(),
+    }
 }

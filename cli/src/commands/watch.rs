@@ -168,7 +168,7 @@ pub async fn run(args: WatchArgs, addr: &str, output: OutputFormat) -> anyhow::R
         }
         let command = cli.command.expect("parse checked the command");
         if let Err(error) = Box::pin(super::on_cluster(command, &target, output)).await {
-            eprintln!("error: {error:#}");
+            exit::report(&error);
         }
         changes
             .next(addr, Duration::from_millis(args.interval))

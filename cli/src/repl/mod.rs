@@ -190,7 +190,7 @@ async fn run_line(cli: Cli, live: &live::Shared) {
     tokio::select! {
         result = run => {
             if let Err(error) = result {
-                eprintln!("error: {error:#}");
+                crate::exit::report(&error);
             }
         }
         // The terminal has echoed ^C; end its line.
