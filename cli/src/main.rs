@@ -23,14 +23,7 @@ fn main() -> ExitCode {
         }
     }
     let is_agent = matches!(cli.command, Some(Command::Agent(_)));
-    // Output into a pipe its reader closed (`| head`) ends the command as
-    // it ends Unix filters: quietly, by SIGPIPE (status 141 in a shell).
-    // Not for a node (`agent`, and `dev`, which runs nodes and guests):
-    // a closed pipe there is an error to handle, never a reason to die.
-    // Network writes are unaffected (sent with MSG_NOSIGNAL).
-    if !matches!(cli.command, Some(Command::Agent(_) | Command::Dev(_))) {
-        sigpipe::reset();
-    }
+    blixard_cli::end_quietly_on_closed_stdout();
     // raft-rs logs every election step at info (through slog); keep warnings.
     blixard_cli::init_logging(
         cli.log_format,
